@@ -1,0 +1,42 @@
+"""Usage: one meaning of token counts and billed cost for every API shape, and the parser per path.
+
+`input_tokens` counts every prompt token, cache reads and writes included; `cached_tokens` and
+`cache_write_tokens` are parts of it. `output_tokens` includes `reasoning_tokens`. A count the
+upstream did not report (or reported as nonsense) is None, never 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    model: str | None = None
+    provider: str | None = None
+    generation_id: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    web_search_requests: int | None = None
+    input_audio_tokens: int | None = None
+    input_images: int | None = None
+    output_image_tokens: int | None = None
+    cost_reported: Decimal | None = None
+    is_byok: bool | None = None
+    # True once the usage block itself was seen (final SSE chunk, response.completed, ...).
+    complete: bool = False
+    # A mid-stream failure reported inside a 200 response: the upstream's code or type.
+    error: str | None = None
+
+
+class UsageParser(Protocol):
+    """Fed the response bytes as they stream; finish() returns what was seen so far."""
+
+    def feed(self, chunk: bytes) -> None: ...
+
+    def finish(self) -> Usage: ...
