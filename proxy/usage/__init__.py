@@ -40,3 +40,20 @@ class UsageParser(Protocol):
     def feed(self, chunk: bytes) -> None: ...
 
     def finish(self) -> Usage: ...
+
+
+# Endpoints (the path after /api/v1/) whose replies carry billed usage, and so get a row.
+BILLED_ENDPOINTS = frozenset({"chat/completions", "completions", "embeddings", "messages", "responses"})
+
+
+def parser_for(endpoint: str, streamed: bool, generation_id: str | None = None) -> UsageParser:
+    # Imported here: the shape modules import Usage from this package.
+    from proxy.usage.chat import ChatParser
+    from proxy.usage.messages import MessagesParser
+    from proxy.usage.responses import ResponsesParser
+
+    if endpoint == "messages":
+        return MessagesParser(streamed, generation_id)
+    if endpoint == "responses":
+        return ResponsesParser(streamed, generation_id)
+    return ChatParser(streamed, generation_id)

@@ -1,0 +1,110 @@
+"""Who pays: a salted key fingerprint (never the key), the project and the agent session, from headers and URL.
+
+Nothing here reads the request body: a multi-megabyte prompt is not parsed to learn who sent it.
+Values a client controls are capped and restricted to a safe alphabet before they reach logs,
+SQLite or metric labels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from proxy.config import KeyAlias
+
+MAX_LABEL = 128
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+=-]")
+
+# First present wins: our own header, then what each agent sends by itself (see CLIENTS.md).
+SESSION_HEADERS = (
+    "X-Spend-Session",
+    "X-Claude-Code-Session-Id",
+    "session-id",
+    "session_id",
+    "X-Session-Id",
+    "x-session-affinity",
+    "agent-session-id",
+    "X-Task-ID",
+)
+CLIENT_HEADERS = ("X-Title", "X-OpenRouter-Title", "User-Agent")
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    key_fingerprint: str | None
+    key_alias: str | None
+    project: str | None
+    session: str | None
+    client: str | None
+
+
+def clean(value: str | None, limit: int = MAX_LABEL) -> str | None:
+    """Cap and restrict a client-controlled value; an empty result is None."""
+    if not value:
+        return None
+    value = _UNSAFE.sub("_", value.strip()[:limit])
+    return value or None
+
+
+def fingerprint(key: str, salt: bytes) -> str:
+    return hashlib.sha256(salt + key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def presented_key(headers: Mapping[str, str]) -> str | None:
+    auth = headers.get("Authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            return token.strip()
+    key = headers.get("x-api-key")
+    return key.strip() if key and key.strip() else None
+
+
+class Attributor:
+    """Holds the salt and the alias table; `of()` is called once per request."""
+
+    def __init__(self, salt: bytes, aliases: tuple[KeyAlias, ...] = (), environ: Mapping[str, str] | None = None) -> None:
+        self._salt = salt
+        env = os.environ if environ is None else environ
+        self._aliases: dict[str, KeyAlias] = {}
+        for alias in aliases:
+            if alias.fingerprint:
+                self._aliases[alias.fingerprint] = alias
+            elif alias.key_env and env.get(alias.key_env):
+                self._aliases[self.fingerprint(env[alias.key_env])] = alias
+        # Hashing is cheap, but the same few keys come back on every request.
+        self._fingerprints: dict[str, str] = {}
+
+    def fingerprint(self, key: str) -> str:
+        found = self._fingerprints.get(key)
+        if found is None:
+            if len(self._fingerprints) > 1024:
+                self._fingerprints.clear()
+            found = self._fingerprints[key] = fingerprint(key, self._salt)
+        return found
+
+    def of(self, headers: Mapping[str, str], path_project: str | None = None) -> Attribution:
+        key = presented_key(headers)
+        key_fingerprint = self.fingerprint(key) if key else None
+        alias = self._aliases.get(key_fingerprint) if key_fingerprint else None
+        project = clean(path_project, 64) or clean(headers.get("X-Spend-Project"), 64)
+        if project is None and alias is not None:
+            project = alias.project
+        return Attribution(
+            key_fingerprint=key_fingerprint,
+            key_alias=alias.alias if alias else None,
+            project=project,
+            session=_first(headers, SESSION_HEADERS),
+            client=_first(headers, CLIENT_HEADERS, limit=64),
+        )
+
+
+def _first(headers: Mapping[str, str], names: tuple[str, ...], limit: int = MAX_LABEL) -> str | None:
+    for name in names:
+        value = headers.get(name)
+        if value:
+            return clean(value, limit)
+    return None

@@ -1,0 +1,263 @@
+"""load_config(path) -> Config: yaml.safe_load, then frozen dataclasses validated by hand.
+
+Every error names the key's path (`timeouts.read_s: expected a positive number, got 'x'`) so
+`check-config` and `serve` can print it as one line. Secrets never live here: the YAML only
+names environment variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from yarl import URL
+
+from proxy.errors import ConfigError
+
+DEFAULT_UPSTREAM = "https://openrouter.ai/api/v1"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAlias:
+    """A friendly name for a key: matched by the key read from `key_env`, or by its fingerprint."""
+
+    alias: str
+    key_env: str | None = None
+    fingerprint: str | None = None
+    project: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    enabled: bool = True
+    # None serves /metrics on the proxy's own port.
+    port: int | None = None
+    host: str | None = None
+    token_env: str | None = None
+    session_cap: int = 50
+    project_cap: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8787
+    upstream: str = DEFAULT_UPSTREAM
+    db: Path = Path("openrouter-spend.db")
+    max_body_bytes: int = 64 * 1024 * 1024
+    connect_timeout_s: float = 10.0
+    # Reasoning models think for minutes before the first byte; clients wait 10 min.
+    first_byte_timeout_s: float = 900.0
+    read_timeout_s: float = 900.0
+    shutdown_grace_s: float = 30.0
+    catalog_refresh_s: float = 6 * 3600.0
+    catalog_file: Path | None = None
+    free_daily_limit: int = 50
+    timezone: str = "UTC"
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    keys: tuple[KeyAlias, ...] = ()
+    budgets: tuple[Any, ...] = ()
+    alerts: tuple[Any, ...] = ()
+    log_level: str = "info"
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read the file (optional), apply CLI overrides on top, validate everything."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = _read_yaml(Path(path))
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            raw[key] = value
+    return parse_config(raw)
+
+
+def parse_config(raw: Any) -> Config:
+    data = _section(raw, "", _TOP_KEYS)
+    timeouts = _section(data.get("timeouts", {}), "timeouts", {"connect_s", "first_byte_s", "read_s"})
+    catalog = _section(data.get("catalog", {}), "catalog", {"refresh_hours", "file"})
+    defaults = Config()
+    refresh_hours = _number(catalog.get("refresh_hours", 6), "catalog.refresh_hours", minimum=0)
+    config = Config(
+        host=_string(data.get("host", defaults.host), "host"),
+        port=_port(data.get("port", defaults.port), "port"),
+        upstream=_upstream(data.get("upstream", defaults.upstream)),
+        db=Path(_string(data.get("db", str(defaults.db)), "db")),
+        max_body_bytes=int(_number(data.get("max_body_mb", 64), "max_body_mb", positive=True) * 1024 * 1024),
+        connect_timeout_s=_number(timeouts.get("connect_s", defaults.connect_timeout_s), "timeouts.connect_s", positive=True),
+        first_byte_timeout_s=_number(
+            timeouts.get("first_byte_s", defaults.first_byte_timeout_s), "timeouts.first_byte_s", positive=True
+        ),
+        read_timeout_s=_number(timeouts.get("read_s", defaults.read_timeout_s), "timeouts.read_s", positive=True),
+        shutdown_grace_s=_number(data.get("shutdown_grace_s", defaults.shutdown_grace_s), "shutdown_grace_s", minimum=0),
+        catalog_refresh_s=refresh_hours * 3600,
+        catalog_file=Path(_string(catalog["file"], "catalog.file")) if catalog.get("file") is not None else None,
+        free_daily_limit=_integer(data.get("free_daily_limit", defaults.free_daily_limit), "free_daily_limit", minimum=0),
+        timezone=_timezone(data.get("timezone", defaults.timezone)),
+        metrics=_metrics(data.get("metrics", {})),
+        keys=_keys(data.get("keys", [])),
+        log_level=_choice(data.get("log_level", "info"), "log_level", ("debug", "info", "warning", "error")),
+    )
+    return _with_budgets_and_alerts(config, data)
+
+
+_TOP_KEYS = {
+    "host",
+    "port",
+    "upstream",
+    "db",
+    "max_body_mb",
+    "timeouts",
+    "shutdown_grace_s",
+    "catalog",
+    "free_daily_limit",
+    "timezone",
+    "metrics",
+    "keys",
+    "budgets",
+    "alerts",
+    "log_level",
+}
+
+
+def _with_budgets_and_alerts(config: Config, data: dict[str, Any]) -> Config:
+    budgets: tuple[Any, ...] = ()
+    alerts: tuple[Any, ...] = ()
+    if data.get("budgets"):
+        from proxy.budgets import parse_budgets
+
+        budgets = tuple(parse_budgets(data["budgets"], "budgets"))
+    if data.get("alerts"):
+        from proxy.alerts import parse_channels
+
+        alerts = tuple(parse_channels(data["alerts"], "alerts"))
+    return dataclasses.replace(config, budgets=budgets, alerts=alerts)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{path}:{where}: {problem}") from None
+    return {} if raw is None else raw
+
+
+def _section(raw: Any, path: str, known: set[str]) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {_show(raw)}")
+    for key in raw:
+        if key not in known:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(known))})")
+    return raw
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _string(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{path}: expected a non-empty string, got {_show(value)}")
+    return value
+
+
+def _number(value: Any, path: str, *, positive: bool = False, minimum: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{path}: expected a number, got {_show(value)}")
+    if positive and value <= 0:
+        raise ConfigError(f"{path}: expected a positive number, got {_show(value)}")
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"{path}: expected a number >= {minimum:g}, got {_show(value)}")
+    return float(value)
+
+
+def _integer(value: Any, path: str, *, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{path}: expected a whole number, got {_show(value)}")
+    if value < minimum:
+        raise ConfigError(f"{path}: expected a whole number >= {minimum}, got {value}")
+    return value
+
+
+def _port(value: Any, path: str) -> int:
+    port = _integer(value, path, minimum=0)
+    if port > 65535:
+        raise ConfigError(f"{path}: expected a port number 0-65535, got {port}")
+    return port
+
+
+def _choice(value: Any, path: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{path}: expected one of {', '.join(choices)}, got {_show(value)}")
+    return str(value)
+
+
+def _upstream(value: Any) -> str:
+    text = _string(value, "upstream")
+    url = URL(text)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError(f"upstream: expected an http(s) URL such as {DEFAULT_UPSTREAM}, got {_show(value)}")
+    return text.rstrip("/")
+
+
+def _timezone(value: Any) -> str:
+    name = _string(value, "timezone")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"timezone: unknown time zone {_show(value)} (use an IANA name such as Europe/Berlin)") from None
+    return name
+
+
+def _metrics(raw: Any) -> MetricsConfig:
+    data = _section(raw, "metrics", {"enabled", "port", "host", "token_env", "session_cap", "project_cap"})
+    enabled = data.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"metrics.enabled: expected true or false, got {_show(enabled)}")
+    return MetricsConfig(
+        enabled=enabled,
+        port=_port(data["port"], "metrics.port") if data.get("port") is not None else None,
+        host=_string(data["host"], "metrics.host") if data.get("host") is not None else None,
+        token_env=_string(data["token_env"], "metrics.token_env") if data.get("token_env") is not None else None,
+        session_cap=_integer(data.get("session_cap", 50), "metrics.session_cap", minimum=1),
+        project_cap=_integer(data.get("project_cap", 50), "metrics.project_cap", minimum=1),
+    )
+
+
+def _keys(raw: Any) -> tuple[KeyAlias, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"keys: expected a list, got {_show(raw)}")
+    keys = []
+    for index, item in enumerate(raw):
+        path = f"keys[{index}]"
+        data = _section(item, path, {"alias", "key_env", "fingerprint", "project"})
+        if "alias" not in data:
+            raise ConfigError(f"{path}.alias: missing")
+        if ("key_env" in data) == ("fingerprint" in data):
+            raise ConfigError(f"{path}: give exactly one of key_env or fingerprint")
+        keys.append(
+            KeyAlias(
+                alias=_string(data["alias"], f"{path}.alias"),
+                key_env=_string(data["key_env"], f"{path}.key_env") if "key_env" in data else None,
+                fingerprint=_string(data["fingerprint"], f"{path}.fingerprint") if "fingerprint" in data else None,
+                project=_string(data["project"], f"{path}.project") if "project" in data else None,
+            )
+        )
+    return tuple(keys)

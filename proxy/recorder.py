@@ -1,0 +1,142 @@
+"""Recorder: a bounded queue and the single task that writes SQLite, in batched transactions.
+
+Handlers call `record()`, which never blocks or awaits. The writer takes whatever has queued up
+while the previous transaction ran, so batches grow with load and a quiet proxy writes each row
+at once: a SIGKILL loses at most the rows of the transaction in flight plus those still queued
+(at steady load, well under a second of traffic). A failed write (locked or full disk) keeps its
+batch and retries with backoff; new rows queue behind it up to the bound, then are counted as dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from proxy.records import UsageRecord
+from proxy.storage import insert_requests
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    """Any other write (a back-filled cost, an alert sent, a price seen), run by the same writer."""
+
+    sql: str
+    params: tuple[Any, ...]
+
+
+Item = UsageRecord | Statement
+
+
+def _nothing(*_: Any) -> None:
+    return None
+
+
+class Recorder:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        *,
+        max_queue: int = 100_000,
+        max_batch: int = 2_000,
+        on_dropped: Callable[[], None] = _nothing,
+        on_write_error: Callable[[], None] = _nothing,
+        on_rows: Callable[[int], None] = _nothing,
+        retry_base_s: float = 0.05,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self._db = db
+        self._queue: asyncio.Queue[Item] = asyncio.Queue(max_queue)
+        self._max_batch = max_batch
+        self._on_dropped = on_dropped
+        self._on_write_error = on_write_error
+        self._on_rows = on_rows
+        self._retry_base_s = retry_base_s
+        self._retry_max_s = retry_max_s
+        self._closing = False
+        self.written = 0
+        self.dropped = 0
+
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def record(self, item: Item) -> None:
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self._on_dropped()
+            what = item.id if isinstance(item, UsageRecord) else "statement"
+            log.warning("event=record_dropped reason=queue_full request_id=%s", what)
+
+    async def run(self) -> None:
+        """The writer task: runs until cancelled, then the cleanup context calls drain()."""
+        while True:
+            batch = [await self._queue.get()]
+            self._take_ready(batch)
+            await self._write_with_retry(batch)
+
+    async def drain(self, deadline_s: float = 10.0) -> None:
+        """Write everything still queued; used at shutdown after run() was cancelled."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + deadline_s
+        while not self._queue.empty():
+            batch: list[Item] = []
+            self._take_ready(batch)
+            if not await self._write_with_retry(batch, until=end):
+                lost = len(batch) + self._queue.qsize()
+                log.error("event=records_lost_at_shutdown count=%d reason=database_unwritable", lost)
+                return
+
+    def _take_ready(self, batch: list[Item]) -> None:
+        while len(batch) < self._max_batch:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
+
+    async def _write_with_retry(self, batch: list[Item], until: float | None = None) -> bool:
+        delay = self._retry_base_s
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await self._write(batch)
+                return True
+            except (sqlite3.Error, OSError) as exc:
+                self._on_write_error()
+                log.warning(
+                    "event=record_write_failed rows=%d queued=%d error=%s retry_in_s=%.2f",
+                    len(batch),
+                    self._queue.qsize(),
+                    exc,
+                    delay,
+                )
+                if until is not None and loop.time() + delay > until:
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+
+    async def _write(self, batch: list[Item]) -> None:
+        records = [item for item in batch if isinstance(item, UsageRecord)]
+        statements = [item for item in batch if isinstance(item, Statement)]
+        if records:
+            await insert_requests(self._db, records)
+        if statements:
+            # Statements update rows inserted earlier in this or a previous batch.
+            await self._db.execute("BEGIN")
+            try:
+                for statement in statements:
+                    await self._db.execute(statement.sql, statement.params)
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+        self.written += len(records)
+        self._on_rows(len(records))

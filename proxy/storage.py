@@ -1,0 +1,225 @@
+"""The SQLite file: schema, numbered migrations, open_db(), row encoding and the read queries.
+
+Only the recorder's writer task writes through `open_db()`'s connection; readers (`report`,
+`budgets`, `whatif`) open their own read-only connection, which WAL mode lets run alongside.
+Money is stored as decimal TEXT so sums stay exact; times as ISO-8601 UTC text, which sorts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import sqlite3
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from proxy.records import UsageRecord
+
+REQUEST_COLUMNS = tuple(f.name for f in dataclasses.fields(UsageRecord))
+_INSERT_REQUEST = (
+    f"INSERT OR REPLACE INTO requests ({', '.join(REQUEST_COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in REQUEST_COLUMNS)})"
+)
+
+
+def _m001_requests(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE requests (
+            id TEXT PRIMARY KEY,
+            started_at TEXT NOT NULL,
+            finished_at TEXT NOT NULL,
+            method TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            model_requested TEXT,
+            model TEXT,
+            provider TEXT,
+            generation_id TEXT,
+            key_fingerprint TEXT,
+            key_alias TEXT,
+            project TEXT,
+            session TEXT,
+            client TEXT,
+            streamed INTEGER NOT NULL,
+            status INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            error TEXT,
+            input_tokens INTEGER,
+            output_tokens INTEGER,
+            cached_tokens INTEGER,
+            cache_write_tokens INTEGER,
+            reasoning_tokens INTEGER,
+            web_search_requests INTEGER,
+            cost_usd TEXT,
+            cost_reported_usd TEXT,
+            cost_catalog_usd TEXT,
+            cost_source TEXT NOT NULL,
+            is_free INTEGER NOT NULL,
+            is_byok INTEGER,
+            ttfb_ms REAL,
+            duration_ms REAL NOT NULL
+        )
+        """
+    )
+    db.execute("CREATE INDEX requests_started_at ON requests (started_at)")
+    db.execute("CREATE INDEX requests_session ON requests (session, started_at)")
+    db.execute("CREATE INDEX requests_project ON requests (project, started_at)")
+
+
+def _m002_model_prices(db: sqlite3.Connection) -> None:
+    # Every distinct price a model had, with when we first saw it: a request is priced with
+    # the prices in force when it ran, and `models --changes` shows what moved.
+    db.execute(
+        """
+        CREATE TABLE model_prices (
+            model_id TEXT NOT NULL,
+            pricing TEXT NOT NULL,
+            first_seen_at TEXT NOT NULL,
+            PRIMARY KEY (model_id, pricing)
+        )
+        """
+    )
+
+
+def _m003_alerts(db: sqlite3.Connection) -> None:
+    # Budget alerts already sent, so a restart does not send them again in the same window.
+    db.execute(
+        """
+        CREATE TABLE alerts (
+            budget TEXT NOT NULL,
+            scope TEXT NOT NULL,
+            window_start TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            sent_at TEXT NOT NULL,
+            message TEXT,
+            PRIMARY KEY (budget, scope, window_start, kind)
+        )
+        """
+    )
+
+
+def _m004_meta(db: sqlite3.Connection) -> None:
+    db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+
+# Append only: a migration that has run on someone's database is never edited.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _m001_requests,
+    _m002_model_prices,
+    _m003_alerts,
+    _m004_meta,
+)
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+        with db:
+            migration(db)
+            db.execute(f"PRAGMA user_version = {number}")
+
+
+def _create_private(path: Path) -> None:
+    """The database holds who spent what: create it readable by its owner only."""
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+def prepare(path: Path) -> None:
+    """Create (mode 0600) and migrate the database synchronously; run before serving."""
+    _create_private(path)
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        migrate(db)
+    finally:
+        db.close()
+
+
+async def open_db(path: Path) -> aiosqlite.Connection:
+    prepare(path)
+    db = await aiosqlite.connect(path, isolation_level=None)
+    await db.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode survives a process crash (SIGKILL); only power loss can drop the tail.
+    await db.execute("PRAGMA synchronous=NORMAL")
+    await db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+async def salt(db: aiosqlite.Connection) -> bytes:
+    """The per-database salt for key fingerprints, made once."""
+    async with db.execute("SELECT value FROM meta WHERE key = 'fingerprint_salt'") as cursor:
+        row = await cursor.fetchone()
+    if row is not None:
+        return bytes.fromhex(row[0])
+    value = secrets.token_bytes(16)
+    await db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('fingerprint_salt', ?)", (value.hex(),))
+    async with db.execute("SELECT value FROM meta WHERE key = 'fingerprint_salt'") as cursor:
+        row = await cursor.fetchone()
+    assert row is not None
+    return bytes.fromhex(row[0])
+
+
+def encode_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def decode_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return encode_time(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bool):
+        return int(value)
+    return value
+
+
+def encode_record(rec: UsageRecord) -> tuple[Any, ...]:
+    return tuple(_encode(getattr(rec, name)) for name in REQUEST_COLUMNS)
+
+
+async def insert_requests(db: aiosqlite.Connection, records: list[UsageRecord]) -> None:
+    """One transaction for the whole batch."""
+    await db.execute("BEGIN")
+    try:
+        await db.executemany(_INSERT_REQUEST, [encode_record(rec) for rec in records])
+        await db.execute("COMMIT")
+    except BaseException:
+        await db.execute("ROLLBACK")
+        raise
+
+
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise FileNotFoundError(path)
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
+def read_requests(db: sqlite3.Connection, since: datetime | None = None, until: datetime | None = None) -> Iterator[sqlite3.Row]:
+    query = "SELECT * FROM requests"
+    clauses, params = [], []
+    if since is not None:
+        clauses.append("started_at >= ?")
+        params.append(encode_time(since))
+    if until is not None:
+        clauses.append("started_at < ?")
+        params.append(encode_time(until))
+    if clauses:
+        query += " WHERE " + " AND ".join(clauses)
+    yield from db.execute(query + " ORDER BY started_at", params)

@@ -1,0 +1,98 @@
+"""The shared shell of every usage parser: a JSON body collected whole, or SSE payloads picked cheaply.
+
+Content chunks are never JSON-parsed: a payload is decoded only when its event type (read from its
+first bytes) or a marker such as `"usage"` says it can carry usage, metadata or an error.
+A marker inside generated text cannot match, because quotes in JSON strings are escaped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from proxy.sse import SseSplitter
+from proxy.usage import Usage
+from proxy.usage._values import text
+
+# A non-streamed body bigger than this is not a usage-bearing reply; stop copying it.
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+_EVENT_TYPE = re.compile(rb'\s*\{\s*"type"\s*:\s*"([A-Za-z0-9_.]{1,64})"')
+
+
+def event_type(payload: bytes) -> bytes | None:
+    match = _EVENT_TYPE.match(payload, 0, 128)
+    return match.group(1) if match else None
+
+
+def parse_json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+
+
+class StreamParser:
+    """Subclasses say which payloads to decode (`wants`) and what to take from them (`take`)."""
+
+    def __init__(self, streamed: bool, generation_id: str | None = None) -> None:
+        self.streamed = streamed
+        self.fields: dict[str, Any] = {}
+        if generation_id:
+            self.fields["generation_id"] = generation_id
+        self._splitter = SseSplitter() if streamed else None
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._payloads = 0
+
+    def feed(self, chunk: bytes) -> None:
+        if self._splitter is None:
+            self._body_size += len(chunk)
+            if self._body_size <= MAX_BODY_BYTES:
+                self._body.append(chunk)
+            return
+        for payload in self._splitter.feed(chunk):
+            self._payload(payload)
+
+    def finish(self) -> Usage:
+        if self._splitter is None:
+            if self._body and self._body_size <= MAX_BODY_BYTES:
+                body = parse_json(b"".join(self._body))
+                if isinstance(body, dict):
+                    self.take_body(body)
+            self._body = []
+        else:
+            for payload in self._splitter.finish():
+                self._payload(payload)
+        return self.usage()
+
+    def _payload(self, payload: bytes) -> None:
+        first = self._payloads == 0
+        self._payloads += 1
+        if first or self.wants(payload):
+            obj = parse_json(payload)
+            if isinstance(obj, dict):
+                self.take(obj)
+
+    def meta(self, obj: dict[str, Any]) -> None:
+        generation_id = text(obj.get("id"))
+        if generation_id and generation_id.startswith("gen-"):
+            self.fields["generation_id"] = generation_id
+        for field in ("model", "provider"):
+            value = text(obj.get(field))
+            if value:
+                self.fields[field] = value
+
+    # To be provided by each API shape.
+    def wants(self, payload: bytes) -> bool:
+        raise NotImplementedError
+
+    def take(self, event: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def take_body(self, body: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def usage(self) -> Usage:
+        raise NotImplementedError
