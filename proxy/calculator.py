@@ -1,0 +1,644 @@
+"""The cost calculator: `models`, `estimate` and `whatif` over a catalog and the request log.
+
+The row-building functions are pure (the clock and the database rows are passed in); the `_cmd_*`
+shells read files, call them and print."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+import sqlite3
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any
+
+from proxy.catalog import Catalog, ModelEntry, ModelPricing, load_embedded, parse_models, pricing_from_fingerprint
+from proxy.errors import CliError
+from proxy.pricing import Cost, price
+from proxy.usage import Usage
+
+Row = dict[str, Any]
+MILLION = Decimal(1_000_000)
+DEFAULT_DB = "openrouter-spend.db"
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def format_usd(d: Decimal) -> str:
+    """Exact, with at least cents and thousands separators: $0.000035, $35.00, $7,500.00."""
+    q = d.normalize()
+    if q.as_tuple().exponent > -2:  # type: ignore[operator]
+        q = d.quantize(Decimal("0.01"))
+    text = format(abs(q), ",f")
+    return f"-${text}" if q < 0 else f"${text}"
+
+
+def plain(d: Decimal) -> str:
+    """Exact and machine-readable: no exponent, no trailing zeros."""
+    s = format(d.normalize(), "f")
+    return "0" if s in ("0", "-0") else s
+
+
+def format_ratio(cost: Decimal, reference: Decimal) -> str:
+    """How `cost` compares with `reference`: '214 times cheaper', '2.5 times dearer', 'same'."""
+    if cost == reference:
+        return "same"
+    if cost == 0 or reference == 0:
+        return "free" if cost == 0 else "n/a"
+    factor = reference / cost if cost < reference else cost / reference
+    shown = f"{factor:.0f}" if factor >= 10 else f"{factor:.1f}"
+    return f"{shown} times {'cheaper' if cost < reference else 'dearer'}"
+
+
+def render(rows: Sequence[Row], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([{k: _json_value(v) for k, v in r.items()} for r in rows], indent=2) + "\n"
+    if not rows:
+        return "" if fmt == "csv" else "(no rows)\n"
+    columns = list(rows[0])
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(columns)
+        w.writerows([[_csv_value(r.get(c)) for c in columns] for r in rows])
+        return buf.getvalue()
+    cells = [[_table_value(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    numeric = [all(isinstance(r.get(c), (int, Decimal)) or r.get(c) is None for r in rows) for c in columns]
+    lines = ["  ".join(c.ljust(w) if not n else c.rjust(w) for c, w, n in zip(columns, widths, numeric))]
+    for row in cells:
+        lines.append("  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(row, widths, numeric)))
+    return "\n".join(line.rstrip() for line in lines) + "\n"
+
+
+def _json_value(v: Any) -> Any:
+    return plain(v) if isinstance(v, Decimal) else v
+
+
+def _csv_value(v: Any) -> str:
+    if v is None:
+        return ""
+    return plain(v) if isinstance(v, Decimal) else str(v)
+
+
+def _table_value(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, Decimal):
+        return format_usd(v)
+    if isinstance(v, bool):
+        return "yes" if v else ""
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+# ---------------------------------------------------------------- models
+
+
+def per_million(d: Decimal | None) -> Decimal | None:
+    return None if d is None else (d * MILLION).normalize()
+
+
+def _blended(p: ModelPricing) -> Decimal:
+    # The common 3:1 input:output blend for ranking chat workloads.
+    return (3 * p.prompt + p.completion) / 4
+
+
+def model_rows(
+    catalog: Catalog,
+    *,
+    search: str | None = None,
+    free: bool = False,
+    max_input_price: Decimal | None = None,
+    sort: str = "input",
+) -> list[Row]:
+    """One row per model, prices in USD per 1M tokens; variable-priced models have no prices and sort last."""
+    picked = []
+    for m in catalog.models:
+        p = m.pricing
+        if search and search.lower() not in m.id.lower() and search.lower() not in m.name.lower():
+            continue
+        if free and not m.is_free:
+            continue
+        if max_input_price is not None and (p.variable or p.prompt * MILLION > max_input_price):
+            continue
+        picked.append(m)
+    keys: dict[str, Callable[[ModelEntry], Any]] = {
+        "input": lambda m: (m.pricing.variable, m.pricing.prompt, m.pricing.completion, m.id),
+        "output": lambda m: (m.pricing.variable, m.pricing.completion, m.pricing.prompt, m.id),
+        "blended": lambda m: (m.pricing.variable, _blended(m.pricing), m.id),
+        "context": lambda m: (-(m.context_length or 0), m.id),
+    }
+    picked.sort(key=keys[sort])
+    rows = []
+    for m in picked:
+        p = m.pricing
+        known = not p.variable
+        rows.append(
+            {
+                "model": m.id,
+                "name": m.name,
+                "context": m.context_length,
+                "input_per_1m": per_million(p.prompt) if known else None,
+                "output_per_1m": per_million(p.completion) if known else None,
+                "cache_read_per_1m": per_million(p.input_cache_read) if known else None,
+                "cache_write_per_1m": per_million(p.input_cache_write) if known else None,
+                "free": m.is_free,
+                "note": _note(p),
+            }
+        )
+    return rows
+
+
+def _note(p: ModelPricing) -> str:
+    if p.variable:
+        return "variable price"
+    notes = []
+    if p.overrides:
+        tiers = [o.min_prompt_tokens for o in p.overrides if o.min_prompt_tokens is not None]
+        if tiers:
+            notes.append(f"dearer above {min(tiers):,} prompt tokens")
+        if any(o.utc_start is not None for o in p.overrides):
+            notes.append("price varies by time of day")
+    if p.request:
+        notes.append(f"{format_usd(p.request)} per request")
+    if p.discount:
+        notes.append(f"{plain(p.discount * 100)}% off")
+    return "; ".join(notes)
+
+
+def price_changes(history: Iterable[tuple[str, str, str]], search: str | None = None) -> list[Row]:
+    """(model_id, pricing JSON, first_seen_at) rows -> one row per change, oldest first."""
+    by_model: dict[str, list[tuple[datetime, ModelPricing]]] = {}
+    for model_id, text, seen in history:
+        if search and search.lower() not in model_id.lower():
+            continue
+        try:
+            by_model.setdefault(model_id, []).append((_parse_instant(seen), pricing_from_fingerprint(text)))
+        except ValueError:
+            continue
+    rows = []
+    for model_id, versions in by_model.items():
+        versions.sort(key=lambda v: v[0])
+        for (_, old), (when, new) in zip(versions, versions[1:]):
+            rows.append(
+                {
+                    "changed_at": when.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+                    "model": model_id,
+                    "input_per_1m_was": per_million(old.prompt),
+                    "input_per_1m": per_million(new.prompt),
+                    "output_per_1m_was": per_million(old.completion),
+                    "output_per_1m": per_million(new.completion),
+                    "changed": ", ".join(_changed_keys(old, new)),
+                }
+            )
+    rows.sort(key=lambda r: (r["changed_at"], r["model"]))
+    return rows
+
+
+def _changed_keys(old: ModelPricing, new: ModelPricing) -> list[str]:
+    names = [f for f in ModelPricing.__dataclass_fields__ if getattr(old, f) != getattr(new, f)]
+    return names
+
+
+# ---------------------------------------------------------------- estimate
+
+
+def estimate_usage(input_tokens: int, output_tokens: int, cached_input: int = 0, reasoning: int = 0) -> Usage:
+    """`reasoning` comes on top of the visible `output_tokens`; `cached_input` is part of `input_tokens`."""
+    if min(input_tokens, output_tokens, cached_input, reasoning) < 0:
+        raise CliError("token counts cannot be negative")
+    if cached_input > input_tokens:
+        raise CliError(f"--cached-input {cached_input} is more than --input {input_tokens}")
+    return Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens + reasoning,
+        cached_tokens=cached_input,
+        reasoning_tokens=reasoning,
+    )
+
+
+def resolve(catalog: Catalog, model_id: str) -> ModelEntry:
+    entry = catalog.get(model_id)
+    if entry is None:
+        raise CliError(f"unknown model: {model_id} (try `openrouter-spend models --search ...`)")
+    return entry
+
+
+def estimate_rows(
+    catalog: Catalog,
+    usage: Usage,
+    *,
+    at: datetime,
+    models: Sequence[str] = (),
+    cheapest: int | None = None,
+    vs: str | None = None,
+    calls: int | None = None,
+    per: str = "month",
+) -> list[Row]:
+    """Cost per call (and per period) of `usage` on each model; with `vs`, how it compares."""
+    entries = [resolve(catalog, m) for m in models]
+    if cheapest is not None or not entries:
+        entries += _cheapest(catalog, usage, at, cheapest if cheapest is not None else 10, {e.id for e in entries})
+    reference: Decimal | None = None
+    if vs is not None:
+        vs_cost = price(usage, resolve(catalog, vs).pricing, at)
+        if vs_cost is None:
+            raise CliError(f"--vs {vs}: the model has a variable price")
+        reference = vs_cost.total
+    rows = []
+    for e in entries:
+        cost = price(usage, e.pricing, at)
+        row: Row = {"model": e.id, "name": e.name, "per_call": None if cost is None else cost.total}
+        if calls is not None:
+            row[f"per_{per}"] = None if cost is None else cost.total * calls
+        if reference is not None:
+            row[f"vs {vs}"] = "variable price" if cost is None else format_ratio(cost.total, reference)
+        rows.append(row)
+    return rows
+
+
+def _cheapest(catalog: Catalog, usage: Usage, at: datetime, n: int, skip: set[str]) -> list[ModelEntry]:
+    # Paid models only (free ones are rate-limited; `models --free` lists them); aliases duplicate their targets.
+    priced: list[tuple[Decimal, str, ModelEntry]] = []
+    for m in catalog.models:
+        if m.id in skip or m.alias_target is not None or m.is_free:
+            continue
+        cost = price(usage, m.pricing, at)
+        if cost is not None and cost.total > 0:
+            priced.append((cost.total, m.id, m))
+    priced.sort(key=lambda t: (t[0], t[1]))
+    return [m for _, _, m in priced[:n]]
+
+
+def summary_line(rows: Sequence[Row]) -> str | None:
+    """'A is about 214 times cheaper than B' for the cheapest and dearest priced rows."""
+    priced = [r for r in rows if isinstance(r.get("per_call"), Decimal) and r["per_call"] > 0]
+    if len(priced) < 2:
+        return None
+    low = min(priced, key=lambda r: r["per_call"])
+    high = max(priced, key=lambda r: r["per_call"])
+    if low["per_call"] == high["per_call"]:
+        return None
+    return f"{low['model']} is about {format_ratio(low['per_call'], high['per_call'])} than {high['model']}"
+
+
+# ---------------------------------------------------------------- whatif
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedRequest:
+    started_at: datetime
+    model: str | None
+    usage: Usage
+    cost_usd: Decimal | None
+    cost_catalog_usd: Decimal | None
+
+
+class PriceHistory:
+    """The `model_prices` table: which price a model had at a given moment."""
+
+    __slots__ = ("_versions",)
+
+    def __init__(self, rows: Iterable[tuple[str, str, str]]) -> None:
+        versions: dict[str, list[tuple[datetime, ModelPricing]]] = {}
+        for model_id, text, seen in rows:
+            try:
+                versions.setdefault(model_id, []).append((_parse_instant(seen), pricing_from_fingerprint(text)))
+            except ValueError:
+                continue
+        for v in versions.values():
+            v.sort(key=lambda t: t[0])
+        self._versions = versions
+
+    def at(self, model_id: str, when: datetime) -> ModelPricing | None:
+        versions = self._versions.get(model_id)
+        if not versions:
+            return None
+        current = versions[0][1]  # before the first sighting, the earliest price is the best we know
+        for seen, pricing in versions:
+            if seen > when:
+                break
+            current = pricing
+        return current
+
+
+def _pricing_for(catalog: Catalog, history: PriceHistory | None, model: str, when: datetime) -> ModelPricing | None:
+    entry = catalog.get(model)
+    if history is not None:
+        found = history.at(entry.id if entry else model, when)
+        if found is not None:
+            return found
+    return entry.pricing if entry else None
+
+
+def reprice(
+    requests: Sequence[LoggedRequest],
+    catalog: Catalog,
+    model: str,
+    history: PriceHistory | None = None,
+) -> tuple[Decimal, int, list[Cost | None]]:
+    """Each request's real counts on `model` at the time it ran: (total, unpriced count, per-request costs)."""
+    total, unpriced, costs = Decimal(0), 0, []
+    for r in requests:
+        pricing = _pricing_for(catalog, history, model, r.started_at)
+        cost = None if pricing is None else price(r.usage, pricing, r.started_at)
+        costs.append(cost)
+        if cost is None:
+            unpriced += 1
+        else:
+            total += cost.total
+    return total, unpriced, costs
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    cheap: str
+    flagship: str
+    escalate: Decimal
+
+
+def parse_route(text: str) -> Route:
+    parts: dict[str, str] = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in ("cheap", "flagship", "escalate"):
+            raise CliError(f"--route: expected cheap=ID,flagship=ID,escalate=SHARE, got {text!r}")
+        parts[key.strip()] = value.strip()
+    if set(parts) != {"cheap", "flagship", "escalate"}:
+        raise CliError(f"--route: needs cheap=, flagship= and escalate=, got {text!r}")
+    try:
+        share = Decimal(parts["escalate"])
+    except InvalidOperation:
+        raise CliError(f"--route: escalate must be a share between 0 and 1, got {parts['escalate']!r}") from None
+    if not 0 <= share <= 1:
+        raise CliError(f"--route: escalate must be a share between 0 and 1, got {parts['escalate']!r}")
+    return Route(parts["cheap"], parts["flagship"], share)
+
+
+def whatif_rows(
+    requests: Sequence[LoggedRequest],
+    catalog: Catalog,
+    models: Sequence[str],
+    route: Route | None = None,
+    history: PriceHistory | None = None,
+) -> list[Row]:
+    """The logged traffic as it was billed, then re-priced on each model (and the routing scenario)."""
+    actual = sum((r.cost_usd for r in requests if r.cost_usd is not None), Decimal(0))
+    logged_catalog = sum((r.cost_catalog_usd for r in requests if r.cost_catalog_usd is not None), Decimal(0))
+    rows: list[Row] = [
+        {
+            "scenario": "actual (as logged)",
+            "requests": len(requests),
+            "unpriced": sum(1 for r in requests if r.cost_usd is None),
+            "cost": actual,
+            "vs actual": "",
+        },
+        {
+            "scenario": "actual at catalog prices",
+            "requests": len(requests),
+            "unpriced": sum(1 for r in requests if r.cost_catalog_usd is None),
+            "cost": logged_catalog,
+            "vs actual": format_ratio(logged_catalog, actual) if actual else "",
+        },
+    ]
+    for m in models:
+        entry = resolve(catalog, m)
+        total, unpriced, _ = reprice(requests, catalog, entry.id, history)
+        rows.append(_scenario_row(f"all on {entry.id}", len(requests), unpriced, total, actual))
+    if route is not None:
+        cheap, flagship = resolve(catalog, route.cheap), resolve(catalog, route.flagship)
+        _, _, cheap_costs = reprice(requests, catalog, cheap.id, history)
+        _, _, flag_costs = reprice(requests, catalog, flagship.id, history)
+        total, unpriced = Decimal(0), 0
+        for c, f in zip(cheap_costs, flag_costs):
+            if c is None or f is None:
+                unpriced += 1
+                continue
+            # Expected cost when a fixed share of calls is escalated to the flagship.
+            total += c.total * (1 - route.escalate) + f.total * route.escalate
+        label = f"route {cheap.id}, {plain(route.escalate * 100)}% to {flagship.id}"
+        rows.append(_scenario_row(label, len(requests), unpriced, total, actual))
+    return rows
+
+
+def _scenario_row(label: str, n: int, unpriced: int, total: Decimal, actual: Decimal) -> Row:
+    return {
+        "scenario": label,
+        "requests": n,
+        "unpriced": unpriced,
+        "cost": total,
+        "vs actual": format_ratio(total, actual) if actual else "",
+    }
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """`30d`, `12h`, `2w` back from `now`, or an ISO date/time (UTC unless it says otherwise)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([hdw])\s*", text)
+    if m:
+        n, unit = int(m.group(1)), m.group(2)
+        return now - timedelta(hours=n) if unit == "h" else now - timedelta(days=n * (7 if unit == "w" else 1))
+    try:
+        return _parse_instant(text.strip())
+    except ValueError:
+        raise CliError(f"--since: expected 30d, 12h, 2w or a date like 2026-11-01, got {text!r}") from None
+
+
+def _parse_instant(text: str) -> datetime:
+    t = datetime.fromisoformat(text)
+    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+
+
+def _opt_int(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _opt_decimal(v: Any) -> Decimal | None:
+    if v is None or v == "":
+        return None
+    try:
+        return Decimal(str(v))
+    except InvalidOperation:
+        return None
+
+
+def logged_request(row: Mapping[str, Any]) -> LoggedRequest:
+    """One `requests` table row (column names as in UsageRecord) -> LoggedRequest."""
+    return LoggedRequest(
+        started_at=_parse_instant(row["started_at"]),
+        model=row["model"] or row.get("model_requested"),
+        usage=Usage(
+            model=row["model"],
+            input_tokens=_opt_int(row["input_tokens"]),
+            output_tokens=_opt_int(row["output_tokens"]),
+            cached_tokens=_opt_int(row["cached_tokens"]),
+            cache_write_tokens=_opt_int(row["cache_write_tokens"]),
+            reasoning_tokens=_opt_int(row["reasoning_tokens"]),
+            web_search_requests=_opt_int(row["web_search_requests"]),
+        ),
+        cost_usd=_opt_decimal(row["cost_usd"]),
+        cost_catalog_usd=_opt_decimal(row["cost_catalog_usd"]),
+    )
+
+
+# ---------------------------------------------------------------- shells
+
+
+def _catalog(args: argparse.Namespace) -> Catalog:
+    path: Path | None = args.catalog
+    if path is None:
+        return load_embedded()
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        return parse_models(payload)
+    except (OSError, ValueError) as e:
+        raise CliError(f"--catalog {path}: {e}") from None
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    if not path.exists():
+        raise CliError(f"--db {path}: no such file (start the proxy first, or pass --db)")
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    return db
+
+
+def _read_table(path: Path, query: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    db = _connect(path)
+    try:
+        return db.execute(query, params).fetchall()
+    except sqlite3.Error as e:
+        raise CliError(f"--db {path}: {e}") from None
+    finally:
+        db.close()
+
+
+def _emit(rows: Sequence[Row], fmt: str, footer: str | None = None) -> None:
+    sys.stdout.write(render(rows, fmt))
+    if footer and fmt == "table":
+        sys.stdout.write(footer + "\n")
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    if args.changes:
+        history = _read_table(args.db, "SELECT model_id, pricing, first_seen_at FROM model_prices")
+        _emit(price_changes([(r[0], r[1], r[2]) for r in history], args.search), args.format)
+        return 0
+    rows = model_rows(
+        _catalog(args), search=args.search, free=args.free, max_input_price=args.max_input_price, sort=args.sort
+    )
+    _emit(rows, args.format, f"{len(rows)} models; prices in USD per 1M tokens")
+    return 0
+
+
+def _cmd_estimate(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    usage = estimate_usage(args.input, args.output, args.cached_input, args.reasoning)
+    rows = estimate_rows(
+        catalog,
+        usage,
+        at=datetime.now(timezone.utc),
+        models=args.model or (),
+        cheapest=args.cheapest,
+        vs=args.vs,
+        calls=args.calls,
+        per=args.per,
+    )
+    _emit(rows, args.format, summary_line(rows))
+    return 0
+
+
+def _cmd_whatif(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    route = parse_route(args.route) if args.route else None
+    if not args.model and route is None:
+        raise CliError("whatif: give at least one --model ID or a --route")
+    since = parse_since(args.since, datetime.now(timezone.utc)) if args.since else None
+    clauses, params = [], []
+    for column in ("project", "session"):
+        if getattr(args, column) is not None:
+            clauses.append(f"{column} = ?")
+            params.append(getattr(args, column))
+    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+    rows = _read_table(args.db, f"SELECT * FROM requests{where} ORDER BY started_at", params)
+    requests = [logged_request(dict(r)) for r in rows]
+    if since is not None:
+        requests = [r for r in requests if r.started_at >= since]
+    history = None
+    try:
+        history = PriceHistory((r[0], r[1], r[2]) for r in _read_table(args.db, "SELECT * FROM model_prices"))
+    except CliError:
+        pass  # an older log without price history: price at the current catalog
+    _emit(whatif_rows(requests, catalog, args.model or (), route, history), args.format)
+    return 0
+
+
+def _decimal_arg(text: str) -> Decimal:
+    try:
+        d = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not d.is_finite() or d < 0:
+        raise argparse.ArgumentTypeError(f"not a price: {text!r}")
+    return d
+
+
+def _count_arg(text: str) -> int:
+    try:
+        n = int(text.replace(",", "").replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"cannot be negative: {text!r}")
+    return n
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--catalog", type=Path, metavar="FILE", help="a saved /models listing (default: the built-in snapshot)")
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `models`, `estimate` and `whatif` on the CLI's subparsers."""
+    p = subparsers.add_parser("models", help="list models with prices per 1M tokens")
+    _common(p)
+    p.add_argument("--search", metavar="TEXT", help="only ids or names containing TEXT")
+    p.add_argument("--free", action="store_true", help="only free models")
+    p.add_argument("--max-input-price", type=_decimal_arg, metavar="P", help="USD per 1M input tokens, at most")
+    p.add_argument("--sort", choices=("input", "output", "blended", "context"), default="input",
+                   help="blended = (3 x input + output) / 4")
+    p.add_argument("--changes", action="store_true", help="list price changes recorded in --db")
+    p.add_argument("--db", type=Path, default=Path(DEFAULT_DB), metavar="PATH")
+    p.set_defaults(func=_cmd_models)
+
+    p = subparsers.add_parser("estimate", help="cost per call and per period on each model")
+    _common(p)
+    p.add_argument("--input", type=_count_arg, required=True, metavar="N", help="prompt tokens per call")
+    p.add_argument("--output", type=_count_arg, required=True, metavar="N", help="visible output tokens per call")
+    p.add_argument("--cached-input", type=_count_arg, default=0, metavar="N", help="of --input, read from cache")
+    p.add_argument("--reasoning", type=_count_arg, default=0, metavar="N", help="reasoning tokens, on top of --output")
+    p.add_argument("--calls", type=_count_arg, metavar="N", help="calls per period")
+    p.add_argument("--per", choices=("month", "day"), default="month")
+    p.add_argument("--model", action="append", metavar="ID", help="repeatable")
+    p.add_argument("--cheapest", type=_count_arg, metavar="N", help="add the N cheapest paid models")
+    p.add_argument("--vs", metavar="ID", help="compare every row with this model")
+    p.set_defaults(func=_cmd_estimate)
+
+    p = subparsers.add_parser("whatif", help="re-price logged traffic on other models")
+    _common(p)
+    p.add_argument("--db", type=Path, default=Path(DEFAULT_DB), metavar="PATH")
+    p.add_argument("--since", metavar="30d|DATE")
+    p.add_argument("--project", metavar="P")
+    p.add_argument("--session", metavar="S")
+    p.add_argument("--model", action="append", metavar="ID", help="repeatable")
+    p.add_argument("--route", metavar="cheap=ID,flagship=ID,escalate=0.15")
+    p.set_defaults(func=_cmd_whatif)
