@@ -1,0 +1,756 @@
+"""Budgets: spend per budget window, kept in memory, checked before a request starts and settled after.
+
+Overshoot is bounded by reserving, not by guessing: `decide()` admits a request only while the
+settled spend plus the reservations of requests still in flight is below the limit, and reserves an
+estimate for it (the running mean of recent costs for its model, or `reserve_usd` before any cost is
+known); `settle()` swaps the reservation for the real cost when the request ends. Once settled spend
+reaches the limit nothing new starts, so a budget can end over its limit by at most what the requests
+already in flight at that moment cost; more precisely, by at most the amount those requests cost
+beyond what was reserved for them, plus the cost of the last request admitted.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from fnmatch import fnmatchcase
+from itertools import count
+from typing import Any, NamedTuple
+from zoneinfo import ZoneInfo
+
+from proxy.errors import ConfigError
+
+PERIODS = ("day", "week", "month", "rolling")
+SCOPES = ("total", "key", "project", "session", "model")
+MATCH_FIELDS = ("key", "project", "session", "model")
+ACTIONS = ("block", "warn")
+KINDS = ("warn", "spent", "projected")
+DEFAULT_WARN_AT = (Decimal("0.5"), Decimal("0.8"))
+DEFAULT_RESERVE_USD = Decimal("0.05")
+RESERVE_FLOOR_USD = Decimal("0.0001")
+# A budget held only by reservations frees up as soon as those requests finish.
+HELD_RETRY_AFTER_S = 5
+
+UTC = timezone.utc
+_ONE = Decimal(1)
+_ZERO = Decimal(0)
+_MICRO = Decimal("0.000001")
+_KEYS = ("name", "limit_usd", "period", "scope", "match", "warn_at", "action")
+_ROLLING = re.compile(r"rolling:(\d+)([smhd])")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SWEEP_EVERY = timedelta(seconds=60)
+_EWMA_ALPHA = Decimal("0.3")
+_MAX_REMEMBERED = 1000
+
+# (budget name, scope value, window start as UTC ISO-8601, kind, threshold) - the alerts table's key.
+AlertKey = tuple[str, str, str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetSpec:
+    name: str
+    limit_usd: Decimal
+    period: str = "day"
+    rolling_seconds: int | None = None
+    scope: str = "total"
+    match: tuple[tuple[str, str], ...] = ()
+    warn_at: tuple[Decimal, ...] = DEFAULT_WARN_AT
+    action: str = "block"
+
+    @property
+    def period_label(self) -> str:
+        if self.rolling_seconds is None:
+            return self.period
+        return f"rolling:{_duration(self.rolling_seconds)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    key: str | None = None
+    key_alias: str | None = None
+    project: str | None = None
+    session: str | None = None
+    model: str | None = None
+
+
+class SpendRow(NamedTuple):
+    """One past request as read from SQLite for warm-up; plain 6- or 7-tuples work too."""
+
+    started_at: datetime
+    cost_usd: Decimal | None
+    key: str | None
+    project: str | None
+    session: str | None
+    model: str | None
+    key_alias: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetStatus:
+    name: str
+    scope: str
+    scope_value: str
+    action: str
+    period: str
+    limit_usd: Decimal
+    spent_usd: Decimal
+    reserved_usd: Decimal
+    in_flight: int
+    share: Decimal
+    remaining_usd: Decimal
+    window_start: datetime
+    window_end: datetime
+    # Calendar: the window's end. Rolling: when enough spend ages out to be under the limit, if over.
+    resets_at: datetime | None
+    # Spend at the window's end at the current burn rate; None for rolling windows.
+    projected_usd: Decimal | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Hold:
+    index: int
+    scope_value: str
+    window_start: datetime | None
+    amount: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """Opaque: what decide() set aside for one request; hand it to settle() or release() once."""
+
+    id: int
+    started_at: datetime
+    model: str | None
+    holds: tuple[_Hold, ...] = ()
+    admitted: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    blocking: BudgetStatus | None
+    message: str
+    retry_after_s: int
+    remaining_usd: Decimal | None
+    reservation: Reservation
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    budget: str
+    scope: str
+    scope_value: str
+    kind: str
+    threshold: Decimal
+    spent_usd: Decimal
+    limit_usd: Decimal
+    window_start: datetime
+    window_end: datetime
+    message: str
+    projected_usd: Decimal | None = None
+
+    @property
+    def key(self) -> AlertKey:
+        return alert_key(self.budget, self.scope_value, self.window_start, self.kind, self.threshold)
+
+
+def alert_key(budget: str, scope_value: str, window_start: datetime, kind: str, threshold: Decimal) -> AlertKey:
+    return (budget, scope_value, window_start.astimezone(UTC).isoformat(), kind, _threshold(threshold))
+
+
+# ---------------------------------------------------------------- config
+
+
+def parse_budgets(raw: Any, path: str = "budgets") -> tuple[BudgetSpec, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{path}: expected a list of budgets, got {_show(raw)}")
+    specs: list[BudgetSpec] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        spec = _parse_one(item, f"{path}[{i}]")
+        if spec.name in seen:
+            raise ConfigError(f"{path}[{i}].name: duplicate budget name {spec.name!r}")
+        seen.add(spec.name)
+        specs.append(spec)
+    return tuple(specs)
+
+
+def _parse_one(raw: Any, path: str) -> BudgetSpec:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{path}: expected a mapping, got {_show(raw)}")
+    for k in raw:
+        if k not in _KEYS:
+            raise ConfigError(f"{path}.{k}: unknown key; expected one of {', '.join(_KEYS)}")
+    for k in ("name", "limit_usd"):
+        if k not in raw:
+            raise ConfigError(f"{path}.{k}: required")
+    name = raw["name"]
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{path}.name: expected a non-empty string, got {_show(name)}")
+    limit = _number(raw["limit_usd"], f"{path}.limit_usd")
+    if limit <= 0:
+        raise ConfigError(f"{path}.limit_usd: must be greater than 0, got {_show(raw['limit_usd'])}")
+    period, seconds = _period(raw.get("period", "day"), f"{path}.period")
+    scope = _choice(raw.get("scope", "total"), SCOPES, f"{path}.scope")
+    action = _choice(raw.get("action", "block"), ACTIONS, f"{path}.action")
+    return BudgetSpec(
+        name=name.strip(),
+        limit_usd=limit,
+        period=period,
+        rolling_seconds=seconds,
+        scope=scope,
+        match=_match(raw.get("match"), f"{path}.match"),
+        warn_at=_warn_at(raw["warn_at"], f"{path}.warn_at") if "warn_at" in raw else DEFAULT_WARN_AT,
+        action=action,
+    )
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _number(value: Any, path: str) -> Decimal:
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            number = Decimal(str(value).strip())
+        except InvalidOperation:
+            pass
+        else:
+            if number.is_finite():
+                return number
+    raise ConfigError(f"{path}: expected a number, got {_show(value)}")
+
+
+def _choice(value: Any, options: tuple[str, ...], path: str) -> str:
+    if isinstance(value, str) and value in options:
+        return value
+    raise ConfigError(f"{path}: expected one of {', '.join(options)}, got {_show(value)}")
+
+
+def _period(value: Any, path: str) -> tuple[str, int | None]:
+    if isinstance(value, str):
+        if value in ("day", "week", "month"):
+            return value, None
+        m = _ROLLING.fullmatch(value.strip())
+        if m and int(m.group(1)) > 0:
+            return "rolling", int(m.group(1)) * _UNIT_S[m.group(2)]
+    raise ConfigError(f"{path}: expected day, week, month or rolling:<n><s|m|h|d> (e.g. rolling:5h), got {_show(value)}")
+
+
+def _match(value: Any, path: str) -> tuple[tuple[str, str], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{path}: expected a mapping such as {{model: \"anthropic/*\"}}, got {_show(value)}")
+    pairs: list[tuple[str, str]] = []
+    for k, pattern in value.items():
+        if k not in MATCH_FIELDS:
+            raise ConfigError(f"{path}.{k}: unknown field; expected one of {', '.join(MATCH_FIELDS)}")
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(f"{path}.{k}: expected a glob pattern string, got {_show(pattern)}")
+        pairs.append((k, pattern))
+    return tuple(sorted(pairs))
+
+
+def _warn_at(value: Any, path: str) -> tuple[Decimal, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(f"{path}: expected a list of fractions such as [0.5, 0.8], got {_show(value)}")
+    shares: set[Decimal] = set()
+    for i, item in enumerate(value):
+        share = _number(item, f"{path}[{i}]")
+        if not _ZERO < share < _ONE:
+            raise ConfigError(f"{path}[{i}]: expected a fraction between 0 and 1 (exclusive), got {_show(item)}")
+        shares.add(share)
+    return tuple(sorted(shares))
+
+
+# ---------------------------------------------------------------- windows
+
+
+def window(spec: BudgetSpec, now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """The budget window containing `now`, as aware datetimes in `tz`.
+
+    Datetimes sharing a tzinfo subtract as wall-clock times in Python, so convert to UTC before doing
+    arithmetic on these across a DST change.
+    """
+    now_u = _utc(now)
+    if spec.rolling_seconds is not None:
+        return (now_u - timedelta(seconds=spec.rolling_seconds)).astimezone(tz), now_u.astimezone(tz)
+    day = now_u.astimezone(tz).date()
+    if spec.period == "day":
+        start = day
+        end = day + timedelta(days=1)
+    elif spec.period == "week":
+        start = day - timedelta(days=day.weekday())
+        end = start + timedelta(days=7)
+    else:
+        start = day.replace(day=1)
+        end = date(start.year + 1, 1, 1) if start.month == 12 else date(start.year, start.month + 1, 1)
+    return _midnight(start, tz), _midnight(end, tz)
+
+
+def _midnight(day: date, tz: ZoneInfo) -> datetime:
+    # Round-tripping through UTC moves a midnight that a DST jump skips to the first instant that exists.
+    return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC).astimezone(tz)
+
+
+def _utc(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError("budgets need aware datetimes")
+    return moment.astimezone(UTC)
+
+
+def _epoch(spec: BudgetSpec, now_u: datetime) -> tuple[datetime, datetime]:
+    # Alerts for a rolling budget are deduplicated per fixed UTC-aligned stretch of its length.
+    assert spec.rolling_seconds is not None
+    length = spec.rolling_seconds
+    start = datetime.fromtimestamp(int(now_u.timestamp()) // length * length, UTC)
+    return start, start + timedelta(seconds=length)
+
+
+# ---------------------------------------------------------------- state
+
+
+@dataclass(slots=True)
+class _Window:
+    start: datetime | None  # None for rolling windows
+    end: datetime | None
+    spent: Decimal = _ZERO
+    reserved: Decimal = _ZERO
+    in_flight: int = 0
+    entries: list[tuple[datetime, Decimal]] = field(default_factory=list)  # rolling only, by time
+
+
+class Budgets:
+    """In-memory spend per budget and scope value. No I/O and no clock: every call takes `now`."""
+
+    def __init__(
+        self,
+        specs: Iterable[BudgetSpec],
+        tz: ZoneInfo,
+        *,
+        reserve_usd: Decimal = DEFAULT_RESERVE_USD,
+        reserve_floor_usd: Decimal = RESERVE_FLOOR_USD,
+        projection_min_elapsed: float = 0.1,
+    ) -> None:
+        self.specs = tuple(specs)
+        self.tz = tz
+        self._reserve = reserve_usd
+        self._floor = reserve_floor_usd
+        self._min_elapsed = projection_min_elapsed
+        self._states: dict[tuple[int, str], _Window] = {}
+        self._fired: dict[AlertKey, datetime] = {}  # key -> when it can be forgotten
+        self._live: dict[int, Reservation] = {}
+        self._means: OrderedDict[str, Decimal] = OrderedDict()
+        self._aliases: OrderedDict[str, str] = OrderedDict()
+        self._ids = count(1)
+        self._last_sweep: datetime | None = None
+        self._by_name = {s.name: s for s in self.specs}
+
+    # -- warm-up
+
+    def load(self, rows: Iterable[SpendRow | tuple[Any, ...]], now: datetime) -> None:
+        """Add past spend (rows inside the widest window, oldest first); call once, before traffic."""
+        now_u = _utc(now)
+        for raw in rows:
+            row = SpendRow(*raw)
+            cost = row.cost_usd
+            if cost is None or cost <= 0:
+                continue
+            started = row.started_at if row.started_at.tzinfo else row.started_at.replace(tzinfo=UTC)
+            ts = started.astimezone(UTC)
+            self._learn(row.model, cost)
+            who = Who(row.key, row.key_alias, row.project, row.session, row.model)
+            for i, spec, value in self._matching(who):
+                st = self._current(i, value, now_u)
+                if spec.rolling_seconds is None:
+                    assert st.start is not None and st.end is not None
+                    if st.start <= ts < st.end:
+                        st.spent += cost
+                elif ts > now_u - timedelta(seconds=spec.rolling_seconds):
+                    bisect.insort(st.entries, (ts, cost))
+                    st.spent += cost
+
+    def mark_fired(self, keys: Iterable[AlertKey]) -> None:
+        """Seed the alerts already sent (from SQLite) so a restart does not send them again."""
+        for key in keys:
+            spec = self._by_name.get(key[0])
+            if spec is None:
+                continue
+            try:
+                start = _utc(datetime.fromisoformat(key[2]))
+            except ValueError:
+                continue
+            if spec.rolling_seconds is None:
+                end = _utc(window(spec, start, self.tz)[1])
+            else:
+                end = start + timedelta(seconds=spec.rolling_seconds)
+            self._fired[(key[0], key[1], start.isoformat(), key[3], key[4])] = end
+
+    # -- per request
+
+    def decide(self, who: Who, now: datetime) -> Decision:
+        now_u = _utc(now)
+        self._maybe_sweep(now_u)
+        if who.key and who.key_alias:
+            self._remember(self._aliases, who.key, who.key_alias)
+        matching = [(i, spec, value, self._current(i, value, now_u)) for i, spec, value in self._matching(who)]
+        remaining = min((max(_ZERO, s.limit_usd - st.spent) for _, s, _, st in matching), default=None)
+        blocking: tuple[BudgetStatus, str, int] | None = None
+        warnings: list[str] = []
+        for i, spec, value, st in matching:
+            over = st.spent >= spec.limit_usd
+            held = st.spent + st.reserved >= spec.limit_usd
+            if spec.action == "warn":
+                if over:
+                    warnings.append(self._spent_message(spec, self._status(i, spec, value, st, now_u), now_u)[0])
+                continue
+            if over or held:
+                status = self._status(i, spec, value, st, now_u)
+                if over:
+                    message, retry = self._spent_message(spec, status, now_u)
+                else:
+                    message, retry = self._held_message(spec, status), HELD_RETRY_AFTER_S
+                if blocking is None or retry > blocking[2]:
+                    blocking = (status, message, retry)
+        if blocking is not None:
+            empty = Reservation(next(self._ids), now_u, who.model, admitted=False)
+            return Decision(False, blocking[0], blocking[1], blocking[2], remaining, empty, tuple(warnings))
+        amount = self._estimate(who.model)
+        holds = []
+        for i, spec, value, st in matching:
+            st.reserved += amount
+            st.in_flight += 1
+            holds.append(_Hold(i, value, st.start, amount))
+        reservation = Reservation(next(self._ids), now_u, who.model, tuple(holds))
+        if holds:
+            self._live[reservation.id] = reservation
+        return Decision(True, None, "", 0, remaining, reservation, tuple(warnings))
+
+    def release(self, reservation: Reservation) -> None:
+        """For a request that never reached upstream: give back what was reserved."""
+        self._settle(reservation, None, None)
+
+    def settle(self, reservation: Reservation, cost: Decimal | None, now: datetime) -> list[AlertEvent]:
+        """Swap the reservation for the real cost (None releases it) and return alerts now due."""
+        return self._settle(reservation, cost, _utc(now))
+
+    def _settle(self, reservation: Reservation, cost: Decimal | None, now_u: datetime | None) -> list[AlertEvent]:
+        if not reservation.admitted or (reservation.holds and self._live.pop(reservation.id, None) is None):
+            return []  # refused, or already settled
+        if cost is not None and cost < 0:
+            cost = None
+        if cost is not None:
+            self._learn(reservation.model, cost)
+        events: list[AlertEvent] = []
+        for hold in reservation.holds:
+            spec = self.specs[hold.index]
+            if now_u is None:
+                st = self._states.get((hold.index, hold.scope_value))
+            else:
+                st = self._current(hold.index, hold.scope_value, now_u)
+            if st is None or st.start != hold.window_start:
+                continue  # the window this request started in is over
+            st.reserved -= hold.amount
+            st.in_flight -= 1
+            if not cost or now_u is None:
+                continue
+            if spec.rolling_seconds is None:
+                st.spent += cost
+            else:
+                bisect.insort(st.entries, (reservation.started_at, cost))
+                st.spent += cost
+                self._expire(spec, st, now_u)
+            events.extend(self._alerts(hold.index, spec, hold.scope_value, st, now_u))
+        return events
+
+    # -- reporting
+
+    def snapshot(self, now: datetime) -> list[BudgetStatus]:
+        now_u = _utc(now)
+        self._maybe_sweep(now_u, force=True)
+        for i, spec in enumerate(self.specs):
+            if spec.scope == "total":
+                self._current(i, "", now_u)
+        out = []
+        for (i, value) in sorted(self._states):
+            spec = self.specs[i]
+            st = self._current(i, value, now_u)
+            if spec.scope == "total" or st.spent or st.in_flight:
+                out.append(self._status(i, spec, value, st, now_u))
+        return out
+
+    # -- internals
+
+    def _matching(self, who: Who) -> Iterable[tuple[int, BudgetSpec, str]]:
+        for i, spec in enumerate(self.specs):
+            value = _scope_value(spec, who)
+            if value is not None and _matches(spec, who):
+                yield i, spec, value
+
+    def _current(self, i: int, value: str, now_u: datetime) -> _Window:
+        spec = self.specs[i]
+        st = self._states.get((i, value))
+        if spec.rolling_seconds is not None:
+            if st is None:
+                st = self._states[(i, value)] = _Window(None, None)
+            self._expire(spec, st, now_u)
+            return st
+        if st is None or st.end is None or now_u >= st.end or (st.start is not None and now_u < st.start):
+            start, end = window(spec, now_u, self.tz)
+            st = self._states[(i, value)] = _Window(_utc(start), _utc(end))
+        return st
+
+    def _expire(self, spec: BudgetSpec, st: _Window, now_u: datetime) -> None:
+        assert spec.rolling_seconds is not None
+        cutoff = now_u - timedelta(seconds=spec.rolling_seconds)
+        cut = bisect.bisect_right(st.entries, cutoff, key=lambda e: e[0])
+        if cut:
+            st.spent -= sum((c for _, c in st.entries[:cut]), _ZERO)
+            del st.entries[:cut]
+
+    def _maybe_sweep(self, now_u: datetime, force: bool = False) -> None:
+        # Scope values come from clients (session, project), so forget those whose window is over.
+        if not force and self._last_sweep is not None and now_u - self._last_sweep < _SWEEP_EVERY:
+            return
+        self._last_sweep = now_u
+        for (i, value), st in list(self._states.items()):
+            if st.in_flight:
+                continue
+            spec = self.specs[i]
+            if spec.rolling_seconds is not None:
+                self._expire(spec, st, now_u)
+                if not st.entries:
+                    del self._states[(i, value)]
+            elif st.end is not None and now_u >= st.end:
+                del self._states[(i, value)]
+        for key, until in list(self._fired.items()):
+            if now_u >= until:
+                del self._fired[key]
+
+    def _estimate(self, model: str | None) -> Decimal:
+        mean = self._means.get(model or "")
+        return self._reserve if mean is None else max(self._floor, mean)
+
+    def _learn(self, model: str | None, cost: Decimal) -> None:
+        name = model or ""
+        mean = self._means.get(name)
+        self._remember(self._means, name, cost if mean is None else mean + _EWMA_ALPHA * (cost - mean))
+
+    @staticmethod
+    def _remember(memory: OrderedDict[str, Any], key: str, value: Any) -> None:
+        memory[key] = value
+        memory.move_to_end(key)
+        if len(memory) > _MAX_REMEMBERED:
+            memory.popitem(last=False)
+
+    def _status(self, i: int, spec: BudgetSpec, value: str, st: _Window, now_u: datetime) -> BudgetStatus:
+        projected: Decimal | None = None
+        resets: datetime | None
+        if spec.rolling_seconds is None:
+            assert st.start is not None and st.end is not None
+            start, end = st.start, st.end
+            resets = end
+            elapsed = (now_u - start).total_seconds()
+            if elapsed > 0:
+                projected = (st.spent * Decimal(str((end - start).total_seconds())) / Decimal(str(elapsed))).quantize(_MICRO)
+        else:
+            start, end = now_u - timedelta(seconds=spec.rolling_seconds), now_u
+            resets = _ages_out(spec, st) if st.spent >= spec.limit_usd else None
+        return BudgetStatus(
+            name=spec.name,
+            scope=spec.scope,
+            scope_value=value,
+            action=spec.action,
+            period=spec.period_label,
+            limit_usd=spec.limit_usd,
+            spent_usd=st.spent,
+            reserved_usd=st.reserved,
+            in_flight=st.in_flight,
+            share=st.spent / spec.limit_usd,
+            remaining_usd=max(_ZERO, spec.limit_usd - st.spent),
+            window_start=start.astimezone(self.tz),
+            window_end=end.astimezone(self.tz),
+            resets_at=None if resets is None else resets.astimezone(self.tz),
+            projected_usd=projected,
+        )
+
+    def _alerts(self, i: int, spec: BudgetSpec, value: str, st: _Window, now_u: datetime) -> list[AlertEvent]:
+        if spec.rolling_seconds is None:
+            assert st.start is not None and st.end is not None
+            start, end = st.start, st.end
+        else:
+            start, end = _epoch(spec, now_u)
+        status = self._status(i, spec, value, st, now_u)
+        levels = (*sorted(spec.warn_at), _ONE)
+        crossed = [t for t in levels if status.share >= t]
+        events: list[AlertEvent] = []
+        if crossed:
+            top = crossed[-1]
+            fired = [t for t in levels if alert_key(spec.name, value, start, _level_kind(t), t) in self._fired]
+            if not fired or top > fired[-1]:
+                if top == _ONE:
+                    message = self._spent_message(spec, status, now_u)[0]
+                else:
+                    message = self._warn_message(spec, status, top)
+                events.append(self._event(spec, status, _level_kind(top), top, start, end, message))
+        if (
+            spec.rolling_seconds is None
+            and status.share < _ONE
+            and status.projected_usd is not None
+            and status.projected_usd >= spec.limit_usd
+            and (now_u - start) / (end - start) >= self._min_elapsed
+            and alert_key(spec.name, value, start, "projected", _ONE) not in self._fired
+        ):
+            events.append(self._event(spec, status, "projected", _ONE, start, end, self._projected_message(spec, status, now_u)))
+        return events
+
+    def _event(
+        self, spec: BudgetSpec, status: BudgetStatus, kind: str, threshold: Decimal, start: datetime, end: datetime, message: str
+    ) -> AlertEvent:
+        event = AlertEvent(
+            budget=spec.name,
+            scope=spec.scope,
+            scope_value=status.scope_value,
+            kind=kind,
+            threshold=threshold,
+            spent_usd=status.spent_usd,
+            limit_usd=spec.limit_usd,
+            window_start=start.astimezone(self.tz),
+            window_end=end.astimezone(self.tz),
+            message=message,
+            projected_usd=status.projected_usd,
+        )
+        self._fired[event.key] = end
+        return event
+
+    # -- messages
+
+    def _when(self, moment: datetime) -> str:
+        return f"{moment.astimezone(self.tz):%Y-%m-%d %H:%M} {self.tz.key}"
+
+    def _subject(self, spec: BudgetSpec, value: str) -> str:
+        if spec.scope == "total":
+            return ""
+        if spec.scope == "key":
+            value = self._aliases.get(value, value)
+        return f" for {spec.scope} {value}"
+
+    def _spent_message(self, spec: BudgetSpec, status: BudgetStatus, now_u: datetime) -> tuple[str, int]:
+        head = (
+            f"openrouter-spend: budget '{spec.name}' is spent{self._subject(spec, status.scope_value)}: "
+            f"{money(status.spent_usd)} of {money(spec.limit_usd)} {_period_phrase(spec)}"
+        )
+        if status.resets_at is None:
+            return head, HELD_RETRY_AFTER_S
+        retry = max(1, math.ceil((status.resets_at - now_u).total_seconds()))
+        if spec.rolling_seconds is None:
+            return f"{head}; resets {self._when(status.resets_at)}", retry
+        return f"{head}; enough spend ages out by {self._when(status.resets_at)}", retry
+
+    def _held_message(self, spec: BudgetSpec, status: BudgetStatus) -> str:
+        return (
+            f"openrouter-spend: budget '{spec.name}'{self._subject(spec, status.scope_value)} is taken up by "
+            f"{status.in_flight} request(s) in flight: {money(status.spent_usd)} spent and "
+            f"{money(status.reserved_usd)} reserved of {money(spec.limit_usd)} {_period_phrase(spec)}; "
+            f"retry when they finish"
+        )
+
+    def _warn_message(self, spec: BudgetSpec, status: BudgetStatus, threshold: Decimal) -> str:
+        tail = "" if status.resets_at is None else f"; resets {self._when(status.resets_at)}"
+        return (
+            f"openrouter-spend: budget '{spec.name}'{self._subject(spec, status.scope_value)} is at "
+            f"{_percent(status.share)} ({money(status.spent_usd)} of {money(spec.limit_usd)} "
+            f"{_period_phrase(spec)}), past the {_percent(threshold)} warning{tail}"
+        )
+
+    def _projected_message(self, spec: BudgetSpec, status: BudgetStatus, now_u: datetime) -> str:
+        assert status.projected_usd is not None and status.resets_at is not None
+        start = _utc(status.window_start)
+        rate = status.spent_usd / Decimal(str((now_u - start).total_seconds()))
+        out_at = now_u + timedelta(seconds=float((spec.limit_usd - status.spent_usd) / rate))
+        return (
+            f"openrouter-spend: budget '{spec.name}'{self._subject(spec, status.scope_value)} is on course to "
+            f"run out: {money(status.spent_usd)} of {money(spec.limit_usd)} {_period_phrase(spec)}, "
+            f"{money(status.projected_usd)} by {self._when(status.resets_at)} at this rate; "
+            f"spent by about {self._when(out_at)}"
+        )
+
+
+def _scope_value(spec: BudgetSpec, who: Who) -> str | None:
+    # A request without a value for the budget's scope (no session, say) is outside that budget.
+    if spec.scope == "total":
+        return ""
+    return _field(who, spec.scope)
+
+
+def _field(who: Who, name: str) -> str | None:
+    return {"key": who.key, "project": who.project, "session": who.session, "model": who.model}[name]
+
+
+def _matches(spec: BudgetSpec, who: Who) -> bool:
+    for name, pattern in spec.match:
+        values = (who.key, who.key_alias) if name == "key" else (_field(who, name),)
+        if not any(v is not None and fnmatchcase(v, pattern) for v in values):
+            return False
+    return True
+
+
+def _ages_out(spec: BudgetSpec, st: _Window) -> datetime | None:
+    assert spec.rolling_seconds is not None
+    left = st.spent
+    for ts, cost in st.entries:
+        left -= cost
+        if left < spec.limit_usd:
+            return ts + timedelta(seconds=spec.rolling_seconds)
+    return None
+
+
+def _level_kind(threshold: Decimal) -> str:
+    return "spent" if threshold >= _ONE else "warn"
+
+
+def _threshold(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+def _duration(seconds: int) -> str:
+    for unit in ("d", "h", "m"):
+        if seconds % _UNIT_S[unit] == 0:
+            return f"{seconds // _UNIT_S[unit]}{unit}"
+    return f"{seconds}s"
+
+
+def _period_phrase(spec: BudgetSpec) -> str:
+    if spec.rolling_seconds is not None:
+        return f"in the last {_duration(spec.rolling_seconds)}"
+    return {"day": "today", "week": "this week", "month": "this month"}[spec.period]
+
+
+def _percent(share: Decimal) -> str:
+    return f"{(share * 100).quantize(_ONE):f}%"
+
+
+def money(amount: Decimal) -> str:
+    """Dollars for people: cents from $1 up, up to four decimals below (a $0.01 budget needs them)."""
+    if abs(amount) >= _ONE:
+        return f"${amount.quantize(Decimal('0.01')):f}"
+    text = f"{amount.quantize(Decimal('0.0001')):f}".rstrip("0")
+    whole, _, frac = text.partition(".")
+    return f"${whole}.{frac.ljust(2, '0')}"

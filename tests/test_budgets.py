@@ -1,0 +1,543 @@
+from __future__ import annotations
+
+import random
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal as D
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.budgets import (
+    DEFAULT_WARN_AT,
+    HELD_RETRY_AFTER_S,
+    BudgetSpec,
+    Budgets,
+    Who,
+    alert_key,
+    money,
+    parse_budgets,
+    window,
+)
+from proxy.errors import ConfigError
+
+BERLIN = ZoneInfo("Europe/Berlin")
+UTC = timezone.utc
+
+
+def at(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=BERLIN)
+
+
+def spec(**kw: Any) -> BudgetSpec:
+    base: dict[str, Any] = {"name": "daily", "limit_usd": D("5")}
+    base.update(kw)
+    return BudgetSpec(**base)
+
+
+def spend(b: Budgets, who: Who, cost: str, now: datetime) -> list[Any]:
+    d = b.decide(who, now)
+    assert d.allowed, d.message
+    return b.settle(d.reservation, D(cost), now)
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_parse_full_example() -> None:
+    raw = [
+        {
+            "name": "daily",
+            "limit_usd": 5,
+            "period": "day",
+            "scope": "total",
+            "match": {},
+            "warn_at": [0.8, 0.5],
+            "action": "block",
+        },
+        {"name": "claude", "limit_usd": "2.50", "period": "rolling:5h", "scope": "session", "match": {"model": "anthropic/*"}},
+        {"name": "soft", "limit_usd": 0.01, "period": "month", "action": "warn", "warn_at": []},
+    ]
+    assert parse_budgets(raw) == (
+        BudgetSpec("daily", D("5"), "day", None, "total", (), (D("0.5"), D("0.8")), "block"),
+        BudgetSpec("claude", D("2.50"), "rolling", 5 * 3600, "session", (("model", "anthropic/*"),), DEFAULT_WARN_AT, "block"),
+        BudgetSpec("soft", D("0.01"), "month", None, "total", (), (), "warn"),
+    )
+    assert parse_budgets(None) == ()
+
+
+@pytest.mark.parametrize(
+    ("period", "seconds"),
+    [("rolling:5h", 18000), ("rolling:30m", 1800), ("rolling:2d", 172800), ("rolling:90s", 90)],
+)
+def test_parse_rolling(period: str, seconds: int) -> None:
+    (got,) = parse_budgets([{"name": "r", "limit_usd": 1, "period": period}])
+    assert (got.period, got.rolling_seconds) == ("rolling", seconds)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"name": "x"}, "budgets: expected a list of budgets, got a mapping"),
+        (["daily"], "budgets[0]: expected a mapping, got 'daily'"),
+        ([{"limit_usd": 1}], "budgets[0].name: required"),
+        ([{"name": "a", "limit_usd": 1}, {"name": "b", "limit_usd": "ten"}], "budgets[1].limit_usd: expected a number, got 'ten'"),
+        ([{"name": "a", "limit_usd": True}], "budgets[0].limit_usd: expected a number, got True"),
+        ([{"name": "a", "limit_usd": 0}], "budgets[0].limit_usd: must be greater than 0, got 0"),
+        ([{"name": "a", "limit_usd": "nan"}], "budgets[0].limit_usd: expected a number, got 'nan'"),
+        ([{"name": "a", "limit_usd": 1, "limt": 2}], "budgets[0].limt: unknown key; expected one of name, limit_usd"),
+        ([{"name": "a", "limit_usd": 1, "period": "hourly"}], "budgets[0].period: expected day, week, month or rolling"),
+        ([{"name": "a", "limit_usd": 1, "period": "rolling:0h"}], "budgets[0].period: expected day"),
+        ([{"name": "a", "limit_usd": 1, "period": "rolling:5y"}], "budgets[0].period: expected day"),
+        ([{"name": "a", "limit_usd": 1, "scope": "user"}], "budgets[0].scope: expected one of total, key, project, session, model, got 'user'"),
+        ([{"name": "a", "limit_usd": 1, "action": "stop"}], "budgets[0].action: expected one of block, warn, got 'stop'"),
+        ([{"name": "a", "limit_usd": 1, "match": "x"}], "budgets[0].match: expected a mapping"),
+        ([{"name": "a", "limit_usd": 1, "match": {"user": "x"}}], "budgets[0].match.user: unknown field"),
+        ([{"name": "a", "limit_usd": 1, "match": {"project": 42}}], "budgets[0].match.project: expected a glob pattern string, got 42"),
+        ([{"name": "a", "limit_usd": 1, "warn_at": 0.5}], "budgets[0].warn_at: expected a list"),
+        ([{"name": "a", "limit_usd": 1, "warn_at": [0.5, 1]}], "budgets[0].warn_at[1]: expected a fraction between 0 and 1"),
+        ([{"name": "a", "limit_usd": 1, "warn_at": ["half"]}], "budgets[0].warn_at[0]: expected a number, got 'half'"),
+        ([{"name": "a", "limit_usd": 1}, {"name": "a", "limit_usd": 2}], "budgets[1].name: duplicate budget name 'a'"),
+    ],
+)
+def test_parse_errors_name_the_path(raw: Any, message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_budgets(raw)
+    assert str(exc.value).startswith(message)
+
+
+# ---------------------------------------------------------------- windows
+
+
+@pytest.mark.parametrize(
+    ("period", "now", "start", "end", "hours"),
+    [
+        ("day", at(2026, 11, 27, 12, 0), at(2026, 11, 27), at(2026, 11, 28), 24),
+        ("day", at(2026, 11, 27, 0, 0), at(2026, 11, 27), at(2026, 11, 28), 24),
+        # Europe/Berlin springs forward on 2026-03-29 and falls back on 2026-10-25.
+        ("day", at(2026, 3, 29, 12, 0), at(2026, 3, 29), at(2026, 3, 30), 23),
+        ("day", at(2026, 10, 25, 2, 30), at(2026, 10, 25), at(2026, 10, 26), 25),
+        ("week", at(2026, 11, 27, 12, 0), at(2026, 11, 23), at(2026, 11, 30), 168),
+        ("week", at(2026, 11, 23, 0, 0), at(2026, 11, 23), at(2026, 11, 30), 168),
+        ("week", at(2026, 10, 25, 9, 0), at(2026, 10, 19), at(2026, 10, 26), 169),
+        ("month", at(2026, 11, 30, 23, 59), at(2026, 11, 1), at(2026, 12, 1), 720),
+        ("month", at(2026, 12, 31, 23, 59), at(2026, 12, 1), at(2027, 1, 1), 744),
+        ("month", at(2028, 2, 29, 12, 0), at(2028, 2, 1), at(2028, 3, 1), 696),
+        ("month", at(2026, 3, 31, 12, 0), at(2026, 3, 1), at(2026, 4, 1), 743),
+    ],
+)
+def test_calendar_windows(period: str, now: datetime, start: datetime, end: datetime, hours: int) -> None:
+    got_start, got_end = window(spec(period=period), now, BERLIN)
+    assert (got_start, got_end) == (start, end)
+    assert got_start.utcoffset() == start.utcoffset()
+    assert (got_end.astimezone(UTC) - got_start.astimezone(UTC)) == timedelta(hours=hours)
+
+
+def test_window_from_utc_now_uses_local_day() -> None:
+    # 23:30 UTC on the 27th is already the 28th in Berlin.
+    start, end = window(spec(), datetime(2026, 11, 27, 23, 30, tzinfo=UTC), BERLIN)
+    assert (start, end) == (at(2026, 11, 28), at(2026, 11, 29))
+
+
+def test_midnight_skipped_by_dst_starts_day_at_first_instant() -> None:
+    # America/Santiago skipped 00:00-01:00 on 2026-09-06.
+    santiago = ZoneInfo("America/Santiago")
+    start, end = window(spec(), datetime(2026, 9, 6, 12, tzinfo=santiago), santiago)
+    assert start.strftime("%Y-%m-%d %H:%M") == "2026-09-06 01:00"
+    assert end.astimezone(UTC) - start.astimezone(UTC) == timedelta(hours=23)
+
+
+def test_rolling_window_counts_real_seconds_across_dst() -> None:
+    now = at(2026, 3, 29, 5, 0)  # CEST; 5 real hours back is 23:00 CET the day before
+    start, end = window(spec(period="rolling", rolling_seconds=5 * 3600), now, BERLIN)
+    assert end == now
+    assert start == at(2026, 3, 28, 23, 0)
+    assert end.astimezone(UTC) - start.astimezone(UTC) == timedelta(hours=5)
+
+
+def test_naive_now_is_refused() -> None:
+    with pytest.raises(ValueError):
+        window(spec(), datetime(2026, 11, 27), BERLIN)
+
+
+# ---------------------------------------------------------------- matching and scopes
+
+
+@pytest.mark.parametrize(
+    ("match", "who", "applies"),
+    [
+        ((), Who(), True),
+        ((("model", "anthropic/*"),), Who(model="anthropic/claude-sonnet-4.5"), True),
+        ((("model", "anthropic/*"),), Who(model="openai/gpt-5"), False),
+        ((("model", "anthropic/*"),), Who(model=None), False),
+        ((("project", "acme"),), Who(project="acme"), True),
+        ((("project", "acme"),), Who(project="acme-2"), False),
+        ((("project", "acme*"), ("model", "*:free")), Who(project="acme-2", model="x/y:free"), True),
+        ((("project", "acme*"), ("model", "*:free")), Who(project="acme-2", model="x/y"), False),
+        ((("key", "ci-*"),), Who(key="fp123", key_alias="ci-nightly"), True),
+        ((("key", "fp1*"),), Who(key="fp123", key_alias="ci-nightly"), True),
+        ((("key", "ci-*"),), Who(key="fp123"), False),
+        ((("session", "S*"),), Who(session="s1"), False),  # globs are case-sensitive
+    ],
+)
+def test_match_globs(match: tuple[tuple[str, str], ...], who: Who, applies: bool) -> None:
+    b = Budgets([spec(limit_usd=D("1"), match=match)], BERLIN)
+    now = at(2026, 11, 27, 12)
+    spend(b, who, "2", now)
+    assert (not b.decide(who, now).allowed) is applies
+
+
+def test_session_scope_keeps_sessions_apart_and_ignores_requests_without_one() -> None:
+    b = Budgets([spec(name="per-session", limit_usd=D("1"), scope="session")], BERLIN)
+    now = at(2026, 11, 27, 12)
+    spend(b, Who(session="a"), "1.5", now)
+    refused = b.decide(Who(session="a"), now)
+    assert not refused.allowed
+    assert refused.message.startswith("openrouter-spend: budget 'per-session' is spent for session a: $1.50 of $1.00 today")
+    assert b.decide(Who(session="b"), now).allowed
+    none = b.decide(Who(session=None), now)
+    assert none.allowed and none.remaining_usd is None
+
+
+def test_key_scope_message_uses_alias() -> None:
+    b = Budgets([spec(name="per-key", limit_usd=D("1"), scope="key")], BERLIN)
+    now = at(2026, 11, 27, 12)
+    who = Who(key="ab12cd", key_alias="laptop")
+    spend(b, who, "1", now)
+    assert "is spent for key laptop:" in b.decide(who, now).message
+    assert [s.scope_value for s in b.snapshot(now)] == ["ab12cd"]
+
+
+# ---------------------------------------------------------------- deciding
+
+
+def test_refusal_message_retry_after_and_remaining() -> None:
+    b = Budgets([spec()], BERLIN)
+    now = at(2026, 11, 27, 18, 0)
+    first = b.decide(Who(), now)
+    assert first.allowed and first.remaining_usd == D("5") and first.message == ""
+    b.settle(first.reservation, D("5.02"), now)
+    d = b.decide(Who(), now)
+    assert not d.allowed
+    assert d.message == "openrouter-spend: budget 'daily' is spent: $5.02 of $5.00 today; resets 2026-11-28 00:00 Europe/Berlin"
+    assert d.retry_after_s == 6 * 3600
+    assert d.remaining_usd == D("0")
+    assert d.blocking is not None and d.blocking.share == D("1.004")
+    # the next day starts fresh
+    assert b.decide(Who(), at(2026, 11, 28, 0, 0)).allowed
+
+
+def test_remaining_is_tightest_matching_budget() -> None:
+    b = Budgets(
+        [
+            spec(name="daily", limit_usd=D("5")),
+            spec(name="claude", limit_usd=D("1"), match=(("model", "anthropic/*"),)),
+            spec(name="monthly", limit_usd=D("50"), period="month"),
+        ],
+        BERLIN,
+    )
+    now = at(2026, 11, 27, 12)
+    spend(b, Who(model="anthropic/claude"), "0.25", now)
+    assert b.decide(Who(model="anthropic/claude"), now).remaining_usd == D("0.75")
+    assert b.decide(Who(model="openai/gpt-5"), now).remaining_usd == D("4.75")
+
+
+def test_warn_action_lets_requests_through_with_a_warning() -> None:
+    b = Budgets([spec(name="soft", limit_usd=D("1"), action="warn")], BERLIN)
+    now = at(2026, 11, 27, 12)
+    spend(b, Who(), "1.2", now)
+    d = b.decide(Who(), now)
+    assert d.allowed and d.blocking is None
+    assert d.warnings == ("openrouter-spend: budget 'soft' is spent: $1.20 of $1.00 today; resets 2026-11-28 00:00 Europe/Berlin",)
+
+
+def test_budget_held_by_reservations_refuses_with_short_retry() -> None:
+    b = Budgets([spec(limit_usd=D("0.10"))], BERLIN, reserve_usd=D("0.06"))
+    now = at(2026, 11, 27, 12)
+    first = b.decide(Who(), now)
+    second = b.decide(Who(), now)
+    third = b.decide(Who(), now)
+    assert first.allowed and second.allowed and not third.allowed
+    assert third.retry_after_s == HELD_RETRY_AFTER_S
+    assert third.message == (
+        "openrouter-spend: budget 'daily' is taken up by 2 request(s) in flight: $0.00 spent and $0.12 reserved "
+        "of $0.10 today; retry when they finish"
+    )
+    b.release(first.reservation)
+    assert b.decide(Who(), now).allowed
+
+
+def test_reserve_follows_running_mean_of_costs_per_model() -> None:
+    b = Budgets([spec(limit_usd=D("100"))], BERLIN, reserve_usd=D("1"))
+    now = at(2026, 11, 27, 12)
+    assert b.decide(Who(model="m"), now).reservation.holds[0].amount == D("1")
+    spend(b, Who(model="m"), "0.002", now)
+    assert b.decide(Who(model="m"), now).reservation.holds[0].amount == D("0.002")
+    spend(b, Who(model="free"), "0", now)
+    assert b.decide(Who(model="free"), now).reservation.holds[0].amount == D("0.0001")  # the floor
+    assert b.decide(Who(model="other"), now).reservation.holds[0].amount == D("1")
+
+
+def test_settle_twice_and_refused_reservations_are_ignored() -> None:
+    b = Budgets([spec(limit_usd=D("1"))], BERLIN)
+    now = at(2026, 11, 27, 12)
+    d = b.decide(Who(), now)
+    b.settle(d.reservation, D("0.3"), now)
+    b.settle(d.reservation, D("0.3"), now)
+    b.release(d.reservation)
+    (status,) = b.snapshot(now)
+    assert (status.spent_usd, status.reserved_usd, status.in_flight) == (D("0.3"), D("0"), 0)
+
+
+def test_request_started_before_midnight_counts_in_its_own_day() -> None:
+    b = Budgets([spec(limit_usd=D("1"))], BERLIN)
+    d = b.decide(Who(), at(2026, 11, 27, 23, 59))
+    assert b.settle(d.reservation, D("5"), at(2026, 11, 28, 0, 1)) == []
+    (status,) = b.snapshot(at(2026, 11, 28, 0, 1))
+    assert (status.spent_usd, status.reserved_usd) == (D("0"), D("0"))
+
+
+# ---------------------------------------------------------------- rolling
+
+
+def test_rolling_window_ages_spend_out() -> None:
+    b = Budgets([spec(name="burst", limit_usd=D("1"), period="rolling", rolling_seconds=5 * 3600)], BERLIN)
+    spend(b, Who(), "0.6", at(2026, 11, 27, 9, 0))
+    spend(b, Who(), "0.6", at(2026, 11, 27, 10, 0))
+    now = at(2026, 11, 27, 11, 0)
+    d = b.decide(Who(), now)
+    assert not d.allowed
+    assert d.message == (
+        "openrouter-spend: budget 'burst' is spent: $1.20 of $1.00 in the last 5h; "
+        "enough spend ages out by 2026-11-27 14:00 Europe/Berlin"
+    )
+    assert d.retry_after_s == 3 * 3600
+    assert not b.decide(Who(), at(2026, 11, 27, 13, 59, 59)).allowed
+    later = b.decide(Who(), at(2026, 11, 27, 14, 0, 0))
+    assert later.allowed and later.remaining_usd == D("0.4")
+
+
+def test_rolling_settle_out_of_order_keeps_entries_sorted() -> None:
+    b = Budgets([spec(limit_usd=D("10"), period="rolling", rolling_seconds=3600)], BERLIN)
+    slow = b.decide(Who(), at(2026, 11, 27, 9, 0))
+    fast = b.decide(Who(), at(2026, 11, 27, 9, 10))
+    b.settle(fast.reservation, D("2"), at(2026, 11, 27, 9, 11))
+    b.settle(slow.reservation, D("3"), at(2026, 11, 27, 9, 30))
+    assert b.decide(Who(), at(2026, 11, 27, 10, 0, 1)).remaining_usd == D("8")  # the 09:00 request aged out
+    assert b.decide(Who(), at(2026, 11, 27, 10, 10, 1)).remaining_usd == D("10")
+
+
+# ---------------------------------------------------------------- alerts
+
+
+def test_warn_thresholds_fire_once_each_then_spent_once() -> None:
+    b = Budgets([spec(limit_usd=D("0.01"))], BERLIN)
+    now = at(2026, 11, 27, 1, 0)  # early, so the projection stays quiet
+    fired = []
+    for _ in range(6):
+        fired += [(e.kind, e.threshold) for e in spend(b, Who(), "0.0015", now)]
+    assert fired == [("warn", D("0.5")), ("warn", D("0.8"))]
+    for _ in range(3):
+        d = b.decide(Who(), now)
+        if d.allowed:
+            fired += [(e.kind, e.threshold) for e in b.settle(d.reservation, D("0.0015"), now)]
+    assert fired == [("warn", D("0.5")), ("warn", D("0.8")), ("spent", D("1"))]
+    assert not b.decide(Who(), now).allowed
+
+
+def test_jump_past_several_thresholds_fires_only_the_highest() -> None:
+    b = Budgets([spec(limit_usd=D("1"), warn_at=(D("0.5"), D("0.8")))], BERLIN)
+    now = at(2026, 11, 27, 1, 0)
+    (event,) = spend(b, Who(), "0.85", now)
+    assert (event.kind, event.threshold) == ("warn", D("0.8"))
+    assert event.message == (
+        "openrouter-spend: budget 'daily' is at 85% ($0.85 of $1.00 today), past the 80% warning; "
+        "resets 2026-11-28 00:00 Europe/Berlin"
+    )
+    assert event.key == ("daily", "", "2026-11-26T23:00:00+00:00", "warn", "0.8")
+    assert (event.window_start, event.window_end) == (at(2026, 11, 27), at(2026, 11, 28))
+    assert spend(b, Who(), "0.01", now) == []
+
+
+def test_thresholds_fire_again_in_the_next_window() -> None:
+    b = Budgets([spec(limit_usd=D("1"), warn_at=(D("0.5"),))], BERLIN)
+    assert [e.kind for e in spend(b, Who(), "0.6", at(2026, 11, 27, 1))] == ["warn"]
+    assert [e.kind for e in spend(b, Who(), "0.6", at(2026, 11, 28, 1))] == ["warn"]
+
+
+def test_projected_fires_once_after_minimum_elapsed_share() -> None:
+    b = Budgets([spec(limit_usd=D("10"), warn_at=())], BERLIN, projection_min_elapsed=0.25)
+    # 2 hours in (8%): $2 projects to $24, but it is too early to say
+    assert spend(b, Who(), "2", at(2026, 11, 27, 2, 0)) == []
+    # 7 hours in: $3 projects to $10.29
+    (event,) = spend(b, Who(), "1", at(2026, 11, 27, 7, 0))
+    assert event.kind == "projected" and event.threshold == D("1")
+    assert event.projected_usd is not None and event.projected_usd > D("10")
+    assert event.message.startswith("openrouter-spend: budget 'daily' is on course to run out: $3.00 of $10.00 today, $10.29 by ")
+    assert event.message.endswith("spent by about 2026-11-27 23:20 Europe/Berlin")
+    assert spend(b, Who(), "1", at(2026, 11, 27, 8, 0)) == []
+
+
+def test_projection_stays_quiet_when_spend_is_on_pace() -> None:
+    b = Budgets([spec(limit_usd=D("24"), warn_at=())], BERLIN)
+    for hour in range(3, 23):
+        assert spend(b, Who(), "0.9", at(2026, 11, 27, hour)) == []
+
+
+def test_rolling_alerts_dedup_per_stretch_of_window_length() -> None:
+    b = Budgets([spec(limit_usd=D("1"), period="rolling", rolling_seconds=3600, warn_at=(D("0.5"),))], BERLIN)
+    (event,) = spend(b, Who(), "0.6", at(2026, 11, 27, 9, 10))
+    assert event.key[2] == "2026-11-27T08:00:00+00:00"
+    assert spend(b, Who(), "0.1", at(2026, 11, 27, 9, 50)) == []
+    # the 0.6 aged out, and a new stretch began
+    assert [e.kind for e in spend(b, Who(), "0.6", at(2026, 11, 27, 10, 20))] == ["warn"]
+
+
+# ---------------------------------------------------------------- restart
+
+
+def test_restart_keeps_a_spent_budget_spent_and_alerts_sent() -> None:
+    specs = [spec(limit_usd=D("0.01"))]
+    now = at(2026, 11, 27, 12, 0)
+    first = Budgets(specs, BERLIN)
+    sent = []
+    for _ in range(4):
+        sent += spend(first, Who(model="m"), "0.003", now)
+    assert not first.decide(Who(), now).allowed
+
+    rows = [
+        (at(2026, 11, 26, 23, 0), D("9"), None, None, None, "m"),  # yesterday: outside the window
+        (datetime(2026, 11, 27, 9, 0, tzinfo=UTC), D("0.006"), "fp", "acme", "s1", "m"),
+        (datetime(2026, 11, 27, 10, 0), D("0.006"), "fp", "acme", "s1", "m"),  # naive from SQLite means UTC
+        (datetime(2026, 11, 27, 10, 5, tzinfo=UTC), None, "fp", "acme", "s1", "m"),
+    ]
+    second = Budgets(specs, BERLIN)
+    second.load(rows, now)
+    second.mark_fired([e.key for e in sent])
+    refused = second.decide(Who(), now)
+    assert not refused.allowed
+    assert refused.message.startswith("openrouter-spend: budget 'daily' is spent: $0.012 of $0.01 today")
+
+    fresh = Budgets(specs, BERLIN, reserve_usd=D("0.000001"))
+    fresh.load(rows[:2], now)
+    fresh.mark_fired([e.key for e in sent])
+    # already-sent alerts are not sent again after the restart
+    assert spend(fresh, Who(), "0.002", now) == []
+
+
+def test_mark_fired_ignores_unknown_budgets_and_bad_keys() -> None:
+    b = Budgets([spec()], BERLIN)
+    b.mark_fired([("gone", "", "2026-11-26T23:00:00+00:00", "warn", "0.5"), ("daily", "", "not a time", "warn", "0.5")])
+    assert [e.kind for e in spend(b, Who(), "3", at(2026, 11, 27, 1))] == ["warn"]
+
+
+def test_alert_key_is_stable_across_timezones() -> None:
+    assert alert_key("d", "", at(2026, 11, 27), "warn", D("0.50")) == ("d", "", "2026-11-26T23:00:00+00:00", "warn", "0.5")
+
+
+# ---------------------------------------------------------------- memory and snapshot
+
+
+def test_scope_values_whose_window_ended_are_forgotten() -> None:
+    b = Budgets([spec(limit_usd=D("100"), scope="session")], BERLIN)
+    day = at(2026, 11, 27, 12)
+    for i in range(10_000):
+        spend(b, Who(session=f"s{i}"), "0.01", day)
+    assert len(b.snapshot(day)) == 10_000
+    next_day = at(2026, 11, 28, 12)
+    spend(b, Who(session="new"), "0.01", next_day)
+    assert [s.scope_value for s in b.snapshot(next_day)] == ["new"]
+    assert len(b._states) == 1
+
+
+def test_snapshot_reports_spend_reserved_and_projection() -> None:
+    b = Budgets(
+        [spec(limit_usd=D("10")), spec(name="burst", limit_usd=D("10"), period="rolling", rolling_seconds=3600)],
+        BERLIN,
+        reserve_usd=D("0.5"),
+    )
+    spend(b, Who(), "3", at(2026, 11, 27, 6))
+    b.decide(Who(model="unseen"), at(2026, 11, 27, 6, 30))
+    daily, burst = b.snapshot(at(2026, 11, 27, 12))
+    assert (daily.name, daily.spent_usd, daily.reserved_usd, daily.in_flight, daily.share) == ("daily", D("3"), D("0.5"), 1, D("0.3"))
+    assert daily.projected_usd == D("6")
+    assert (daily.window_start, daily.window_end, daily.resets_at) == (at(2026, 11, 27), at(2026, 11, 28), at(2026, 11, 28))
+    assert (burst.period, burst.spent_usd, burst.projected_usd, burst.resets_at) == ("rolling:1h", D("0"), None, None)
+    assert burst.window_end == at(2026, 11, 27, 12)
+
+
+@pytest.mark.parametrize(
+    ("amount", "text"),
+    [("5.02", "$5.02"), ("5", "$5.00"), ("0.5", "$0.50"), ("0.01", "$0.01"), ("0.0062", "$0.0062"), ("0.00001", "$0.00"), ("123.456", "$123.46")],
+)
+def test_money(amount: str, text: str) -> None:
+    assert money(D(amount)) == text
+
+
+# ---------------------------------------------------------------- concurrency bound
+
+
+def test_fifty_concurrent_streams_just_under_the_limit() -> None:
+    b = Budgets([spec(limit_usd=D("5"))], BERLIN)
+    now = at(2026, 11, 27, 12)
+    for _ in range(20):
+        spend(b, Who(model="m"), "0.2", now)  # $4.00, and a mean cost of $0.20 for the model
+    spend(b, Who(model="m"), "0.95", now)  # $4.95: just under
+    decisions = [b.decide(Who(model="m"), now) for _ in range(50)]
+    admitted = [d for d in decisions if d.allowed]
+    # only as many as the reservations cover start; the rest are told why
+    assert 1 <= len(admitted) <= 2
+    assert all("in flight" in d.message for d in decisions if not d.allowed)
+    costs = [D("0.4")] * len(admitted)  # each costs more than was reserved for it
+    for d, cost in zip(admitted, costs):
+        b.settle(d.reservation, cost, now)
+    (status,) = b.snapshot(now)
+    assert status.spent_usd - status.limit_usd <= sum(costs)
+    assert not b.decide(Who(model="m"), now).allowed
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    costs=st.lists(st.decimals(min_value="0.0001", max_value="0.5", places=4), min_size=50, max_size=50),
+    reserve=st.decimals(min_value="0.0001", max_value="0.3", places=4),
+    already=st.decimals(min_value="3", max_value="4.99", places=2),
+)
+def test_overshoot_never_exceeds_cost_of_requests_in_flight_when_crossed(
+    seed: int, costs: list[D], reserve: D, already: D
+) -> None:
+    limit = D("5")
+    b = Budgets([spec(limit_usd=limit)], BERLIN, reserve_usd=reserve)
+    now = at(2026, 11, 27, 12)
+    b.load([(now - timedelta(hours=1), already, None, None, None, None)], now)
+    rng = random.Random(seed)
+    # 50 streams start and finish in a random interleaving, as on an event loop
+    waiting, running, ops = list(range(50)), list[int](), list[tuple[str, int]]()
+    while waiting or running:
+        if waiting and (not running or rng.random() < 0.7):
+            running.append(waiting.pop())
+            ops.append(("start", running[-1]))
+        else:
+            ops.append(("end", running.pop(rng.randrange(len(running)))))
+
+    spent = already
+    in_flight: dict[int, Any] = {}
+    bound: D | None = None
+    for op, i in ops:
+        if op == "start":
+            d = b.decide(Who(), now)
+            if d.allowed:
+                assert bound is None, "a request started after the limit was crossed"
+                in_flight[i] = d.reservation
+        elif i in in_flight:
+            if bound is None and spent + costs[i] >= limit:
+                bound = sum((costs[j] for j in in_flight), D(0))
+            b.settle(in_flight.pop(i), costs[i], now)
+            spent += costs[i]
+    (status,) = b.snapshot(now)
+    assert status.spent_usd == spent
+    assert status.reserved_usd == 0 and status.in_flight == 0
+    if bound is not None:
+        assert spent - limit <= bound
