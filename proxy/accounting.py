@@ -1,0 +1,117 @@
+"""account(): parsed Usage + catalog -> the UsageRecord row and its price breakdown (pure).
+
+The cost we account is OpenRouter's own `cost` when it sent one; otherwise our catalog price.
+Both are kept side by side (`cost_reported_usd`, `cost_catalog_usd`) so a stale catalog shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from proxy.attribution import Attribution
+from proxy.catalog import Catalog, ModelEntry
+from proxy.pricing import Cost, price
+from proxy.records import COST_CATALOG, COST_NONE, COST_REPORTED, UsageRecord
+from proxy.usage import Usage
+
+# Reported and catalog cost further apart than this share means our price table is stale.
+DRIFT_SHARE = Decimal("0.01")
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """What the forwarder knows about one request once it is over."""
+
+    request_id: str
+    started_at: datetime
+    finished_at: datetime
+    method: str
+    endpoint: str
+    model_requested: str | None
+    who: Attribution
+    streamed: bool
+    status: int
+    outcome: str
+    error: str | None
+    ttfb_ms: float | None
+    duration_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Accounted:
+    record: UsageRecord
+    breakdown: Cost | None
+    drift: bool
+
+
+def lookup(catalog: Catalog | None, *model_ids: str | None) -> ModelEntry | None:
+    if catalog is None:
+        return None
+    for model_id in model_ids:
+        if model_id:
+            entry = catalog.get(model_id)
+            if entry is not None:
+                return entry
+    return None
+
+
+def account(exchange: Exchange, usage: Usage, catalog: Catalog | None) -> Accounted:
+    model = usage.model or exchange.model_requested
+    entry = lookup(catalog, usage.model, exchange.model_requested)
+    breakdown = None
+    if entry is not None and (usage.input_tokens is not None or usage.output_tokens is not None):
+        breakdown = price(usage, entry.pricing, exchange.started_at)
+    catalog_cost = breakdown.total if breakdown is not None else None
+    reported = usage.cost_reported
+    if reported is not None:
+        cost, source = reported, COST_REPORTED
+    elif catalog_cost is not None:
+        cost, source = catalog_cost, COST_CATALOG
+    else:
+        cost, source = None, COST_NONE
+    is_free = bool(model and model.endswith(":free")) or bool(entry and entry.is_free)
+    who = exchange.who
+    record = UsageRecord(
+        id=exchange.request_id,
+        started_at=exchange.started_at,
+        finished_at=exchange.finished_at,
+        method=exchange.method,
+        endpoint=exchange.endpoint,
+        model_requested=exchange.model_requested,
+        model=model,
+        provider=usage.provider,
+        generation_id=usage.generation_id,
+        key_fingerprint=who.key_fingerprint,
+        key_alias=who.key_alias,
+        project=who.project,
+        session=who.session,
+        client=who.client,
+        streamed=exchange.streamed,
+        status=exchange.status,
+        outcome=exchange.outcome,
+        error=exchange.error or usage.error,
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cached_tokens=usage.cached_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        web_search_requests=usage.web_search_requests,
+        cost_usd=cost,
+        cost_reported_usd=reported,
+        cost_catalog_usd=catalog_cost,
+        cost_source=source,
+        is_free=is_free,
+        is_byok=usage.is_byok,
+        ttfb_ms=exchange.ttfb_ms,
+        duration_ms=exchange.duration_ms,
+    )
+    return Accounted(record=record, breakdown=breakdown, drift=drifted(reported, catalog_cost))
+
+
+def drifted(reported: Decimal | None, catalog: Decimal | None) -> bool:
+    if reported is None or catalog is None:
+        return False
+    largest = max(reported, catalog)
+    return largest > 0 and abs(reported - catalog) > largest * DRIFT_SHARE

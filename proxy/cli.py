@@ -1,0 +1,155 @@
+"""openrouter-spend serve | report | check-config | models | estimate | whatif.
+
+The only module that configures logging or exits: a ConfigError or CliError becomes one line
+on stderr and exit status 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sqlite3
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import NoReturn
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from proxy import __version__
+from proxy.errors import CliError, ConfigError
+
+log = logging.getLogger("proxy")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints usage plus the error; one line naming the flag is what we promise.
+        raise CliError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="openrouter-spend", description="See and cap what your AI agents spend on OpenRouter.")
+    parser.add_argument("--version", action="version", version=f"openrouter-spend {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser("serve", help="run the proxy")
+    serve.add_argument("--config", type=Path, help="YAML config file (optional)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default 8787)")
+    serve.add_argument("--upstream", help="OpenRouter API base (default https://openrouter.ai/api/v1)")
+    serve.add_argument("--db", help="SQLite file (default ./openrouter-spend.db)")
+    serve.set_defaults(func=_serve)
+
+    check = commands.add_parser("check-config", help="validate a config file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(func=_check_config)
+
+    report = commands.add_parser("report", help="spend and tokens from the request log")
+    report.add_argument("--db", type=Path, default=Path("openrouter-spend.db"))
+    report.add_argument("--by", choices=("day", "model", "provider", "project", "session", "key", "client", "endpoint"), default="model")
+    report.add_argument("--since", help="7d, 12h, 30m, or a date such as 2026-11-01")
+    report.add_argument("--tz", default="UTC", help="time zone for --by day (default UTC)")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.set_defaults(func=_report)
+
+    try:
+        from proxy import calculator
+    except ImportError:  # pragma: no cover - the calculator ships with the package
+        calculator = None  # type: ignore[assignment]
+    if calculator is not None and hasattr(calculator, "add_commands"):
+        calculator.add_commands(commands)
+    try:
+        from proxy import budgets_cli
+    except ImportError:
+        budgets_cli = None  # type: ignore[assignment]
+    if budgets_cli is not None:
+        budgets_cli.add_commands(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return int(args.func(args))
+    except (ConfigError, CliError) as exc:
+        print(f"openrouter-spend: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from proxy.app import create_app
+    from proxy.config import load_config
+
+    overrides = {"host": args.host, "port": args.port, "upstream": args.upstream, "db": args.db}
+    config = load_config(args.config, overrides)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    app = create_app(config)
+    _warn_if_exposed(config)
+    base = f"http://{config.host}:{config.port}"
+    log.info(
+        "event=listening url=%s upstream=%s db=%s openai_base=%s/api/v1 anthropic_base=%s/api",
+        base, config.upstream, config.db, base, base,
+    )
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        shutdown_timeout=config.shutdown_grace_s,
+        access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
+        print=None,
+        handle_signals=True,
+    )
+    return 0
+
+
+def _warn_if_exposed(config: "object") -> None:
+    from proxy.app import _is_loopback
+
+    host = getattr(config, "host")
+    keys = getattr(config, "keys")
+    if not _is_loopback(host) and not keys:
+        log.warning(
+            "event=exposed host=%s message=anyone who can reach this address can spend through the proxy "
+            "with their own key and read /healthz; bind 127.0.0.1 unless that is what you want",
+            host,
+        )
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    from proxy.config import load_config
+
+    config = load_config(args.file)
+    print(f"{args.file}: ok ({len(config.budgets)} budgets, {len(config.alerts)} alert channels)")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from proxy.report import parse_since, render, summarise
+    from proxy.storage import connect_readonly, read_requests
+
+    try:
+        tz = ZoneInfo(args.tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise CliError(f"--tz: unknown time zone {args.tz!r}") from None
+    since = parse_since(args.since, datetime.now(UTC))
+    try:
+        db = connect_readonly(args.db)
+    except FileNotFoundError:
+        raise CliError(f"--db: {args.db} does not exist (start the proxy first, or pass --db)") from None
+    try:
+        lines, total = summarise(read_requests(db, since), args.by, tz)
+    except sqlite3.Error as exc:
+        raise CliError(f"--db: {args.db}: {exc}") from None
+    finally:
+        db.close()
+    print(render(lines, total, args.by, args.format))
+    return 0

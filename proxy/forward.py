@@ -1,0 +1,322 @@
+"""The request handler: attribution, budget check, upstream call, stream back, tee to the usage parser.
+
+One direction only: each stage hands a value to the next, and only `Forwarder.handle` chains
+them. The accounting in `finally:` never awaits, so it runs even when the client has gone or
+the handler is being cancelled at shutdown: upstream billed us either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aiohttp
+from aiohttp import web
+from aiohttp.payload import BytesPayload
+from multidict import CIMultiDict
+
+from proxy import records
+from proxy.accounting import Exchange, account
+from proxy.attribution import Attribution, Attributor
+from proxy.catalog import Catalog
+from proxy.config import Config
+from proxy.errors import error_response
+from proxy.metrics import Metrics
+from proxy.recorder import Recorder
+from proxy.routing import BadPath, Route, client_headers, requested_model, resolve, upstream_headers
+from proxy.usage import BILLED_ENDPOINTS, Usage, UsageParser, parser_for
+
+log = logging.getLogger(__name__)
+
+# A non-streamed reply up to this size is read whole and sent with a Content-Length.
+_WHOLE_BODY_LIMIT = 8 * 1024 * 1024
+_LARGE_BODY = 1024 * 1024
+
+
+@dataclass(slots=True)
+class _Outcome:
+    status: int = 0
+    outcome: str = records.OK
+    error: str | None = None
+    ttfb: float | None = None
+    streamed: bool = False
+
+
+class Forwarder:
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        recorder: Recorder,
+        attributor: Attributor,
+        metrics: Metrics,
+        catalog: Callable[[], Catalog | None],
+    ) -> None:
+        self._config = config
+        self._session = session
+        self._recorder = recorder
+        self._attributor = attributor
+        self._metrics = metrics
+        self._catalog = catalog
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        received = time.perf_counter()
+        try:
+            route = resolve(request.raw_path.split("?", 1)[0], request.query_string, self._config.upstream)
+        except BadPath as exc:
+            return error_response(400, f"openrouter-spend: {exc}")
+        if route is None:
+            return _not_ours(request)
+        anthropic = route.endpoint.startswith("messages")
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return error_response(
+                426,
+                "openrouter-spend: WebSocket is not proxied; use HTTP (streaming works over SSE)",
+                anthropic=anthropic,
+            )
+        too_big = self._body_too_large(request, anthropic)
+        if too_big is not None:
+            return too_big
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large(anthropic)
+        billed = route.endpoint in BILLED_ENDPOINTS and request.method == "POST"
+        who = self._attributor.of(request.headers, route.project)
+        if not billed:
+            return await self._pass_through(request, route, body)
+        return await self._forward_billed(request, route, body, who, anthropic, received)
+
+    def _body_too_large(self, request: web.Request, anthropic: bool) -> web.Response | None:
+        length = request.content_length
+        if length is not None and length > self._config.max_body_bytes:
+            return self._too_large(anthropic)
+        return None
+
+    def _too_large(self, anthropic: bool) -> web.Response:
+        limit_mb = self._config.max_body_bytes / (1024 * 1024)
+        return error_response(
+            413,
+            f"openrouter-spend: request body is larger than the proxy's limit of {limit_mb:g} MiB (max_body_mb)",
+            anthropic=anthropic,
+        )
+
+    async def _pass_through(self, request: web.Request, route: Route, body: bytes) -> web.StreamResponse:
+        """Non-billed calls (/models, /key, /generation, count_tokens, ...): forwarded, not recorded."""
+        outcome = _Outcome()
+        return await self._exchange(request, route, body, None, outcome, anthropic=False)
+
+    async def _forward_billed(
+        self,
+        request: web.Request,
+        route: Route,
+        body: bytes,
+        who: Attribution,
+        anthropic: bool,
+        received: float,
+    ) -> web.StreamResponse:
+        started_at = datetime.now(UTC)
+        request_id = uuid.uuid4().hex
+        model_requested = requested_model(body)
+        outcome = _Outcome()
+        parser_box: list[UsageParser] = []
+        self._metrics.in_flight.inc()
+        try:
+            return await self._exchange(request, route, body, parser_box, outcome, anthropic, received)
+        except asyncio.CancelledError:
+            # Shutdown grace ran out, or the client left with handler cancellation on.
+            outcome.outcome, outcome.error = records.ABORTED, outcome.error or "cancelled"
+            raise
+        finally:
+            self._metrics.in_flight.dec()
+            usage = parser_box[0].finish() if parser_box else Usage()
+            finished = time.perf_counter()
+            exchange = Exchange(
+                request_id=request_id,
+                started_at=started_at,
+                finished_at=datetime.now(UTC),
+                method=request.method,
+                endpoint=route.endpoint,
+                model_requested=model_requested,
+                who=who,
+                streamed=outcome.streamed,
+                status=outcome.status,
+                outcome=_final_outcome(outcome, usage),
+                error=outcome.error,
+                ttfb_ms=None if outcome.ttfb is None else (outcome.ttfb - received) * 1000,
+                duration_ms=(finished - received) * 1000,
+            )
+            accounted = account(exchange, usage, self._catalog())
+            self._recorder.record(accounted.record)
+            cost = accounted.breakdown
+            self._metrics.observe(
+                accounted.record,
+                cache_savings_usd=cost.cache_savings if cost else None,
+                reasoning_cost_usd=cost.reasoning if cost else None,
+                output_cost_usd=(cost.output + cost.reasoning) if cost else None,
+                drift=accounted.drift,
+            )
+            if accounted.drift:
+                log.warning(
+                    "event=cost_drift request_id=%s model=%s reported_usd=%s catalog_usd=%s",
+                    request_id,
+                    accounted.record.model,
+                    accounted.record.cost_reported_usd,
+                    accounted.record.cost_catalog_usd,
+                )
+
+    async def _exchange(
+        self,
+        request: web.Request,
+        route: Route,
+        body: bytes,
+        parser_box: list[UsageParser] | None,
+        outcome: _Outcome,
+        anthropic: bool,
+        received: float | None = None,
+    ) -> web.StreamResponse:
+        config = self._config
+        headers = upstream_headers(request.headers)
+        sent = time.perf_counter()
+        try:
+            async with asyncio.timeout(config.first_byte_timeout_s):
+                upstream = await self._session.request(
+                    request.method,
+                    route.upstream_url,
+                    data=_payload(body),
+                    headers=headers,
+                    allow_redirects=False,
+                )
+        except TimeoutError:
+            self._metrics.upstream_error("timeout")
+            outcome.status, outcome.outcome, outcome.error = 504, records.PROXY_ERROR, "upstream_timeout"
+            log.warning("event=upstream_timeout endpoint=%s after_s=%g", route.endpoint, config.first_byte_timeout_s)
+            return error_response(
+                504,
+                f"openrouter-spend: OpenRouter did not answer within {config.first_byte_timeout_s:g} s",
+                anthropic=anthropic,
+            )
+        except aiohttp.ClientError as exc:
+            self._metrics.upstream_error("connect")
+            outcome.status, outcome.outcome, outcome.error = 502, records.PROXY_ERROR, "upstream_unreachable"
+            log.warning("event=upstream_unreachable endpoint=%s error=%s", route.endpoint, type(exc).__name__)
+            return error_response(
+                502,
+                f"openrouter-spend: cannot reach the upstream ({type(exc).__name__})",
+                anthropic=anthropic,
+            )
+        try:
+            outcome.ttfb = time.perf_counter()
+            outcome.status = upstream.status
+            if received is not None:
+                # Our own share of the latency: everything before the upstream call was sent.
+                self._metrics.observe_overhead(sent - received)
+            if upstream.status >= 400:
+                outcome.outcome = records.UPSTREAM_ERROR
+                outcome.error = f"http_{upstream.status}"
+                self._metrics.upstream_error("http_5xx" if upstream.status >= 500 else "http_4xx")
+            content_type = upstream.headers.get("Content-Type", "")
+            outcome.streamed = content_type.startswith("text/event-stream")
+            if parser_box is not None:
+                parser_box.append(
+                    parser_for(route.endpoint, outcome.streamed, upstream.headers.get("X-Generation-Id"))
+                )
+            parser = parser_box[0] if parser_box else None
+            response_headers = client_headers(upstream.headers)
+            length = upstream.content_length
+            if not outcome.streamed and length is not None and length <= _WHOLE_BODY_LIMIT:
+                return await self._whole(upstream, response_headers, parser, outcome)
+            return await self._stream(request, upstream, response_headers, parser, outcome)
+        finally:
+            # Returns a fully read connection to the pool; one cut short was closed already.
+            upstream.release()
+
+    async def _whole(
+        self,
+        upstream: aiohttp.ClientResponse,
+        headers: CIMultiDict[str],
+        parser: UsageParser | None,
+        outcome: _Outcome,
+    ) -> web.StreamResponse:
+        try:
+            payload = await upstream.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return self._broken_before_reply(outcome, exc)
+        if parser is not None:
+            parser.feed(payload)
+        return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=payload)
+
+    def _broken_before_reply(self, outcome: _Outcome, exc: BaseException) -> web.Response:
+        reason = "timeout" if isinstance(exc, TimeoutError) else "reset"
+        self._metrics.upstream_error(reason)
+        outcome.status, outcome.outcome, outcome.error = 502, records.ABORTED, f"upstream_{reason}"
+        return error_response(502, f"openrouter-spend: the upstream connection broke ({type(exc).__name__})")
+
+    async def _stream(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        headers: CIMultiDict[str],
+        parser: UsageParser | None,
+        outcome: _Outcome,
+    ) -> web.StreamResponse:
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        await response.prepare(request)
+        try:
+            async for chunk in upstream.content.iter_any():
+                try:
+                    await response.write(chunk)
+                except ConnectionError:
+                    outcome.outcome, outcome.error = records.ABORTED, "client_disconnected"
+                    # Stop paying for tokens nobody reads: closing drops the upstream connection.
+                    upstream.close()
+                    return response
+                if parser is not None:
+                    parser.feed(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            reason = "timeout" if isinstance(exc, TimeoutError) else "reset"
+            self._metrics.upstream_error("stream_error" if reason == "reset" else reason)
+            outcome.outcome, outcome.error = records.ABORTED, f"upstream_{reason}"
+            log.warning("event=upstream_stream_broken status=%d error=%s", upstream.status, type(exc).__name__)
+            # End the client's connection without the final chunk, so it sees a broken stream
+            # instead of a reply that merely looks short.
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        try:
+            await response.write_eof()
+        except ConnectionError:
+            pass
+        return response
+
+
+def _payload(body: bytes) -> bytes | BytesPayload | None:
+    if not body:
+        return None
+    if len(body) <= _LARGE_BODY:
+        return body
+    # aiohttp warns that a large bytes body "might lock the event loop"; it is one buffered
+    # transport write of bytes we already hold, cheaper than any chunking we could do.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        return BytesPayload(body)
+
+
+def _final_outcome(outcome: _Outcome, usage: Usage) -> str:
+    if outcome.outcome == records.OK and usage.error:
+        return records.UPSTREAM_ERROR
+    return outcome.outcome
+
+
+def _not_ours(request: web.Request) -> web.StreamResponse:
+    if request.method == "HEAD":
+        # Claude Code probes `HEAD <base>/api/hello`; answer at once, record nothing.
+        return web.Response(status=200)
+    return error_response(404, f"openrouter-spend: no route for {request.path}; use /api/v1/... or /v1/...")
+

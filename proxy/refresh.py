@@ -1,0 +1,88 @@
+"""CatalogHolder: the catalog in force, swapped whole by a refresh task that polls `{upstream}/models`.
+
+A failed refresh keeps the last good catalog and says so (a log line and a metric). Each price
+seen is written to `model_prices` with the time it was first seen, through the single writer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+
+from proxy.catalog import Catalog, load_embedded, parse_models, pricing_fingerprint
+from proxy.metrics import Metrics
+from proxy.recorder import Recorder, Statement
+from proxy.storage import encode_time
+
+log = logging.getLogger(__name__)
+
+_RECORD_PRICE = "INSERT OR IGNORE INTO model_prices (model_id, pricing, first_seen_at) VALUES (?, ?, ?)"
+
+
+class CatalogHolder:
+    def __init__(self, catalog: Catalog, source: str) -> None:
+        self.current = catalog
+        self.source = source
+        self.updated_at = time.time()
+
+    def get(self) -> Catalog:
+        return self.current
+
+
+def initial_catalog(path: Path | None) -> CatalogHolder:
+    if path is None:
+        return CatalogHolder(load_embedded(), "embedded")
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    return CatalogHolder(parse_models(payload), str(path))
+
+
+def record_prices(catalog: Catalog, recorder: Recorder, seen_at: datetime) -> None:
+    when = encode_time(seen_at)
+    for entry in catalog:
+        recorder.record(Statement(_RECORD_PRICE, (entry.id, pricing_fingerprint(entry), when)))
+
+
+async def refresh_once(
+    holder: CatalogHolder, session: aiohttp.ClientSession, upstream: str, recorder: Recorder, metrics: Metrics
+) -> bool:
+    try:
+        async with session.get(upstream + "/models", headers={"Accept-Encoding": "identity"}) as response:
+            response.raise_for_status()
+            payload = await response.json(content_type=None)
+        catalog = parse_models(payload, fetched_at=datetime.now(UTC))
+        if len(catalog) == 0:
+            raise ValueError("the listing has no models")
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        metrics.catalog_refresh_failed()
+        log.warning(
+            "event=catalog_refresh_failed error=%s keeping_models=%d source=%s",
+            type(exc).__name__,
+            len(holder.current),
+            holder.source,
+        )
+        return False
+    holder.current, holder.source, holder.updated_at = catalog, upstream, time.time()
+    metrics.set_catalog(len(catalog), holder.updated_at)
+    record_prices(catalog, recorder, datetime.now(UTC))
+    log.info("event=catalog_refreshed models=%d", len(catalog))
+    return True
+
+
+async def refresh_loop(
+    holder: CatalogHolder,
+    session: aiohttp.ClientSession,
+    upstream: str,
+    recorder: Recorder,
+    metrics: Metrics,
+    interval_s: float,
+) -> None:
+    while True:
+        ok = await refresh_once(holder, session, upstream, recorder, metrics)
+        # After a failure try again sooner, but never hammer the upstream.
+        await asyncio.sleep(interval_s if ok else min(interval_s, 300.0))

@@ -1,0 +1,143 @@
+"""What the request log says: spend and tokens grouped by day, model, provider, project, session or key.
+
+Pure over rows (`summarise`), plus the formatting the CLI prints. Sums are exact Decimals.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from proxy.errors import CliError
+
+GROUPS = ("day", "model", "provider", "project", "session", "key", "client", "endpoint")
+TOKEN_FIELDS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
+
+
+@dataclass(slots=True)
+class Line:
+    group: str
+    requests: int = 0
+    errors: int = 0
+    free_requests: int = 0
+    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_FIELDS, 0))
+    cost_usd: Decimal = Decimal(0)
+    cost_unknown: int = 0
+
+    def add(self, row: Mapping[str, Any]) -> None:
+        self.requests += 1
+        if row["outcome"] != "ok":
+            self.errors += 1
+        if row["is_free"]:
+            self.free_requests += 1
+        for name in TOKEN_FIELDS:
+            value = row[name]
+            if value is not None:
+                self.tokens[name] += value
+        if row["cost_usd"] is None:
+            self.cost_unknown += 1
+        else:
+            self.cost_usd += Decimal(row["cost_usd"])
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "requests": self.requests,
+            "errors": self.errors,
+            "free_requests": self.free_requests,
+            **self.tokens,
+            "cost_usd": str(self.cost_usd),
+            "cost_unknown_requests": self.cost_unknown,
+        }
+
+
+def parse_since(text: str | None, now: datetime) -> datetime | None:
+    """`7d`, `12h`, `30m` back from now, or a date / ISO time (UTC unless it says otherwise)."""
+    if not text:
+        return None
+    match = re.fullmatch(r"(\d+)([dhm])", text.strip())
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        return now - timedelta(**{{"d": "days", "h": "hours", "m": "minutes"}[unit]: amount})
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise CliError(f"--since: expected 7d, 12h, 30m or a date like 2026-11-01, got {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def group_of(row: Mapping[str, Any], by: str, tz: ZoneInfo) -> str:
+    if by == "day":
+        return datetime.fromisoformat(row["started_at"]).astimezone(tz).date().isoformat()
+    if by == "key":
+        return row["key_alias"] or row["key_fingerprint"] or "(none)"
+    column = {"model": "model", "provider": "provider", "project": "project", "session": "session",
+              "client": "client", "endpoint": "endpoint"}[by]
+    return row[column] or "(none)"
+
+
+def summarise(rows: Iterable[Mapping[str, Any]], by: str, tz: ZoneInfo = ZoneInfo("UTC")) -> tuple[list[Line], Line]:
+    lines: dict[str, Line] = {}
+    total = Line("total")
+    for row in rows:
+        key = group_of(row, by, tz)
+        line = lines.get(key)
+        if line is None:
+            line = lines[key] = Line(key)
+        line.add(row)
+        total.add(row)
+    ordered = sorted(lines.values(), key=lambda line: line.group if by == "day" else (-line.cost_usd, line.group))
+    return ordered, total
+
+
+def render(lines: list[Line], total: Line, by: str, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps({"by": by, "rows": [line.as_dict() for line in lines], "total": total.as_dict()}, indent=2)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        dicts = [line.as_dict() for line in lines]
+        writer = csv.DictWriter(buffer, fieldnames=list(Line("x").as_dict()))
+        writer.writeheader()
+        writer.writerows(dicts)
+        return buffer.getvalue().rstrip("\n")
+    headers = (by, "requests", "errors", "input", "output", "cached", "reasoning", "cost_usd")
+    table = [
+        (
+            line.group,
+            f"{line.requests:,}",
+            f"{line.errors:,}",
+            f"{line.tokens['input_tokens']:,}",
+            f"{line.tokens['output_tokens']:,}",
+            f"{line.tokens['cached_tokens']:,}",
+            f"{line.tokens['reasoning_tokens']:,}",
+            money(line.cost_usd) + ("*" if line.cost_unknown else ""),
+        )
+        for line in [*lines, total]
+    ]
+    return format_table(headers, table) + (
+        "\n* some requests in this group have no known cost" if total.cost_unknown else ""
+    )
+
+
+def money(amount: Decimal) -> str:
+    """Dollars to the cent, and to 6 places below a cent so small calls don't show as $0.00."""
+    if amount != 0 and abs(amount) < Decimal("0.01"):
+        return f"${amount:.6f}"
+    return f"${amount:,.2f}"
+
+
+def format_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    def line(cells: tuple[str, ...]) -> str:
+        first, *rest = cells
+        return "  ".join([str(first).ljust(widths[0]), *(str(c).rjust(w) for c, w in zip(rest, widths[1:]))])
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(headers), rule, *(line(r) for r in rows[:-1]), rule, line(rows[-1])]) if rows else line(headers)

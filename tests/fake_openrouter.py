@@ -1,0 +1,303 @@
+"""A fake OpenRouter: a real aiohttp app on loopback speaking chat, messages, responses, models, generation.
+
+Each request may carry `X-Fake` with comma-separated behaviours, so one server serves every test:
+  error500 | error429 | error503   the upstream fails with that status (with a Retry-After)
+  stall                            no reply at all until the test gives up
+  drop                             the stream is cut after a few chunks (connection reset)
+  midstream-error                  an error event inside a 200 stream
+  no-usage                         no usage block at all; no-cost: usage without `cost`
+  garbage                          a stream of junk lines and truncated JSON
+  gzip                             the JSON reply is gzip-encoded (Content-Encoding: gzip)
+and `X-Fake-Chunks` / `X-Fake-Delay-Ms` shape a stream. Usage numbers are fixed per request and
+the reported cost follows FAKE_PRICES, which are the real catalog figures of those models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import uuid
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+# USD per token (prompt, completion, cache read), as in the real 2026 listing.
+FAKE_PRICES = {
+    "openai/gpt-4o": (Decimal("0.0000025"), Decimal("0.00001"), Decimal("0.00000125")),
+    "meta-llama/llama-3.1-8b-instruct": (Decimal("0.00000005"), Decimal("0.00000008"), Decimal("0.000000025")),
+    "anthropic/claude-sonnet-4.5": (Decimal("0.000003"), Decimal("0.000015"), Decimal("0.0000003")),
+}
+PROMPT_TOKENS = 1200
+CACHED_TOKENS = 200
+COMPLETION_TOKENS = 300
+REASONING_TOKENS = 50
+
+RECEIVED: web.AppKey[list[dict[str, Any]]] = web.AppKey("received", list)
+GENERATIONS: web.AppKey[dict[str, dict[str, Any]]] = web.AppKey("generations", dict)
+
+
+def fake_cost(model: str, prompt: int = PROMPT_TOKENS, cached: int = CACHED_TOKENS, completion: int = COMPLETION_TOKENS) -> Decimal:
+    p, c, r = FAKE_PRICES.get(model, FAKE_PRICES["openai/gpt-4o"])
+    return (prompt - cached) * p + cached * r + completion * c
+
+
+def _flags(request: web.Request) -> set[str]:
+    return {f.strip() for f in request.headers.get("X-Fake", "").split(",") if f.strip()}
+
+
+async def _body(request: web.Request) -> tuple[bytes, dict[str, Any]]:
+    raw = await request.read()
+    request.app[RECEIVED].append({"path": request.path_qs, "headers": dict(request.headers), "body": raw, "method": request.method})
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        data = None
+    return raw, data if isinstance(data, dict) else {}
+
+
+async def _failure(request: web.Request, flags: set[str]) -> web.Response | None:
+    for status in (500, 502, 503, 429):
+        if f"error{status}" in flags:
+            return web.json_response(
+                {"error": {"code": status, "message": f"fake upstream says {status}", "metadata": {}}},
+                status=status,
+                headers={"Retry-After": "7"},
+            )
+    if "stall" in flags:
+        await asyncio.sleep(3600)
+    return None
+
+
+def _chat_usage(model: str, flags: set[str]) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "prompt_tokens": PROMPT_TOKENS,
+        "completion_tokens": COMPLETION_TOKENS,
+        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+        "prompt_tokens_details": {"cached_tokens": CACHED_TOKENS, "cache_write_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": REASONING_TOKENS},
+        "is_byok": False,
+    }
+    if "no-cost" not in flags:
+        usage["cost"] = float(fake_cost(model))
+    return usage
+
+
+def _remember(request: web.Request, gen_id: str, model: str) -> None:
+    request.app[GENERATIONS][gen_id] = {
+        "id": gen_id,
+        "model": model,
+        "total_cost": float(fake_cost(model)),
+        "tokens_prompt": PROMPT_TOKENS,
+        "tokens_completion": COMPLETION_TOKENS,
+        "native_tokens_cached": CACHED_TOKENS,
+        "native_tokens_reasoning": REASONING_TOKENS,
+        "provider_name": "FakeProvider",
+    }
+
+
+async def _sse(request: web.Request, events: list[bytes], flags: set[str], gen_id: str) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Generation-Id": gen_id})
+    await response.prepare(request)
+    delay = float(request.headers.get("X-Fake-Delay-Ms", "0")) / 1000
+    await response.write(b": OPENROUTER PROCESSING\n\n")
+    for index, event in enumerate(events):
+        if "drop" in flags and index == 3:
+            assert request.transport is not None
+            request.transport.abort()
+            return response
+        await response.write(event)
+        if delay:
+            await asyncio.sleep(delay)
+    await response.write_eof()
+    return response
+
+
+def _data(obj: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    flags = _flags(request)
+    _, data = await _body(request)
+    if (failed := await _failure(request, flags)) is not None:
+        return failed
+    model = str(data.get("model") or "openai/gpt-4o")
+    gen_id = f"gen-{uuid.uuid4().hex[:20]}"
+    _remember(request, gen_id, model)
+    chunks = int(request.headers.get("X-Fake-Chunks", "5"))
+    base = {"id": gen_id, "provider": "FakeProvider", "model": model, "object": "chat.completion.chunk", "created": 1}
+    if not data.get("stream"):
+        body = {
+            **base,
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello " * chunks}, "finish_reason": "stop"}],
+        }
+        if "no-usage" not in flags:
+            body["usage"] = _chat_usage(model, flags)
+        payload = json.dumps(body).encode()
+        if "gzip" in flags:
+            return web.Response(body=gzip.compress(payload), headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+        return web.Response(body=payload, content_type="application/json")
+    if "garbage" in flags:
+        events = [b"data: {not json\n\n", b"\x00\xff\xfe junk\n", b"data: {\"usage\": {\"prompt_tokens\": -5, \"cost\": \"abc\"}}\n\n", b"data: [DONE]\n\n"]
+        return await _sse(request, events, flags, gen_id)
+    events = [_data({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})]
+    events += [_data({**base, "choices": [{"index": 0, "delta": {"content": f"word{i} "}, "finish_reason": None}]}) for i in range(chunks)]
+    if "midstream-error" in flags:
+        events.append(_data({**base, "error": {"code": 502, "message": "provider went away"}, "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]}))
+        events.append(b"data: [DONE]\n\n")
+        return await _sse(request, events, flags, gen_id)
+    events.append(_data({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
+    if "no-usage" not in flags:
+        events.append(_data({**base, "choices": [], "usage": _chat_usage(model, flags)}))
+    events.append(b"data: [DONE]\n\n")
+    return await _sse(request, events, flags, gen_id)
+
+
+def _anthropic_usage(flags: set[str], model: str) -> dict[str, Any]:
+    # Anthropic counts cache reads apart from input_tokens.
+    usage: dict[str, Any] = {
+        "input_tokens": PROMPT_TOKENS - CACHED_TOKENS,
+        "cache_read_input_tokens": CACHED_TOKENS,
+        "cache_creation_input_tokens": 0,
+        "output_tokens": COMPLETION_TOKENS,
+    }
+    if "no-cost" not in flags:
+        usage["cost"] = float(fake_cost(model))
+    return usage
+
+
+async def messages(request: web.Request) -> web.StreamResponse:
+    flags = _flags(request)
+    _, data = await _body(request)
+    if (failed := await _failure(request, flags)) is not None:
+        return failed
+    model = str(data.get("model") or "anthropic/claude-sonnet-4.5")
+    gen_id = f"gen-{uuid.uuid4().hex[:20]}"
+    _remember(request, gen_id, model)
+    message = {"id": gen_id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": None, "stop_sequence": None}
+    if not data.get("stream"):
+        body = {**message, "content": [{"type": "text", "text": "hello"}], "stop_reason": "end_turn", "usage": _anthropic_usage(flags, model)}
+        return web.json_response(body)
+    start_usage = {**_anthropic_usage(flags, model), "output_tokens": 1}
+    start_usage.pop("cost", None)
+    events = [
+        _data({"type": "message_start", "message": {**message, "usage": start_usage}}, "message_start"),
+        _data({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}, "content_block_start"),
+        _data({"type": "ping"}, "ping"),
+    ]
+    events += [_data({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": f"w{i} "}}, "content_block_delta") for i in range(int(request.headers.get("X-Fake-Chunks", "5")))]
+    if "midstream-error" in flags:
+        events.append(_data({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}, "error"))
+        return await _sse(request, events, flags, gen_id)
+    events.append(_data({"type": "content_block_stop", "index": 0}, "content_block_stop"))
+    delta_usage = _anthropic_usage(flags, model)
+    events.append(_data({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": delta_usage}, "message_delta"))
+    events.append(_data({"type": "message_stop"}, "message_stop"))
+    return await _sse(request, events, flags, gen_id)
+
+
+def _responses_usage(flags: set[str], model: str) -> dict[str, Any]:
+    usage: dict[str, Any] = {
+        "input_tokens": PROMPT_TOKENS,
+        "input_tokens_details": {"cached_tokens": CACHED_TOKENS},
+        "output_tokens": COMPLETION_TOKENS,
+        "output_tokens_details": {"reasoning_tokens": REASONING_TOKENS},
+        "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
+    }
+    if "no-cost" not in flags:
+        usage["cost"] = float(fake_cost(model))
+    return usage
+
+
+async def responses(request: web.Request) -> web.StreamResponse:
+    flags = _flags(request)
+    _, data = await _body(request)
+    if (failed := await _failure(request, flags)) is not None:
+        return failed
+    model = str(data.get("model") or "openai/gpt-4o")
+    gen_id = f"gen-{uuid.uuid4().hex[:20]}"
+    _remember(request, gen_id, model)
+    text = "hello there"
+    output = [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}]
+    response = {"id": gen_id, "object": "response", "created_at": 1, "model": model, "status": "in_progress", "output": [], "error": None, "incomplete_details": None, "usage": None}
+    done = {**response, "status": "completed", "output": output, "usage": _responses_usage(flags, model)}
+    if not data.get("stream"):
+        return web.json_response(done)
+    seq = iter(range(1000))
+    events = [
+        _data({"type": "response.created", "sequence_number": next(seq), "response": response}, "response.created"),
+        _data({"type": "response.in_progress", "sequence_number": next(seq), "response": response}, "response.in_progress"),
+        _data({"type": "response.output_item.added", "sequence_number": next(seq), "output_index": 0, "item": {**output[0], "status": "in_progress", "content": []}}, "response.output_item.added"),
+        _data({"type": "response.content_part.added", "sequence_number": next(seq), "item_id": "msg_1", "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}, "response.content_part.added"),
+    ]
+    for piece in ("hello", " there"):
+        events.append(_data({"type": "response.output_text.delta", "sequence_number": next(seq), "item_id": "msg_1", "output_index": 0, "content_index": 0, "delta": piece}, "response.output_text.delta"))
+    if "midstream-error" in flags:
+        failed_response = {**response, "status": "failed", "error": {"code": "server_error", "message": "boom"}}
+        events.append(_data({"type": "response.failed", "sequence_number": next(seq), "response": failed_response}, "response.failed"))
+        return await _sse(request, events, flags, gen_id)
+    events += [
+        _data({"type": "response.output_text.done", "sequence_number": next(seq), "item_id": "msg_1", "output_index": 0, "content_index": 0, "text": text}, "response.output_text.done"),
+        _data({"type": "response.content_part.done", "sequence_number": next(seq), "item_id": "msg_1", "output_index": 0, "content_index": 0, "part": output[0]["content"][0]}, "response.content_part.done"),
+        _data({"type": "response.output_item.done", "sequence_number": next(seq), "output_index": 0, "item": output[0]}, "response.output_item.done"),
+    ]
+    if "no-usage" not in flags:
+        events.append(_data({"type": "response.completed", "sequence_number": next(seq), "response": done}, "response.completed"))
+    return await _sse(request, events, flags, gen_id)
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    _, data = await _body(request)
+    model = str(data.get("model") or "openai/text-embedding-3-small")
+    return web.json_response(
+        {"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
+         "usage": {"prompt_tokens": 8, "total_tokens": 8, "cost": 0.00000016}}
+    )
+
+
+async def models(request: web.Request) -> web.Response:
+    await _body(request)
+    if "error500" in _flags(request):
+        return web.json_response({"error": {"code": 500, "message": "down"}}, status=500)
+    return web.Response(body=(FIXTURES / "models-2026.json").read_bytes(), content_type="application/json")
+
+
+async def generation(request: web.Request) -> web.Response:
+    await _body(request)
+    found = request.app[GENERATIONS].get(request.query.get("id", ""))
+    if found is None:
+        return web.json_response({"error": {"code": 404, "message": "Generation not found"}}, status=404)
+    return web.json_response({"data": found})
+
+
+async def echo(request: web.Request) -> web.Response:
+    raw, _ = await _body(request)
+    return web.json_response({"path": request.path_qs, "method": request.method, "length": len(raw)})
+
+
+def fake_app() -> web.Application:
+    app = web.Application(client_max_size=256 * 1024 * 1024)
+    app[RECEIVED] = []
+    app[GENERATIONS] = {}
+    app.router.add_post("/api/v1/chat/completions", chat)
+    app.router.add_post("/api/v1/completions", chat)
+    app.router.add_post("/api/v1/messages", messages)
+    app.router.add_post("/api/v1/responses", responses)
+    app.router.add_post("/api/v1/embeddings", embeddings)
+    app.router.add_get("/api/v1/models", models)
+    app.router.add_get("/api/v1/generation", generation)
+    app.router.add_route("*", "/api/v1/{tail:.*}", echo)
+    return app
+
+
+if __name__ == "__main__":  # a standalone fake for benchmarks and manual runs
+    import sys
+
+    web.run_app(fake_app(), host="127.0.0.1", port=int(sys.argv[1]) if len(sys.argv) > 1 else 9999, access_log=None)

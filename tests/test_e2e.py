@@ -1,0 +1,146 @@
+"""End to end: the real openai and anthropic SDKs through the proxy to the fake upstream, rows in SQLite."""
+
+from __future__ import annotations
+
+import io
+import json
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import anthropic
+import openai
+
+from tests.fake_openrouter import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, REASONING_TOKENS, RECEIVED, fake_cost
+
+KEY = "sk-or-v1-test-" + "ab" * 20
+
+
+def _openai(proxy: Any) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=proxy.base, api_key=KEY, max_retries=0)
+
+
+def _anthropic(proxy: Any) -> anthropic.AsyncAnthropic:
+    # Claude Code style: ANTHROPIC_BASE_URL=http://host:port/api, key as a bearer token.
+    return anthropic.AsyncAnthropic(base_url=str(proxy.server.make_url("/api")), auth_token=KEY, max_retries=0)
+
+
+def _assert_usage_row(row: dict[str, Any], model: str, *, reasoning: int | None = REASONING_TOKENS) -> None:
+    assert row["model"] == model
+    assert row["input_tokens"] == PROMPT_TOKENS
+    assert row["cached_tokens"] == CACHED_TOKENS
+    assert row["output_tokens"] == COMPLETION_TOKENS
+    assert row["reasoning_tokens"] == reasoning
+    assert Decimal(row["cost_reported_usd"]) == Decimal(str(float(fake_cost(model))))
+    assert row["cost_usd"] == row["cost_reported_usd"]
+    assert row["cost_source"] == "reported"
+    assert row["outcome"] == "ok"
+    assert row["status"] == 200
+    assert row["generation_id"].startswith("gen-")
+    assert row["key_fingerprint"] and KEY not in json.dumps(row)
+
+
+async def test_openai_chat_not_streamed(proxy: Any) -> None:
+    async with _openai(proxy) as client:
+        reply = await client.chat.completions.create(model="openai/gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert reply.choices[0].message.content.startswith("hello")
+    assert reply.usage is not None and reply.usage.prompt_tokens == PROMPT_TOKENS
+    await proxy.settle()
+    [row] = proxy.rows()
+    _assert_usage_row(row, "openai/gpt-4o")
+    assert row["streamed"] == 0 and row["endpoint"] == "chat/completions"
+    assert row["model_requested"] == "openai/gpt-4o"
+    assert row["provider"] == "FakeProvider"
+
+
+async def test_openai_chat_streamed(proxy: Any) -> None:
+    async with _openai(proxy) as client:
+        stream = await client.chat.completions.create(
+            model="meta-llama/llama-3.1-8b-instruct", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        text = ""
+        usage = None
+        async for chunk in stream:
+            if chunk.choices:
+                text += chunk.choices[0].delta.content or ""
+            if chunk.usage:
+                usage = chunk.usage
+    assert text == "".join(f"word{i} " for i in range(5))
+    assert usage is not None and usage.completion_tokens == COMPLETION_TOKENS
+    await proxy.settle()
+    [row] = proxy.rows()
+    _assert_usage_row(row, "meta-llama/llama-3.1-8b-instruct")
+    assert row["streamed"] == 1
+    assert row["ttfb_ms"] is not None and row["duration_ms"] >= row["ttfb_ms"]
+
+
+async def test_openai_responses_streamed_and_not(proxy: Any) -> None:
+    async with _openai(proxy) as client:
+        reply = await client.responses.create(model="openai/gpt-4o", input="hi")
+        assert reply.output_text == "hello there"
+        stream = await client.responses.create(model="openai/gpt-4o", input="hi", stream=True)
+        kinds = [event.type async for event in stream]
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    await proxy.settle()
+    rows = proxy.rows()
+    assert [r["streamed"] for r in rows] == [0, 1]
+    for row in rows:
+        _assert_usage_row(row, "openai/gpt-4o")
+        assert row["endpoint"] == "responses"
+
+
+async def test_anthropic_messages_streamed_and_not(proxy: Any) -> None:
+    model = "anthropic/claude-sonnet-4.5"
+    async with _anthropic(proxy) as client:
+        reply = await client.messages.create(model=model, max_tokens=100, messages=[{"role": "user", "content": "hi"}])
+        assert reply.content[0].text == "hello"
+        async with client.messages.stream(model=model, max_tokens=100, messages=[{"role": "user", "content": "hi"}]) as stream:
+            text = "".join([t async for t in stream.text_stream])
+    assert text == "".join(f"w{i} " for i in range(5))
+    await proxy.settle()
+    rows = proxy.rows()
+    assert [r["streamed"] for r in rows] == [0, 1]
+    for row in rows:
+        # Anthropic reports cache reads apart; the row's input_tokens includes them.
+        _assert_usage_row(row, model, reasoning=None)
+        assert row["endpoint"] == "messages"
+
+
+async def test_stream_bytes_identical_to_direct(proxy: Any, upstream: Any) -> None:
+    body = json.dumps({"model": "openai/gpt-4o", "stream": True, "messages": []}).encode()
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json", "X-Fake-Chunks": "40"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(upstream.make_url("/api/v1/chat/completions"), data=body, headers=headers) as direct:
+            direct_bytes = await direct.read()
+        async with session.post(f"{proxy.base}/chat/completions", data=body, headers=headers) as via:
+            via_bytes = await via.read()
+            assert via.headers["Content-Type"] == "text/event-stream"
+    # Generation ids differ per call; everything else is byte for byte the same.
+    import re
+
+    normalise = lambda b: re.sub(rb"gen-[0-9a-f]{20}", b"gen-X", b)  # noqa: E731
+    assert normalise(via_bytes) == normalise(direct_bytes)
+    assert via_bytes.startswith(b": OPENROUTER PROCESSING\n\n")
+
+
+async def test_ten_megabyte_body_passes_byte_identical(proxy: Any, upstream: Any) -> None:
+    filler = ("x" * 1000 + "\\u00e9") * 10_000
+    body = ('{"messages":[{"role":"user","content":"' + filler + '"}],  "model" : "openai/gpt-4o"}').encode()
+    assert len(body) > 10_000_000
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{proxy.base}/chat/completions?beta=true",
+            data=io.BytesIO(body),
+            headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json", "anthropic-beta": "x,y", "X-Title": "Aider"},
+        ) as response:
+            assert response.status == 200
+    received = upstream.app[RECEIVED][-1]
+    assert received["body"] == body
+    assert received["path"] == "/api/v1/chat/completions?beta=true"
+    assert received["headers"]["anthropic-beta"] == "x,y"
+    assert received["headers"]["Authorization"] == f"Bearer {KEY}"
+    assert received["headers"]["X-Title"] == "Aider"
+    await proxy.settle()
+    [row] = proxy.rows()
+    assert row["model_requested"] == "openai/gpt-4o"
+    assert row["client"] == "Aider"
