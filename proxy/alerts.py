@@ -92,7 +92,9 @@ def _parse_one(raw: Any, path: str) -> ChannelSpec:
     if kind == "command":
         argv = raw.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
-            raise ConfigError(f"{path}.argv: expected a non-empty list of strings such as [notify-send, openrouter-spend], got {_show(argv)}")
+            raise ConfigError(
+                f"{path}.argv: expected a non-empty list of strings such as [notify-send, openrouter-spend], got {_show(argv)}"
+            )
         append = raw.get("append_message", True)
         if not isinstance(append, bool):
             raise ConfigError(f"{path}.append_message: expected true or false, got {_show(append)}")

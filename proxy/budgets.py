@@ -366,15 +366,22 @@ class Budgets:
     # -- warm-up
 
     def load(self, rows: Iterable[SpendRow | tuple[Any, ...]], now: datetime) -> None:
-        """Add past spend (rows inside the widest window, oldest first); call once, before traffic."""
+        """Add past spend (rows inside the widest window, oldest first); call once, before traffic.
+
+        Each row is (started_at, cost_usd, key fingerprint, project, session, requested model[, key alias]);
+        started_at may be an ISO-8601 string and cost a float or string, as SQLite returns them.
+        """
         now_u = _utc(now)
         for raw in rows:
             row = SpendRow(*raw)
-            cost = row.cost_usd
+            # SQLite hands back text and floats; naive times there are UTC.
+            cost = None if row.cost_usd is None else Decimal(str(row.cost_usd))
             if cost is None or cost <= 0:
                 continue
-            started = row.started_at if row.started_at.tzinfo else row.started_at.replace(tzinfo=UTC)
-            ts = started.astimezone(UTC)
+            started: Any = row.started_at
+            if isinstance(started, str):
+                started = datetime.fromisoformat(started)
+            ts = (started if started.tzinfo else started.replace(tzinfo=UTC)).astimezone(UTC)
             self._learn(row.model, cost)
             who = Who(row.key, row.key_alias, row.project, row.session, row.model)
             for i, spec, value in self._matching(who):

@@ -420,6 +420,14 @@ def test_restart_keeps_a_spent_budget_spent_and_alerts_sent() -> None:
     assert not refused.allowed
     assert refused.message.startswith("openrouter-spend: budget 'daily' is spent: $0.012 of $0.01 today")
 
+    as_sqlite_returns_them = [
+        ("2026-11-27 09:00:00", 0.006, "fp", None, None, "m"),
+        ("2026-11-27T10:00:00+00:00", "0.006", "fp", None, None, "m"),
+    ]
+    third = Budgets(specs, BERLIN)
+    third.load(as_sqlite_returns_them, now)
+    assert third.snapshot(now)[0].spent_usd == D("0.012")
+
     fresh = Budgets(specs, BERLIN, reserve_usd=D("0.000001"))
     fresh.load(rows[:2], now)
     fresh.mark_fired([e.key for e in sent])
