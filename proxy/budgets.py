@@ -5,8 +5,8 @@ settled spend plus the reservations of requests still in flight is below the lim
 estimate for it (the running mean of recent costs for its model, or `reserve_usd` before any cost is
 known); `settle()` swaps the reservation for the real cost when the request ends. Once settled spend
 reaches the limit nothing new starts, so a budget can end over its limit by at most what the requests
-already in flight at that moment cost; more precisely, by at most the amount those requests cost
-beyond what was reserved for them, plus the cost of the last request admitted.
+already in flight at that moment cost. Tighter still: by at most what the requests in flight when
+the last one was admitted cost beyond their reservations, plus the cost of that last request.
 """
 
 from __future__ import annotations
