@@ -116,6 +116,19 @@ class Catalog:
             hit = self._lookup.get(strip_routing(model_id))
         return hit
 
+    def resolve(self, served: str | None, requested: str | None) -> ModelEntry | None:
+        """The entry a request was billed at. A requested catalog variant (`x:free`) wins over the
+        served name, which is the base model's dated slug and would price the variant as its base."""
+        if requested:
+            asked = self.get(requested)
+            if asked is not None and ":" in asked.id and not asked.id.startswith("~"):
+                return asked
+        for model_id in (served, requested):
+            entry = self.get(model_id) if model_id else None
+            if entry is not None:
+                return entry
+        return None
+
 
 def strip_routing(model_id: str) -> str:
     """`vendor/x:free:nitro` -> `vendor/x:free`: routing suffixes do not change the price entry."""

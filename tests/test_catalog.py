@@ -262,7 +262,7 @@ def test_override_conditions_parse(override: dict[str, Any], expected: PriceOver
 
 
 def all_entries() -> list[Any]:
-    out = []
+    out: list[Any] = []
     for name in ("models-2025.json", "models-2026.json"):
         out += parse_models(load(name)).models
     return out + list(load_embedded().models)
@@ -339,3 +339,27 @@ def test_embedded_snapshot_loads_from_an_installed_package(tmp_path: Path) -> No
     )
     location, count = out.stdout.split()
     assert location.startswith(str(target)) and count == "421"
+
+
+@pytest.mark.parametrize(
+    ("served", "requested", "expected"),
+    [
+        # a variant was asked for: the served name is its base's dated slug, but the variant was billed
+        ("thinkingmachines/inkling-small-20260730", "thinkingmachines/inkling-small:free",
+         "thinkingmachines/inkling-small:free"),
+        ("thinkingmachines/inkling-small-20260730", "thinkingmachines/inkling-small:free:nitro",
+         "thinkingmachines/inkling-small:free"),
+        ("anthropic/claude-sonnet-5-20260630", "anthropic/claude-sonnet-5:batch", "anthropic/claude-sonnet-5:batch"),
+        # otherwise the served name says which model answered
+        ("anthropic/claude-4.5-sonnet-20250929", "~anthropic/claude-sonnet-latest", "anthropic/claude-sonnet-4.5"),
+        ("anthropic/claude-4.5-sonnet-20250929", "openrouter/auto", "anthropic/claude-sonnet-4.5"),
+        (None, "openai/gpt-4o:nitro", "openai/gpt-4o"),
+        ("nope/unknown", "openai/gpt-4o", "openai/gpt-4o"),
+        (None, None, None),
+        ("nope/a", "nope/b", None),
+    ],
+)
+def test_resolve_served_and_requested(c2026: Catalog, served: str | None, requested: str | None,
+                                      expected: str | None) -> None:
+    entry = c2026.resolve(served, requested)
+    assert (entry.id if entry else None) == expected
