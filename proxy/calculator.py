@@ -54,6 +54,10 @@ def format_ratio(cost: Decimal, reference: Decimal) -> str:
     if cost == 0 or reference == 0:
         return "free" if cost == 0 else "n/a"
     factor = reference / cost if cost < reference else cost / reference
+    if factor < Decimal("1.1"):
+        # "1.0 times cheaper" says nothing; near-equal costs read better as a percentage.
+        pct = abs(cost - reference) / reference * 100
+        return f"{pct:.2f}% {'cheaper' if cost < reference else 'dearer'}"
     shown = f"{factor:.0f}" if factor >= 10 else f"{factor:.1f}"
     return f"{shown} times {'cheaper' if cost < reference else 'dearer'}"
 
