@@ -10,6 +10,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
+COPY config/proxy.docker.yaml /etc/openrouter-spend/proxy.yaml
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /data proxy \
     && mkdir -p /data && chown proxy /data
@@ -22,4 +23,5 @@ HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request, sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8787/healthz', timeout=2).status == 200 else 1)"]
 
 ENTRYPOINT ["openrouter-spend"]
-CMD ["serve", "--host", "0.0.0.0", "--db", "/data/openrouter-spend.db"]
+# The config names the metrics token's variable; /metrics needs one off loopback.
+CMD ["serve", "--config", "/etc/openrouter-spend/proxy.yaml", "--host", "0.0.0.0", "--db", "/data/openrouter-spend.db"]

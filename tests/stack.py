@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import yaml  # type: ignore[import-untyped]
+import yaml
 from aiohttp import web
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
@@ -272,6 +272,20 @@ def test_dockerfile_serves_on_the_port_and_paths_compose_expects() -> None:
     assert '"--host", "0.0.0.0"' in text and "/data/openrouter-spend.db" in text
     assert compose()["services"]["proxy"]["build"] == "."
     assert mounts("proxy")["/data"] == "proxy-data"
+    config_path = "/etc/openrouter-spend/proxy.yaml"
+    assert f'"--config", "{config_path}"' in text
+    assert f"COPY config/proxy.docker.yaml {config_path}" in text
+    assert mounts("proxy")[config_path] == "./config/proxy.docker.yaml"
+    proxy_cfg = yaml_file(stack.CONFIG / "proxy.docker.yaml")
+    assert proxy_cfg["port"] == _container_port("proxy") and proxy_cfg["host"] == "0.0.0.0"
+    assert proxy_cfg["metrics"]["token_env"] == compose()["secrets"]["metrics_token"]["environment"]
+
+
+def test_docker_proxy_config_loads() -> None:
+    from proxy.config import load_config
+
+    cfg = load_config(stack.CONFIG / "proxy.docker.yaml")
+    assert cfg.metrics.token_env == "OPENROUTER_SPEND_METRICS_TOKEN" and cfg.metrics.port is None
 
 
 # -- promtool and amtool ----------------------------------------------------------------------------
