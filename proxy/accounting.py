@@ -11,9 +11,9 @@ from datetime import datetime
 from decimal import Decimal
 
 from proxy.attribution import Attribution
-from proxy.catalog import Catalog, ModelEntry
+from proxy.catalog import Catalog
 from proxy.pricing import Cost, price
-from proxy.records import COST_CATALOG, COST_NONE, COST_REPORTED, UsageRecord
+from proxy.records import BLOCKED, COST_CATALOG, COST_NONE, COST_REPORTED, PROXY_ERROR, UsageRecord
 from proxy.usage import Usage
 
 # Reported and catalog cost further apart than this share means our price table is stale.
@@ -46,26 +46,18 @@ class Accounted:
     drift: bool
 
 
-def lookup(catalog: Catalog | None, *model_ids: str | None) -> ModelEntry | None:
-    if catalog is None:
-        return None
-    for model_id in model_ids:
-        if model_id:
-            entry = catalog.get(model_id)
-            if entry is not None:
-                return entry
-    return None
-
-
 def account(exchange: Exchange, usage: Usage, catalog: Catalog | None) -> Accounted:
     model = usage.model or exchange.model_requested
-    entry = lookup(catalog, usage.model, exchange.model_requested)
+    entry = catalog.resolve(usage.model, exchange.model_requested) if catalog is not None else None
     breakdown = None
     if entry is not None and (usage.input_tokens is not None or usage.output_tokens is not None):
         breakdown = price(usage, entry.pricing, exchange.started_at)
     catalog_cost = breakdown.total if breakdown is not None else None
     reported = usage.cost_reported
-    if reported is not None:
+    if exchange.outcome in (BLOCKED, PROXY_ERROR):
+        # Never reached (or never answered by) the upstream: nothing was billed.
+        cost, source = Decimal(0), COST_NONE
+    elif reported is not None:
         cost, source = reported, COST_REPORTED
     elif catalog_cost is not None:
         cost, source = catalog_cost, COST_CATALOG
@@ -111,6 +103,7 @@ def account(exchange: Exchange, usage: Usage, catalog: Catalog | None) -> Accoun
 
 
 def drifted(reported: Decimal | None, catalog: Decimal | None) -> bool:
+    """Reported and catalog cost differ by more than DRIFT_SHARE of the larger one."""
     if reported is None or catalog is None:
         return False
     largest = max(reported, catalog)

@@ -20,10 +20,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy import __version__
+from proxy.alerts import Notifier
 from proxy.attribution import Attributor
+from proxy.budgets import Budgets
 from proxy.config import Config
 from proxy.errors import ConfigError
 from proxy.forward import Forwarder
+from proxy.generation import Backfill
+from proxy.guard import BudgetGuard, load_spend, publish_loop
 from proxy.metrics import Metrics, metrics_handler
 from proxy.recorder import Recorder
 from proxy.refresh import CatalogHolder, initial_catalog, record_prices, refresh_loop
@@ -38,6 +42,8 @@ RECORDER = web.AppKey("recorder", Recorder)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 CATALOG = web.AppKey("catalog", CatalogHolder)
 FORWARDER = web.AppKey("forwarder", Forwarder)
+GUARD = web.AppKey("guard", BudgetGuard)
+BACKFILL = web.AppKey("backfill", Backfill)
 
 
 def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
@@ -50,7 +56,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         registry, session_cap=config.metrics.session_cap, project_cap=config.metrics.project_cap
     )
     app[METRICS].set_free_daily_limit(config.free_daily_limit)
-    app.cleanup_ctx.extend([_database, _recorder, _http_session, _catalog, _forwarder])
+    app.cleanup_ctx.extend([_database, _recorder, _http_session, _catalog, _budgets, _backfill, _forwarder])
     if config.metrics.enabled and config.metrics.port is None:
         app.router.add_get("/metrics", metrics_handler(registry, metrics_token))
     elif config.metrics.enabled:
@@ -153,11 +159,58 @@ async def _catalog(app: web.Application) -> AsyncIterator[None]:
             pass
 
 
+async def _budgets(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    if not config.budgets:
+        yield
+        return
+    notifier = Notifier(config.alerts, app[SESSION])
+    budgets = Budgets(config.budgets, config.tz)
+    rows = await load_spend(app[DB], budgets, datetime.now(UTC))
+    guard = BudgetGuard(budgets, app[RECORDER], notifier, app[METRICS])
+    guard.publish()
+    app[GUARD] = guard
+    log.info("event=budgets_loaded budgets=%d rows=%d", len(config.budgets), rows)
+    delivery = asyncio.create_task(notifier.run(), name="alert-delivery")
+    publisher = asyncio.create_task(publish_loop(guard), name="budget-gauges")
+    yield
+    publisher.cancel()
+    await asyncio.wait([publisher])
+    await notifier.close()
+    if not delivery.done():
+        delivery.cancel()
+        await asyncio.wait([delivery])
+
+
+async def _backfill(app: web.Application) -> AsyncIterator[None]:
+    guard = app.get(GUARD)
+    metrics = app[METRICS]
+    backfill = Backfill(
+        app[SESSION],
+        app[CONFIG].upstream,
+        app[RECORDER],
+        settle=guard.settle if guard is not None else (lambda reservation, cost: None),
+        on_filled=metrics.observe_late_cost,
+    )
+    app[BACKFILL] = backfill
+    yield
+    await backfill.close()
+
+
 async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     attributor = Attributor(await salt(app[DB]), config.keys)
     holder = app[CATALOG]
-    app[FORWARDER] = Forwarder(config, app[SESSION], app[RECORDER], attributor, app[METRICS], holder.get)
+    app[FORWARDER] = Forwarder(
+        config,
+        app[SESSION],
+        app[RECORDER],
+        attributor,
+        app[METRICS],
+        holder.get,
+        guard=app.get(GUARD),
+        backfill=app[BACKFILL],
+    )
     yield
 
 

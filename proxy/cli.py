@@ -53,18 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.set_defaults(func=_report)
 
-    try:
-        from proxy import calculator
-    except ImportError:  # pragma: no cover - the calculator ships with the package
-        calculator = None  # type: ignore[assignment]
-    if calculator is not None and hasattr(calculator, "add_commands"):
-        calculator.add_commands(commands)
-    try:
-        from proxy import budgets_cli
-    except ImportError:
-        budgets_cli = None  # type: ignore[assignment]
-    if budgets_cli is not None:
-        budgets_cli.add_commands(commands)
+    from proxy import budgets_cli, calculator
+
+    calculator.add_commands(commands)  # type: ignore[arg-type]
+    budgets_cli.add_commands(commands)
     return parser
 
 

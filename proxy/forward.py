@@ -23,7 +23,10 @@ from multidict import CIMultiDict
 
 from proxy import records
 from proxy.accounting import Exchange, account
-from proxy.attribution import Attribution, Attributor
+from proxy.attribution import Attribution, Attributor, presented_key
+from proxy.budgets import Decision
+from proxy.generation import Backfill, needs_backfill
+from proxy.guard import BudgetGuard, retry_after
 from proxy.catalog import Catalog
 from proxy.config import Config
 from proxy.errors import error_response
@@ -37,6 +40,7 @@ log = logging.getLogger(__name__)
 # A non-streamed reply up to this size is read whole and sent with a Content-Length.
 _WHOLE_BODY_LIMIT = 8 * 1024 * 1024
 _LARGE_BODY = 1024 * 1024
+REMAINING_HEADER = "X-Spend-Budget-Remaining-USD"
 
 
 @dataclass(slots=True)
@@ -57,6 +61,8 @@ class Forwarder:
         attributor: Attributor,
         metrics: Metrics,
         catalog: Callable[[], Catalog | None],
+        guard: BudgetGuard | None = None,
+        backfill: Backfill | None = None,
     ) -> None:
         self._config = config
         self._session = session
@@ -64,6 +70,8 @@ class Forwarder:
         self._attributor = attributor
         self._metrics = metrics
         self._catalog = catalog
+        self._guard = guard
+        self._backfill = backfill
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.perf_counter()
@@ -126,9 +134,15 @@ class Forwarder:
         model_requested = requested_model(body)
         outcome = _Outcome()
         parser_box: list[UsageParser] = []
+        decision = self._guard.decide(who, model_requested) if self._guard is not None else None
         self._metrics.in_flight.inc()
         try:
-            return await self._exchange(request, route, body, parser_box, outcome, anthropic, received)
+            if decision is not None and not decision.allowed:
+                return self._refuse(decision, outcome, anthropic)
+            extra = {}
+            if decision is not None and decision.remaining_usd is not None:
+                extra[REMAINING_HEADER] = str(decision.remaining_usd)
+            return await self._exchange(request, route, body, parser_box, outcome, anthropic, received, extra)
         except asyncio.CancelledError:
             # Shutdown grace ran out, or the client left with handler cancellation on.
             outcome.outcome, outcome.error = records.ABORTED, outcome.error or "cancelled"
@@ -153,10 +167,11 @@ class Forwarder:
                 duration_ms=(finished - received) * 1000,
             )
             accounted = account(exchange, usage, self._catalog())
-            self._recorder.record(accounted.record)
+            rec = accounted.record
+            self._recorder.record(rec)
             cost = accounted.breakdown
             self._metrics.observe(
-                accounted.record,
+                rec,
                 cache_savings_usd=cost.cache_savings if cost else None,
                 reasoning_cost_usd=cost.reasoning if cost else None,
                 output_cost_usd=(cost.output + cost.reasoning) if cost else None,
@@ -166,10 +181,41 @@ class Forwarder:
                 log.warning(
                     "event=cost_drift request_id=%s model=%s reported_usd=%s catalog_usd=%s",
                     request_id,
-                    accounted.record.model,
-                    accounted.record.cost_reported_usd,
-                    accounted.record.cost_catalog_usd,
+                    rec.model,
+                    rec.cost_reported_usd,
+                    rec.cost_catalog_usd,
                 )
+            reservation = decision.reservation if decision is not None and decision.allowed else None
+            if needs_backfill(rec) and self._backfill is not None:
+                # Billed but the stream ended before its usage: the cost arrives later.
+                self._backfill.enqueue(rec, presented_key(request.headers), reservation)
+            elif reservation is not None and self._guard is not None:
+                self._guard.settle(reservation, rec.cost_usd)
+
+    def _refuse(self, decision: Decision, outcome: _Outcome, anthropic: bool) -> web.Response:
+        blocking = decision.blocking
+        name = blocking.name if blocking is not None else "budget"
+        outcome.status, outcome.outcome, outcome.error = 402, records.BLOCKED, f"budget:{name}"[:64]
+        log.warning("event=budget_blocked budget=%s message=%r", name, decision.message)
+        metadata = {"budget": name, "retry_after_s": retry_after(decision)}
+        if blocking is not None:
+            metadata.update(
+                spent_usd=str(blocking.spent_usd),
+                limit_usd=str(blocking.limit_usd),
+                resets_at=blocking.resets_at.isoformat() if blocking.resets_at else None,
+            )
+        return error_response(
+            402,
+            decision.message,
+            anthropic=anthropic,
+            metadata=metadata,
+            headers={
+                # SDKs retry 402s never, but 429/5xx-minded wrappers might: say it plainly.
+                "x-should-retry": "false",
+                "Retry-After": str(retry_after(decision)),
+                REMAINING_HEADER: str(decision.remaining_usd if decision.remaining_usd is not None else 0),
+            },
+        )
 
     async def _exchange(
         self,
@@ -180,6 +226,7 @@ class Forwarder:
         outcome: _Outcome,
         anthropic: bool,
         received: float | None = None,
+        extra_headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
         config = self._config
         headers = upstream_headers(request.headers)
@@ -229,6 +276,8 @@ class Forwarder:
                 )
             parser = parser_box[0] if parser_box else None
             response_headers = client_headers(upstream.headers)
+            if extra_headers:
+                response_headers.update(extra_headers)
             length = upstream.content_length
             if not outcome.streamed and length is not None and length <= _WHOLE_BODY_LIMIT:
                 return await self._whole(upstream, response_headers, parser, outcome)

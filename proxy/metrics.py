@@ -3,6 +3,7 @@ dashboards/ and config/alerts.rules.yml, so change them only together."""
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import time
 from collections import OrderedDict
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from proxy import __version__
+from proxy.accounting import drifted as cost_drifted
 from proxy.errors import error_response
 from proxy.records import BLOCKED, UsageRecord
 
@@ -31,7 +33,6 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 # A billed cost this far from our catalog price means the catalog (or our pricing) is off.
-DRIFT_TOLERANCE = Decimal("0.01")
 
 
 def normalize_endpoint(path: str) -> str:
@@ -41,14 +42,6 @@ def normalize_endpoint(path: str) -> str:
         if p == name or p.endswith("/" + name):
             return name
     return OTHER
-
-
-def cost_drifted(reported: Decimal | None, catalog: Decimal | None) -> bool:
-    """Whether the billed and catalog cost differ by more than DRIFT_TOLERANCE of the larger one."""
-    if reported is None or catalog is None:
-        return False
-    scale = max(abs(reported), abs(catalog))
-    return scale > 0 and abs(reported - catalog) > scale * DRIFT_TOLERANCE
 
 
 class LabelCap:
@@ -334,6 +327,13 @@ class Metrics:
                 peers.discard(labels)
                 if not peers:
                     del other_index[labels[other_pos]]
+
+    def observe_late_cost(self, rec: UsageRecord, cost: Decimal) -> None:
+        """A cost learnt after the request was counted (back-filled from /generation)."""
+        if cost > 0:
+            now = self._clock()
+            model = self._admit_model(rec.model or rec.model_requested, now)
+            self._add_cost(dataclasses.replace(rec, cost_usd=cost), model, rec.provider or NONE, now)
 
     def observe_overhead(self, seconds: float) -> None:
         self.overhead.observe(seconds)

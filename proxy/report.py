@@ -9,7 +9,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -84,7 +84,7 @@ def group_of(row: Mapping[str, Any], by: str, tz: ZoneInfo) -> str:
     return row[column] or "(none)"
 
 
-def summarise(rows: Iterable[Mapping[str, Any]], by: str, tz: ZoneInfo = ZoneInfo("UTC")) -> tuple[list[Line], Line]:
+def summarise(rows: Iterable[Any], by: str, tz: ZoneInfo = ZoneInfo("UTC")) -> tuple[list[Line], Line]:
     lines: dict[str, Line] = {}
     total = Line("total")
     for row in rows:
@@ -134,10 +134,16 @@ def money(amount: Decimal) -> str:
     return f"${amount:,.2f}"
 
 
-def format_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, total: bool = True) -> str:
+    """Left-aligned first column, right-aligned numbers; with `total`, the last row is set apart."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-    def line(cells: tuple[str, ...]) -> str:
+
+    def line(cells: Sequence[str]) -> str:
         first, *rest = cells
         return "  ".join([str(first).ljust(widths[0]), *(str(c).rjust(w) for c, w in zip(rest, widths[1:]))])
+
     rule = "  ".join("-" * w for w in widths)
-    return "\n".join([line(headers), rule, *(line(r) for r in rows[:-1]), rule, line(rows[-1])]) if rows else line(headers)
+    body = [line(r) for r in rows]
+    if total and rows:
+        body.insert(len(body) - 1, rule)
+    return "\n".join([line(headers), rule, *body])

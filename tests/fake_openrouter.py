@@ -73,7 +73,13 @@ async def _failure(request: web.Request, flags: set[str]) -> web.Response | None
     return None
 
 
-def _chat_usage(model: str, flags: set[str]) -> dict[str, Any]:
+def _reported_cost(request: web.Request, model: str) -> float:
+    """The cost the fake bills: its price table, or `X-Fake-Cost` when a test wants round numbers."""
+    override = request.headers.get("X-Fake-Cost")
+    return float(override) if override else float(fake_cost(model))
+
+
+def _chat_usage(model: str, flags: set[str], cost: float) -> dict[str, Any]:
     usage: dict[str, Any] = {
         "prompt_tokens": PROMPT_TOKENS,
         "completion_tokens": COMPLETION_TOKENS,
@@ -83,7 +89,7 @@ def _chat_usage(model: str, flags: set[str]) -> dict[str, Any]:
         "is_byok": False,
     }
     if "no-cost" not in flags:
-        usage["cost"] = float(fake_cost(model))
+        usage["cost"] = cost
     return usage
 
 
@@ -91,7 +97,7 @@ def _remember(request: web.Request, gen_id: str, model: str) -> None:
     request.app[GENERATIONS][gen_id] = {
         "id": gen_id,
         "model": model,
-        "total_cost": float(fake_cost(model)),
+        "total_cost": _reported_cost(request, model),
         "tokens_prompt": PROMPT_TOKENS,
         "tokens_completion": COMPLETION_TOKENS,
         "native_tokens_cached": CACHED_TOKENS,
@@ -139,7 +145,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hello " * chunks}, "finish_reason": "stop"}],
         }
         if "no-usage" not in flags:
-            body["usage"] = _chat_usage(model, flags)
+            body["usage"] = _chat_usage(model, flags, _reported_cost(request, model))
         payload = json.dumps(body).encode()
         if "gzip" in flags:
             return web.Response(body=gzip.compress(payload), headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
@@ -155,7 +161,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
         return await _sse(request, events, flags, gen_id)
     events.append(_data({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}))
     if "no-usage" not in flags:
-        events.append(_data({**base, "choices": [], "usage": _chat_usage(model, flags)}))
+        events.append(_data({**base, "choices": [], "usage": _chat_usage(model, flags, _reported_cost(request, model))}))
     events.append(b"data: [DONE]\n\n")
     return await _sse(request, events, flags, gen_id)
 

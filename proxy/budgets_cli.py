@@ -1,0 +1,78 @@
+"""`openrouter-spend budgets`: each budget's spend, limit, share, reset time and projection, from the log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from proxy.budgets import Budgets, money
+from proxy.config import load_config
+from proxy.errors import CliError
+from proxy.guard import load_spend_sync
+from proxy.report import format_table
+from proxy.storage import connect_readonly
+
+
+def add_commands(commands: Any) -> None:
+    budgets = commands.add_parser("budgets", help="spend against each configured budget")
+    budgets.add_argument("--config", type=Path, help="YAML config with `budgets:`")
+    budgets.add_argument("--db", type=Path, help="SQLite file (default: the config's, else ./openrouter-spend.db)")
+    budgets.add_argument("--format", choices=("table", "json"), default="table")
+    budgets.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    if not config.budgets:
+        raise CliError("--config: no budgets configured (see config/proxy.example.yaml)")
+    db_path = args.db or config.db
+    try:
+        db = connect_readonly(db_path)
+    except FileNotFoundError:
+        raise CliError(f"--db: {db_path} does not exist") from None
+    now = datetime.now(UTC)
+    budgets = Budgets(config.budgets, config.tz)
+    try:
+        load_spend_sync(db, budgets, now)
+    finally:
+        db.close()
+    statuses = budgets.snapshot(now)
+    if args.format == "json":
+        print(json.dumps([_as_dict(s) for s in statuses], indent=2))
+        return 0
+    rows = [
+        (
+            s.name,
+            s.scope_value or "total",
+            s.action,
+            money(s.spent_usd),
+            money(s.limit_usd),
+            f"{s.share * 100:.1f}%",
+            s.resets_at.astimezone(config.tz).strftime("%Y-%m-%d %H:%M") if s.resets_at else "-",
+            money(s.projected_usd) if s.projected_usd is not None else "-",
+        )
+        for s in statuses
+    ]
+    headers = ("budget", "scope", "action", "spent", "limit", "share", f"resets ({config.timezone})", "projected")
+    print(format_table(headers, rows, total=False) if rows else "no budget has spend yet")
+    return 0
+
+
+def _as_dict(status: Any) -> dict[str, Any]:
+    return {
+        "budget": status.name,
+        "scope": status.scope,
+        "scope_value": status.scope_value,
+        "action": status.action,
+        "period": status.period,
+        "spent_usd": str(status.spent_usd),
+        "limit_usd": str(status.limit_usd),
+        "share": str(status.share),
+        "window_start": status.window_start.isoformat(),
+        "window_end": status.window_end.isoformat(),
+        "resets_at": status.resets_at.isoformat() if status.resets_at else None,
+        "projected_usd": None if status.projected_usd is None else str(status.projected_usd),
+    }

@@ -1,0 +1,141 @@
+"""BudgetGuard: the shell around the pure Budgets — clock, warm-up from SQLite, alerts out, gauges.
+
+`decide()` and `settle()` are called from the request path and never await; alert delivery and
+the alert's row in SQLite go through the notifier's and the recorder's queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import aiosqlite
+
+from proxy.alerts import Notifier
+from proxy.attribution import Attribution
+from proxy.budgets import AlertEvent, Budgets, BudgetSpec, Decision, Reservation, SpendRow, Who, window
+from proxy.metrics import Metrics
+from proxy.recorder import Recorder, Statement
+from proxy.storage import encode_time
+
+log = logging.getLogger(__name__)
+
+_RECORD_ALERT = (
+    "INSERT OR IGNORE INTO alerts (budget, scope, window_start, kind, sent_at, message) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+# Budgets match on the model the client asked for (known before forwarding), so warm-up must too.
+def who_of(attribution: Attribution, model: str | None) -> Who:
+    return Who(
+        key=attribution.key_fingerprint,
+        key_alias=attribution.key_alias,
+        project=attribution.project,
+        session=attribution.session,
+        model=model,
+    )
+
+
+def earliest_window_start(specs: tuple[BudgetSpec, ...], budgets: Budgets, now: datetime) -> datetime:
+    starts = [window(spec, now, budgets.tz)[0] for spec in specs]
+    return min(starts, default=now).astimezone(UTC)
+
+
+SPEND_QUERY = (
+    "SELECT started_at, cost_usd, key_fingerprint, project, session, COALESCE(model_requested, model), key_alias "
+    "FROM requests WHERE started_at >= ? AND cost_usd IS NOT NULL ORDER BY started_at"
+)
+ALERTS_QUERY = "SELECT budget, scope, window_start, kind FROM alerts WHERE window_start >= ?"
+
+
+def spend_rows(raw: Iterable[Sequence[Any]]) -> list[SpendRow]:
+    return [
+        SpendRow(datetime.fromisoformat(started_at), Decimal(cost), key, project, session, model, alias)
+        for started_at, cost, key, project, session, model, alias in raw
+    ]
+
+
+def fired_keys(raw: Iterable[Sequence[Any]]) -> list[tuple[str, str, str, str, str]]:
+    keys = []
+    for budget, scope, window_start, kind in raw:
+        kind_name, _, threshold = kind.partition(":")
+        keys.append((budget, scope, window_start, kind_name, threshold))
+    return keys
+
+
+async def load_spend(db: aiosqlite.Connection, budgets: Budgets, now: datetime) -> int:
+    """Recompute every budget's spend from the log, so a restart never resets a budget."""
+    since = earliest_window_start(budgets.specs, budgets, now)
+    async with db.execute(SPEND_QUERY, (encode_time(since),)) as cursor:
+        rows = spend_rows(await cursor.fetchall())
+    budgets.load(rows, now)
+    async with db.execute(ALERTS_QUERY, (since.isoformat(),)) as cursor:
+        budgets.mark_fired(fired_keys(await cursor.fetchall()))
+    return len(rows)
+
+
+def load_spend_sync(db: sqlite3.Connection, budgets: Budgets, now: datetime) -> int:
+    """The same, for the CLI's read-only connection."""
+    since = earliest_window_start(budgets.specs, budgets, now)
+    rows = spend_rows(tuple(r) for r in db.execute(SPEND_QUERY, (encode_time(since),)))
+    budgets.load(rows, now)
+    budgets.mark_fired(fired_keys(tuple(r) for r in db.execute(ALERTS_QUERY, (since.isoformat(),))))
+    return len(rows)
+
+
+class BudgetGuard:
+    def __init__(self, budgets: Budgets, recorder: Recorder, notifier: Notifier, metrics: Metrics) -> None:
+        self.budgets = budgets
+        self._recorder = recorder
+        self._notifier = notifier
+        self._metrics = metrics
+        for spec in budgets.specs:
+            if spec.warn_at:
+                metrics.set_budget_warn_ratio(spec.name, float(min(spec.warn_at)))
+
+    def decide(self, attribution: Attribution, model: str | None) -> Decision:
+        decision = self.budgets.decide(who_of(attribution, model), datetime.now(UTC))
+        if not decision.allowed and decision.blocking is not None:
+            self._metrics.budget_blocked(decision.blocking.name)
+        for warning in decision.warnings:
+            log.warning("event=budget_spent_warn_only message=%r", warning)
+        return decision
+
+    def settle(self, reservation: Reservation, cost: Decimal | None) -> None:
+        now = datetime.now(UTC)
+        events = self.budgets.settle(reservation, cost, now)
+        for event in events:
+            self._alert(event, now)
+
+    def _alert(self, event: AlertEvent, now: datetime) -> None:
+        budget, scope, window_start, kind, threshold = event.key
+        self._recorder.record(Statement(_RECORD_ALERT, (budget, scope, window_start, f"{kind}:{threshold}", encode_time(now), event.message)))
+        self._notifier.notify(event)
+
+    def publish(self) -> None:
+        """Budget gauges from the in-memory state (seeded from SQLite, so right after a restart)."""
+        for status in self.budgets.snapshot(datetime.now(UTC)):
+            scope = status.scope_value or "total"
+            self._metrics.set_budget(
+                status.name,
+                scope,
+                status.spent_usd,
+                status.limit_usd,
+                status.window_end.timestamp(),
+                status.projected_usd,
+            )
+
+
+async def publish_loop(guard: BudgetGuard, interval_s: float = 5.0) -> None:
+    while True:
+        guard.publish()
+        await asyncio.sleep(interval_s)
+
+
+def retry_after(decision: Decision) -> int:
+    return max(1, min(decision.retry_after_s, int(timedelta(days=31).total_seconds())))
