@@ -13,6 +13,7 @@ from proxy.usage._stream import StreamParser, event_type
 from proxy.usage._values import count, error_code, mapping, money
 
 _WANTED = {b"message_start", b"message_delta", b"error"}
+_INPUT_PARTS = ("anthropic_input", "cache_write_tokens", "cached_tokens")
 
 
 class MessagesParser(StreamParser):
@@ -51,7 +52,10 @@ class MessagesParser(StreamParser):
             ("cached_tokens", "cache_read_input_tokens"),
         ):
             if key in usage:
-                self.fields[field] = count(usage[key])
+                value = count(usage[key])
+                self.fields[field] = value
+                # null means "none used"; a present but nonsense part makes the sum unknown.
+                self.fields["bad_" + field] = value is None and usage[key] is not None
         if "cost" in usage:
             self.fields["cost_reported"] = money(usage["cost"])
         tools = mapping(usage.get("server_tool_use"))
@@ -66,7 +70,7 @@ class MessagesParser(StreamParser):
         cache_write = f.get("cache_write_tokens")
         cached = f.get("cached_tokens")
         input_tokens = None
-        if uncached is not None:
+        if uncached is not None and not any(f.get("bad_" + part) for part in _INPUT_PARTS):
             input_tokens = uncached + (cache_write or 0) + (cached or 0)
         return Usage(
             model=f.get("model"),
