@@ -63,6 +63,9 @@ class Config:
     budgets: tuple[Any, ...] = ()
     alerts: tuple[Any, ...] = ()
     log_level: str = "info"
+    # Waits before each GET /generation for a stream cut before its usage (not a YAML key:
+    # OpenRouter's lag sets them; tests shorten them).
+    backfill_delays_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 
     @property
     def tz(self) -> ZoneInfo:

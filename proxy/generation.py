@@ -25,8 +25,6 @@ from proxy.usage._values import count, mapping, money
 
 log = logging.getLogger(__name__)
 
-# Seconds to wait before each attempt: OpenRouter's generation record lags the stream.
-DEFAULT_DELAYS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 _FILL = (
     "UPDATE requests SET cost_reported_usd = ?, cost_usd = ?, cost_source = ?, "
@@ -88,7 +86,7 @@ class Backfill:
         recorder: Recorder,
         settle: Callable[[Reservation, Decimal | None], None],
         on_filled: Callable[[UsageRecord, Decimal], None],
-        delays: tuple[float, ...] = DEFAULT_DELAYS,
+        delays: tuple[float, ...],
         max_jobs: int = 1000,
     ) -> None:
         self._session = session

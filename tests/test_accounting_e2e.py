@@ -1,0 +1,91 @@
+"""Accounting through the proxy: catalog pricing when no cost is sent, /generation back-fill, metrics = SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+
+from tests.fake_openrouter import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, fake_cost
+
+KEY = "sk-or-v1-acct-" + "ef" * 20
+
+
+async def _post(session: aiohttp.ClientSession, url: str, body: dict[str, Any], **headers: str) -> tuple[int, bytes]:
+    async with session.post(url, json=body, headers={"Authorization": f"Bearer {KEY}", **headers}) as response:
+        try:
+            return response.status, await response.read()
+        except aiohttp.ClientPayloadError:
+            return response.status, b""
+
+
+async def test_no_cost_in_reply_is_priced_from_the_catalog(proxy: Any) -> None:
+    async with aiohttp.ClientSession() as session:
+        status, _ = await _post(session, f"{proxy.base}/chat/completions", {"model": "openai/gpt-4o", "messages": []}, **{"X-Fake": "no-cost"})
+    assert status == 200
+    await proxy.settle()
+    [row] = proxy.rows()
+    # gpt-4o in the embedded catalog: $2.50/M prompt, $1.25/M cache read, $10/M completion.
+    expected = (PROMPT_TOKENS - CACHED_TOKENS) * Decimal("0.0000025") + CACHED_TOKENS * Decimal("0.00000125") + COMPLETION_TOKENS * Decimal("0.00001")
+    assert Decimal(row["cost_catalog_usd"]) == expected == fake_cost("openai/gpt-4o")
+    assert row["cost_reported_usd"] is None
+    assert Decimal(row["cost_usd"]) == expected and row["cost_source"] == "catalog"
+
+
+async def test_stream_cut_before_usage_is_filled_from_generation(start_proxy: Any) -> None:
+    proxy = await start_proxy(backfill_delays_s=(0.05, 0.1, 0.2))
+    async with aiohttp.ClientSession() as session:
+        await _post(session, f"{proxy.base}/chat/completions", {"model": "openai/gpt-4o", "stream": True, "messages": []}, **{"X-Fake": "drop", "X-Fake-Cost": "0.0042"})
+    for _ in range(100):
+        await proxy.settle()
+        rows = proxy.rows()
+        if rows and rows[0]["cost_source"] == "generation":
+            break
+        await asyncio.sleep(0.05)
+    [row] = proxy.rows()
+    assert row["outcome"] == "aborted"
+    assert row["cost_source"] == "generation"
+    assert Decimal(row["cost_usd"]) == Decimal("0.0042") == Decimal(row["cost_reported_usd"])
+    assert row["input_tokens"] == PROMPT_TOKENS and row["output_tokens"] == COMPLETION_TOKENS
+    metrics = await proxy.metrics_text()
+    assert re.search(r'openrouter_proxy_cost_usd_total\{[^}]*model="openai/gpt-4o"[^}]*\} 0\.0042', metrics)
+
+
+def _samples(text: str, name: str) -> list[tuple[str, float]]:
+    return [(m.group(1), float(m.group(2))) for m in re.finditer(rf"^{name}\{{([^}}]*)\}} (\S+)$", text, re.M)]
+
+
+async def test_metrics_equal_sqlite_after_mixed_traffic(proxy: Any) -> None:
+    calls = [
+        ("chat/completions", {"model": "openai/gpt-4o", "messages": []}, {}),
+        ("chat/completions", {"model": "meta-llama/llama-3.1-8b-instruct", "stream": True, "messages": []}, {"X-Spend-Session": "s1"}),
+        ("chat/completions", {"model": "openai/gpt-4o", "stream": True, "messages": []}, {"X-Fake": "midstream-error", "X-Spend-Project": "acme"}),
+        ("chat/completions", {"model": "openai/gpt-4o", "messages": []}, {"X-Fake": "error500"}),
+        ("messages", {"model": "anthropic/claude-sonnet-4.5", "stream": True, "max_tokens": 5, "messages": []}, {"X-Claude-Code-Session-Id": "cc-1"}),
+        ("responses", {"model": "openai/gpt-4o", "input": "hi"}, {"session-id": "codex-1"}),
+        ("chat/completions", {"model": "thinkingmachines/inkling-small:free", "messages": []}, {"X-Fake-Cost": "0"}),
+    ]
+    async with aiohttp.ClientSession() as session:
+        for endpoint, body, headers in calls * 3:
+            await _post(session, f"{proxy.base}/{endpoint}", body, **headers)
+    await proxy.settle()
+    rows = proxy.rows()
+    assert len(rows) == len(calls) * 3
+    text = await proxy.metrics_text()
+    requests = _samples(text, "openrouter_proxy_requests_total")
+    assert sum(v for _, v in requests) == len(rows)
+    for status in {r["status"] for r in rows}:
+        assert sum(v for labels, v in requests if f'status="{status}"' in labels) == sum(1 for r in rows if r["status"] == status)
+    cost = sum(v for _, v in _samples(text, "openrouter_proxy_cost_usd_total"))
+    assert abs(Decimal(str(cost)) - sum(Decimal(r["cost_usd"] or 0) for r in rows)) < Decimal("1e-9")
+    tokens = _samples(text, "openrouter_proxy_tokens_total")
+    assert sum(v for labels, v in tokens if 'kind="input"' in labels) == sum(r["input_tokens"] or 0 for r in rows)
+    assert sum(v for labels, v in tokens if 'kind="output"' in labels) == sum(r["output_tokens"] or 0 for r in rows)
+    free = _samples(text, "openrouter_proxy_free_requests_total")
+    assert sum(v for _, v in free) == sum(r["is_free"] for r in rows) == 3
+    outcomes = {r["outcome"] for r in rows}
+    assert outcomes == {"ok", "upstream_error"}
+    assert {r["session"] for r in rows} >= {"s1", "cc-1", "codex-1"}
