@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--since", help="7d, 12h, 30m, or a date such as 2026-11-01")
     report.add_argument("--tz", default="UTC", help="time zone for --by day (default UTC)")
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.add_argument("--free-daily-limit", type=int, default=50, help="OpenRouter's :free limit per day (1000 once you bought credits)")
     report.set_defaults(func=_report)
 
     from proxy import budgets_cli, calculator
@@ -125,7 +126,7 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from proxy.report import parse_since, render, summarise
+    from proxy.report import free_usage, parse_since, render, summarise
     from proxy.storage import connect_readonly, read_requests
 
     try:
@@ -133,15 +134,20 @@ def _report(args: argparse.Namespace) -> int:
     except (ZoneInfoNotFoundError, ValueError):
         raise CliError(f"--tz: unknown time zone {args.tz!r}") from None
     since = parse_since(args.since, datetime.now(UTC))
+    if args.free_daily_limit < 0:
+        raise CliError("--free-daily-limit: expected a whole number >= 0")
     try:
         db = connect_readonly(args.db)
     except FileNotFoundError:
         raise CliError(f"--db: {args.db} does not exist (start the proxy first, or pass --db)") from None
+    now = datetime.now(UTC)
     try:
         lines, total = summarise(read_requests(db, since), args.by, tz)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        free = free_usage(read_requests(db, midnight), args.free_daily_limit)
     except sqlite3.Error as exc:
         raise CliError(f"--db: {args.db}: {exc}") from None
     finally:
         db.close()
-    print(render(lines, total, args.by, args.format))
+    print(render(lines, total, args.by, args.format, free))
     return 0

@@ -98,9 +98,49 @@ def summarise(rows: Iterable[Any], by: str, tz: ZoneInfo = ZoneInfo("UTC")) -> t
     return ordered, total
 
 
-def render(lines: list[Line], total: Line, by: str, fmt: str) -> str:
+@dataclass(frozen=True, slots=True)
+class FreeUsage:
+    """Today's calls to :free models against OpenRouter's free limits (per UTC day, per minute)."""
+
+    today: int
+    daily_limit: int
+    busiest_minute: int
+    minute_limit: int = 20
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "requests_today": self.today,
+            "daily_limit": self.daily_limit,
+            "busiest_minute": self.busiest_minute,
+            "per_minute_limit": self.minute_limit,
+        }
+
+    def line(self) -> str:
+        share = f" ({self.today / self.daily_limit:.0%})" if self.daily_limit else ""
+        return (
+            f"free models today (UTC): {self.today} of {self.daily_limit} requests/day{share}; "
+            f"busiest minute {self.busiest_minute} of {self.minute_limit}/min"
+        )
+
+
+def free_usage(rows: Iterable[Any], daily_limit: int) -> FreeUsage:
+    """`rows` are today's (UTC) requests; blocked ones never reached OpenRouter and do not count."""
+    per_minute: dict[str, int] = {}
+    today = 0
+    for row in rows:
+        if row["is_free"] and row["outcome"] != "blocked":
+            today += 1
+            minute = row["started_at"][:16]
+            per_minute[minute] = per_minute.get(minute, 0) + 1
+    return FreeUsage(today, daily_limit, max(per_minute.values(), default=0))
+
+
+def render(lines: list[Line], total: Line, by: str, fmt: str, free: FreeUsage | None = None) -> str:
     if fmt == "json":
-        return json.dumps({"by": by, "rows": [line.as_dict() for line in lines], "total": total.as_dict()}, indent=2)
+        document: dict[str, Any] = {"by": by, "rows": [line.as_dict() for line in lines], "total": total.as_dict()}
+        if free is not None:
+            document["free"] = free.as_dict()
+        return json.dumps(document, indent=2)
     if fmt == "csv":
         buffer = io.StringIO()
         dicts = [line.as_dict() for line in lines]
@@ -122,9 +162,12 @@ def render(lines: list[Line], total: Line, by: str, fmt: str) -> str:
         )
         for line in [*lines, total]
     ]
-    return format_table(headers, table) + (
-        "\n* some requests in this group have no known cost" if total.cost_unknown else ""
-    )
+    notes = []
+    if total.cost_unknown:
+        notes.append("* some requests in this group have no known cost")
+    if free is not None and (free.today or total.free_requests):
+        notes.append(free.line())
+    return "\n".join([format_table(headers, table), *notes])
 
 
 def money(amount: Decimal) -> str:

@@ -89,3 +89,22 @@ async def test_metrics_equal_sqlite_after_mixed_traffic(proxy: Any) -> None:
     outcomes = {r["outcome"] for r in rows}
     assert outcomes == {"ok", "upstream_error"}
     assert {r["session"] for r in rows} >= {"s1", "cc-1", "codex-1"}
+
+
+async def test_report_totals_and_free_usage(proxy: Any, capsys: Any) -> None:
+    from proxy.cli import main
+
+    async with aiohttp.ClientSession() as session:
+        for model, cost in (("openai/gpt-4o", "0.004"), ("thinkingmachines/inkling-small:free", "0"), ("thinkingmachines/inkling-small:free", "0")):
+            await _post(session, f"{proxy.base}/chat/completions", {"model": model, "messages": []}, **{"X-Fake-Cost": cost})
+    await proxy.settle()
+    assert main(["report", "--db", str(proxy.db_path), "--by", "model", "--format", "json", "--free-daily-limit", "50"]) == 0
+    import json
+
+    document = json.loads(capsys.readouterr().out)
+    assert document["free"] == {"requests_today": 2, "daily_limit": 50, "busiest_minute": 2, "per_minute_limit": 20}
+    by_model = {r["group"]: r for r in document["rows"]}
+    assert by_model["thinkingmachines/inkling-small:free"]["free_requests"] == 2
+    assert Decimal(document["total"]["cost_usd"]) == sum(Decimal(r["cost_usd"]) for r in document["rows"]) == Decimal("0.004")
+    assert main(["report", "--db", str(proxy.db_path)]) == 0
+    assert "free models today (UTC): 2 of 50 requests/day (4%)" in capsys.readouterr().out
