@@ -1,15 +1,20 @@
 """A fake OpenRouter: a real aiohttp app on loopback speaking chat, messages, responses, models, generation.
 
 Each request may carry `X-Fake` with comma-separated behaviours, so one server serves every test:
-  error500 | error429 | error503   the upstream fails with that status (with a Retry-After)
+  error500 | error502 | error503 | error429   the upstream fails with that status (with a Retry-After)
   stall                            no reply at all until the test gives up
   drop                             the stream is cut after a few chunks (connection reset)
   midstream-error                  an error event inside a 200 stream
   no-usage                         no usage block at all; no-cost: usage without `cost`
   garbage                          a stream of junk lines and truncated JSON
   gzip                             the JSON reply is gzip-encoded (Content-Encoding: gzip)
-and `X-Fake-Chunks` / `X-Fake-Delay-Ms` shape a stream. Usage numbers are fixed per request and
-the reported cost follows FAKE_PRICES, which are the real catalog figures of those models.
+  absurd-usage                     usage with negative, null, huge and non-numeric counts and cost
+and `X-Fake-Chunks` / `X-Fake-Delay-Ms` shape a stream, `X-Fake-Gap-Ms` pauses once after the
+second event, and `X-Fake-Pad` pads each content delta to that many bytes. Flags in the app's
+FAULTS set apply to every request, the proxy's own /models refresh included (`garbage` makes
+/models return truncated JSON). A body that is not JSON gets OpenRouter's 400. DISCONNECTS lists
+the generation ids of streams whose reader (the proxy) went away. Usage numbers are fixed per
+request and the reported cost follows FAKE_PRICES, which are the real catalog figures of those models.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ REASONING_TOKENS = 50
 
 RECEIVED: web.AppKey[list[dict[str, Any]]] = web.AppKey("received", list)
 GENERATIONS: web.AppKey[dict[str, dict[str, Any]]] = web.AppKey("generations", dict)
+FAULTS: web.AppKey[set[str]] = web.AppKey("faults", set)
+DISCONNECTS: web.AppKey[list[str]] = web.AppKey("disconnects", list)
 
 
 def fake_cost(model: str, prompt: int = PROMPT_TOKENS, cached: int = CACHED_TOKENS, completion: int = COMPLETION_TOKENS) -> Decimal:
@@ -47,7 +54,18 @@ def fake_cost(model: str, prompt: int = PROMPT_TOKENS, cached: int = CACHED_TOKE
 
 
 def _flags(request: web.Request) -> set[str]:
-    return {f.strip() for f in request.headers.get("X-Fake", "").split(",") if f.strip()}
+    flags = {f.strip() for f in request.headers.get("X-Fake", "").split(",") if f.strip()}
+    return flags | request.app[FAULTS]
+
+
+def _not_json(raw: bytes) -> web.Response | None:
+    if not raw:
+        return None
+    try:
+        json.loads(raw)
+    except ValueError:
+        return web.json_response({"error": {"code": 400, "message": "fake upstream: body is not valid JSON"}}, status=400)
+    return None
 
 
 async def _body(request: web.Request) -> tuple[bytes, dict[str, Any]]:
@@ -90,6 +108,10 @@ def _chat_usage(model: str, flags: set[str], cost: float) -> dict[str, Any]:
     }
     if "no-cost" not in flags:
         usage["cost"] = cost
+    if "absurd-usage" in flags:
+        usage.update(prompt_tokens=10**15, completion_tokens=-5, total_tokens=None, cost=1e12)
+        usage["prompt_tokens_details"] = {"cached_tokens": None, "cache_write_tokens": "lots"}
+        usage["completion_tokens_details"] = {"reasoning_tokens": float("nan")}
     return usage
 
 
@@ -110,16 +132,23 @@ async def _sse(request: web.Request, events: list[bytes], flags: set[str], gen_i
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Generation-Id": gen_id})
     await response.prepare(request)
     delay = float(request.headers.get("X-Fake-Delay-Ms", "0")) / 1000
-    await response.write(b": OPENROUTER PROCESSING\n\n")
-    for index, event in enumerate(events):
-        if "drop" in flags and index == 3:
-            assert request.transport is not None
-            request.transport.abort()
-            return response
-        await response.write(event)
-        if delay:
-            await asyncio.sleep(delay)
-    await response.write_eof()
+    gap = float(request.headers.get("X-Fake-Gap-Ms", "0")) / 1000
+    try:
+        await response.write(b": OPENROUTER PROCESSING\n\n")
+        for index, event in enumerate(events):
+            if "drop" in flags and index == 3:
+                assert request.transport is not None
+                request.transport.abort()
+                return response
+            await response.write(event)
+            if delay:
+                await asyncio.sleep(delay)
+            if gap and index == 1:
+                await asyncio.sleep(gap)
+        await response.write_eof()
+    except (ConnectionError, asyncio.CancelledError):
+        request.app[DISCONNECTS].append(gen_id)
+        raise
     return response
 
 
@@ -130,8 +159,8 @@ def _data(obj: Any, event: str | None = None) -> bytes:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     flags = _flags(request)
-    _, data = await _body(request)
-    if (failed := await _failure(request, flags)) is not None:
+    raw, data = await _body(request)
+    if (failed := _not_json(raw) or await _failure(request, flags)) is not None:
         return failed
     model = str(data.get("model") or "openai/gpt-4o")
     gen_id = f"gen-{uuid.uuid4().hex[:20]}"
@@ -154,7 +183,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         events = [b"data: {not json\n\n", b"\x00\xff\xfe junk\n", b"data: {\"usage\": {\"prompt_tokens\": -5, \"cost\": \"abc\"}}\n\n", b"data: [DONE]\n\n"]
         return await _sse(request, events, flags, gen_id)
     events = [_data({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})]
-    events += [_data({**base, "choices": [{"index": 0, "delta": {"content": f"word{i} "}, "finish_reason": None}]}) for i in range(chunks)]
+    pad = int(request.headers.get("X-Fake-Pad", "0"))
+    events += [_data({**base, "choices": [{"index": 0, "delta": {"content": f"word{i} ".ljust(pad, "x")}, "finish_reason": None}]}) for i in range(chunks)]
     if "midstream-error" in flags:
         events.append(_data({**base, "error": {"code": 502, "message": "provider went away"}, "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}]}))
         events.append(b"data: [DONE]\n\n")
@@ -181,8 +211,8 @@ def _anthropic_usage(flags: set[str], model: str) -> dict[str, Any]:
 
 async def messages(request: web.Request) -> web.StreamResponse:
     flags = _flags(request)
-    _, data = await _body(request)
-    if (failed := await _failure(request, flags)) is not None:
+    raw, data = await _body(request)
+    if (failed := _not_json(raw) or await _failure(request, flags)) is not None:
         return failed
     model = str(data.get("model") or "anthropic/claude-sonnet-4.5")
     gen_id = f"gen-{uuid.uuid4().hex[:20]}"
@@ -224,8 +254,8 @@ def _responses_usage(flags: set[str], model: str) -> dict[str, Any]:
 
 async def responses(request: web.Request) -> web.StreamResponse:
     flags = _flags(request)
-    _, data = await _body(request)
-    if (failed := await _failure(request, flags)) is not None:
+    raw, data = await _body(request)
+    if (failed := _not_json(raw) or await _failure(request, flags)) is not None:
         return failed
     model = str(data.get("model") or "openai/gpt-4o")
     gen_id = f"gen-{uuid.uuid4().hex[:20]}"
@@ -270,8 +300,11 @@ async def embeddings(request: web.Request) -> web.Response:
 
 async def models(request: web.Request) -> web.Response:
     await _body(request)
-    if "error500" in _flags(request):
+    flags = _flags(request)
+    if "error500" in flags:
         return web.json_response({"error": {"code": 500, "message": "down"}}, status=500)
+    if "garbage" in flags:
+        return web.Response(body=b'{"data": [{"id": "truncated', content_type="application/json")
     return web.Response(body=(FIXTURES / "models-2026.json").read_bytes(), content_type="application/json")
 
 
@@ -292,6 +325,8 @@ def fake_app() -> web.Application:
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app[RECEIVED] = []
     app[GENERATIONS] = {}
+    app[FAULTS] = set()
+    app[DISCONNECTS] = []
     app.router.add_post("/api/v1/chat/completions", chat)
     app.router.add_post("/api/v1/completions", chat)
     app.router.add_post("/api/v1/messages", messages)
