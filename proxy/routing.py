@@ -34,11 +34,10 @@ _REQUEST_DROP = frozenset(
         # We ask the upstream for identity so usage can be read without decoding every
         # encoding a client may accept (Codex asks for zstd); the client gets plain bytes.
         "Accept-Encoding",
-        # Our own attribution headers are not OpenRouter's business.
-        "X-Spend-Project",
-        "X-Spend-Session",
     )
 )
+# Our own headers (X-Spend-Project, X-Spend-Session, any later one) are not OpenRouter's business.
+_OWN_PREFIX = "x-spend-"
 _RESPONSE_DROP = frozenset(
     h.lower()
     for h in (
@@ -100,7 +99,7 @@ def upstream_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
     connection_listed = _connection_listed(headers)
     for name, value in headers.items():
         lower = name.lower()
-        if lower in _REQUEST_DROP or lower in connection_listed:
+        if lower in _REQUEST_DROP or lower in connection_listed or lower.startswith(_OWN_PREFIX):
             continue
         out.add(name, value)
     out["Accept-Encoding"] = "identity"
@@ -119,10 +118,12 @@ def client_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
 
 
 def _connection_listed(headers: Mapping[str, str]) -> frozenset[str]:
-    value = headers.get("Connection")
-    if not value:
-        return frozenset()
-    return frozenset(token.strip().lower() for token in value.split(","))
+    # A client may send Connection more than once; every one of them lists hop-by-hop headers.
+    if isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        values = headers.getall("Connection", [])
+    else:
+        values = [headers.get("Connection") or ""]
+    return frozenset(token.strip().lower() for value in values for token in value.split(",") if token.strip())
 
 
 _MODEL_VALUE = re.compile(rb'\s*:\s*"([^"\\]{1,200})"')
