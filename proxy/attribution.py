@@ -68,6 +68,8 @@ class Attributor:
 
     def __init__(self, salt: bytes, aliases: tuple[KeyAlias, ...] = (), environ: Mapping[str, str] | None = None) -> None:
         self._salt = salt
+        # Hashing is cheap, but the same few keys come back on every request.
+        self._fingerprints: dict[str, str] = {}
         env = os.environ if environ is None else environ
         self._aliases: dict[str, KeyAlias] = {}
         for alias in aliases:
@@ -75,8 +77,6 @@ class Attributor:
                 self._aliases[alias.fingerprint] = alias
             elif alias.key_env and env.get(alias.key_env):
                 self._aliases[self.fingerprint(env[alias.key_env])] = alias
-        # Hashing is cheap, but the same few keys come back on every request.
-        self._fingerprints: dict[str, str] = {}
 
     def fingerprint(self, key: str) -> str:
         found = self._fingerprints.get(key)
