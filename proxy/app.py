@@ -44,14 +44,17 @@ CATALOG = web.AppKey("catalog", CatalogHolder)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 GUARD = web.AppKey("guard", BudgetGuard)
 BACKFILL = web.AppKey("backfill", Backfill)
+MANAGED_KEY = web.AppKey("managed_key", str)
 
 
 def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
     registry = registry if registry is not None else CollectorRegistry()
     metrics_token = _metrics_token(config)
+    managed_key = _managed_key(config)
     # The body limit is enforced by the forwarder with our own envelope; aiohttp's cap is a backstop.
     app = web.Application(client_max_size=config.max_body_bytes)
     app[CONFIG] = config
+    app[MANAGED_KEY] = managed_key or ""
     app[METRICS] = Metrics(
         registry, session_cap=config.metrics.session_cap, project_cap=config.metrics.project_cap
     )
@@ -73,6 +76,15 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _managed_key(config: Config) -> str | None:
+    if not config.managed_key_env:
+        return None
+    key = os.environ.get(config.managed_key_env, "").strip()
+    if not key:
+        raise ConfigError(f"managed_key_env: environment variable {config.managed_key_env} is not set")
+    return key
 
 
 def _metrics_token(config: Config) -> str | None:
@@ -211,6 +223,7 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
         holder.get,
         guard=app.get(GUARD),
         backfill=app[BACKFILL],
+        managed_key=app[MANAGED_KEY] or None,
     )
     yield
 

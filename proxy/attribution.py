@@ -72,11 +72,16 @@ class Attributor:
         self._fingerprints: dict[str, str] = {}
         env = os.environ if environ is None else environ
         self._aliases: dict[str, KeyAlias] = {}
+        # Proxy keys for managed mode, by plain SHA-256: the config may name them by hash.
+        self._by_sha256: dict[str, KeyAlias] = {}
         for alias in aliases:
             if alias.fingerprint:
                 self._aliases[alias.fingerprint] = alias
             elif alias.key_env and env.get(alias.key_env):
                 self._aliases[self.fingerprint(env[alias.key_env])] = alias
+                self._by_sha256[_sha256(env[alias.key_env])] = alias
+            elif alias.key_sha256:
+                self._by_sha256[alias.key_sha256] = alias
 
     def fingerprint(self, key: str) -> str:
         found = self._fingerprints.get(key)
@@ -86,10 +91,17 @@ class Attributor:
             found = self._fingerprints[key] = fingerprint(key, self._salt)
         return found
 
+    def proxy_key(self, headers: Mapping[str, str]) -> KeyAlias | None:
+        """Managed mode: the configured proxy key the client presented, or None."""
+        key = presented_key(headers)
+        return self._by_sha256.get(_sha256(key)) if key else None
+
     def of(self, headers: Mapping[str, str], path_project: str | None = None) -> Attribution:
         key = presented_key(headers)
         key_fingerprint = self.fingerprint(key) if key else None
         alias = self._aliases.get(key_fingerprint) if key_fingerprint else None
+        if alias is None and key and self._by_sha256:
+            alias = self._by_sha256.get(_sha256(key))
         project = clean(path_project, 64) or clean(headers.get("X-Spend-Project"), 64)
         if project is None and alias is not None:
             project = alias.project
@@ -100,6 +112,10 @@ class Attributor:
             session=_first(headers, SESSION_HEADERS),
             client=_first(headers, CLIENT_HEADERS, limit=64),
         )
+
+
+def _sha256(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _first(headers: Mapping[str, str], names: tuple[str, ...], limit: int = MAX_LABEL) -> str | None:

@@ -8,6 +8,7 @@ names environment variables.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ class KeyAlias:
     alias: str
     key_env: str | None = None
     fingerprint: str | None = None
+    # Plain SHA-256 of the key (`printf %s "$KEY" | sha256sum`): names a proxy key in managed
+    # mode without putting the key itself in the file.
+    key_sha256: str | None = None
     project: str | None = None
 
 
@@ -60,6 +64,9 @@ class Config:
     timezone: str = "UTC"
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     keys: tuple[KeyAlias, ...] = ()
+    # Managed-key mode: the proxy holds the OpenRouter key (read from this environment variable)
+    # and clients must present one of `keys`; their own keys are never forwarded.
+    managed_key_env: str | None = None
     budgets: tuple[Any, ...] = ()
     alerts: tuple[Any, ...] = ()
     log_level: str = "info"
@@ -107,8 +114,11 @@ def parse_config(raw: Any) -> Config:
         timezone=_timezone(data.get("timezone", defaults.timezone)),
         metrics=_metrics(data.get("metrics", {})),
         keys=_keys(data.get("keys", [])),
+        managed_key_env=_string(data["managed_key_env"], "managed_key_env") if data.get("managed_key_env") is not None else None,
         log_level=_choice(data.get("log_level", "info"), "log_level", ("debug", "info", "warning", "error")),
     )
+    if config.managed_key_env and not any(k.key_env or k.key_sha256 for k in config.keys):
+        raise ConfigError("managed_key_env: managed-key mode needs proxy keys under `keys:` (key_env or key_sha256)")
     return _with_budgets_and_alerts(config, data)
 
 
@@ -125,6 +135,7 @@ _TOP_KEYS = {
     "timezone",
     "metrics",
     "keys",
+    "managed_key_env",
     "budgets",
     "alerts",
     "log_level",
@@ -250,16 +261,19 @@ def _keys(raw: Any) -> tuple[KeyAlias, ...]:
     keys = []
     for index, item in enumerate(raw):
         path = f"keys[{index}]"
-        data = _section(item, path, {"alias", "key_env", "fingerprint", "project"})
+        data = _section(item, path, {"alias", "key_env", "fingerprint", "key_sha256", "project"})
         if "alias" not in data:
             raise ConfigError(f"{path}.alias: missing")
-        if ("key_env" in data) == ("fingerprint" in data):
-            raise ConfigError(f"{path}: give exactly one of key_env or fingerprint")
+        if sum(name in data for name in ("key_env", "fingerprint", "key_sha256")) != 1:
+            raise ConfigError(f"{path}: give exactly one of key_env, fingerprint or key_sha256")
+        if "key_sha256" in data and not re.fullmatch(r"[0-9a-f]{64}", str(data["key_sha256"])):
+            raise ConfigError(f"{path}.key_sha256: expected 64 lowercase hex digits (printf %s \"$KEY\" | sha256sum)")
         keys.append(
             KeyAlias(
                 alias=_string(data["alias"], f"{path}.alias"),
                 key_env=_string(data["key_env"], f"{path}.key_env") if "key_env" in data else None,
                 fingerprint=_string(data["fingerprint"], f"{path}.fingerprint") if "fingerprint" in data else None,
+                key_sha256=data.get("key_sha256"),
                 project=_string(data["project"], f"{path}.project") if "project" in data else None,
             )
         )

@@ -63,6 +63,7 @@ class Forwarder:
         catalog: Callable[[], Catalog | None],
         guard: BudgetGuard | None = None,
         backfill: Backfill | None = None,
+        managed_key: str | None = None,
     ) -> None:
         self._config = config
         self._session = session
@@ -72,6 +73,7 @@ class Forwarder:
         self._catalog = catalog
         self._guard = guard
         self._backfill = backfill
+        self._managed_key = managed_key
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.perf_counter()
@@ -87,6 +89,14 @@ class Forwarder:
                 426,
                 "openrouter-spend: WebSocket is not proxied; use HTTP (streaming works over SSE)",
                 anthropic=anthropic,
+            )
+        if self._managed_key is not None and self._attributor.proxy_key(request.headers) is None:
+            log.warning("event=unknown_proxy_key path=%s", route.endpoint)
+            return error_response(
+                401,
+                "openrouter-spend: this proxy holds the OpenRouter key; present one of its proxy keys",
+                anthropic=anthropic,
+                headers={"WWW-Authenticate": 'Bearer realm="openrouter-spend"'},
             )
         too_big = self._body_too_large(request, anthropic)
         if too_big is not None:
@@ -188,7 +198,8 @@ class Forwarder:
             reservation = decision.reservation if decision is not None and decision.allowed else None
             if needs_backfill(rec) and self._backfill is not None:
                 # Billed but the stream ended before its usage: the cost arrives later.
-                self._backfill.enqueue(rec, presented_key(request.headers), reservation)
+                key = self._managed_key or presented_key(request.headers)
+                self._backfill.enqueue(rec, key, reservation)
             elif reservation is not None and self._guard is not None:
                 self._guard.settle(reservation, rec.cost_usd)
 
@@ -229,7 +240,7 @@ class Forwarder:
         extra_headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
         config = self._config
-        headers = upstream_headers(request.headers)
+        headers = upstream_headers(request.headers, self._managed_key)
         sent = time.perf_counter()
         try:
             async with asyncio.timeout(config.first_byte_timeout_s):

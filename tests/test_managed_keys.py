@@ -1,0 +1,71 @@
+"""Managed-key mode: the proxy holds the OpenRouter key; clients present proxy keys listed in config."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import aiohttp
+import openai
+import pytest
+
+from proxy.config import KeyAlias, parse_config
+from proxy.errors import ConfigError
+from tests.fake_openrouter import RECEIVED
+
+UPSTREAM_KEY = "sk-or-v1-" + "9" * 64
+ALICE = "spend-alice-" + "a" * 24
+BOB = "spend-bob-" + "b" * 24
+
+
+@pytest.fixture
+def managed(make_config: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("TEST_OPENROUTER_KEY", UPSTREAM_KEY)
+    monkeypatch.setenv("TEST_PROXY_KEY_BOB", BOB)
+    keys = (
+        KeyAlias(alias="alice", key_sha256=hashlib.sha256(ALICE.encode()).hexdigest(), project="acme"),
+        KeyAlias(alias="bob", key_env="TEST_PROXY_KEY_BOB"),
+    )
+    return make_config(managed_key_env="TEST_OPENROUTER_KEY", keys=keys)
+
+
+async def test_proxy_keys_are_swapped_for_the_managed_key(start_proxy: Any, managed: Any, upstream: Any) -> None:
+    proxy = await start_proxy(managed)
+    async with openai.AsyncOpenAI(base_url=proxy.base, api_key=ALICE, max_retries=0) as client:
+        await client.chat.completions.create(model="openai/gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{proxy.base}/messages", json={"model": "anthropic/claude-sonnet-4.5", "messages": []}, headers={"x-api-key": BOB}) as response:
+            assert response.status == 200
+    seen = upstream.app[RECEIVED]
+    assert [r["headers"].get("Authorization") for r in seen] == [f"Bearer {UPSTREAM_KEY}"] * 2
+    assert all("x-api-key" not in {k.lower() for k in r["headers"]} for r in seen)
+    assert not any(ALICE in str(r["headers"]) or BOB in str(r["headers"]) for r in seen)
+    await proxy.settle()
+    rows = proxy.rows()
+    assert [(r["key_alias"], r["project"]) for r in rows] == [("alice", "acme"), ("bob", None)]
+
+
+async def test_unknown_proxy_key_gets_401_and_nothing_is_forwarded(start_proxy: Any, managed: Any, upstream: Any) -> None:
+    proxy = await start_proxy(managed)
+    async with openai.AsyncOpenAI(base_url=proxy.base, api_key="sk-or-v1-" + "1" * 64, max_retries=0) as client:
+        with pytest.raises(openai.AuthenticationError) as caught:
+            await client.chat.completions.create(model="openai/gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert "proxy keys" in str(caught.value)
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{proxy.base}/messages", json={}) as response:
+            assert response.status == 401
+            assert (await response.json())["type"] == "error"  # Anthropic's envelope on /messages
+    assert upstream.app[RECEIVED] == []
+
+
+def test_managed_mode_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="^managed_key_env: managed-key mode needs proxy keys"):
+        parse_config({"managed_key_env": "X"})
+    with pytest.raises(ConfigError, match=r"^keys\[0\]\.key_sha256: expected 64 lowercase hex digits"):
+        parse_config({"keys": [{"alias": "a", "key_sha256": "abc"}]})
+    from proxy.app import create_app
+
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    config = parse_config({"managed_key_env": "NOT_SET_ANYWHERE", "keys": [{"alias": "a", "key_sha256": "0" * 64}]})
+    with pytest.raises(ConfigError, match="^managed_key_env: environment variable NOT_SET_ANYWHERE is not set"):
+        create_app(config)
