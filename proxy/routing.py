@@ -94,15 +94,20 @@ def resolve(raw_path: str, query_string: str, upstream: str) -> Route | None:
     return Route(project=project, endpoint=endpoint, upstream_url=url)
 
 
-def upstream_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
+def upstream_headers(headers: Mapping[str, str], managed_key: str | None = None) -> CIMultiDict[str]:
+    """What crosses to the upstream; with a managed key, the client's own credentials never do."""
     out: CIMultiDict[str] = CIMultiDict()
     connection_listed = _connection_listed(headers)
     for name, value in headers.items():
         lower = name.lower()
         if lower in _REQUEST_DROP or lower in connection_listed or lower.startswith(_OWN_PREFIX):
             continue
+        if managed_key is not None and lower in ("authorization", "x-api-key"):
+            continue
         out.add(name, value)
     out["Accept-Encoding"] = "identity"
+    if managed_key is not None:
+        out["Authorization"] = f"Bearer {managed_key}"
     return out
 
 
