@@ -55,6 +55,8 @@ class Settings:
         self.body_reps: int = 3 if quick else 10
         self.recorder_rows: int = 50_000 if quick else 200_000
         self.uvloop_passthrough: bool = args.uvloop_passthrough
+        # `python -m proxy` from this directory: a scratch copy with a change to measure, or a snapshot.
+        self.proxy_src: Path | None = args.proxy_src
 
 
 # --- one round -----------------------------------------------------------------------------
@@ -97,10 +99,11 @@ def _proxy_config(tmp: Path, port: int, upstream_port: int, with_budget: bool) -
     return path
 
 
-def budget_accepted(tmp: Path) -> tuple[bool, str]:
+def budget_accepted(tmp: Path, proxy_src: Path | None = None) -> tuple[bool, str]:
     path = _proxy_config(tmp, 1, 2, with_budget=True)
     done = subprocess.run(
-        [sys.executable, "-m", "proxy", "check-config", str(path)], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "proxy", "check-config", str(path)], capture_output=True, text=True, timeout=60,
+        cwd=proxy_src,
     )
     return done.returncode == 0, (done.stdout + done.stderr).strip()
 
@@ -150,7 +153,7 @@ def one_round(index: int, s: Settings, procs: Procs, tmp: Path, with_budget: boo
     procs.start("passthrough", pt_argv + (["--uvloop"] if s.uvloop_passthrough else []), server_core)
     config = _proxy_config(tmp, ports["proxy"], ports["direct"], with_budget)
     db = tmp / "proxy.db"
-    procs.start("proxy", [py, "-m", "proxy", "serve", "--config", str(config)], server_core)
+    procs.start("proxy", [py, "-m", "proxy", "serve", "--config", str(config)], server_core, cwd=s.proxy_src)
     wait_ready(ports["passthrough"])
     try:
         wait_ready(ports["proxy"], "/healthz")
@@ -233,6 +236,12 @@ def one_round(index: int, s: Settings, procs: Procs, tmp: Path, with_budget: boo
               f"{_fmt(r[f'body{size_mb}.passthrough.added_ms'])} ms  proxy {_fmt(r[f'body{size_mb}.proxy.added_ms'])} ms",
               flush=True)
 
+    for t in TARGETS:
+        r[f"errors.{t}"] = sum(
+            v or 0 for k, v in r.items()
+            if k.startswith(("c1.", "c16.", "c64.", "stream.", "slow.", "body")) and f".{t}." in k
+            and k.endswith((".errors", ".failed"))
+        ) + (s.slow_count - r[f"slow.{t}.completed"] if t in SERVERS else 0)
     r["budget.live"] = _budget_live(ports["proxy"]) if with_budget else False
     for name in ("proxy", "passthrough", "upstream"):
         procs.stop(name)
@@ -240,7 +249,8 @@ def one_round(index: int, s: Settings, procs: Procs, tmp: Path, with_budget: boo
 
     rec = subprocess.run(
         ["taskset", "-c", server_core, py, "-m", "bench.recorder_bench", "--rows", str(s.recorder_rows)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, cwd=s.proxy_src or HERE.parent,
+        env={**os.environ, "PYTHONPATH": str(HERE.parent)},
     )
     line = next((x for x in rec.stdout.splitlines() if x.startswith("RECJSON ")), None)
     if line is None:
@@ -310,6 +320,7 @@ def _rows_spec(s: Settings) -> list[tuple[str, str, tuple[str, ...], str, Check 
          lambda m: None if m("slow.proxy.rows") is None else m("slow.proxy.rows") == n),
         ("2 MB body added ms", "body2.{t}.added_ms", SERVERS, "", None),
         ("10 MB body added ms", "body10.{t}.added_ms", SERVERS, "<= 15", le("body10.proxy.added_ms", 15)),
+        ("failed requests (all phases)", "errors.{t}", TARGETS, "0", lambda m: None if m("errors.proxy") is None else m("errors.proxy") == 0),
         ("recorder rows/s", "recorder.rows_per_s", ("proxy",), ">= 20000",
          lambda m: None if m("recorder.rows_per_s") is None else m("recorder.rows_per_s") >= 20000),
         ("recorder encode us/row", "recorder.encode_us", ("proxy",), "", None),
@@ -396,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow-streams", type=int, default=1000, help="concurrent slow streams (default 1000)")
     parser.add_argument("--stream-delay-ms", type=float, default=1.0, help="upstream delay before each SSE event")
     parser.add_argument("--uvloop-passthrough", action="store_true", help="run the passthrough on uvloop")
+    parser.add_argument("--proxy-src", type=Path, help="directory holding the proxy package to run (default: this checkout)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "latest.json")
     s = Settings(parser.parse_args(argv))
 
@@ -413,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         procs = Procs(tmp)
         try:
-            with_budget, said = budget_accepted(tmp)
+            with_budget, said = budget_accepted(tmp, s.proxy_src)
             print(f"budget in proxy config: {'yes' if with_budget else 'NO, check-config rejected it: ' + said}")
             rounds = []
             for i in range(1, s.rounds + 1):
@@ -432,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"{started:%Y-%m-%d %H:%M} UTC, {machine['cpu']}, {machine['cores']} cores, Python {machine['python']}, "
           f"aiohttp {machine['aiohttp']}; {len(rounds)} round(s), medians (min–max)")
-    print(f"proxy: pricing (embedded catalog), SQLite recording, metrics on; budget configured: "
+    print(f"proxy from {s.proxy_src or HERE.parent}: pricing (embedded catalog), SQLite recording, metrics on; budget configured: "
           f"{'yes' if with_budget else 'no'}, budget live in /metrics: {'yes' if budget_live else 'no'}")
     print(text)
     result = {
