@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             db = tmp / "proxy.db"
             deadline = time.monotonic() + 20
             rows = _rows(db)
-            while rows < result["done"] and time.monotonic() < deadline:  # type: ignore[operator]
+            while rows < result["done"] and time.monotonic() < deadline:
                 time.sleep(0.2)
                 rows = _rows(db)
             hwm = status_kib(pid, "VmHWM") / 1024
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     done = result["done"]
     print(f"\nsoak summary: {done} requests answered in {result['seconds']:.0f} s"
           f"{' (time cap hit)' if result['capped'] else ''}")
-    for key, n in sorted(result["outcomes"].items()):  # type: ignore[attr-defined]
+    for key, n in sorted(result["outcomes"].items()):
         print(f"  {key:<40} {n}")
     print(f"  RSS after warm-up {rss0:.1f} MiB, growth {rss_growth:+.1f} MiB (bound {args.rss_growth_mib:g}), peak {hwm:.1f} MiB")
     print(f"  open fds after warm-up {fd0:.0f}, growth {fd_growth:+.0f} (bound {args.fd_growth})")
@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     if fd_growth > args.fd_growth:
         failures.append(f"open fds grew by {fd_growth:.0f}")
     if rows != done:
-        failures.append(f"{done - rows} rows lost")  # type: ignore[operator]
-    unexpected = {k: v for k, v in result["outcomes"].items() if k not in EXPECTED}  # type: ignore[attr-defined]
+        failures.append(f"{done - rows} rows lost")
+    unexpected = {k: v for k, v in result["outcomes"].items() if k not in EXPECTED}
     if unexpected:
         failures.append(f"unexpected outcomes {unexpected}")
     print("PASS" if not failures else "FAIL: " + "; ".join(failures))
