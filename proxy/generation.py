@@ -35,9 +35,14 @@ _FILL = (
 
 
 def needs_backfill(rec: UsageRecord) -> bool:
-    """Billed (the upstream started answering) but no cost came with it."""
+    """Billed (the upstream started answering) but no cost came with it.
+
+    An aborted stream priced from the catalog counts only the tokens seen before the cut (an
+    Anthropic stream's message_start says 1 output token): the billed cost still has to be asked for.
+    """
+    unpriced = rec.cost_usd is None or (rec.outcome == records.ABORTED and rec.cost_reported_usd is None)
     return (
-        rec.cost_usd is None
+        unpriced
         and rec.generation_id is not None
         and rec.outcome in (records.ABORTED, records.OK, records.UPSTREAM_ERROR)
         and rec.status < 400
@@ -149,7 +154,7 @@ class Backfill:
         if filled is None:
             log.warning("event=backfill_failed request_id=%s generation_id=%s", rec.id, rec.generation_id)
             if job.reservation is not None:
-                self._settle(job.reservation, None)
+                self._settle(job.reservation, rec.cost_usd)
             return
         self._recorder.record(
             Statement(
@@ -167,7 +172,8 @@ class Backfill:
                 ),
             )
         )
-        self._on_filled(rec, filled.cost)
+        # Metrics already counted the partial catalog price of an aborted stream; add only the rest.
+        self._on_filled(rec, filled.cost - (rec.cost_usd or 0))
         if job.reservation is not None:
             self._settle(job.reservation, filled.cost)
         log.info("event=backfilled request_id=%s cost_usd=%s", rec.id, filled.cost)
