@@ -6,7 +6,7 @@ Each request may carry `X-Fake` with comma-separated behaviours, so one server s
   drop                             the stream is cut after a few chunks (connection reset)
   midstream-error                  an error event inside a 200 stream
   no-usage                         no usage block at all; no-cost: usage without `cost`
-  garbage                          a stream of junk lines and truncated JSON
+  garbage                          a stream of junk lines, or a JSON reply cut in half
   gzip                             the JSON reply is gzip-encoded (Content-Encoding: gzip)
   absurd-usage                     usage with negative, null, huge and non-numeric counts and cost
 and `X-Fake-Chunks` / `X-Fake-Delay-Ms` shape a stream, `X-Fake-Gap-Ms` pauses once after the
@@ -176,6 +176,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
         if "no-usage" not in flags:
             body["usage"] = _chat_usage(model, flags, _reported_cost(request, model))
         payload = json.dumps(body).encode()
+        if "garbage" in flags:
+            payload = payload[: len(payload) // 2]
         if "gzip" in flags:
             return web.Response(body=gzip.compress(payload), headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
         return web.Response(body=payload, content_type="application/json")
