@@ -181,7 +181,9 @@ def _encode(value: Any) -> Any:
     if isinstance(value, datetime):
         return encode_time(value)
     if isinstance(value, Decimal):
-        return str(value)
+        # Fixed point: str() would store a tenth of a micro-dollar as '1E-7', which sorts and
+        # reads badly in the sqlite3 shell and in SQL sums done by users.
+        return format(value, "f")
     if isinstance(value, bool):
         return int(value)
     return value

@@ -1,0 +1,296 @@
+"""Storage: a private file, WAL, idempotent numbered migrations, exact row encoding, the salt, read queries."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+
+from proxy import records
+from proxy.records import UsageRecord
+from proxy.storage import (
+    MIGRATIONS,
+    REQUEST_COLUMNS,
+    connect_readonly,
+    insert_requests,
+    migrate,
+    open_db,
+    prepare,
+    read_requests,
+    salt,
+)
+
+T0 = datetime(2026, 11, 20, 12, 0, 0, tzinfo=UTC)
+
+
+def make_record(n: int = 0, **changes: Any) -> UsageRecord:
+    """A complete row; tests change only what they look at."""
+    base: dict[str, Any] = dict(
+        id=f"req-{n:06d}",
+        started_at=T0 + timedelta(seconds=n),
+        finished_at=T0 + timedelta(seconds=n, milliseconds=250),
+        method="POST",
+        endpoint="chat/completions",
+        model_requested="openai/gpt-4o",
+        model="openai/gpt-4o",
+        provider="OpenAI",
+        generation_id=f"gen-{n}",
+        key_fingerprint="0123456789abcdef",
+        key_alias=None,
+        project="acme",
+        session="s1",
+        client="test",
+        streamed=True,
+        status=200,
+        outcome=records.OK,
+        error=None,
+        input_tokens=1200,
+        output_tokens=300,
+        cached_tokens=200,
+        cache_write_tokens=None,
+        reasoning_tokens=50,
+        web_search_requests=None,
+        cost_usd=Decimal("0.0055"),
+        cost_reported_usd=Decimal("0.0055"),
+        cost_catalog_usd=Decimal("0.00550"),
+        cost_source=records.COST_REPORTED,
+        is_free=False,
+        is_byok=None,
+        ttfb_ms=12.5,
+        duration_ms=250.0,
+    )
+    base.update(changes)
+    return UsageRecord(**base)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
+    connection = await open_db(tmp_path / "usage.db")
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+def umask_open() -> Iterator[None]:
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _schema(path: Path) -> list[tuple[str, str]]:
+    connection = sqlite3.connect(path)
+    try:
+        return sorted(connection.execute("SELECT name, sql FROM sqlite_master WHERE sql IS NOT NULL"))
+    finally:
+        connection.close()
+
+
+async def test_db_and_its_wal_files_are_private_even_with_an_open_umask(tmp_path: Path, umask_open: None) -> None:
+    path = tmp_path / "nested" / "dir" / "usage.db"
+    connection = await open_db(path)
+    try:
+        await insert_requests(connection, [make_record()])
+        assert _mode(path) == 0o600
+        for suffix in ("-wal", "-shm"):
+            side = path.with_name(path.name + suffix)
+            if side.exists():
+                assert _mode(side) == 0o600, suffix
+    finally:
+        await connection.close()
+
+
+def test_prepare_creates_private_file(tmp_path: Path, umask_open: None) -> None:
+    path = tmp_path / "u.db"
+    prepare(path)
+    assert _mode(path) == 0o600
+
+
+async def test_wal_mode_is_on(db: aiosqlite.Connection, tmp_path: Path) -> None:
+    async with db.execute("PRAGMA journal_mode") as cursor:
+        assert (await cursor.fetchone()) == ("wal",)
+    other = sqlite3.connect(tmp_path / "usage.db")
+    try:
+        assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    finally:
+        other.close()
+
+
+def test_migrations_run_once_and_rerunning_is_a_no_op(tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    prepare(path)
+    first = _schema(path)
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        assert connection.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        connection.execute("INSERT INTO meta (key, value) VALUES ('probe', 'kept')")
+    finally:
+        connection.close()
+    prepare(path)
+    prepare(path)
+    assert _schema(path) == first
+    connection = sqlite3.connect(path)
+    try:
+        assert connection.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        assert connection.execute("SELECT value FROM meta WHERE key='probe'").fetchone() == ("kept",)
+    finally:
+        connection.close()
+
+
+def test_migrate_continues_from_the_recorded_version(tmp_path: Path) -> None:
+    connection = sqlite3.connect(tmp_path / "u.db", isolation_level=None)
+    try:
+        with connection:
+            MIGRATIONS[0](connection)
+            connection.execute("PRAGMA user_version = 1")
+        connection.execute("INSERT INTO requests (id, started_at, finished_at, method, endpoint, streamed, status, "
+                           "outcome, cost_source, is_free, duration_ms) VALUES ('old', 'a', 'b', 'POST', 'e', 0, 200, "
+                           "'ok', 'none', 0, 1)")
+        migrate(connection)
+        assert connection.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        assert connection.execute("SELECT id FROM requests").fetchall() == [("old",)]
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert {"requests", "model_prices", "alerts", "meta"} <= tables
+    finally:
+        connection.close()
+
+
+def test_requests_table_has_every_record_field(tmp_path: Path) -> None:
+    prepare(tmp_path / "u.db")
+    connection = sqlite3.connect(tmp_path / "u.db")
+    try:
+        columns = [row[1] for row in connection.execute("PRAGMA table_info(requests)")]
+    finally:
+        connection.close()
+    assert set(REQUEST_COLUMNS) <= set(columns)
+
+
+async def test_row_round_trip_is_exact(db: aiosqlite.Connection, tmp_path: Path) -> None:
+    rec = make_record(
+        1,
+        cost_usd=Decimal("0.000000123456789"),
+        cost_reported_usd=None,
+        input_tokens=None,
+        is_byok=True,
+        streamed=False,
+        started_at=datetime(2026, 11, 20, 13, 0, tzinfo=UTC) + timedelta(microseconds=7),
+    )
+    await insert_requests(db, [rec])
+    reader = connect_readonly(tmp_path / "usage.db")
+    try:
+        (row,) = list(read_requests(reader))
+    finally:
+        reader.close()
+    assert row["cost_usd"] == "0.000000123456789"
+    assert Decimal(row["cost_usd"]) == rec.cost_usd
+    assert row["cost_reported_usd"] is None and row["input_tokens"] is None
+    assert row["is_byok"] == 1 and row["streamed"] == 0 and row["is_free"] == 0
+    assert row["started_at"] == "2026-11-20T13:00:00.000007Z"
+    assert datetime.fromisoformat(row["started_at"]) == rec.started_at
+    assert row["output_tokens"] == 300 and row["ttfb_ms"] == 12.5
+
+
+async def test_times_are_stored_in_utc(db: aiosqlite.Connection, tmp_path: Path) -> None:
+    from zoneinfo import ZoneInfo
+
+    local = datetime(2026, 11, 20, 14, 0, tzinfo=ZoneInfo("Europe/Berlin"))
+    await insert_requests(db, [make_record(started_at=local)])
+    reader = connect_readonly(tmp_path / "usage.db")
+    try:
+        assert [r["started_at"] for r in read_requests(reader)] == ["2026-11-20T13:00:00.000000Z"]
+    finally:
+        reader.close()
+
+
+async def test_insert_is_one_transaction_and_idempotent(db: aiosqlite.Connection, tmp_path: Path) -> None:
+    batch = [make_record(n) for n in range(300)]
+    await insert_requests(db, batch)
+    await insert_requests(db, batch[:10])  # a retried batch does not duplicate rows
+    with pytest.raises(sqlite3.IntegrityError):
+        await insert_requests(db, [make_record(1000), make_record(1001, outcome=None)])
+    reader = connect_readonly(tmp_path / "usage.db")
+    try:
+        ids = [r["id"] for r in read_requests(reader)]
+    finally:
+        reader.close()
+    assert len(ids) == 300 and "req-001000" not in ids  # the failed batch left nothing behind
+    assert not db.in_transaction
+
+
+async def test_read_requests_since_and_until(db: aiosqlite.Connection, tmp_path: Path) -> None:
+    await insert_requests(db, [make_record(n) for n in range(10)])
+    reader = connect_readonly(tmp_path / "usage.db")
+    try:
+        since = [r["id"] for r in read_requests(reader, since=T0 + timedelta(seconds=7))]
+        until = [r["id"] for r in read_requests(reader, until=T0 + timedelta(seconds=2))]
+        both = [r["id"] for r in read_requests(reader, T0 + timedelta(seconds=3), T0 + timedelta(seconds=5))]
+    finally:
+        reader.close()
+    assert since == ["req-000007", "req-000008", "req-000009"]
+    assert until == ["req-000000", "req-000001"]
+    assert both == ["req-000003", "req-000004"]
+
+
+async def test_reader_reads_while_a_write_transaction_is_open(db: aiosqlite.Connection, tmp_path: Path) -> None:
+    await insert_requests(db, [make_record(0)])
+    await db.execute("BEGIN IMMEDIATE")
+    await db.execute("DELETE FROM requests")
+    try:
+        reader = connect_readonly(tmp_path / "usage.db")
+        try:
+            assert [r["id"] for r in read_requests(reader)] == ["req-000000"]
+        finally:
+            reader.close()
+    finally:
+        await db.execute("ROLLBACK")
+
+
+def test_readonly_connection_cannot_write(tmp_path: Path) -> None:
+    prepare(tmp_path / "u.db")
+    reader = connect_readonly(tmp_path / "u.db")
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            reader.execute("DELETE FROM requests")
+    finally:
+        reader.close()
+
+
+def test_readonly_of_a_missing_file_does_not_create_it(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        connect_readonly(tmp_path / "missing.db")
+    assert not (tmp_path / "missing.db").exists()
+
+
+async def test_salt_is_made_once_and_kept(tmp_path: Path) -> None:
+    path = tmp_path / "usage.db"
+    first = await open_db(path)
+    try:
+        one = await salt(first)
+        assert len(one) == 16 and one == await salt(first)
+    finally:
+        await first.close()
+    second = await open_db(path)
+    try:
+        assert await salt(second) == one
+    finally:
+        await second.close()
+    other = await open_db(tmp_path / "other.db")
+    try:
+        assert await salt(other) != one
+    finally:
+        await other.close()
