@@ -22,7 +22,7 @@ from aiohttp.payload import BytesPayload
 from multidict import CIMultiDict
 
 from proxy import records
-from proxy.accounting import Exchange, account
+from proxy.accounting import Exchange, account, estimate
 from proxy.attribution import Attribution, Attributor, presented_key
 from proxy.budgets import Decision
 from proxy.generation import Backfill, needs_backfill
@@ -154,8 +154,11 @@ class Forwarder:
                 extra[REMAINING_HEADER] = str(decision.remaining_usd)
             return await self._exchange(request, route, body, parser_box, outcome, anthropic, received, extra)
         except asyncio.CancelledError:
-            # Shutdown grace ran out, or the client left with handler cancellation on.
-            outcome.outcome, outcome.error = records.ABORTED, outcome.error or "cancelled"
+            # Shutdown grace ran out, or the client left with handler cancellation on (the
+            # connection is gone by then): the row should say which.
+            gone = request.transport is None or request.transport.is_closing()
+            outcome.outcome = records.ABORTED
+            outcome.error = outcome.error or ("client_disconnected" if gone else "cancelled")
             raise
         finally:
             self._metrics.in_flight.dec()
@@ -199,7 +202,8 @@ class Forwarder:
             if needs_backfill(rec) and self._backfill is not None:
                 # Billed but the stream ended before its usage: the cost arrives later.
                 key = self._managed_key or presented_key(request.headers)
-                self._backfill.enqueue(rec, key, reservation)
+                guess = estimate(rec, self._catalog(), len(body), usage.stream_events)
+                self._backfill.enqueue(rec, key, reservation, guess)
             elif reservation is not None and self._guard is not None:
                 self._guard.settle(reservation, rec.cost_usd)
 
