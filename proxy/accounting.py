@@ -102,6 +102,17 @@ def account(exchange: Exchange, usage: Usage, catalog: Catalog | None) -> Accoun
     return Accounted(record=record, breakdown=breakdown, drift=drifted(reported, catalog_cost))
 
 
+def estimate(record: UsageRecord, catalog: Catalog | None, request_bytes: int, stream_events: int) -> Decimal | None:
+    """A rough cost for a billed request whose usage never arrived: about 4 bytes of request JSON
+    per prompt token, and one token per streamed event. Marked `estimated` wherever it is used."""
+    entry = catalog.resolve(record.model, record.model_requested) if catalog is not None else None
+    if entry is None:
+        return None
+    guess = Usage(input_tokens=request_bytes // 4, output_tokens=stream_events, complete=True)
+    cost = price(guess, entry.pricing, record.started_at)
+    return cost.total if cost is not None else None
+
+
 def drifted(reported: Decimal | None, catalog: Decimal | None) -> bool:
     """Reported and catalog cost differ by more than DRIFT_SHARE of the larger one."""
     if reported is None or catalog is None:

@@ -202,7 +202,7 @@ class Forwarder:
             if needs_backfill(rec) and self._backfill is not None:
                 # Billed but the stream ended before its usage: the cost arrives later.
                 key = self._managed_key or presented_key(request.headers)
-                guess = estimate(rec, self._catalog(), len(body), usage.stream_events)
+                guess = estimate(rec, self._catalog(), len(body), parser_box[0].events if parser_box else 0)
                 self._backfill.enqueue(rec, key, reservation, guess)
             elif reservation is not None and self._guard is not None:
                 self._guard.settle(reservation, rec.cost_usd)

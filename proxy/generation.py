@@ -76,11 +76,15 @@ def parse_generation(body: Any) -> Filled | None:
     )
 
 
+_ESTIMATE = "UPDATE requests SET cost_usd = ?, cost_source = ? WHERE id = ? AND cost_usd IS NULL"
+
+
 @dataclass(slots=True)
 class _Job:
     rec: UsageRecord
     key: str | None
     reservation: Reservation | None
+    estimate: Decimal | None
 
 
 class Backfill:
@@ -103,14 +107,16 @@ class Backfill:
         self._max_jobs = max_jobs
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def enqueue(self, rec: UsageRecord, key: str | None, reservation: Reservation | None) -> None:
+    def enqueue(
+        self, rec: UsageRecord, key: str | None, reservation: Reservation | None, estimate: Decimal | None = None
+    ) -> None:
         """Called from a handler's finally: never awaits. The task set keeps strong references."""
+        job = _Job(rec, key, reservation, estimate)
         if len(self._tasks) >= self._max_jobs:
             log.warning("event=backfill_skipped reason=too_many_pending request_id=%s", rec.id)
-            if reservation is not None:
-                self._settle(reservation, None)
+            self._finish(job, None)
             return
-        task = asyncio.get_running_loop().create_task(self._run(_Job(rec, key, reservation)), name=f"backfill-{rec.id}")
+        task = asyncio.get_running_loop().create_task(self._run(job), name=f"backfill-{rec.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -152,9 +158,19 @@ class Backfill:
     def _finish(self, job: _Job, filled: Filled | None) -> None:
         rec = job.rec
         if filled is None:
-            log.warning("event=backfill_failed request_id=%s generation_id=%s", rec.id, rec.generation_id)
+            # Keep a partial catalog price if the stream had one; else fall back to the estimate.
+            fallback = rec.cost_usd if rec.cost_usd is not None else job.estimate
+            log.warning(
+                "event=backfill_failed request_id=%s generation_id=%s fallback_usd=%s",
+                rec.id,
+                rec.generation_id,
+                fallback,
+            )
+            if rec.cost_usd is None and job.estimate is not None:
+                self._recorder.record(Statement(_ESTIMATE, (str(job.estimate), records.COST_ESTIMATED, rec.id)))
+                self._on_filled(rec, job.estimate)
             if job.reservation is not None:
-                self._settle(job.reservation, rec.cost_usd)
+                self._settle(job.reservation, fallback)
             return
         self._recorder.record(
             Statement(

@@ -8,6 +8,7 @@ Each request may carry `X-Fake` with comma-separated behaviours, so one server s
   no-usage                         no usage block at all; no-cost: usage without `cost`
   garbage                          a stream of junk lines, or a JSON reply cut in half
   gzip                             the JSON reply is gzip-encoded (Content-Encoding: gzip)
+  no-generation                    GET /generation never knows this request (404)
   absurd-usage                     usage with negative, null, huge and non-numeric counts and cost
 and `X-Fake-Chunks` / `X-Fake-Delay-Ms` shape a stream, `X-Fake-Gap-Ms` pauses once after the
 second event, and `X-Fake-Pad` pads each content delta to that many bytes. Flags in the app's
@@ -116,6 +117,8 @@ def _chat_usage(model: str, flags: set[str], cost: float) -> dict[str, Any]:
 
 
 def _remember(request: web.Request, gen_id: str, model: str) -> None:
+    if "no-generation" in _flags(request):  # /generation never learns of it: the 404 path
+        return
     request.app[GENERATIONS][gen_id] = {
         "id": gen_id,
         "model": model,

@@ -108,3 +108,24 @@ async def test_report_totals_and_free_usage(proxy: Any, capsys: Any) -> None:
     assert Decimal(document["total"]["cost_usd"]) == sum(Decimal(r["cost_usd"]) for r in document["rows"]) == Decimal("0.004")
     assert main(["report", "--db", str(proxy.db_path)]) == 0
     assert "free models today (UTC): 2 of 50 requests/day (4%)" in capsys.readouterr().out
+
+
+async def test_stream_cut_and_unknown_to_generation_is_estimated(start_proxy: Any) -> None:
+    proxy = await start_proxy(backfill_delays_s=(0.02, 0.02))
+    body = {"model": "openai/gpt-4o", "stream": True, "messages": [{"role": "user", "content": "x" * 3990}]}
+    async with aiohttp.ClientSession() as session:
+        await _post(session, f"{proxy.base}/chat/completions", body, **{"X-Fake": "drop,no-generation"})
+    for _ in range(100):
+        await proxy.settle()
+        rows = proxy.rows()
+        if rows and rows[0]["cost_source"] == "estimated":
+            break
+        await asyncio.sleep(0.05)
+    [row] = proxy.rows()
+    assert row["outcome"] == "aborted" and row["cost_source"] == "estimated"
+    # About 4 bytes of request per prompt token, one token per streamed event (3 before the cut).
+    import json
+
+    prompt_tokens = len(json.dumps(body).encode()) // 4
+    assert Decimal(row["cost_usd"]) == prompt_tokens * Decimal("0.0000025") + 3 * Decimal("0.00001")
+    assert row["cost_reported_usd"] is None

@@ -41,6 +41,10 @@ class UsageParser(Protocol):
 
     def finish(self) -> Usage: ...
 
+    # SSE data events seen: when a stream is cut before its usage, roughly the tokens it carried.
+    @property
+    def events(self) -> int: ...
+
 
 # Endpoints (the path after /api/v1/) whose replies carry billed usage, and so get a row.
 BILLED_ENDPOINTS = frozenset({"chat/completions", "completions", "embeddings", "messages", "responses"})

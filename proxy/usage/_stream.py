@@ -67,6 +67,10 @@ class StreamParser:
                 self._payload(payload)
         return self.usage()
 
+    @property
+    def events(self) -> int:
+        return self._payloads
+
     def _payload(self, payload: bytes) -> None:
         first = self._payloads == 0
         self._payloads += 1
