@@ -25,11 +25,11 @@ from proxy import records
 from proxy.accounting import Exchange, account, estimate
 from proxy.attribution import Attribution, Attributor, presented_key
 from proxy.budgets import Decision
-from proxy.generation import Backfill, needs_backfill
-from proxy.guard import BudgetGuard, retry_after
 from proxy.catalog import Catalog
 from proxy.config import Config
 from proxy.errors import error_response
+from proxy.generation import Backfill, needs_backfill
+from proxy.guard import BudgetGuard, retry_after
 from proxy.metrics import Metrics
 from proxy.recorder import Recorder
 from proxy.routing import BadPath, Route, client_headers, requested_model, resolve, upstream_headers
@@ -105,10 +105,10 @@ class Forwarder:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._too_large(anthropic)
-        billed = route.endpoint in BILLED_ENDPOINTS and request.method == "POST"
+        if route.endpoint not in BILLED_ENDPOINTS or request.method != "POST":
+            # /models, /key, /generation, count_tokens, ...: forwarded, not recorded.
+            return await self._exchange(request, route, body, None, _Outcome(), anthropic)
         who = self._attributor.of(request.headers, route.project)
-        if not billed:
-            return await self._pass_through(request, route, body)
         return await self._forward_billed(request, route, body, who, anthropic, received)
 
     def _body_too_large(self, request: web.Request, anthropic: bool) -> web.Response | None:
@@ -124,11 +124,6 @@ class Forwarder:
             f"openrouter-spend: request body is larger than the proxy's limit of {limit_mb:g} MiB (max_body_mb)",
             anthropic=anthropic,
         )
-
-    async def _pass_through(self, request: web.Request, route: Route, body: bytes) -> web.StreamResponse:
-        """Non-billed calls (/models, /key, /generation, count_tokens, ...): forwarded, not recorded."""
-        outcome = _Outcome()
-        return await self._exchange(request, route, body, None, outcome, anthropic=False)
 
     async def _forward_billed(
         self,
@@ -154,11 +149,12 @@ class Forwarder:
                 extra[REMAINING_HEADER] = str(decision.remaining_usd)
             return await self._exchange(request, route, body, parser_box, outcome, anthropic, received, extra)
         except asyncio.CancelledError:
-            # Shutdown grace ran out, or the client left with handler cancellation on (the
-            # connection is gone by then): the row should say which.
-            gone = request.transport is None or request.transport.is_closing()
+            # Shutdown grace ran out, or the client left with handler cancellation on. aiohttp
+            # fails the request payload with ConnectionResetError only in the second case (at
+            # shutdown the transport is closed too, so it cannot tell them apart).
+            left = isinstance(request.content.exception(), ConnectionError)
             outcome.outcome = records.ABORTED
-            outcome.error = outcome.error or ("client_disconnected" if gone else "cancelled")
+            outcome.error = outcome.error or ("client_disconnected" if left else "cancelled")
             raise
         finally:
             self._metrics.in_flight.dec()
