@@ -12,9 +12,11 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,9 +169,11 @@ async def wait_until(check: Any, timeout: float, what: str) -> None:
 
 
 @asynccontextmanager
-async def _process(args: list[str], log: Path) -> AsyncIterator[subprocess.Popen[bytes]]:
+async def _process(args: list[str], log: Path, *, env: dict[str, str] | None = None,
+                   cwd: Path | None = None) -> AsyncIterator[subprocess.Popen[bytes]]:
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+                                cwd=cwd)
     try:
         yield proc
     finally:
@@ -192,6 +196,43 @@ async def _wait_ready(session: aiohttp.ClientSession, url: str, proc: subprocess
             return False
 
     await wait_until(ready, 30, url)
+
+
+@dataclass
+class ProxyProcess:
+    """`python -m proxy serve` as its own process; `proc.returncode` is set once the context has exited."""
+
+    target: str  # host:port, what Prometheus scrapes
+    url: str  # http://host:port
+    db: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+
+@asynccontextmanager
+async def proxy_process(
+    workdir: Path, config: dict[str, Any], *, port: int, upstream: str, env: dict[str, str] | None = None
+) -> AsyncIterator[ProxyProcess]:
+    """The real proxy serving `config` (a proxy YAML document) on 127.0.0.1:`port` until the context exits.
+
+    It is stopped with SIGTERM, as docker stops it, so it drains its recorder before exiting.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    cfg_path = workdir / "proxy.yaml"
+    cfg_path.write_text(yaml.safe_dump(config, sort_keys=False))
+    db = workdir / "usage.db"
+    log = workdir / "proxy.log"
+    args = [sys.executable, "-m", "proxy", "serve", "--config", str(cfg_path), "--host", "127.0.0.1",
+            "--port", str(port), "--upstream", upstream, "--db", str(db)]
+    # The checkout, not whatever version of the package happens to be installed.
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as session, _process(args, log, env=full_env, cwd=workdir) as proc:
+        await _wait_ready(session, f"{url}/healthz", proc, log)
+        yield ProxyProcess(f"127.0.0.1:{port}", url, db, log, proc)
 
 
 @asynccontextmanager
