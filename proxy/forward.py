@@ -78,7 +78,9 @@ class Forwarder:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.perf_counter()
         try:
-            route = resolve(request.raw_path.split("?", 1)[0], request.query_string, self._config.upstream)
+            # The raw query, not aiohttp's decoded one: `a=%26b` must reach the upstream as sent.
+            raw_path, _, raw_query = request.raw_path.partition("?")
+            route = resolve(raw_path, raw_query, self._config.upstream)
         except BadPath as exc:
             return error_response(400, f"openrouter-spend: {exc}")
         if route is None:
