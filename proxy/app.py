@@ -202,7 +202,7 @@ async def _backfill(app: web.Application) -> AsyncIterator[None]:
         app[CONFIG].upstream,
         app[RECORDER],
         settle=guard.settle if guard is not None else (lambda reservation, cost: None),
-        on_filled=metrics.observe_late_cost,
+        on_filled=metrics.observe_backfill,
         delays=app[CONFIG].backfill_delays_s,
     )
     app[BACKFILL] = backfill

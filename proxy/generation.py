@@ -9,6 +9,7 @@ gets a catalog estimate from what was requested, marked `estimated`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,10 @@ _FILL = (
     "cached_tokens = COALESCE(cached_tokens, ?), reasoning_tokens = COALESCE(reasoning_tokens, ?), "
     "provider = COALESCE(provider, ?) WHERE id = ?"
 )
+
+
+def _coalesce(had: int | None, filled: int | None) -> int | None:
+    return had if had is not None else filled
 
 
 def needs_backfill(rec: UsageRecord) -> bool:
@@ -94,7 +99,7 @@ class Backfill:
         upstream: str,
         recorder: Recorder,
         settle: Callable[[Reservation, Decimal | None], None],
-        on_filled: Callable[[UsageRecord, Decimal], None],
+        on_filled: Callable[[UsageRecord, UsageRecord], None],
         delays: tuple[float, ...],
         max_jobs: int = 1000,
     ) -> None:
@@ -168,7 +173,7 @@ class Backfill:
             )
             if rec.cost_usd is None and job.estimate is not None:
                 self._recorder.record(Statement(_ESTIMATE, (str(job.estimate), records.COST_ESTIMATED, rec.id)))
-                self._on_filled(rec, job.estimate)
+                self._on_filled(rec, dataclasses.replace(rec, cost_usd=job.estimate, cost_source=records.COST_ESTIMATED))
             if job.reservation is not None:
                 self._settle(job.reservation, fallback)
             return
@@ -188,8 +193,20 @@ class Backfill:
                 ),
             )
         )
-        # Metrics already counted the partial catalog price of an aborted stream; add only the rest.
-        self._on_filled(rec, filled.cost - (rec.cost_usd or 0))
+        # The row as the UPDATE leaves it (COALESCE keeps counts we had), so metrics can add
+        # just the difference to what they counted when the request ended.
+        after = dataclasses.replace(
+            rec,
+            cost_usd=filled.cost,
+            cost_reported_usd=filled.cost,
+            cost_source=records.COST_GENERATION,
+            input_tokens=_coalesce(rec.input_tokens, filled.input_tokens),
+            output_tokens=_coalesce(rec.output_tokens, filled.output_tokens),
+            cached_tokens=_coalesce(rec.cached_tokens, filled.cached_tokens),
+            reasoning_tokens=_coalesce(rec.reasoning_tokens, filled.reasoning_tokens),
+            provider=rec.provider or filled.provider,
+        )
+        self._on_filled(rec, after)
         if job.reservation is not None:
             self._settle(job.reservation, filled.cost)
         log.info("event=backfilled request_id=%s cost_usd=%s", rec.id, filled.cost)

@@ -328,12 +328,24 @@ class Metrics:
                 if not peers:
                     del other_index[labels[other_pos]]
 
-    def observe_late_cost(self, rec: UsageRecord, cost: Decimal) -> None:
-        """A cost learnt after the request was counted (back-filled from /generation)."""
-        if cost > 0:
-            now = self._clock()
-            model = self._admit_model(rec.model or rec.model_requested, now)
-            self._add_cost(dataclasses.replace(rec, cost_usd=cost), model, rec.provider or NONE, now)
+    def observe_backfill(self, before: UsageRecord, after: UsageRecord) -> None:
+        """A request counted when it ended, whose cost and counts arrived later (from /generation):
+        add only what `after` has beyond `before`."""
+        now = self._clock()
+        model = self._admit_model(after.model or after.model_requested, now)
+        provider = before.provider or NONE
+        for kind, had, has in (
+            ("input", before.input_tokens, after.input_tokens),
+            ("output", before.output_tokens, after.output_tokens),
+            ("cached", before.cached_tokens, after.cached_tokens),
+            ("cache_write", before.cache_write_tokens, after.cache_write_tokens),
+            ("reasoning", before.reasoning_tokens, after.reasoning_tokens),
+        ):
+            if has is not None and has > (had or 0):
+                self._child(self.tokens, (model, provider, kind)).inc(has - (had or 0))
+        extra = (after.cost_usd or Decimal(0)) - (before.cost_usd or Decimal(0))
+        if extra > 0:
+            self._add_cost(dataclasses.replace(after, cost_usd=extra), model, provider, now)
 
     def observe_overhead(self, seconds: float) -> None:
         self.overhead.observe(seconds)

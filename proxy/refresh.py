@@ -29,7 +29,10 @@ class CatalogHolder:
     def __init__(self, catalog: Catalog, source: str) -> None:
         self.current = catalog
         self.source = source
-        self.updated_at = time.time()
+        # A snapshot or saved listing is as old as its fetch, not as the moment we loaded it:
+        # the catalog-age panel and the CatalogStale alert must tell the truth about it.
+        fetched = catalog.fetched_at
+        self.updated_at = fetched.timestamp() if fetched is not None else time.time()
 
     def get(self) -> Catalog:
         return self.current

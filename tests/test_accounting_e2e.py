@@ -52,6 +52,10 @@ async def test_stream_cut_before_usage_is_filled_from_generation(start_proxy: An
     assert row["input_tokens"] == PROMPT_TOKENS and row["output_tokens"] == COMPLETION_TOKENS
     metrics = await proxy.metrics_text()
     assert re.search(r'openrouter_proxy_cost_usd_total\{[^}]*model="openai/gpt-4o"[^}]*\} 0\.0042', metrics)
+    # The counts /generation filled in reach the token counters too, once.
+    tokens = dict((labels, v) for labels, v in _samples(metrics, "openrouter_proxy_tokens_total"))
+    assert sum(v for labels, v in tokens.items() if 'kind="input"' in labels) == PROMPT_TOKENS
+    assert sum(v for labels, v in tokens.items() if 'kind="output"' in labels) == COMPLETION_TOKENS
 
 
 def _samples(text: str, name: str) -> list[tuple[str, float]]:
