@@ -19,7 +19,7 @@ from typing import Any
 import aiosqlite
 
 from proxy.records import UsageRecord
-from proxy.storage import insert_requests
+from proxy.storage import insert_requests, rollback
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,7 @@ class Recorder:
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._closing = False
+        self._inflight: list[Item] = []
         self.written = 0
         self.dropped = 0
 
@@ -79,21 +80,27 @@ class Recorder:
     async def run(self) -> None:
         """The writer task: runs until cancelled, then the cleanup context calls drain()."""
         while True:
-            batch = [await self._queue.get()]
-            self._take_ready(batch)
-            await self._write_with_retry(batch)
+            # Held here, not in a local, until written: if shutdown cancels us mid-write or
+            # mid-retry, drain() still has the batch.
+            self._inflight = [await self._queue.get()]
+            self._take_ready(self._inflight)
+            await self._write_with_retry(self._inflight)
+            self._inflight = []
 
     async def drain(self, deadline_s: float = 10.0) -> None:
         """Write everything still queued; used at shutdown after run() was cancelled."""
         loop = asyncio.get_running_loop()
         end = loop.time() + deadline_s
-        while not self._queue.empty():
-            batch: list[Item] = []
+        batch, self._inflight = self._inflight, []
+        while True:
             self._take_ready(batch)
+            if not batch:
+                return
             if not await self._write_with_retry(batch, until=end):
                 lost = len(batch) + self._queue.qsize()
                 log.error("event=records_lost_at_shutdown count=%d reason=database_unwritable", lost)
                 return
+            batch = []
 
     def _take_ready(self, batch: list[Item]) -> None:
         while len(batch) < self._max_batch:
@@ -130,13 +137,13 @@ class Recorder:
             await insert_requests(self._db, records)
         if statements:
             # Statements update rows inserted earlier in this or a previous batch.
-            await self._db.execute("BEGIN")
             try:
+                await self._db.execute("BEGIN")
                 for statement in statements:
                     await self._db.execute(statement.sql, statement.params)
                 await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                await rollback(self._db)
                 raise
         self.written += len(records)
         self._on_rows(len(records))

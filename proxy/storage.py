@@ -195,13 +195,28 @@ def encode_record(rec: UsageRecord) -> tuple[Any, ...]:
 
 async def insert_requests(db: aiosqlite.Connection, records: list[UsageRecord]) -> None:
     """One transaction for the whole batch."""
-    await db.execute("BEGIN")
+    # BEGIN inside the try: a cancel landing while it runs must still roll it back, or the
+    # connection is left in a transaction and every later BEGIN fails.
     try:
+        await db.execute("BEGIN")
         await db.executemany(_INSERT_REQUEST, [encode_record(rec) for rec in records])
         await db.execute("COMMIT")
     except BaseException:
-        await db.execute("ROLLBACK")
+        await rollback(db)
         raise
+
+
+async def rollback(db: aiosqlite.Connection) -> None:
+    """Roll back if a transaction is open; never let the rollback hide the original error.
+
+    A cancel that lands while COMMIT runs in aiosqlite's thread leaves nothing to roll back: a
+    raised "no transaction is active" would replace the CancelledError and the writer would
+    retry instead of stopping.
+    """
+    try:
+        await db.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection:
