@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 
 from proxy import records
 from proxy.accounting import Exchange, account, estimate
-from proxy.attribution import Attribution, Attributor, presented_key
+from proxy.attribution import Attribution, Attributor, clean, presented_key
 from proxy.budgets import Decision
 from proxy.catalog import Catalog
 from proxy.config import Config
@@ -93,7 +93,7 @@ class Forwarder:
                 anthropic=anthropic,
             )
         if self._managed_key is not None and self._attributor.proxy_key(request.headers) is None:
-            log.warning("event=unknown_proxy_key path=%s", route.endpoint)
+            log.warning("event=unknown_proxy_key path=%s", clean(route.endpoint, 200))
             return error_response(
                 401,
                 "openrouter-spend: this proxy holds the OpenRouter key; present one of its proxy keys",
@@ -281,6 +281,8 @@ class Forwarder:
                 outcome.outcome = records.UPSTREAM_ERROR
                 outcome.error = f"http_{upstream.status}"
                 self._metrics.upstream_error("http_5xx" if upstream.status >= 500 else "http_4xx")
+                # The body goes back to the client untouched; the log says it happened, not what it said.
+                log.info("event=upstream_http_error status=%d endpoint=%s", upstream.status, clean(route.endpoint, 200))
             content_type = upstream.headers.get("Content-Type", "")
             outcome.streamed = content_type.startswith("text/event-stream")
             if parser_box is not None:
