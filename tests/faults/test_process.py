@@ -46,7 +46,9 @@ async def test_sigterm_with_200_streams_in_flight(spawn_proxy: Any, fake_process
         proxy.proc.send_signal(signal.SIGTERM)
         await asyncio.gather(*tasks)
         code = await proxy.wait_exit(timeout=10)
-    assert time.monotonic() - signalled < 1.0 + 5, "shutdown took far longer than the grace period"
+    # aiohttp waits the grace twice (for handlers, then for their cancellation) before cleanup.
+    took = time.monotonic() - signalled
+    assert took < 2 * 1.0 + 3, f"shutdown took {took:.1f} s:\n{proxy.log_text()[-3000:]}"
     assert code == 0, proxy.log_text()[-2000:]
     assert len(answered) == n
     short = {f"t{i}" for i in range(n) if i % 2}
