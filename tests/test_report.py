@@ -160,10 +160,14 @@ def test_empty_report() -> None:
     assert "total" in render(lines, total, "model", "table")
 
 
-@pytest.mark.parametrize(
-    ("amount", "text"),
-    [("0", "$0.00"), ("0.01", "$0.01"), ("0.004", "$0.004000"), ("1234.5", "$1,234.50"),
-     ("0.005", "$0.005000")],
-)
-def test_money(amount: str, text: str) -> None:
+@pytest.mark.parametrize(("amount", "text"), [("0", "$0.00"), ("0.01", "$0.01"), ("0.1", "$0.10"), ("1234.5", "$1,234.50")])
+def test_money_to_the_cent(amount: str, text: str) -> None:
     assert money(Decimal(amount)) == text
+
+
+@pytest.mark.parametrize("amount", ["0.004", "0.005", "0.0062", "0.000123"])
+def test_money_below_a_cent_keeps_its_digits(amount: str) -> None:
+    # A single cheap call must not read as $0.00.
+    text = money(Decimal(amount))
+    assert text.startswith("$0.00")
+    assert Decimal(text[1:]) == Decimal(amount)
