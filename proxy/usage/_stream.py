@@ -13,7 +13,7 @@ from typing import Any
 
 from proxy.sse import SseSplitter
 from proxy.usage import Usage
-from proxy.usage._values import text
+from proxy.usage._values import part_of, text
 
 # A non-streamed body bigger than this is not a usage-bearing reply; stop copying it.
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -88,9 +88,39 @@ class StreamParser:
             if value:
                 self.fields[field] = value
 
-    # To be provided by each API shape.
+    # Event types worth decoding, for shapes whose events start with `{"type": ...}`.
+    WANTED_EVENTS: frozenset[bytes] = frozenset()
+
     def wants(self, payload: bytes) -> bool:
-        raise NotImplementedError
+        kind = event_type(payload)
+        if kind is None:
+            return b'"usage"' in payload or b'"error"' in payload
+        return kind in self.WANTED_EVENTS
+
+    def usage(self) -> Usage:
+        """OpenAI's counting (chat, responses) is already Usage's: parts are checked against wholes."""
+        f = self.fields
+        input_tokens = f.get("input_tokens")
+        output_tokens = f.get("output_tokens")
+        return Usage(
+            model=f.get("model"),
+            provider=f.get("provider"),
+            generation_id=f.get("generation_id"),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cached_tokens=part_of(f.get("cached_tokens"), input_tokens),
+            cache_write_tokens=part_of(f.get("cache_write_tokens"), input_tokens),
+            reasoning_tokens=part_of(f.get("reasoning_tokens"), output_tokens),
+            web_search_requests=f.get("web_search_requests"),
+            input_audio_tokens=part_of(f.get("input_audio_tokens"), input_tokens),
+            output_image_tokens=part_of(f.get("output_image_tokens"), output_tokens),
+            cost_reported=f.get("cost_reported"),
+            is_byok=f.get("is_byok"),
+            complete=bool(f.get("complete")),
+            error=f.get("error"),
+        )
+
+    # To be provided by each API shape.
 
     def take(self, event: dict[str, Any]) -> None:
         raise NotImplementedError
@@ -98,5 +128,3 @@ class StreamParser:
     def take_body(self, body: dict[str, Any]) -> None:
         raise NotImplementedError
 
-    def usage(self) -> Usage:
-        raise NotImplementedError

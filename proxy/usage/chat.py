@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.usage import Usage
 from proxy.usage._stream import StreamParser
-from proxy.usage._values import count, error_code, mapping, money, part_of
+from proxy.usage._values import count, error_code, mapping, money
 
 
 class ChatParser(StreamParser):
@@ -51,26 +50,4 @@ class ChatParser(StreamParser):
             web_search_requests=count(tools.get("web_search_requests")),
             cost_reported=money(usage.get("cost")),
             is_byok=byok if isinstance(byok, bool) else None,
-        )
-
-    def usage(self) -> Usage:
-        f = self.fields
-        input_tokens = f.get("input_tokens")
-        output_tokens = f.get("output_tokens")
-        return Usage(
-            model=f.get("model"),
-            provider=f.get("provider"),
-            generation_id=f.get("generation_id"),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cached_tokens=part_of(f.get("cached_tokens"), input_tokens),
-            cache_write_tokens=part_of(f.get("cache_write_tokens"), input_tokens),
-            reasoning_tokens=part_of(f.get("reasoning_tokens"), output_tokens),
-            web_search_requests=f.get("web_search_requests"),
-            input_audio_tokens=part_of(f.get("input_audio_tokens"), input_tokens),
-            output_image_tokens=part_of(f.get("output_image_tokens"), output_tokens),
-            cost_reported=f.get("cost_reported"),
-            is_byok=f.get("is_byok"),
-            complete=bool(f.get("complete")),
-            error=f.get("error"),
         )

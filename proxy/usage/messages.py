@@ -9,19 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from proxy.usage import Usage
-from proxy.usage._stream import StreamParser, event_type
+from proxy.usage._stream import StreamParser
 from proxy.usage._values import count, error_code, mapping, money
 
-_WANTED = {b"message_start", b"message_delta", b"error"}
 _INPUT_PARTS = ("anthropic_input", "cache_write_tokens", "cached_tokens")
 
 
 class MessagesParser(StreamParser):
-    def wants(self, payload: bytes) -> bool:
-        kind = event_type(payload)
-        if kind is None:
-            return b'"usage"' in payload or b'"error"' in payload
-        return kind in _WANTED
+    WANTED_EVENTS = frozenset({b"message_start", b"message_delta", b"error"})
 
     def take(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

@@ -8,25 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from proxy.usage import Usage
-from proxy.usage._stream import StreamParser, event_type
-from proxy.usage._values import count, error_code, mapping, money, part_of
-
-_WANTED = {
-    b"response.created",
-    b"response.completed",
-    b"response.incomplete",
-    b"response.failed",
-    b"error",
-}
-
+from proxy.usage._stream import StreamParser
+from proxy.usage._values import count, error_code, mapping, money
 
 class ResponsesParser(StreamParser):
-    def wants(self, payload: bytes) -> bool:
-        kind = event_type(payload)
-        if kind is None:
-            return b'"usage"' in payload or b'"error"' in payload
-        return kind in _WANTED
+    WANTED_EVENTS = frozenset(
+        {b"response.created", b"response.completed", b"response.incomplete", b"response.failed", b"error"}
+    )
 
     def take(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
@@ -59,22 +47,3 @@ class ResponsesParser(StreamParser):
             byok = usage.get("is_byok")
             if isinstance(byok, bool):
                 self.fields["is_byok"] = byok
-
-    def usage(self) -> Usage:
-        f = self.fields
-        input_tokens = f.get("input_tokens")
-        output_tokens = f.get("output_tokens")
-        return Usage(
-            model=f.get("model"),
-            provider=f.get("provider"),
-            generation_id=f.get("generation_id"),
-            input_tokens=input_tokens,
-            output_tokens=output_tokens,
-            cached_tokens=part_of(f.get("cached_tokens"), input_tokens),
-            cache_write_tokens=part_of(f.get("cache_write_tokens"), input_tokens),
-            reasoning_tokens=part_of(f.get("reasoning_tokens"), output_tokens),
-            cost_reported=f.get("cost_reported"),
-            is_byok=f.get("is_byok"),
-            complete=bool(f.get("complete")),
-            error=f.get("error"),
-        )
