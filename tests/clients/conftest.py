@@ -21,7 +21,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from tests.fake_openrouter import RECEIVED, fake_app
@@ -121,8 +120,8 @@ class Stack:
 
     def received(self) -> list[dict[str, Any]]:
         """What reached the fake upstream: path, headers, body bytes, method."""
-        app: web.Application = self.fake.app
-        return list(app[RECEIVED])
+        received = self.fake.app[RECEIVED]
+        return list(received)
 
     async def stop_proxy(self) -> None:
         """SIGTERM, as a user's Ctrl-C: the proxy drains its queue, so every row is in SQLite afterwards."""

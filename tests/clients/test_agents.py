@@ -38,8 +38,10 @@ def _billed(stack: Stack) -> list[dict[str, Any]]:
     return [r for r in stack.received() if r["method"] == "POST" and BILLED.match(r["path"])]
 
 
-async def _run_through_proxy(stack: Stack, launch: Launcher, tmp_path: Path, expect: str) -> AgentRun:
-    argv, env, cwd = launch(stack.proxy_root, tmp_path / "via-proxy")
+async def _run_through_proxy(stack: Stack, launch: Launcher, tmp_path: Path, expect: str, project: str | None = None) -> AgentRun:
+    """`project`: reach the proxy at `/p/<project>/...`, the per-project base URL the README offers."""
+    root = stack.proxy_root + (f"/p/{project}" if project else "")
+    argv, env, cwd = launch(root, tmp_path / "via-proxy")
     run = await run_agent(argv, env, cwd)
     if run.returncode == 0 and expect in run.stdout:
         return run
@@ -51,7 +53,7 @@ async def _run_through_proxy(stack: Stack, launch: Launcher, tmp_path: Path, exp
     raise AssertionError(f"{verdict}; expected {expect!r} in stdout\nthrough the proxy: {run.explain()}\ndirect: {direct.explain()}")
 
 
-def _assert_rows(stack: Stack, session_header: str | None) -> list[dict[str, Any]]:
+def _assert_rows(stack: Stack, session_header: str | None, project: str | None = None) -> list[dict[str, Any]]:
     """One row per billed call the fake saw, each with the fake's numbers, the agent's session, and no key."""
     billed = _billed(stack)
     assert billed, f"no billed call reached the fake: {[r['path'] for r in stack.received()]}"
@@ -67,6 +69,7 @@ def _assert_rows(stack: Stack, session_header: str | None) -> list[dict[str, Any
     assert Counter((r["endpoint"], r["model"], r["session"]) for r in rows) == expected
     for row in rows:
         assert row["outcome"] == "ok" and row["status"] == 200, row
+        assert row["project"] == project, row
         assert row["streamed"] == 1, row
         assert row["model_requested"] == row["model"], row
         assert row["input_tokens"] == PROMPT_TOKENS and row["cached_tokens"] == CACHED_TOKENS, row
@@ -80,7 +83,10 @@ def _assert_rows(stack: Stack, session_header: str | None) -> list[dict[str, Any
     return rows
 
 
-async def test_claude_code(stack: Stack, tmp_path: Path) -> None:
+# "preflight": as users run it, Claude Code first sends `HEAD <base>` (`HEAD /api`) to the proxy; the
+# proxy must answer it without a row. Telemetry, error reports and updates stay off either way.
+@pytest.mark.parametrize("traffic", ["essential-only", "preflight"])
+async def test_claude_code(stack: Stack, tmp_path: Path, traffic: str) -> None:
     claude = agent_binary("claude")
 
     def launch(root: str, scratch: Path) -> tuple[list[str | Path], dict[str, str], Path]:
@@ -88,14 +94,17 @@ async def test_claude_code(stack: Stack, tmp_path: Path) -> None:
             "ANTHROPIC_BASE_URL": root + "/api",
             "ANTHROPIC_AUTH_TOKEN": KEY,
             "DISABLE_TELEMETRY": "1",
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            "DISABLE_ERROR_REPORTING": "1",
             "DISABLE_AUTOUPDATER": "1",
         }
+        if traffic == "essential-only":
+            env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] = "1"
         return [claude, "-p", "say hello", "--model", "anthropic/claude-sonnet-4.5"], env, scratch / "work"
 
-    run = await _run_through_proxy(stack, launch, tmp_path, "w0 w1 w2 w3 w4")
+    project = "claude-proj" if traffic == "preflight" else None
+    run = await _run_through_proxy(stack, launch, tmp_path, "w0 w1 w2 w3 w4", project)
     await stack.stop_proxy()
-    rows = _assert_rows(stack, "X-Claude-Code-Session-Id")
+    rows = _assert_rows(stack, "X-Claude-Code-Session-Id", project)
     assert {r["endpoint"] for r in rows} == {"messages"}
     assert all(r["client"].startswith("claude-cli/") for r in rows), rows
     # The query string and Anthropic's version headers reach the upstream as Claude Code sent them.
@@ -124,9 +133,9 @@ async def test_codex(stack: Stack, tmp_path: Path) -> None:
         env = base_env(scratch / "home") | {"CODEX_HOME": str(codex_home), "SPEND_TEST_KEY": KEY}
         return [codex, "exec", "--skip-git-repo-check", "say hello"], env, scratch / "work"
 
-    run = await _run_through_proxy(stack, launch, tmp_path, "hello there")
+    run = await _run_through_proxy(stack, launch, tmp_path, "hello there", "codex-proj")
     await stack.stop_proxy()
-    rows = _assert_rows(stack, "session-id")
+    rows = _assert_rows(stack, "session-id", "codex-proj")
     assert {r["endpoint"] for r in rows} == {"responses"}
     assert run.stdout.strip() == "hello there"
 
@@ -153,9 +162,9 @@ async def test_opencode(stack: Stack, tmp_path: Path) -> None:
         }
         return [opencode, "run", "-m", "openrouter/openai/gpt-4o", "say hello"], env, work
 
-    await _run_through_proxy(stack, launch, tmp_path, "word0 word1 word2 word3 word4")
+    await _run_through_proxy(stack, launch, tmp_path, "word0 word1 word2 word3 word4", "opencode-proj")
     await stack.stop_proxy()
-    rows = _assert_rows(stack, "X-Session-Id")
+    rows = _assert_rows(stack, "X-Session-Id", "opencode-proj")
     assert {r["endpoint"] for r in rows} == {"chat/completions"}
     # The reply and, on a first prompt, a title from a small model: one session, two rows.
     assert "openai/gpt-4o" in {r["model"] for r in rows}
