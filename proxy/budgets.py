@@ -553,7 +553,9 @@ class Budgets:
 
     def _estimate(self, model: str | None) -> Decimal:
         mean = self._means.get(model or "")
-        return self._reserve if mean is None else max(self._floor, mean)
+        # Reservations are added and taken back in any order, which is exact only at a fixed scale:
+        # a 28-digit running mean once left -2E-30 reserved behind after every request had settled.
+        return self._reserve if mean is None else max(self._floor, mean.quantize(_MICRO))
 
     def _learn(self, model: str | None, cost: Decimal) -> None:
         name = model or ""
