@@ -34,8 +34,12 @@ MIX = [
 ]
 
 
+KINDS: dict[str, str] = {}  # session -> the fault it was sent with ("leave" for a client that left)
+
+
 async def _one(session: aiohttp.ClientSession, base: str, i: int, rng: random.Random) -> None:
     _, flags, stream, leave = rng.choices(MIX, weights=[m[0] for m in MIX])[0]
+    KINDS[f"q{i}"] = "leave" if leave else flags or ("stream" if stream else "json")
     headers = {"Authorization": f"Bearer {KEY}", "X-Spend-Session": f"q{i}", "X-Fake": flags}
     if leave:
         headers.update({"X-Fake-Chunks": "30", "X-Fake-Delay-Ms": "10"})
@@ -53,6 +57,7 @@ async def _one(session: aiohttp.ClientSession, base: str, i: int, rng: random.Ra
 async def test_soak_mixed_faults_lose_no_rows_and_leak_nothing(spawn_proxy: Any, fake_process: Any) -> None:
     proxy = await spawn_proxy(fake_process.url("/api/v1"), log_level="warning")
     rng = random.Random(7)
+    KINDS.clear()
     samples: list[tuple[int, int, int]] = []  # (requests done, rss KiB, fds) while running
     done = 0
 
@@ -85,8 +90,17 @@ async def test_soak_mixed_faults_lose_no_rows_and_leak_nothing(spawn_proxy: Any,
     await wait_for(lambda: len(read_rows(proxy.db)) == TOTAL, timeout=15, what="every row written")
     rows = read_rows(proxy.db)
     assert {r["session"] for r in rows} == {f"q{i}" for i in range(TOTAL)}
-    outcomes = {r["outcome"] for r in rows}
-    assert {"ok", "upstream_error", "aborted"} <= outcomes, outcomes
+    expected = {
+        "stream": ("ok", None), "json": ("ok", None), "error500": ("upstream_error", "http_500"),
+        "error429": ("upstream_error", "http_429"), "error503": ("upstream_error", "http_503"),
+        "drop": ("aborted", "upstream_reset"), "leave": ("aborted", "client_disconnected"),
+        "midstream-error": ("upstream_error", "502"), "no-usage": ("ok", None), "garbage": ("ok", None),
+    }
+    wrong = [(KINDS[r["session"]], r["outcome"], r["error"]) for r in rows if expected[KINDS[r["session"]]] != (r["outcome"], r["error"])]
+    assert wrong == [], wrong[:20]
+    # Every stream cut before its usage got its billed cost from /generation.
+    cut = [r for r in rows if KINDS[r["session"]] in ("drop", "leave", "no-usage")]
+    assert cut and all(r["cost_source"] == "generation" for r in cut), [r["cost_source"] for r in cut]
     assert end_fds - warm_fds <= FD_BOUND
     # While running: open sockets follow the concurrency, not the number of requests served.
     assert max(s[2] for s in samples) <= warm_fds + 3 * CONCURRENCY, samples
