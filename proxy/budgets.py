@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 from proxy.errors import ConfigError
+from proxy.tables import money
 
 PERIODS = ("day", "week", "month", "rolling")
 SCOPES = ("total", "key", "project", "session", "model")
@@ -754,12 +755,3 @@ def _period_phrase(spec: BudgetSpec) -> str:
 
 def _percent(share: Decimal) -> str:
     return f"{(share * 100).quantize(_ONE):f}%"
-
-
-def money(amount: Decimal) -> str:
-    """Dollars for people: cents from $1 up, up to four decimals below (a $0.01 budget needs them)."""
-    if abs(amount) >= _ONE:
-        return f"${amount.quantize(Decimal('0.01')):f}"
-    text = f"{amount.quantize(Decimal('0.0001')):f}".rstrip("0")
-    whole, _, frac = text.partition(".")
-    return f"${whole}.{frac.ljust(2, '0')}"

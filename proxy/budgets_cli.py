@@ -8,12 +8,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from proxy.budgets import Budgets, money
+from proxy.budgets import Budgets
 from proxy.config import load_config
 from proxy.errors import CliError
 from proxy.guard import load_spend_sync
-from proxy.report import format_table
 from proxy.storage import connect_readonly
+from proxy.tables import format_table, money
 
 
 def add_commands(commands: Any) -> None:
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         for s in statuses
     ]
     headers = ("budget", "scope", "action", "spent", "limit", "share", f"resets ({config.timezone})", "projected")
-    print(format_table(headers, rows, total=False) if rows else "no budget has spend yet")
+    print(format_table(headers, rows) if rows else "no budget has spend yet")
     return 0
 
 

@@ -1,108 +1,25 @@
-"""The cost calculator: `models`, `estimate` and `whatif` over a catalog and the request log.
+"""The cost calculator's pure core: model rows, estimate rows, what-if re-pricing of logged requests.
 
-The row-building functions are pure (the clock and the database rows are passed in); the `_cmd_*`
-shells read files, call them and print."""
+Everything here takes its catalog, clock and database rows as arguments; `calculator_cli` reads
+the files, calls these and prints the rows with `tables.render`.
+"""
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
-import json
 import re
-import sqlite3
-import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
 
-from proxy.catalog import Catalog, ModelEntry, ModelPricing, load_embedded, parse_models, pricing_from_fingerprint
+from proxy.catalog import Catalog, ModelEntry, ModelPricing, pricing_from_fingerprint
 from proxy.errors import CliError
 from proxy.pricing import Cost, price
+from proxy.tables import Row, money, plain
 from proxy.usage import Usage
 
-Row = dict[str, Any]
 MILLION = Decimal(1_000_000)
-DEFAULT_DB = "openrouter-spend.db"
-
-
-# ---------------------------------------------------------------- formatting
-
-
-def format_usd(d: Decimal) -> str:
-    """Exact, with at least cents and thousands separators: $0.000035, $35.00, $7,500.00."""
-    q = d.normalize()
-    if q.as_tuple().exponent > -2:  # type: ignore[operator]
-        q = d.quantize(Decimal("0.01"))
-    text = format(abs(q), ",f")
-    return f"-${text}" if q < 0 else f"${text}"
-
-
-def plain(d: Decimal) -> str:
-    """Exact and machine-readable: no exponent, no trailing zeros."""
-    s = format(d.normalize(), "f")
-    return "0" if s in ("0", "-0") else s
-
-
-def format_ratio(cost: Decimal, reference: Decimal) -> str:
-    """How `cost` compares with `reference`: '214 times cheaper', '2.5 times dearer', 'same'."""
-    if cost == reference:
-        return "same"
-    if cost == 0 or reference == 0:
-        return "free" if cost == 0 else "n/a"
-    factor = reference / cost if cost < reference else cost / reference
-    if factor < Decimal("1.1"):
-        # "1.0 times cheaper" says nothing; near-equal costs read better as a percentage.
-        pct = abs(cost - reference) / reference * 100
-        return f"{pct:.2f}% {'cheaper' if cost < reference else 'dearer'}"
-    shown = f"{factor:.0f}" if factor >= 10 else f"{factor:.1f}"
-    return f"{shown} times {'cheaper' if cost < reference else 'dearer'}"
-
-
-def render(rows: Sequence[Row], fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps([{k: _json_value(v) for k, v in r.items()} for r in rows], indent=2) + "\n"
-    if not rows:
-        return "" if fmt == "csv" else "(no rows)\n"
-    columns = list(rows[0])
-    if fmt == "csv":
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(columns)
-        w.writerows([[_csv_value(r.get(c)) for c in columns] for r in rows])
-        return buf.getvalue()
-    cells = [[_table_value(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(r.get(c), (int, Decimal)) or r.get(c) is None for r in rows) for c in columns]
-    lines = ["  ".join(c.ljust(w) if not n else c.rjust(w) for c, w, n in zip(columns, widths, numeric))]
-    for row in cells:
-        lines.append("  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(row, widths, numeric)))
-    return "\n".join(line.rstrip() for line in lines) + "\n"
-
-
-def _json_value(v: Any) -> Any:
-    return plain(v) if isinstance(v, Decimal) else v
-
-
-def _csv_value(v: Any) -> str:
-    if v is None:
-        return ""
-    return plain(v) if isinstance(v, Decimal) else str(v)
-
-
-def _table_value(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, Decimal):
-        return format_usd(v)
-    if isinstance(v, bool):
-        return "yes" if v else ""
-    if isinstance(v, int):
-        return f"{v:,}"
-    return str(v)
 
 
 # ---------------------------------------------------------------- models
@@ -174,7 +91,7 @@ def _note(p: ModelPricing) -> str:
         if any(o.utc_start is not None for o in p.overrides):
             notes.append("price varies by time of day")
     if p.request:
-        notes.append(f"{format_usd(p.request)} per request")
+        notes.append(f"{money(p.request, exact=True)} per request")
     if p.discount:
         notes.append(f"{plain(p.discount * 100)}% off")
     return "; ".join(notes)
@@ -215,6 +132,21 @@ def _changed_keys(old: ModelPricing, new: ModelPricing) -> list[str]:
 
 
 # ---------------------------------------------------------------- estimate
+
+
+def format_ratio(cost: Decimal, reference: Decimal) -> str:
+    """How `cost` compares with `reference`: '214 times cheaper', '2.5 times dearer', 'same'."""
+    if cost == reference:
+        return "same"
+    if cost == 0 or reference == 0:
+        return "free" if cost == 0 else "n/a"
+    factor = reference / cost if cost < reference else cost / reference
+    if factor < Decimal("1.1"):
+        # "1.0 times cheaper" says nothing; near-equal costs read better as a percentage.
+        pct = abs(cost - reference) / reference * 100
+        return f"{pct:.2f}% {'cheaper' if cost < reference else 'dearer'}"
+    shown = f"{factor:.0f}" if factor >= 10 else f"{factor:.1f}"
+    return f"{shown} times {'cheaper' if cost < reference else 'dearer'}"
 
 
 def estimate_usage(input_tokens: int, output_tokens: int, cached_input: int = 0, reasoning: int = 0) -> Usage:
@@ -371,24 +303,6 @@ class Route:
     escalate: Decimal
 
 
-def parse_route(text: str) -> Route:
-    parts: dict[str, str] = {}
-    for item in text.split(","):
-        key, sep, value = item.partition("=")
-        if not sep or key.strip() not in ("cheap", "flagship", "escalate"):
-            raise CliError(f"--route: expected cheap=ID,flagship=ID,escalate=SHARE, got {text!r}")
-        parts[key.strip()] = value.strip()
-    if set(parts) != {"cheap", "flagship", "escalate"}:
-        raise CliError(f"--route: needs cheap=, flagship= and escalate=, got {text!r}")
-    try:
-        share = Decimal(parts["escalate"])
-    except InvalidOperation:
-        raise CliError(f"--route: escalate must be a share between 0 and 1, got {parts['escalate']!r}") from None
-    if not 0 <= share <= 1:
-        raise CliError(f"--route: escalate must be a share between 0 and 1, got {parts['escalate']!r}")
-    return Route(parts["cheap"], parts["flagship"], share)
-
-
 def whatif_rows(
     requests: Sequence[LoggedRequest],
     catalog: Catalog,
@@ -492,157 +406,3 @@ def logged_request(row: Mapping[str, Any]) -> LoggedRequest:
         cost_usd=_opt_decimal(row["cost_usd"]),
         cost_catalog_usd=_opt_decimal(row["cost_catalog_usd"]),
     )
-
-
-# ---------------------------------------------------------------- shells
-
-
-def _catalog(args: argparse.Namespace) -> Catalog:
-    path: Path | None = args.catalog
-    if path is None:
-        return load_embedded()
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        return parse_models(payload)
-    except (OSError, ValueError) as e:
-        raise CliError(f"--catalog {path}: {e}") from None
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    if not path.exists():
-        raise CliError(f"--db {path}: no such file (start the proxy first, or pass --db)")
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
-    return db
-
-
-def _read_table(path: Path, query: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-    db = _connect(path)
-    try:
-        return db.execute(query, params).fetchall()
-    except sqlite3.Error as e:
-        raise CliError(f"--db {path}: {e}") from None
-    finally:
-        db.close()
-
-
-def _emit(rows: Sequence[Row], fmt: str, footer: str | None = None) -> None:
-    sys.stdout.write(render(rows, fmt))
-    if footer and fmt == "table":
-        sys.stdout.write(footer + "\n")
-
-
-def _cmd_models(args: argparse.Namespace) -> int:
-    if args.changes:
-        history = _read_table(args.db, "SELECT model_id, pricing, first_seen_at FROM model_prices")
-        _emit(price_changes([(r[0], r[1], r[2]) for r in history], args.search), args.format)
-        return 0
-    rows = model_rows(
-        _catalog(args), search=args.search, free=args.free, max_input_price=args.max_input_price, sort=args.sort
-    )
-    _emit(rows, args.format, f"{len(rows)} models; prices in USD per 1M tokens")
-    return 0
-
-
-def _cmd_estimate(args: argparse.Namespace) -> int:
-    catalog = _catalog(args)
-    usage = estimate_usage(args.input, args.output, args.cached_input, args.reasoning)
-    rows = estimate_rows(
-        catalog,
-        usage,
-        at=datetime.now(timezone.utc),
-        models=args.model or (),
-        cheapest=args.cheapest,
-        vs=args.vs,
-        calls=args.calls,
-        per=args.per,
-    )
-    _emit(rows, args.format, summary_line(rows))
-    return 0
-
-
-def _cmd_whatif(args: argparse.Namespace) -> int:
-    catalog = _catalog(args)
-    route = parse_route(args.route) if args.route else None
-    if not args.model and route is None:
-        raise CliError("whatif: give at least one --model ID or a --route")
-    since = parse_since(args.since, datetime.now(timezone.utc)) if args.since else None
-    clauses, params = [], []
-    for column in ("project", "session"):
-        if getattr(args, column) is not None:
-            clauses.append(f"{column} = ?")
-            params.append(getattr(args, column))
-    where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-    rows = _read_table(args.db, f"SELECT * FROM requests{where} ORDER BY started_at", params)
-    requests = [logged_request(dict(r)) for r in rows]
-    if since is not None:
-        requests = [r for r in requests if r.started_at >= since]
-    history = None
-    try:
-        history = PriceHistory((r[0], r[1], r[2]) for r in _read_table(args.db, "SELECT * FROM model_prices"))
-    except CliError:
-        pass  # an older log without price history: price at the current catalog
-    _emit(whatif_rows(requests, catalog, args.model or (), route, history), args.format)
-    return 0
-
-
-def _decimal_arg(text: str) -> Decimal:
-    try:
-        d = Decimal(text)
-    except InvalidOperation:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not d.is_finite() or d < 0:
-        raise argparse.ArgumentTypeError(f"not a price: {text!r}")
-    return d
-
-
-def _count_arg(text: str) -> int:
-    try:
-        n = int(text.replace(",", "").replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"cannot be negative: {text!r}")
-    return n
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--catalog", type=Path, metavar="FILE", help="a saved /models listing (default: the built-in snapshot)")
-    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
-
-
-def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register `models`, `estimate` and `whatif` on the CLI's subparsers."""
-    p = subparsers.add_parser("models", help="list models with prices per 1M tokens")
-    _common(p)
-    p.add_argument("--search", metavar="TEXT", help="only ids or names containing TEXT")
-    p.add_argument("--free", action="store_true", help="only free models")
-    p.add_argument("--max-input-price", type=_decimal_arg, metavar="P", help="USD per 1M input tokens, at most")
-    p.add_argument("--sort", choices=("input", "output", "blended", "context"), default="input",
-                   help="blended = (3 x input + output) / 4")
-    p.add_argument("--changes", action="store_true", help="list price changes recorded in --db")
-    p.add_argument("--db", type=Path, default=Path(DEFAULT_DB), metavar="PATH")
-    p.set_defaults(func=_cmd_models)
-
-    p = subparsers.add_parser("estimate", help="cost per call and per period on each model")
-    _common(p)
-    p.add_argument("--input", type=_count_arg, required=True, metavar="N", help="prompt tokens per call")
-    p.add_argument("--output", type=_count_arg, required=True, metavar="N", help="visible output tokens per call")
-    p.add_argument("--cached-input", type=_count_arg, default=0, metavar="N", help="of --input, read from cache")
-    p.add_argument("--reasoning", type=_count_arg, default=0, metavar="N", help="reasoning tokens, on top of --output")
-    p.add_argument("--calls", type=_count_arg, metavar="N", help="calls per period")
-    p.add_argument("--per", choices=("month", "day"), default="month")
-    p.add_argument("--model", action="append", metavar="ID", help="repeatable")
-    p.add_argument("--cheapest", type=_count_arg, metavar="N", help="add the N cheapest paid models")
-    p.add_argument("--vs", metavar="ID", help="compare every row with this model")
-    p.set_defaults(func=_cmd_estimate)
-
-    p = subparsers.add_parser("whatif", help="re-price logged traffic on other models")
-    _common(p)
-    p.add_argument("--db", type=Path, default=Path(DEFAULT_DB), metavar="PATH")
-    p.add_argument("--since", metavar="30d|DATE")
-    p.add_argument("--project", metavar="P")
-    p.add_argument("--session", metavar="S")
-    p.add_argument("--model", action="append", metavar="ID", help="repeatable")
-    p.add_argument("--route", metavar="cheap=ID,flagship=ID,escalate=0.15")
-    p.set_defaults(func=_cmd_whatif)

@@ -54,9 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--free-daily-limit", type=int, default=50, help="OpenRouter's :free limit per day (1000 once you bought credits)")
     report.set_defaults(func=_report)
 
-    from proxy import budgets_cli, calculator
+    from proxy import budgets_cli, calculator_cli
 
-    calculator.add_commands(commands)  # type: ignore[arg-type]
+    calculator_cli.add_commands(commands)  # type: ignore[arg-type]
     budgets_cli.add_commands(commands)
     return parser
 

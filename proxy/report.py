@@ -9,7 +9,7 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -17,6 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from proxy.errors import CliError
+from proxy.tables import format_table, money
 
 GROUPS = ("day", "model", "provider", "project", "session", "key", "client", "endpoint")
 TOKEN_FIELDS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
@@ -167,26 +168,4 @@ def render(lines: list[Line], total: Line, by: str, fmt: str, free: FreeUsage | 
         notes.append("* some requests in this group have no known cost")
     if free is not None and (free.today or total.free_requests):
         notes.append(free.line())
-    return "\n".join([format_table(headers, table), *notes])
-
-
-def money(amount: Decimal) -> str:
-    """Dollars to the cent, and to 6 places below a cent so small calls don't show as $0.00."""
-    if amount != 0 and abs(amount) < Decimal("0.01"):
-        return f"${amount:.6f}"
-    return f"${amount:,.2f}"
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, total: bool = True) -> str:
-    """Left-aligned first column, right-aligned numbers; with `total`, the last row is set apart."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
-
-    def line(cells: Sequence[str]) -> str:
-        first, *rest = cells
-        return "  ".join([str(first).ljust(widths[0]), *(str(c).rjust(w) for c, w in zip(rest, widths[1:]))])
-
-    rule = "  ".join("-" * w for w in widths)
-    body = [line(r) for r in rows]
-    if total and rows:
-        body.insert(len(body) - 1, rule)
-    return "\n".join([line(headers), rule, *body])
+    return "\n".join([format_table(headers, table, total=True), *notes])

@@ -17,7 +17,6 @@ from proxy.budgets import (
     Budgets,
     Who,
     alert_key,
-    money,
     parse_budgets,
     window,
 )
@@ -474,14 +473,6 @@ def test_snapshot_reports_spend_reserved_and_projection() -> None:
     assert (daily.window_start, daily.window_end, daily.resets_at) == (at(2026, 11, 27), at(2026, 11, 28), at(2026, 11, 28))
     assert (burst.period, burst.spent_usd, burst.projected_usd, burst.resets_at) == ("rolling:1h", D("0"), None, None)
     assert burst.window_end == at(2026, 11, 27, 12)
-
-
-@pytest.mark.parametrize(
-    ("amount", "text"),
-    [("5.02", "$5.02"), ("5", "$5.00"), ("0.5", "$0.50"), ("0.01", "$0.01"), ("0.0062", "$0.0062"), ("0.00001", "$0.00"), ("123.456", "$123.46")],
-)
-def test_money(amount: str, text: str) -> None:
-    assert money(D(amount)) == text
 
 
 # ---------------------------------------------------------------- concurrency bound

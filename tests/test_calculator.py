@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from proxy import calculator, storage
+from proxy import calculator_cli, storage
 from proxy.calculator import (
     LoggedRequest,
     PriceHistory,
@@ -21,17 +21,15 @@ from proxy.calculator import (
     estimate_rows,
     estimate_usage,
     format_ratio,
-    format_usd,
     logged_request,
     model_rows,
-    parse_route,
     parse_since,
     price_changes,
-    render,
     reprice,
     summary_line,
     whatif_rows,
 )
+from proxy.calculator_cli import parse_route
 from proxy.catalog import Catalog, parse_models, pricing_fingerprint, pricing_from_json
 from proxy.errors import CliError
 from proxy.pricing import price
@@ -47,7 +45,7 @@ NOON = datetime(2026, 8, 24, 12, 0, tzinfo=timezone.utc)
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     parser = argparse.ArgumentParser(prog="openrouter-spend")
-    calculator.add_commands(parser.add_subparsers(required=True))
+    calculator_cli.add_commands(parser.add_subparsers(required=True))
     args = parser.parse_args(argv)
     assert args.func(args) == 0
     return capsys.readouterr().out
@@ -82,25 +80,6 @@ def test_acceptance_figures_are_exact() -> None:
 
 
 @pytest.mark.parametrize(
-    ("amount", "text"),
-    [
-        ("0.000035", "$0.000035"),
-        ("35", "$35.00"),
-        ("35.000000", "$35.00"),
-        ("7500", "$7,500.00"),
-        ("0.0075", "$0.0075"),
-        ("0", "$0.00"),
-        ("0.1", "$0.10"),
-        ("1234567.891", "$1,234,567.891"),
-        ("-0.5", "-$0.50"),
-        ("2.08333333333333E-8", "$0.0000000208333333333333"),
-    ],
-)
-def test_format_usd(amount: str, text: str) -> None:
-    assert format_usd(D(amount)) == text
-
-
-@pytest.mark.parametrize(
     ("cost", "reference", "text"),
     [
         ("0.000035", "0.0075", "214 times cheaper"),
@@ -117,17 +96,6 @@ def test_format_usd(amount: str, text: str) -> None:
 )
 def test_format_ratio(cost: str, reference: str, text: str) -> None:
     assert format_ratio(D(cost), D(reference)) == text
-
-
-def test_render_formats() -> None:
-    rows = [{"model": "a/b", "context": 128000, "price": D("7500"), "free": True, "note": None}]
-    assert json.loads(render(rows, "json")) == [
-        {"model": "a/b", "context": 128000, "price": "7500", "free": True, "note": None}]
-    assert list(csv.reader(io.StringIO(render(rows, "csv")))) == [
-        ["model", "context", "price", "free", "note"], ["a/b", "128000", "7500", "True", ""]]
-    table = render(rows, "table").splitlines()
-    assert table[1].split() == ["a/b", "128,000", "$7,500.00", "yes", "-"]
-    assert render([], "table") == "(no rows)\n" and render([], "json") == "[]\n"
 
 
 # ---------------------------------------------------------------- estimate
