@@ -17,4 +17,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# The real coding agents (Claude Code, Codex CLI, OpenCode, Aider) for tests/clients/. When they
+# install, their tests must run (a missing agent then fails instead of skipping); when the
+# registry or npm is not there, those tests skip and say so.
+if command -v npm >/dev/null 2>&1 && bash scripts/install_agents.sh --aider; then
+  export OPENROUTER_SPEND_AGENTS=1
+else
+  echo "WARNING: the coding agents could not be installed: tests/clients will be skipped" >&2
+fi
 exec python3 -m pytest "$@"
