@@ -56,7 +56,8 @@ def fake_cost(model: str, prompt: int = PROMPT_TOKENS, cached: int = CACHED_TOKE
 
 def _flags(request: web.Request) -> set[str]:
     flags = {f.strip() for f in request.headers.get("X-Fake", "").split(",") if f.strip()}
-    return flags | request.app[FAULTS]
+    faults: set[str] = request.app[FAULTS]
+    return flags | faults
 
 
 def _not_json(raw: bytes) -> web.Response | None:
@@ -222,7 +223,7 @@ async def messages(request: web.Request) -> web.StreamResponse:
     model = str(data.get("model") or "anthropic/claude-sonnet-4.5")
     gen_id = f"gen-{uuid.uuid4().hex[:20]}"
     _remember(request, gen_id, model)
-    message = {"id": gen_id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": None, "stop_sequence": None}
+    message: dict[str, Any] = {"id": gen_id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": None, "stop_sequence": None}
     if not data.get("stream"):
         body = {**message, "content": [{"type": "text", "text": "hello"}], "stop_reason": "end_turn", "usage": _anthropic_usage(flags, model)}
         return web.json_response(body)

@@ -202,7 +202,3 @@ async def fake_process(tmp_path: Path, started: _Started) -> AsyncIterator[Proce
     process = Process(proc=proc, port=port, log_path=tmp_path / "fake.log")
     await process.wait_ready("/api/v1/models")
     yield process
-
-
-def connector(limit: int = 0) -> aiohttp.TCPConnector:
-    return aiohttp.TCPConnector(limit=limit, force_close=False)

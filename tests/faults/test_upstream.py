@@ -104,7 +104,7 @@ async def test_reset_mid_stream_ends_the_client_stream_and_backfills_the_cost(
     billed = upstream.app[GENERATIONS][row["generation_id"]]["total_cost"]
 
     def filled() -> bool:
-        return proxy.rows()[0]["cost_source"] == "generation"
+        return bool(proxy.rows()[0]["cost_source"] == "generation")
 
     for _ in range(200):
         if filled():
