@@ -4,6 +4,7 @@ import csv
 import io
 import json
 from decimal import Decimal as D
+from typing import Any
 
 import pytest
 
@@ -99,7 +100,7 @@ def test_render_formats() -> None:
 
 
 def test_render_table_right_aligns_numeric_columns() -> None:
-    rows = [{"model": "a", "per_call": D("0.5"), "calls": 7}, {"model": "bbb", "per_call": None, "calls": 1000}]
+    rows: list[dict[str, Any]] = [{"model": "a", "per_call": D("0.5"), "calls": 7}, {"model": "bbb", "per_call": None, "calls": 1000}]
     assert render(rows, "table") == (
         "model  per_call  calls\n"
         "a         $0.50      7\n"
