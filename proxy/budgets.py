@@ -13,26 +13,20 @@ from __future__ import annotations
 
 import bisect
 import math
-import re
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 from fnmatch import fnmatchcase
 from itertools import count
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from proxy.errors import ConfigError
+from proxy.budget_spec import BudgetSpec, as_utc, window
 from proxy.tables import money
 
-PERIODS = ("day", "week", "month", "rolling")
-SCOPES = ("total", "key", "project", "session", "model")
-MATCH_FIELDS = ("key", "project", "session", "model")
-ACTIONS = ("block", "warn")
 KINDS = ("warn", "spent", "projected")
-DEFAULT_WARN_AT = (Decimal("0.5"), Decimal("0.8"))
 DEFAULT_RESERVE_USD = Decimal("0.05")
 RESERVE_FLOOR_USD = Decimal("0.0001")
 # A budget held only by reservations frees up as soon as those requests finish.
@@ -42,33 +36,12 @@ UTC = timezone.utc
 _ONE = Decimal(1)
 _ZERO = Decimal(0)
 _MICRO = Decimal("0.000001")
-_KEYS = ("name", "limit_usd", "period", "scope", "match", "warn_at", "action")
-_ROLLING = re.compile(r"rolling:(\d+)([smhd])")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _SWEEP_EVERY = timedelta(seconds=60)
 _EWMA_ALPHA = Decimal("0.3")
 _MAX_REMEMBERED = 1000
 
 # (budget name, scope value, window start as UTC ISO-8601, kind, threshold) - the alerts table's key.
 AlertKey = tuple[str, str, str, str, str]
-
-
-@dataclass(frozen=True, slots=True)
-class BudgetSpec:
-    name: str
-    limit_usd: Decimal
-    period: str = "day"
-    rolling_seconds: int | None = None
-    scope: str = "total"
-    match: tuple[tuple[str, str], ...] = ()
-    warn_at: tuple[Decimal, ...] = DEFAULT_WARN_AT
-    action: str = "block"
-
-    @property
-    def period_label(self) -> str:
-        if self.rolling_seconds is None:
-            return self.period
-        return f"rolling:{_duration(self.rolling_seconds)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,157 +139,6 @@ def alert_key(budget: str, scope_value: str, window_start: datetime, kind: str, 
     return (budget, scope_value, window_start.astimezone(UTC).isoformat(), kind, _threshold(threshold))
 
 
-# ---------------------------------------------------------------- config
-
-
-def parse_budgets(raw: Any, path: str = "budgets") -> tuple[BudgetSpec, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ConfigError(f"{path}: expected a list of budgets, got {_show(raw)}")
-    specs: list[BudgetSpec] = []
-    seen: set[str] = set()
-    for i, item in enumerate(raw):
-        spec = _parse_one(item, f"{path}[{i}]")
-        if spec.name in seen:
-            raise ConfigError(f"{path}[{i}].name: duplicate budget name {spec.name!r}")
-        seen.add(spec.name)
-        specs.append(spec)
-    return tuple(specs)
-
-
-def _parse_one(raw: Any, path: str) -> BudgetSpec:
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"{path}: expected a mapping, got {_show(raw)}")
-    for k in raw:
-        if k not in _KEYS:
-            raise ConfigError(f"{path}.{k}: unknown key; expected one of {', '.join(_KEYS)}")
-    for k in ("name", "limit_usd"):
-        if k not in raw:
-            raise ConfigError(f"{path}.{k}: required")
-    name = raw["name"]
-    if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{path}.name: expected a non-empty string, got {_show(name)}")
-    limit = _number(raw["limit_usd"], f"{path}.limit_usd")
-    if limit <= 0:
-        raise ConfigError(f"{path}.limit_usd: must be greater than 0, got {_show(raw['limit_usd'])}")
-    period, seconds = _period(raw.get("period", "day"), f"{path}.period")
-    scope = _choice(raw.get("scope", "total"), SCOPES, f"{path}.scope")
-    action = _choice(raw.get("action", "block"), ACTIONS, f"{path}.action")
-    return BudgetSpec(
-        name=name.strip(),
-        limit_usd=limit,
-        period=period,
-        rolling_seconds=seconds,
-        scope=scope,
-        match=_match(raw.get("match"), f"{path}.match"),
-        warn_at=_warn_at(raw["warn_at"], f"{path}.warn_at") if "warn_at" in raw else DEFAULT_WARN_AT,
-        action=action,
-    )
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _number(value: Any, path: str) -> Decimal:
-    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-        try:
-            number = Decimal(str(value).strip())
-        except InvalidOperation:
-            pass
-        else:
-            if number.is_finite():
-                return number
-    raise ConfigError(f"{path}: expected a number, got {_show(value)}")
-
-
-def _choice(value: Any, options: tuple[str, ...], path: str) -> str:
-    if isinstance(value, str) and value in options:
-        return value
-    raise ConfigError(f"{path}: expected one of {', '.join(options)}, got {_show(value)}")
-
-
-def _period(value: Any, path: str) -> tuple[str, int | None]:
-    if isinstance(value, str):
-        if value in ("day", "week", "month"):
-            return value, None
-        m = _ROLLING.fullmatch(value.strip())
-        if m and int(m.group(1)) > 0:
-            return "rolling", int(m.group(1)) * _UNIT_S[m.group(2)]
-    raise ConfigError(f"{path}: expected day, week, month or rolling:<n><s|m|h|d> (e.g. rolling:5h), got {_show(value)}")
-
-
-def _match(value: Any, path: str) -> tuple[tuple[str, str], ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{path}: expected a mapping such as {{model: \"anthropic/*\"}}, got {_show(value)}")
-    pairs: list[tuple[str, str]] = []
-    for k, pattern in value.items():
-        if k not in MATCH_FIELDS:
-            raise ConfigError(f"{path}.{k}: unknown field; expected one of {', '.join(MATCH_FIELDS)}")
-        if not isinstance(pattern, str) or not pattern:
-            raise ConfigError(f"{path}.{k}: expected a glob pattern string, got {_show(pattern)}")
-        pairs.append((k, pattern))
-    return tuple(sorted(pairs))
-
-
-def _warn_at(value: Any, path: str) -> tuple[Decimal, ...]:
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise ConfigError(f"{path}: expected a list of fractions such as [0.5, 0.8], got {_show(value)}")
-    shares: set[Decimal] = set()
-    for i, item in enumerate(value):
-        share = _number(item, f"{path}[{i}]")
-        if not _ZERO < share < _ONE:
-            raise ConfigError(f"{path}[{i}]: expected a fraction between 0 and 1 (exclusive), got {_show(item)}")
-        shares.add(share)
-    return tuple(sorted(shares))
-
-
-# ---------------------------------------------------------------- windows
-
-
-def window(spec: BudgetSpec, now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
-    """The budget window containing `now`, as aware datetimes in `tz`.
-
-    Datetimes sharing a tzinfo subtract as wall-clock times in Python, so convert to UTC before doing
-    arithmetic on these across a DST change.
-    """
-    now_u = _utc(now)
-    if spec.rolling_seconds is not None:
-        return (now_u - timedelta(seconds=spec.rolling_seconds)).astimezone(tz), now_u.astimezone(tz)
-    day = now_u.astimezone(tz).date()
-    if spec.period == "day":
-        start = day
-        end = day + timedelta(days=1)
-    elif spec.period == "week":
-        start = day - timedelta(days=day.weekday())
-        end = start + timedelta(days=7)
-    else:
-        start = day.replace(day=1)
-        end = date(start.year + 1, 1, 1) if start.month == 12 else date(start.year, start.month + 1, 1)
-    return _midnight(start, tz), _midnight(end, tz)
-
-
-def _midnight(day: date, tz: ZoneInfo) -> datetime:
-    # Round-tripping through UTC moves a midnight that a DST jump skips to the first instant that exists.
-    return datetime(day.year, day.month, day.day, tzinfo=tz).astimezone(UTC).astimezone(tz)
-
-
-def _utc(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        raise ValueError("budgets need aware datetimes")
-    return moment.astimezone(UTC)
-
-
 def _epoch(spec: BudgetSpec, now_u: datetime) -> tuple[datetime, datetime]:
     # Alerts for a rolling budget are deduplicated per fixed UTC-aligned stretch of its length.
     assert spec.rolling_seconds is not None
@@ -372,7 +194,7 @@ class Budgets:
         Each row is (started_at, cost_usd, key fingerprint, project, session, requested model[, key alias]);
         started_at may be an ISO-8601 string and cost a float or string, as SQLite returns them.
         """
-        now_u = _utc(now)
+        now_u = as_utc(now)
         for raw in rows:
             row = SpendRow(*raw)
             # SQLite hands back text and floats; naive times there are UTC.
@@ -402,11 +224,11 @@ class Budgets:
             if spec is None:
                 continue
             try:
-                start = _utc(datetime.fromisoformat(key[2]))
+                start = as_utc(datetime.fromisoformat(key[2]))
             except ValueError:
                 continue
             if spec.rolling_seconds is None:
-                end = _utc(window(spec, start, self.tz)[1])
+                end = as_utc(window(spec, start, self.tz)[1])
             else:
                 end = start + timedelta(seconds=spec.rolling_seconds)
             self._fired[(key[0], key[1], start.isoformat(), key[3], key[4])] = end
@@ -414,7 +236,7 @@ class Budgets:
     # -- per request
 
     def decide(self, who: Who, now: datetime) -> Decision:
-        now_u = _utc(now)
+        now_u = as_utc(now)
         self._maybe_sweep(now_u)
         if who.key and who.key_alias:
             self._remember(self._aliases, who.key, who.key_alias)
@@ -457,7 +279,7 @@ class Budgets:
 
     def settle(self, reservation: Reservation, cost: Decimal | None, now: datetime) -> list[AlertEvent]:
         """Swap the reservation for the real cost (None releases it) and return alerts now due."""
-        return self._settle(reservation, cost, _utc(now))
+        return self._settle(reservation, cost, as_utc(now))
 
     def _settle(self, reservation: Reservation, cost: Decimal | None, now_u: datetime | None) -> list[AlertEvent]:
         if not reservation.admitted or (reservation.holds and self._live.pop(reservation.id, None) is None):
@@ -491,7 +313,7 @@ class Budgets:
     # -- reporting
 
     def snapshot(self, now: datetime) -> list[BudgetStatus]:
-        now_u = _utc(now)
+        now_u = as_utc(now)
         self._maybe_sweep(now_u, force=True)
         for i, spec in enumerate(self.specs):
             if spec.scope == "total":
@@ -522,7 +344,7 @@ class Budgets:
             return st
         if st is None or st.end is None or now_u >= st.end or (st.start is not None and now_u < st.start):
             start, end = window(spec, now_u, self.tz)
-            st = self._states[(i, value)] = _Window(_utc(start), _utc(end))
+            st = self._states[(i, value)] = _Window(as_utc(start), as_utc(end))
         return st
 
     def _expire(self, spec: BudgetSpec, st: _Window, now_u: datetime) -> None:
@@ -665,7 +487,7 @@ class Budgets:
     def _spent_message(self, spec: BudgetSpec, status: BudgetStatus, now_u: datetime) -> tuple[str, int]:
         head = (
             f"openrouter-spend: budget '{spec.name}' is spent{self._subject(spec, status.scope_value)}: "
-            f"{money(status.spent_usd)} of {money(spec.limit_usd)} {_period_phrase(spec)}"
+            f"{money(status.spent_usd)} of {money(spec.limit_usd)} {spec.period_phrase}"
         )
         if status.resets_at is None:
             return head, HELD_RETRY_AFTER_S
@@ -678,7 +500,7 @@ class Budgets:
         return (
             f"openrouter-spend: budget '{spec.name}'{self._subject(spec, status.scope_value)} is taken up by "
             f"{status.in_flight} request(s) in flight: {money(status.spent_usd)} spent and "
-            f"{money(status.reserved_usd)} reserved of {money(spec.limit_usd)} {_period_phrase(spec)}; "
+            f"{money(status.reserved_usd)} reserved of {money(spec.limit_usd)} {spec.period_phrase}; "
             f"retry when they finish"
         )
 
@@ -687,17 +509,17 @@ class Budgets:
         return (
             f"openrouter-spend: budget '{spec.name}'{self._subject(spec, status.scope_value)} is at "
             f"{_percent(status.share)} ({money(status.spent_usd)} of {money(spec.limit_usd)} "
-            f"{_period_phrase(spec)}), past the {_percent(threshold)} warning{tail}"
+            f"{spec.period_phrase}), past the {_percent(threshold)} warning{tail}"
         )
 
     def _projected_message(self, spec: BudgetSpec, status: BudgetStatus, now_u: datetime) -> str:
         assert status.projected_usd is not None and status.resets_at is not None
-        start = _utc(status.window_start)
+        start = as_utc(status.window_start)
         rate = status.spent_usd / Decimal(str((now_u - start).total_seconds()))
         out_at = now_u + timedelta(seconds=float((spec.limit_usd - status.spent_usd) / rate))
         return (
             f"openrouter-spend: budget '{spec.name}'{self._subject(spec, status.scope_value)} is on course to "
-            f"run out: {money(status.spent_usd)} of {money(spec.limit_usd)} {_period_phrase(spec)}, "
+            f"run out: {money(status.spent_usd)} of {money(spec.limit_usd)} {spec.period_phrase}, "
             f"{money(status.projected_usd)} by {self._when(status.resets_at)} at this rate; "
             f"spent by about {self._when(out_at)}"
         )
@@ -738,19 +560,6 @@ def _level_kind(threshold: Decimal) -> str:
 
 def _threshold(value: Decimal) -> str:
     return format(value.normalize(), "f")
-
-
-def _duration(seconds: int) -> str:
-    for unit in ("d", "h", "m"):
-        if seconds % _UNIT_S[unit] == 0:
-            return f"{seconds // _UNIT_S[unit]}{unit}"
-    return f"{seconds}s"
-
-
-def _period_phrase(spec: BudgetSpec) -> str:
-    if spec.rolling_seconds is not None:
-        return f"in the last {_duration(spec.rolling_seconds)}"
-    return {"day": "today", "week": "this week", "month": "this month"}[spec.period]
 
 
 def _percent(share: Decimal) -> str:

@@ -147,7 +147,7 @@ def _with_budgets_and_alerts(config: Config, data: dict[str, Any]) -> Config:
     budgets: tuple[Any, ...] = ()
     alerts: tuple[Any, ...] = ()
     if data.get("budgets"):
-        from proxy.budgets import parse_budgets
+        from proxy.budget_spec import parse_budgets
 
         budgets = tuple(parse_budgets(data["budgets"], "budgets"))
     if data.get("alerts"):

@@ -18,7 +18,8 @@ import aiosqlite
 
 from proxy.alerts import Notifier
 from proxy.attribution import Attribution
-from proxy.budgets import AlertEvent, Budgets, BudgetSpec, Decision, Reservation, SpendRow, Who, window
+from proxy.budget_spec import BudgetSpec, window
+from proxy.budgets import AlertEvent, Budgets, Decision, Reservation, SpendRow, Who
 from proxy.metrics import Metrics
 from proxy.recorder import Recorder, Statement
 from proxy.storage import encode_time

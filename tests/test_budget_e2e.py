@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from proxy.alerts import parse_channels
-from proxy.budgets import parse_budgets
+from proxy.budget_spec import parse_budgets
 
 KEY = "sk-or-v1-budget-" + "cd" * 20
 CHAT = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 
 from proxy.alerts import parse_channels
-from proxy.budgets import parse_budgets
+from proxy.budget_spec import parse_budgets
 from tests.faults.conftest import CHAT, KEY, wait_for
 
 HEX = KEY.removeprefix("sk-or-v1-")
