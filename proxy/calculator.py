@@ -99,17 +99,8 @@ def _note(p: ModelPricing) -> str:
 
 def price_changes(history: Iterable[tuple[str, str, str]], search: str | None = None) -> list[Row]:
     """(model_id, pricing JSON, first_seen_at) rows -> one row per change, oldest first."""
-    by_model: dict[str, list[tuple[datetime, ModelPricing]]] = {}
-    for model_id, text, seen in history:
-        if search and search.lower() not in model_id.lower():
-            continue
-        try:
-            by_model.setdefault(model_id, []).append((_parse_instant(seen), pricing_from_fingerprint(text)))
-        except ValueError:
-            continue
     rows = []
-    for model_id, versions in by_model.items():
-        versions.sort(key=lambda v: v[0])
+    for model_id, versions in _versions(history, search).items():
         for (_, old), (when, new) in zip(versions, versions[1:]):
             rows.append(
                 {
@@ -124,6 +115,23 @@ def price_changes(history: Iterable[tuple[str, str, str]], search: str | None = 
             )
     rows.sort(key=lambda r: (r["changed_at"], r["model"]))
     return rows
+
+
+def _versions(
+    history: Iterable[tuple[str, str, str]], search: str | None = None
+) -> dict[str, list[tuple[datetime, ModelPricing]]]:
+    # Each model's prices, oldest first; a row that does not parse is skipped.
+    versions: dict[str, list[tuple[datetime, ModelPricing]]] = {}
+    for model_id, text, seen in history:
+        if search and search.lower() not in model_id.lower():
+            continue
+        try:
+            versions.setdefault(model_id, []).append((_parse_instant(seen), pricing_from_fingerprint(text)))
+        except ValueError:
+            continue
+    for v in versions.values():
+        v.sort(key=lambda t: t[0])
+    return versions
 
 
 def _changed_keys(old: ModelPricing, new: ModelPricing) -> list[str]:
@@ -246,15 +254,7 @@ class PriceHistory:
     __slots__ = ("_versions",)
 
     def __init__(self, rows: Iterable[tuple[str, str, str]]) -> None:
-        versions: dict[str, list[tuple[datetime, ModelPricing]]] = {}
-        for model_id, text, seen in rows:
-            try:
-                versions.setdefault(model_id, []).append((_parse_instant(seen), pricing_from_fingerprint(text)))
-            except ValueError:
-                continue
-        for v in versions.values():
-            v.sort(key=lambda t: t[0])
-        self._versions = versions
+        self._versions = _versions(rows)
 
     def at(self, model_id: str, when: datetime) -> ModelPricing | None:
         versions = self._versions.get(model_id)
