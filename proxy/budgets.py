@@ -429,6 +429,15 @@ class Budgets:
             start, end = st.start, st.end
         else:
             start, end = _epoch(spec, now_u)
+        # Runs on every settle: skip building a status while the spend is below the first
+        # threshold and below what the burn rate could project past the limit
+        # (projected >= limit exactly when share >= the elapsed share of the window).
+        share = st.spent / spec.limit_usd
+        lowest = min(spec.warn_at, default=_ONE)
+        if share < lowest and (
+            spec.rolling_seconds is not None or float(share) * (end - start).total_seconds() < (now_u - start).total_seconds()
+        ):
+            return []
         status = self._status(i, spec, value, st, now_u)
         levels = (*sorted(spec.warn_at), _ONE)
         crossed = [t for t in levels if status.share >= t]

@@ -8,6 +8,7 @@ Money is stored as decimal TEXT so sums stay exact; times as ISO-8601 UTC text, 
 from __future__ import annotations
 
 import dataclasses
+import operator
 import os
 import secrets
 import sqlite3
@@ -170,27 +171,46 @@ async def salt(db: aiosqlite.Connection) -> bytes:
 
 
 def encode_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is twice as fast as strftime; timespec keeps every value the same width so
+    # the text sorts as time does.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def decode_time(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def _encode(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return encode_time(value)
-    if isinstance(value, Decimal):
-        # Fixed point: str() would store a tenth of a micro-dollar as '1E-7', which sorts and
-        # reads badly in the sqlite3 shell and in SQL sums done by users.
-        return format(value, "f")
-    if isinstance(value, bool):
-        return int(value)
-    return value
+def _money(value: Decimal | None) -> str | None:
+    # Fixed point: str() would store a tenth of a micro-dollar as '1E-7', which sorts and
+    # reads badly in the sqlite3 shell and in SQL sums done by users.
+    return None if value is None else format(value, "f")
+
+
+def _flag(value: bool | None) -> int | None:
+    return None if value is None else int(value)
+
+
+# Per column, how its value is stored; columns not named here are stored as they are. Built once:
+# encoding runs for every row, so no per-value type tests.
+_ENCODERS: dict[str, Callable[[Any], Any]] = {
+    "started_at": encode_time,
+    "finished_at": encode_time,
+    "cost_usd": _money,
+    "cost_reported_usd": _money,
+    "cost_catalog_usd": _money,
+    "streamed": _flag,
+    "is_free": _flag,
+    "is_byok": _flag,
+}
+_COLUMN_VALUES = operator.attrgetter(*REQUEST_COLUMNS)
+_ENCODED_AT = tuple((index, _ENCODERS[name]) for index, name in enumerate(REQUEST_COLUMNS) if name in _ENCODERS)
 
 
 def encode_record(rec: UsageRecord) -> tuple[Any, ...]:
-    return tuple(_encode(getattr(rec, name)) for name in REQUEST_COLUMNS)
+    values = list(_COLUMN_VALUES(rec))
+    for index, encode in _ENCODED_AT:
+        values[index] = encode(values[index])
+    return tuple(values)
 
 
 async def insert_requests(db: aiosqlite.Connection, records: list[UsageRecord]) -> None:
