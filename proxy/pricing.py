@@ -59,6 +59,9 @@ def applies(o: PriceOverride, prompt_tokens: int, at: datetime) -> bool:
 
 def rates_at(pricing: ModelPricing, prompt_tokens: int, at: datetime) -> ModelPricing:
     """The base price with every applicable override laid over it in order (later entries win per key)."""
+    if not pricing.overrides:
+        # Most models have none; copying the entry would cost more than pricing the request.
+        return pricing
     merged: dict[str, Decimal] = {}
     for o in pricing.overrides:
         if applies(o, prompt_tokens, at):
