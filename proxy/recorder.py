@@ -82,15 +82,18 @@ class Recorder:
 
     async def run(self) -> None:
         """The writer task: runs until cancelled, then the cleanup context calls drain()."""
+        backlogged = False
         while True:
             # Held here, not in a local, until written: if shutdown cancels us mid-write or
             # mid-retry, drain() still has the batch.
             self._inflight = [await self._queue.get()]
-            if self._batch_wait_s:
+            if self._batch_wait_s and not backlogged:
                 # One transaction per short window instead of per row: a commit and its thread
                 # hops cost far more than a row, and a row written 50 ms later loses nothing.
+                # When the last batch was full the writer is behind: no waiting until it catches up.
                 await asyncio.sleep(self._batch_wait_s)
             self._take_ready(self._inflight)
+            backlogged = len(self._inflight) >= self._max_batch
             await self._write_with_retry(self._inflight)
             self._inflight = []
 

@@ -8,6 +8,7 @@ Money is stored as decimal TEXT so sums stay exact; times as ISO-8601 UTC text, 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import operator
 import os
 import secrets
@@ -23,10 +24,17 @@ import aiosqlite
 from proxy.records import UsageRecord
 
 REQUEST_COLUMNS = tuple(f.name for f in dataclasses.fields(UsageRecord))
-_INSERT_REQUEST = (
-    f"INSERT OR REPLACE INTO requests ({', '.join(REQUEST_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in REQUEST_COLUMNS)})"
-)
+# Rows per multi-row INSERT: 30 columns x 250 rows stays under SQLite's old 32,766-variable limit.
+_ROWS_PER_INSERT = 250
+_ROW_PLACEHOLDERS = "(" + ", ".join("?" for _ in REQUEST_COLUMNS) + ")"
+
+
+@functools.lru_cache(maxsize=_ROWS_PER_INSERT)
+def _insert_rows(count: int) -> str:
+    return (
+        f"INSERT OR REPLACE INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES "
+        + ", ".join([_ROW_PLACEHOLDERS] * count)
+    )
 
 
 def _m001_requests(db: sqlite3.Connection) -> None:
@@ -219,7 +227,13 @@ async def insert_requests(db: aiosqlite.Connection, records: list[UsageRecord]) 
     # connection is left in a transaction and every later BEGIN fails.
     try:
         await db.execute("BEGIN")
-        await db.executemany(_INSERT_REQUEST, [encode_record(rec) for rec in records])
+        # A few multi-row INSERTs, not one statement per row: sqlite3 releases and retakes the GIL
+        # around every step, and while the event loop is busy each retake can wait a whole switch
+        # interval, which made per-row inserts the recorder's bottleneck under load.
+        for start in range(0, len(records), _ROWS_PER_INSERT):
+            chunk = records[start : start + _ROWS_PER_INSERT]
+            params = [value for rec in chunk for value in encode_record(rec)]
+            await db.execute(_insert_rows(len(chunk)), params)
         await db.execute("COMMIT")
     except BaseException:
         await rollback(db)

@@ -105,12 +105,14 @@ async def test_sigkill_leaves_an_intact_database_and_a_clean_restart(spawn_proxy
         present = {row[0] for row in db.execute("SELECT session FROM requests")}
     finally:
         db.close()
-    # The writer commits each batch as soon as it forms: only the last moments can be missing.
+    # The writer commits a batch every 50 ms (Recorder.batch_wait_s) plus the write itself: only
+    # the last moments can be missing, and what is missing is exactly those moments.
     window_s = 0.5
     settled = {name for name, at in finished if at < killed_at - window_s}
     assert settled <= present, f"{len(settled - present)} rows lost older than {window_s} s"
     lost = {name for name, _ in finished} - present
-    assert len(lost) <= 50, lost
+    rate = len(finished) / 2.0
+    assert len(lost) <= rate * window_s, f"{len(lost)} lost at {rate:.0f} req/s"
 
     again = await spawn_proxy(fake_process.url("/api/v1"), db=proxy.db)
     async with aiohttp.ClientSession() as session:
