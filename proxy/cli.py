@@ -110,10 +110,11 @@ async def _settle_heap(app: object) -> None:
     """After start-up (catalog and config loaded), move what lives for the whole run out of the
     garbage collector's way, and collect young objects less often: each request allocates a few
     hundred short-lived objects, and the default threshold of 700 ran a collection every few
-    requests. Measured: about 6% less CPU per request."""
+    requests. 10,000 keeps most of the gain (a few % CPU) for about 3 MB more peak memory
+    (50,000 cost 7 MB)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(10_000, 20, 100)
 
 
 def _warn_if_exposed(config: "object") -> None:

@@ -24,12 +24,22 @@ import aiosqlite
 from proxy.records import UsageRecord
 
 REQUEST_COLUMNS = tuple(f.name for f in dataclasses.fields(UsageRecord))
-# Rows per multi-row INSERT: 30 columns x 250 rows stays under SQLite's old 32,766-variable limit.
-_ROWS_PER_INSERT = 250
+# Rows per multi-row INSERT, a power of two: 30 columns x 128 rows stays far under SQLite's
+# variable limit, and a batch is cut into powers of two (128, ..., 2, 1) so only 8 distinct
+# statements are ever compiled. (One per batch size would keep up to 128 prepared statements in
+# sqlite3's cache: 76 MB for sizes 1 to 250, measured.)
+_ROWS_PER_INSERT = 128
 _ROW_PLACEHOLDERS = "(" + ", ".join("?" for _ in REQUEST_COLUMNS) + ")"
 
 
-@functools.lru_cache(maxsize=_ROWS_PER_INSERT)
+def _chunk_sizes(count: int) -> Iterator[int]:
+    while count:
+        size = min(_ROWS_PER_INSERT, 1 << (count.bit_length() - 1))
+        yield size
+        count -= size
+
+
+@functools.lru_cache(maxsize=16)
 def _insert_rows(count: int) -> str:
     return (
         f"INSERT OR REPLACE INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES "
@@ -230,10 +240,12 @@ async def insert_requests(db: aiosqlite.Connection, records: list[UsageRecord]) 
         # A few multi-row INSERTs, not one statement per row: sqlite3 releases and retakes the GIL
         # around every step, and while the event loop is busy each retake can wait a whole switch
         # interval, which made per-row inserts the recorder's bottleneck under load.
-        for start in range(0, len(records), _ROWS_PER_INSERT):
-            chunk = records[start : start + _ROWS_PER_INSERT]
+        start = 0
+        for size in _chunk_sizes(len(records)):
+            chunk = records[start : start + size]
+            start += size
             params = [value for rec in chunk for value in encode_record(rec)]
-            await db.execute(_insert_rows(len(chunk)), params)
+            await db.execute(_insert_rows(size), params)
         await db.execute("COMMIT")
     except BaseException:
         await rollback(db)

@@ -133,3 +133,27 @@ async def test_stream_cut_and_unknown_to_generation_is_estimated(start_proxy: An
     prompt_tokens = len(json.dumps(body).encode()) // 4
     assert Decimal(row["cost_usd"]) == prompt_tokens * Decimal("0.0000025") + 3 * Decimal("0.00001")
     assert row["cost_reported_usd"] is None
+
+
+async def test_whatif_on_proxied_traffic_reproduces_the_logged_cost(proxy: Any, capsys: Any) -> None:
+    import json
+
+    from proxy.cli import main
+
+    async with aiohttp.ClientSession() as session:
+        for endpoint, body in (
+            ("chat/completions", {"model": "openai/gpt-4o", "messages": []}),
+            ("chat/completions", {"model": "openai/gpt-4o", "stream": True, "messages": []}),
+            ("responses", {"model": "openai/gpt-4o", "input": "hi", "stream": True}),
+        ):
+            await _post(session, f"{proxy.base}/{endpoint}", body, **{"X-Fake": "no-cost"})
+    await proxy.settle()
+    rows = proxy.rows()
+    logged = sum(Decimal(r["cost_usd"]) for r in rows)
+    assert {r["cost_source"] for r in rows} == {"catalog"} and len(rows) == 3
+    assert main(["whatif", "--db", str(proxy.db_path), "--model", "openai/gpt-4o", "--model", "meta-llama/llama-3.1-8b-instruct", "--format", "json"]) == 0
+    scenarios = {r["scenario"]: r for r in json.loads(capsys.readouterr().out)}
+    assert Decimal(scenarios["actual (as logged)"]["cost"]) == logged
+    assert Decimal(scenarios["all on openai/gpt-4o"]["cost"]) == logged
+    llama = (PROMPT_TOKENS - CACHED_TOKENS) * Decimal("0.00000005") + CACHED_TOKENS * Decimal("0.000000025") + COMPLETION_TOKENS * Decimal("0.00000008")
+    assert Decimal(scenarios["all on meta-llama/llama-3.1-8b-instruct"]["cost"]) == 3 * llama
