@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from proxy.budgets import KINDS, AlertEvent
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, shown
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def parse_channels(raw: Any, path: str = "alerts") -> tuple[ChannelSpec, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ConfigError(f"{path}: expected a list of channels, got {_show(raw)}")
+        raise ConfigError(f"{path}: expected a list of channels, got {shown(raw)}")
     channels: list[ChannelSpec] = []
     names: set[str] = set()
     for i, item in enumerate(raw):
@@ -70,22 +70,22 @@ def parse_channels(raw: Any, path: str = "alerts") -> tuple[ChannelSpec, ...]:
 
 def _parse_one(raw: Any, path: str) -> ChannelSpec:
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{path}: expected a mapping, got {_show(raw)}")
+        raise ConfigError(f"{path}: expected a mapping, got {shown(raw)}")
     kind = raw.get("type")
     if kind not in CHANNEL_TYPES:
-        raise ConfigError(f"{path}.type: expected one of {', '.join(CHANNEL_TYPES)}, got {_show(kind)}")
+        raise ConfigError(f"{path}.type: expected one of {', '.join(CHANNEL_TYPES)}, got {shown(kind)}")
     for k in raw:
         if k not in _KEYS[kind]:
             raise ConfigError(f"{path}.{k}: unknown key for a {kind} channel; expected one of {', '.join(_KEYS[kind])}")
     name = raw.get("name", kind)
     if not isinstance(name, str) or not name:
-        raise ConfigError(f"{path}.name: expected a non-empty string, got {_show(name)}")
+        raise ConfigError(f"{path}.name: expected a non-empty string, got {shown(name)}")
     kinds = raw.get("kinds", list(KINDS))
     if not isinstance(kinds, list) or not kinds or any(k not in KINDS for k in kinds):
-        raise ConfigError(f"{path}.kinds: expected a list drawn from {', '.join(KINDS)}, got {_show(kinds)}")
+        raise ConfigError(f"{path}.kinds: expected a list drawn from {', '.join(KINDS)}, got {shown(kinds)}")
     timeout = raw.get("timeout_s", 10)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigError(f"{path}.timeout_s: expected a positive number of seconds, got {_show(timeout)}")
+        raise ConfigError(f"{path}.timeout_s: expected a positive number of seconds, got {shown(timeout)}")
     spec = ChannelSpec(type=kind, name=name, path=path, kinds=tuple(dict.fromkeys(kinds)), timeout_s=float(timeout))
     if kind in _HTTP:
         return _parse_http(raw, path, spec)
@@ -93,11 +93,11 @@ def _parse_one(raw: Any, path: str) -> ChannelSpec:
         argv = raw.get("argv")
         if not isinstance(argv, list) or not argv or not all(isinstance(a, str) and a for a in argv):
             raise ConfigError(
-                f"{path}.argv: expected a non-empty list of strings such as [notify-send, openrouter-spend], got {_show(argv)}"
+                f"{path}.argv: expected a non-empty list of strings such as [notify-send, openrouter-spend], got {shown(argv)}"
             )
         append = raw.get("append_message", True)
         if not isinstance(append, bool):
-            raise ConfigError(f"{path}.append_message: expected true or false, got {_show(append)}")
+            raise ConfigError(f"{path}.append_message: expected true or false, got {shown(append)}")
         return replace(spec, argv=tuple(argv), append_message=append)
     return spec
 
@@ -112,15 +112,9 @@ def _parse_http(raw: Mapping[str, Any], path: str, spec: ChannelSpec) -> Channel
             raise ConfigError(f"{path}.url: expected an http:// or https:// URL")
         return replace(spec, url=url)
     if not isinstance(env, str) or not env:
-        raise ConfigError(f"{path}.url_env: expected the name of an environment variable, got {_show(env)}")
+        raise ConfigError(f"{path}.url_env: expected the name of an environment variable, got {shown(env)}")
     return replace(spec, url_env=env)
 
-
-def _show(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "a mapping"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def resolve_url(channel: ChannelSpec, environ: Mapping[str, str]) -> str:

@@ -12,7 +12,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, shown
 
 PERIODS = ("day", "week", "month", "rolling")
 SCOPES = ("total", "key", "project", "session", "model")
@@ -60,7 +60,7 @@ def parse_budgets(raw: Any, path: str = "budgets") -> tuple[BudgetSpec, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ConfigError(f"{path}: expected a list of budgets, got {_show(raw)}")
+        raise ConfigError(f"{path}: expected a list of budgets, got {shown(raw)}")
     specs: list[BudgetSpec] = []
     seen: set[str] = set()
     for i, item in enumerate(raw):
@@ -74,7 +74,7 @@ def parse_budgets(raw: Any, path: str = "budgets") -> tuple[BudgetSpec, ...]:
 
 def _parse_one(raw: Any, path: str) -> BudgetSpec:
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{path}: expected a mapping, got {_show(raw)}")
+        raise ConfigError(f"{path}: expected a mapping, got {shown(raw)}")
     for k in raw:
         if k not in _KEYS:
             raise ConfigError(f"{path}.{k}: unknown key; expected one of {', '.join(_KEYS)}")
@@ -83,10 +83,10 @@ def _parse_one(raw: Any, path: str) -> BudgetSpec:
             raise ConfigError(f"{path}.{k}: required")
     name = raw["name"]
     if not isinstance(name, str) or not name.strip():
-        raise ConfigError(f"{path}.name: expected a non-empty string, got {_show(name)}")
+        raise ConfigError(f"{path}.name: expected a non-empty string, got {shown(name)}")
     limit = _number(raw["limit_usd"], f"{path}.limit_usd")
     if limit <= 0:
-        raise ConfigError(f"{path}.limit_usd: must be greater than 0, got {_show(raw['limit_usd'])}")
+        raise ConfigError(f"{path}.limit_usd: must be greater than 0, got {shown(raw['limit_usd'])}")
     period, seconds = _period(raw.get("period", "day"), f"{path}.period")
     scope = _choice(raw.get("scope", "total"), SCOPES, f"{path}.scope")
     action = _choice(raw.get("action", "block"), ACTIONS, f"{path}.action")
@@ -102,14 +102,6 @@ def _parse_one(raw: Any, path: str) -> BudgetSpec:
     )
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
 
 def _number(value: Any, path: str) -> Decimal:
     if isinstance(value, (int, float, str)) and not isinstance(value, bool):
@@ -120,13 +112,13 @@ def _number(value: Any, path: str) -> Decimal:
         else:
             if number.is_finite():
                 return number
-    raise ConfigError(f"{path}: expected a number, got {_show(value)}")
+    raise ConfigError(f"{path}: expected a number, got {shown(value)}")
 
 
 def _choice(value: Any, options: tuple[str, ...], path: str) -> str:
     if isinstance(value, str) and value in options:
         return value
-    raise ConfigError(f"{path}: expected one of {', '.join(options)}, got {_show(value)}")
+    raise ConfigError(f"{path}: expected one of {', '.join(options)}, got {shown(value)}")
 
 
 def _period(value: Any, path: str) -> tuple[str, int | None]:
@@ -136,20 +128,20 @@ def _period(value: Any, path: str) -> tuple[str, int | None]:
         m = _ROLLING.fullmatch(value.strip())
         if m and int(m.group(1)) > 0:
             return "rolling", int(m.group(1)) * _UNIT_S[m.group(2)]
-    raise ConfigError(f"{path}: expected day, week, month or rolling:<n><s|m|h|d> (e.g. rolling:5h), got {_show(value)}")
+    raise ConfigError(f"{path}: expected day, week, month or rolling:<n><s|m|h|d> (e.g. rolling:5h), got {shown(value)}")
 
 
 def _match(value: Any, path: str) -> tuple[tuple[str, str], ...]:
     if value is None:
         return ()
     if not isinstance(value, Mapping):
-        raise ConfigError(f"{path}: expected a mapping such as {{model: \"anthropic/*\"}}, got {_show(value)}")
+        raise ConfigError(f"{path}: expected a mapping such as {{model: \"anthropic/*\"}}, got {shown(value)}")
     pairs: list[tuple[str, str]] = []
     for k, pattern in value.items():
         if k not in MATCH_FIELDS:
             raise ConfigError(f"{path}.{k}: unknown field; expected one of {', '.join(MATCH_FIELDS)}")
         if not isinstance(pattern, str) or not pattern:
-            raise ConfigError(f"{path}.{k}: expected a glob pattern string, got {_show(pattern)}")
+            raise ConfigError(f"{path}.{k}: expected a glob pattern string, got {shown(pattern)}")
         pairs.append((k, pattern))
     return tuple(sorted(pairs))
 
@@ -158,12 +150,12 @@ def _warn_at(value: Any, path: str) -> tuple[Decimal, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise ConfigError(f"{path}: expected a list of fractions such as [0.5, 0.8], got {_show(value)}")
+        raise ConfigError(f"{path}: expected a list of fractions such as [0.5, 0.8], got {shown(value)}")
     shares: set[Decimal] = set()
     for i, item in enumerate(value):
         share = _number(item, f"{path}[{i}]")
         if not _ZERO < share < _ONE:
-            raise ConfigError(f"{path}[{i}]: expected a fraction between 0 and 1 (exclusive), got {_show(item)}")
+            raise ConfigError(f"{path}[{i}]: expected a fraction between 0 and 1 (exclusive), got {shown(item)}")
         shares.add(share)
     return tuple(sorted(shares))
 

@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 from yarl import URL
 
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, shown
 
 DEFAULT_UPSTREAM = "https://openrouter.ai/api/v1"
 
@@ -176,7 +176,7 @@ def _read_yaml(path: Path) -> Any:
 
 def _section(raw: Any, path: str, known: set[str]) -> dict[str, Any]:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {_show(raw)}")
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {shown(raw)}")
     for key in raw:
         if key not in known:
             where = f"{path}.{key}" if path else str(key)
@@ -184,30 +184,26 @@ def _section(raw: Any, path: str, known: set[str]) -> dict[str, Any]:
     return raw
 
 
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
 
 def _string(value: Any, path: str) -> str:
     if not isinstance(value, str) or not value:
-        raise ConfigError(f"{path}: expected a non-empty string, got {_show(value)}")
+        raise ConfigError(f"{path}: expected a non-empty string, got {shown(value)}")
     return value
 
 
 def _number(value: Any, path: str, *, positive: bool = False, minimum: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConfigError(f"{path}: expected a number, got {_show(value)}")
+        raise ConfigError(f"{path}: expected a number, got {shown(value)}")
     if positive and value <= 0:
-        raise ConfigError(f"{path}: expected a positive number, got {_show(value)}")
+        raise ConfigError(f"{path}: expected a positive number, got {shown(value)}")
     if minimum is not None and value < minimum:
-        raise ConfigError(f"{path}: expected a number >= {minimum:g}, got {_show(value)}")
+        raise ConfigError(f"{path}: expected a number >= {minimum:g}, got {shown(value)}")
     return float(value)
 
 
 def _integer(value: Any, path: str, *, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{path}: expected a whole number, got {_show(value)}")
+        raise ConfigError(f"{path}: expected a whole number, got {shown(value)}")
     if value < minimum:
         raise ConfigError(f"{path}: expected a whole number >= {minimum}, got {value}")
     return value
@@ -222,7 +218,7 @@ def _port(value: Any, path: str) -> int:
 
 def _choice(value: Any, path: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
-        raise ConfigError(f"{path}: expected one of {', '.join(choices)}, got {_show(value)}")
+        raise ConfigError(f"{path}: expected one of {', '.join(choices)}, got {shown(value)}")
     return str(value)
 
 
@@ -230,7 +226,7 @@ def _upstream(value: Any) -> str:
     text = _string(value, "upstream")
     url = URL(text)
     if url.scheme not in ("http", "https") or not url.host:
-        raise ConfigError(f"upstream: expected an http(s) URL such as {DEFAULT_UPSTREAM}, got {_show(value)}")
+        raise ConfigError(f"upstream: expected an http(s) URL such as {DEFAULT_UPSTREAM}, got {shown(value)}")
     return text.rstrip("/")
 
 
@@ -239,7 +235,7 @@ def _timezone(value: Any) -> str:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"timezone: unknown time zone {_show(value)} (use an IANA name such as Europe/Berlin)") from None
+        raise ConfigError(f"timezone: unknown time zone {shown(value)} (use an IANA name such as Europe/Berlin)") from None
     return name
 
 
@@ -247,7 +243,7 @@ def _metrics(raw: Any) -> MetricsConfig:
     data = _section(raw, "metrics", {"enabled", "port", "host", "token_env", "session_cap", "project_cap"})
     enabled = data.get("enabled", True)
     if not isinstance(enabled, bool):
-        raise ConfigError(f"metrics.enabled: expected true or false, got {_show(enabled)}")
+        raise ConfigError(f"metrics.enabled: expected true or false, got {shown(enabled)}")
     return MetricsConfig(
         enabled=enabled,
         port=_port(data["port"], "metrics.port") if data.get("port") is not None else None,
@@ -260,7 +256,7 @@ def _metrics(raw: Any) -> MetricsConfig:
 
 def _keys(raw: Any) -> tuple[KeyAlias, ...]:
     if not isinstance(raw, list):
-        raise ConfigError(f"keys: expected a list, got {_show(raw)}")
+        raise ConfigError(f"keys: expected a list, got {shown(raw)}")
     keys = []
     for index, item in enumerate(raw):
         path = f"keys[{index}]"

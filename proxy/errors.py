@@ -12,6 +12,16 @@ class ConfigError(Exception):
     """A bad config value or CLI flag; the message names the key: `budgets[1].limit_usd: ...`."""
 
 
+def shown(value: Any) -> str:
+    """A bad config value as an error message quotes it: short, and never a whole section."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 class CliError(Exception):
     """A command cannot do what was asked; the CLI prints the message as one line and exits 2."""
 
