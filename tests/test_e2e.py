@@ -144,3 +144,63 @@ async def test_ten_megabyte_body_passes_byte_identical(proxy: Any, upstream: Any
     [row] = proxy.rows()
     assert row["model_requested"] == "openai/gpt-4o"
     assert row["client"] == "Aider"
+
+
+async def test_other_endpoints_pass_through_unrecorded(proxy: Any, upstream: Any) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with aiohttp.ClientSession() as session:
+        for method, path in (
+            ("GET", "/models"),
+            ("GET", "/models/openai/gpt-4o/endpoints"),
+            ("GET", "/key"),
+            ("GET", "/credits"),
+            ("POST", "/messages/count_tokens"),
+        ):
+            async with session.request(method, f"{proxy.base}{path}", headers=headers, json={} if method == "POST" else None) as response:
+                assert response.status == 200, path
+        async with session.post(f"{proxy.base}/embeddings", json={"model": "openai/text-embedding-3-small", "input": "x"}, headers=headers) as response:
+            assert (await response.json())["usage"]["prompt_tokens"] == 8
+    seen = [r["path"] for r in upstream.app[RECEIVED]]
+    assert seen == [
+        "/api/v1/models",
+        "/api/v1/models/openai/gpt-4o/endpoints",
+        "/api/v1/key",
+        "/api/v1/credits",
+        "/api/v1/messages/count_tokens",
+        "/api/v1/embeddings",
+    ]
+    await proxy.settle()
+    [row] = proxy.rows()  # only the billed call (embeddings) is a row
+    assert row["endpoint"] == "embeddings" and Decimal(row["cost_usd"]) == Decimal("0.00000016")
+
+
+async def test_v1_paths_websocket_and_claude_codes_probe(proxy: Any, upstream: Any) -> None:
+    base = str(proxy.server.make_url("/")).rstrip("/")
+    async with openai.AsyncOpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0) as client:
+        reply = await client.chat.completions.create(model="openai/gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    assert reply.usage is not None
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{proxy.base}/responses", headers={"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}) as response:
+            assert response.status == 426
+            assert "WebSocket" in (await response.json())["error"]["message"]
+        async with session.head(f"{base}/api/api/hello") as response:
+            assert response.status == 200
+    assert [r["path"] for r in upstream.app[RECEIVED]] == ["/api/v1/chat/completions"]
+    await proxy.settle()
+    assert len(proxy.rows()) == 1
+
+
+async def test_gzip_upstream_reply_reaches_the_client_decoded_without_a_stale_encoding(proxy: Any) -> None:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        async with session.post(
+            f"{proxy.base}/chat/completions",
+            json={"model": "openai/gpt-4o", "messages": []},
+            headers={"Authorization": f"Bearer {KEY}", "X-Fake": "gzip", "Accept-Encoding": "gzip, br, zstd"},
+        ) as response:
+            raw = await response.read()
+            assert "Content-Encoding" not in response.headers
+            assert int(response.headers["Content-Length"]) == len(raw)
+    assert json.loads(raw)["usage"]["prompt_tokens"] == PROMPT_TOKENS
+    await proxy.settle()
+    [row] = proxy.rows()
+    assert row["input_tokens"] == PROMPT_TOKENS and row["cost_source"] == "reported"
