@@ -23,8 +23,8 @@ from itertools import count
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
+from proxy.budget_messages import AlertKey, alert_key, held_message, projected_message, spent_message, warn_message
 from proxy.budget_spec import BudgetSpec, as_utc, window
-from proxy.tables import money
 
 KINDS = ("warn", "spent", "projected")
 DEFAULT_RESERVE_USD = Decimal("0.05")
@@ -39,10 +39,6 @@ _MICRO = Decimal("0.000001")
 _SWEEP_EVERY = timedelta(seconds=60)
 _EWMA_ALPHA = Decimal("0.3")
 _MAX_REMEMBERED = 1000
-
-# (budget name, scope value, window start as UTC ISO-8601, kind, threshold) - the alerts table's key.
-AlertKey = tuple[str, str, str, str, str]
-
 
 @dataclass(frozen=True, slots=True)
 class Who:
@@ -133,10 +129,6 @@ class AlertEvent:
     @property
     def key(self) -> AlertKey:
         return alert_key(self.budget, self.scope_value, self.window_start, self.kind, self.threshold)
-
-
-def alert_key(budget: str, scope_value: str, window_start: datetime, kind: str, threshold: Decimal) -> AlertKey:
-    return (budget, scope_value, window_start.astimezone(UTC).isoformat(), kind, _threshold(threshold))
 
 
 def _epoch(spec: BudgetSpec, now_u: datetime) -> tuple[datetime, datetime]:
@@ -249,14 +241,14 @@ class Budgets:
             held = st.spent + st.reserved >= spec.limit_usd
             if spec.action == "warn":
                 if over:
-                    warnings.append(self._spent_message(spec, self._status(i, spec, value, st, now_u), now_u)[0])
+                    warnings.append(spent_message(spec, self._status(i, spec, value, st, now_u), self.tz, self._shown(spec, value)))
                 continue
             if over or held:
                 status = self._status(i, spec, value, st, now_u)
                 if over:
-                    message, retry = self._spent_message(spec, status, now_u)
+                    message, retry = spent_message(spec, status, self.tz, self._shown(spec, value)), _retry_after(status, now_u)
                 else:
-                    message, retry = self._held_message(spec, status), HELD_RETRY_AFTER_S
+                    message, retry = held_message(spec, status, self._shown(spec, value)), HELD_RETRY_AFTER_S
                 if blocking is None or retry > blocking[2]:
                     blocking = (status, message, retry)
         if blocking is not None:
@@ -447,9 +439,9 @@ class Budgets:
             fired = [t for t in levels if alert_key(spec.name, value, start, _level_kind(t), t) in self._fired]
             if not fired or top > fired[-1]:
                 if top == _ONE:
-                    message = self._spent_message(spec, status, now_u)[0]
+                    message = spent_message(spec, status, self.tz, self._shown(spec, value))
                 else:
-                    message = self._warn_message(spec, status, top)
+                    message = warn_message(spec, status, top, self.tz, self._shown(spec, value))
                 events.append(self._event(spec, status, _level_kind(top), top, start, end, message))
         if (
             spec.rolling_seconds is None
@@ -459,7 +451,8 @@ class Budgets:
             and (now_u - start) / (end - start) >= self._min_elapsed
             and alert_key(spec.name, value, start, "projected", _ONE) not in self._fired
         ):
-            events.append(self._event(spec, status, "projected", _ONE, start, end, self._projected_message(spec, status, now_u)))
+            message = projected_message(spec, status, now_u, self.tz, self._shown(spec, value))
+            events.append(self._event(spec, status, "projected", _ONE, start, end, message))
         return events
 
     def _event(
@@ -481,57 +474,8 @@ class Budgets:
         self._fired[event.key] = end
         return event
 
-    # -- messages
-
-    def _when(self, moment: datetime) -> str:
-        return f"{moment.astimezone(self.tz):%Y-%m-%d %H:%M} {self.tz.key}"
-
-    def _subject(self, spec: BudgetSpec, value: str) -> str:
-        if spec.scope == "total":
-            return ""
-        if spec.scope == "key":
-            value = self._aliases.get(value, value)
-        return f" for {spec.scope} {value}"
-
-    def _spent_message(self, spec: BudgetSpec, status: BudgetStatus, now_u: datetime) -> tuple[str, int]:
-        head = (
-            f"openrouter-spend: budget '{spec.name}' is spent{self._subject(spec, status.scope_value)}: "
-            f"{money(status.spent_usd)} of {money(spec.limit_usd)} {spec.period_phrase}"
-        )
-        if status.resets_at is None:
-            return head, HELD_RETRY_AFTER_S
-        retry = max(1, math.ceil((status.resets_at - now_u).total_seconds()))
-        if spec.rolling_seconds is None:
-            return f"{head}; resets {self._when(status.resets_at)}", retry
-        return f"{head}; enough spend ages out by {self._when(status.resets_at)}", retry
-
-    def _held_message(self, spec: BudgetSpec, status: BudgetStatus) -> str:
-        return (
-            f"openrouter-spend: budget '{spec.name}'{self._subject(spec, status.scope_value)} is taken up by "
-            f"{status.in_flight} request(s) in flight: {money(status.spent_usd)} spent and "
-            f"{money(status.reserved_usd)} reserved of {money(spec.limit_usd)} {spec.period_phrase}; "
-            f"retry when they finish"
-        )
-
-    def _warn_message(self, spec: BudgetSpec, status: BudgetStatus, threshold: Decimal) -> str:
-        tail = "" if status.resets_at is None else f"; resets {self._when(status.resets_at)}"
-        return (
-            f"openrouter-spend: budget '{spec.name}'{self._subject(spec, status.scope_value)} is at "
-            f"{_percent(status.share)} ({money(status.spent_usd)} of {money(spec.limit_usd)} "
-            f"{spec.period_phrase}), past the {_percent(threshold)} warning{tail}"
-        )
-
-    def _projected_message(self, spec: BudgetSpec, status: BudgetStatus, now_u: datetime) -> str:
-        assert status.projected_usd is not None and status.resets_at is not None
-        start = as_utc(status.window_start)
-        rate = status.spent_usd / Decimal(str((now_u - start).total_seconds()))
-        out_at = now_u + timedelta(seconds=float((spec.limit_usd - status.spent_usd) / rate))
-        return (
-            f"openrouter-spend: budget '{spec.name}'{self._subject(spec, status.scope_value)} is on course to "
-            f"run out: {money(status.spent_usd)} of {money(spec.limit_usd)} {spec.period_phrase}, "
-            f"{money(status.projected_usd)} by {self._when(status.resets_at)} at this rate; "
-            f"spent by about {self._when(out_at)}"
-        )
+    def _shown(self, spec: BudgetSpec, value: str) -> str:
+        return self._aliases.get(value, value) if spec.scope == "key" else value
 
 
 def _scope_value(spec: BudgetSpec, who: Who) -> str | None:
@@ -563,13 +507,12 @@ def _ages_out(spec: BudgetSpec, st: _Window) -> datetime | None:
     return None
 
 
+def _retry_after(status: BudgetStatus, now_u: datetime) -> int:
+    if status.resets_at is None:
+        return HELD_RETRY_AFTER_S
+    return max(1, math.ceil((status.resets_at - now_u).total_seconds()))
+
+
 def _level_kind(threshold: Decimal) -> str:
     return "spent" if threshold >= _ONE else "warn"
 
-
-def _threshold(value: Decimal) -> str:
-    return format(value.normalize(), "f")
-
-
-def _percent(share: Decimal) -> str:
-    return f"{(share * 100).quantize(_ONE):f}%"

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from proxy.budgets import HELD_RETRY_AFTER_S, Budgets, Who, alert_key
+from proxy.budgets import HELD_RETRY_AFTER_S, Budgets, Who
 from tests.test_budget_spec import BERLIN, UTC, at, spec
 
 
@@ -296,10 +296,6 @@ def test_mark_fired_ignores_unknown_budgets_and_bad_keys() -> None:
     b = Budgets([spec()], BERLIN)
     b.mark_fired([("gone", "", "2026-11-26T23:00:00+00:00", "warn", "0.5"), ("daily", "", "not a time", "warn", "0.5")])
     assert [e.kind for e in spend(b, Who(), "3", at(2026, 11, 27, 1))] == ["warn"]
-
-
-def test_alert_key_is_stable_across_timezones() -> None:
-    assert alert_key("d", "", at(2026, 11, 27), "warn", D("0.50")) == ("d", "", "2026-11-26T23:00:00+00:00", "warn", "0.5")
 
 
 # ---------------------------------------------------------------- memory and snapshot
