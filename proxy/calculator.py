@@ -6,10 +6,9 @@ the files, calls these and prints the rows with `tables.render`.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -357,18 +356,6 @@ def _scenario_row(label: str, n: int, unpriced: int, total: Decimal, actual: Dec
         "cost": total,
         "vs actual": format_ratio(total, actual) if actual else "",
     }
-
-
-def parse_since(text: str, now: datetime) -> datetime:
-    """`30d`, `12h`, `2w` back from `now`, or an ISO date/time (UTC unless it says otherwise)."""
-    m = re.fullmatch(r"\s*(\d+)\s*([hdw])\s*", text)
-    if m:
-        n, unit = int(m.group(1)), m.group(2)
-        return now - timedelta(hours=n) if unit == "h" else now - timedelta(days=n * (7 if unit == "w" else 1))
-    try:
-        return _parse_instant(text.strip())
-    except ValueError:
-        raise CliError(f"--since: expected 30d, 12h, 2w or a date like 2026-11-01, got {text!r}") from None
 
 
 def _parse_instant(text: str) -> datetime:

@@ -19,13 +19,13 @@ from proxy.calculator import (
     estimate_usage,
     logged_request,
     model_rows,
-    parse_since,
     price_changes,
     summary_line,
     whatif_rows,
 )
 from proxy.catalog import Catalog, load_embedded, parse_models
 from proxy.errors import CliError
+from proxy.report import parse_since
 from proxy.tables import Row, render
 
 DEFAULT_DB = "openrouter-spend.db"
@@ -118,7 +118,7 @@ def _cmd_whatif(args: argparse.Namespace) -> int:
     route = parse_route(args.route) if args.route else None
     if not args.model and route is None:
         raise CliError("whatif: give at least one --model ID or a --route")
-    since = parse_since(args.since, datetime.now(timezone.utc)) if args.since else None
+    since = parse_since(args.since, datetime.now(timezone.utc))
     clauses, params = [], []
     for column in ("project", "session"):
         if getattr(args, column) is not None:
@@ -192,7 +192,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p = subparsers.add_parser("whatif", help="re-price logged traffic on other models")
     _common(p)
     p.add_argument("--db", type=Path, default=Path(DEFAULT_DB), metavar="PATH")
-    p.add_argument("--since", metavar="30d|DATE")
+    p.add_argument("--since", metavar="30d|DATE", help="30m, 12h, 7d, 2w, or a date such as 2026-11-01")
     p.add_argument("--project", metavar="P")
     p.add_argument("--session", metavar="S")
     p.add_argument("--model", action="append", metavar="ID", help="repeatable")

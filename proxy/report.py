@@ -60,18 +60,23 @@ class Line:
         }
 
 
+_SPANS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
 def parse_since(text: str | None, now: datetime) -> datetime | None:
-    """`7d`, `12h`, `30m` back from now, or a date / ISO time (UTC unless it says otherwise)."""
+    """`30m`, `12h`, `7d`, `2w` back from `now`, or an ISO date / time (UTC unless it says otherwise).
+
+    The one `--since` for every command (`report`, `whatif`); no text means no lower bound.
+    """
     if not text:
         return None
-    match = re.fullmatch(r"(\d+)([dhm])", text.strip())
+    match = re.fullmatch(r"(\d+)([mhdw])", text.strip())
     if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        return now - timedelta(**{{"d": "days", "h": "hours", "m": "minutes"}[unit]: amount})
+        return now - timedelta(**{_SPANS[match.group(2)]: int(match.group(1))})
     try:
         moment = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise CliError(f"--since: expected 7d, 12h, 30m or a date like 2026-11-01, got {text!r}") from None
+        raise CliError(f"--since: expected 30m, 12h, 7d, 2w or a date like 2026-11-01, got {text!r}") from None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 

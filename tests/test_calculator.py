@@ -23,7 +23,6 @@ from proxy.calculator import (
     format_ratio,
     logged_request,
     model_rows,
-    parse_since,
     price_changes,
     reprice,
     summary_line,
@@ -475,26 +474,6 @@ def test_models_changes_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) 
         "changed_at,model,input_per_1m_was,input_per_1m,output_per_1m_was,output_per_1m,changed",
         '2026-08-01 00:00,openai/gpt-4o,5,2.5,20,10,"prompt, completion"',
     ]
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("30d", NOON - timedelta(days=30)),
-        ("12h", NOON - timedelta(hours=12)),
-        ("2w", NOON - timedelta(days=14)),
-        ("2026-11-01", datetime(2026, 11, 1, tzinfo=timezone.utc)),
-        ("2026-11-01T05:00+02:00", datetime(2026, 11, 1, 3, tzinfo=timezone.utc)),
-    ],
-)
-def test_parse_since(text: str, expected: datetime) -> None:
-    assert parse_since(text, NOON) == expected
-
-
-@pytest.mark.parametrize("text", ["yesterday", "30 days", "-3d", ""])
-def test_parse_since_errors(text: str) -> None:
-    with pytest.raises(CliError, match="--since"):
-        parse_since(text, NOON)
 
 
 def test_parse_route() -> None:

@@ -76,6 +76,8 @@ def test_check_config_example() -> None:
         (("serve", "--upstream", "ftp://x"), ("upstream:",)),
         (("serve", "--bogus"), ("--bogus",)),
         (("report", "--since", "yesterday"), ("--since", "'yesterday'")),
+        (("report", "--since", "7 d"), ("--since", "'7 d'")),
+        (("whatif", "--model", "openai/gpt-4o", "--since", "yesterday"), ("--since", "'yesterday'")),
         (("report", "--by", "colour"), ("--by", "colour")),
         (("report", "--format", "xml"), ("--format", "xml")),
         (("report", "--tz", "Mars/Base"), ("--tz",)),

@@ -1,4 +1,4 @@
-"""report: --since parsing, grouping, exact Decimal totals, unknown costs, and the three output formats."""
+"""report: the one --since parser (report and whatif), grouping, exact Decimal totals, unknown costs, and the three output formats."""
 
 from __future__ import annotations
 
@@ -48,21 +48,31 @@ def row(**changes: Any) -> dict[str, Any]:
     [
         (None, None),
         ("", None),
-        ("7d", NOW - timedelta(days=7)),
-        ("12h", NOW - timedelta(hours=12)),
         ("30m", NOW - timedelta(minutes=30)),
+        ("12h", NOW - timedelta(hours=12)),
+        ("7d", NOW - timedelta(days=7)),
+        ("30d", NOW - timedelta(days=30)),
+        ("2w", NOW - timedelta(days=14)),
+        ("7w", NOW - timedelta(weeks=7)),
         (" 1d ", NOW - timedelta(days=1)),
         ("0d", NOW),
+        ("90m", NOW - timedelta(hours=1, minutes=30)),
         ("2026-11-01", datetime(2026, 11, 1, tzinfo=UTC)),
         ("2026-11-01T08:30:00", datetime(2026, 11, 1, 8, 30, tzinfo=UTC)),
+        ("2026-11-01 08:30", datetime(2026, 11, 1, 8, 30, tzinfo=UTC)),
         ("2026-11-01T08:30:00+02:00", datetime(2026, 11, 1, 8, 30, tzinfo=timezone(timedelta(hours=2)))),
+        ("2026-11-01T05:00+02:00", datetime(2026, 11, 1, 3, tzinfo=UTC)),
+        ("2026-11-01T05:00Z", datetime(2026, 11, 1, 5, tzinfo=UTC)),
     ],
 )
 def test_parse_since(text: str | None, expected: datetime | None) -> None:
     assert parse_since(text, NOW) == expected
 
 
-@pytest.mark.parametrize("text", ["yesterday", "7", "d7", "-7d", "7w", "7 d", "2026-13-01", "1.5d"])
+@pytest.mark.parametrize(
+    "text",
+    ["yesterday", "7", "d7", "-7d", "-3d", "7 d", "30 days", "1.5d", "7y", "7s", "7D", "2026-13-01", " "],
+)
 def test_parse_since_rejects_with_one_line(text: str) -> None:
     with pytest.raises(CliError) as caught:
         parse_since(text, NOW)
