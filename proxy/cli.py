@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="spend and tokens from the request log")
     report.add_argument("--db", type=Path, default=Path("openrouter-spend.db"))
     report.add_argument("--by", choices=("day", "model", "provider", "project", "session", "key", "client", "endpoint"), default="model")
-    report.add_argument("--since", help="7d, 12h, 30m, or a date such as 2026-11-01")
+    report.add_argument("--since", help="30m, 12h, 7d, 2w, or a date such as 2026-11-01")
     report.add_argument("--tz", default="UTC", help="time zone for --by day (default UTC)")
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.add_argument("--free-daily-limit", type=int, default=50, help="OpenRouter's :free limit per day (1000 once you bought credits)")
