@@ -88,6 +88,7 @@ def account(exchange: Exchange, usage: Usage, catalog: Catalog | None) -> Accoun
         output_tokens=usage.output_tokens,
         cached_tokens=usage.cached_tokens,
         cache_write_tokens=usage.cache_write_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
         reasoning_tokens=usage.reasoning_tokens,
         web_search_requests=usage.web_search_requests,
         cost_usd=cost,

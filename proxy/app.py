@@ -52,7 +52,9 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     metrics_token = _metrics_token(config)
     managed_key = _managed_key(config)
     # The body limit is enforced by the forwarder with our own envelope; aiohttp's cap is a backstop.
-    app = web.Application(client_max_size=config.max_body_bytes)
+    # auto_decompress off: a compressed request body is forwarded as the client compressed it,
+    # with its Content-Encoding, instead of being inflated under a header that says gzip.
+    app = web.Application(client_max_size=config.max_body_bytes, handler_args={"auto_decompress": False})
     app[CONFIG] = config
     app[MANAGED_KEY] = managed_key or ""
     app[METRICS] = Metrics(

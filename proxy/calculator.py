@@ -387,6 +387,7 @@ def logged_request(row: Mapping[str, Any]) -> LoggedRequest:
             output_tokens=_opt_int(row["output_tokens"]),
             cached_tokens=_opt_int(row["cached_tokens"]),
             cache_write_tokens=_opt_int(row["cache_write_tokens"]),
+            cache_write_1h_tokens=_opt_int(row["cache_write_1h_tokens"]) if "cache_write_1h_tokens" in row.keys() else None,
             reasoning_tokens=_opt_int(row["reasoning_tokens"]),
             web_search_requests=_opt_int(row["web_search_requests"]),
         ),

@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 
 from proxy import records
 from proxy.accounting import Exchange, account, estimate
-from proxy.attribution import Attribution, Attributor, clean, presented_key
+from proxy.attribution import Attribution, Attributor, presented_key
 from proxy.budgets import Decision
 from proxy.catalog import Catalog
 from proxy.config import Config
@@ -93,7 +93,7 @@ class Forwarder:
                 anthropic=anthropic,
             )
         if self._managed_key is not None and self._attributor.proxy_key(request.headers) is None:
-            log.warning("event=unknown_proxy_key path=%s", clean(route.endpoint, 200))
+            log.warning("event=unknown_proxy_key path=%s", route.endpoint)
             return error_response(
                 401,
                 "openrouter-spend: this proxy holds the OpenRouter key; present one of its proxy keys",
@@ -107,6 +107,10 @@ class Forwarder:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._too_large(anthropic)
+        except (aiohttp.ClientPayloadError, ConnectionError) as exc:
+            # The client sent a broken body (bad chunking, or it went away): nothing to forward.
+            log.warning("event=request_body_unreadable endpoint=%s error=%s", route.endpoint, type(exc).__name__)
+            return error_response(400, "openrouter-spend: the request body could not be read", anthropic=anthropic)
         if route.endpoint not in BILLED_ENDPOINTS or request.method != "POST":
             # /models, /key, /generation, count_tokens, ...: forwarded, not recorded.
             return await self._exchange(request, route, body, None, _Outcome(), anthropic)
@@ -282,7 +286,7 @@ class Forwarder:
                 outcome.error = f"http_{upstream.status}"
                 self._metrics.upstream_error("http_5xx" if upstream.status >= 500 else "http_4xx")
                 # The body goes back to the client untouched; the log says it happened, not what it said.
-                log.info("event=upstream_http_error status=%d endpoint=%s", upstream.status, clean(route.endpoint, 200))
+                log.info("event=upstream_http_error status=%d endpoint=%s", upstream.status, route.endpoint)
             content_type = upstream.headers.get("Content-Type", "")
             outcome.streamed = content_type.startswith("text/event-stream")
             if parser_box is not None:
@@ -295,7 +299,7 @@ class Forwarder:
                 response_headers.update(extra_headers)
             length = upstream.content_length
             if not outcome.streamed and length is not None and length <= _WHOLE_BODY_LIMIT:
-                return await self._whole(upstream, response_headers, parser, outcome)
+                return await self._whole(upstream, response_headers, parser, outcome, anthropic)
             return await self._stream(request, upstream, response_headers, parser, outcome)
         finally:
             # Returns a fully read connection to the pool; one cut short was closed already.
@@ -307,20 +311,24 @@ class Forwarder:
         headers: CIMultiDict[str],
         parser: UsageParser | None,
         outcome: _Outcome,
+        anthropic: bool,
     ) -> web.StreamResponse:
         try:
             payload = await upstream.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return self._broken_before_reply(outcome, exc)
+            return self._broken_before_reply(outcome, exc, anthropic)
         if parser is not None:
             parser.feed(payload)
         return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=payload)
 
-    def _broken_before_reply(self, outcome: _Outcome, exc: BaseException) -> web.Response:
+    def _broken_before_reply(self, outcome: _Outcome, exc: BaseException, anthropic: bool) -> web.Response:
         reason = "timeout" if isinstance(exc, TimeoutError) else "reset"
         self._metrics.upstream_error(reason)
         outcome.status, outcome.outcome, outcome.error = 502, records.ABORTED, f"upstream_{reason}"
-        return error_response(502, f"openrouter-spend: the upstream connection broke ({type(exc).__name__})")
+        log.warning("event=upstream_reply_broken status=%d error=%s", outcome.status, type(exc).__name__)
+        return error_response(
+            502, f"openrouter-spend: the upstream connection broke ({type(exc).__name__})", anthropic=anthropic
+        )
 
     async def _stream(
         self,

@@ -102,12 +102,15 @@ def price(usage: Usage, pricing: ModelPricing, at: datetime) -> Cost | None:
 
     cache_read_rate = r.input_cache_read if r.input_cache_read is not None else r.prompt
     cache_write_rate = r.input_cache_write if r.input_cache_write is not None else r.prompt
+    # One-hour cache writes cost more than five-minute ones where the catalog says so.
+    written_1h = min(usage.cache_write_1h_tokens or 0, written)
+    cache_write_1h_rate = r.input_cache_write_1h if r.input_cache_write_1h is not None else cache_write_rate
     reasoning_rate = r.internal_reasoning if r.internal_reasoning is not None else r.completion
 
     parts = {
         "input": uncached * r.prompt,
         "cache_read": cached * cache_read_rate,
-        "cache_write": written * cache_write_rate,
+        "cache_write": (written - written_1h) * cache_write_rate + written_1h * cache_write_1h_rate,
         "output": text_out * r.completion,
         "reasoning": reasoning_tokens * reasoning_rate,
         "request": r.request or _ZERO,

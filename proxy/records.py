@@ -55,3 +55,5 @@ class UsageRecord:
     is_byok: bool | None
     ttfb_ms: float | None
     duration_ms: float
+    # Of cache_write_tokens, those cached for an hour (Anthropic's 1 h TTL); added in migration 5.
+    cache_write_1h_tokens: int | None = None

@@ -90,7 +90,8 @@ def resolve(raw_path: str, query_string: str, upstream: str) -> Route | None:
     base = URL(upstream)
     if url.host != base.host or url.port != base.port or url.scheme != base.scheme:
         raise BadPath("path would leave the upstream host")
-    endpoint = decoded.split("?", 1)[0].strip("/")
+    # Cleaned once here: the endpoint reaches logs, SQLite and labels, and `%0A` decodes to a newline.
+    endpoint = clean(decoded.split("?", 1)[0].strip("/"), 200) or ""
     return Route(project=project, endpoint=endpoint, upstream_url=url)
 
 

@@ -127,12 +127,18 @@ def _m004_meta(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
 
 
+def _m005_cache_write_1h(db: sqlite3.Connection) -> None:
+    # One-hour cache writes are priced apart from five-minute ones; whatif needs the split.
+    db.execute("ALTER TABLE requests ADD COLUMN cache_write_1h_tokens INTEGER")
+
+
 # Append only: a migration that has run on someone's database is never edited.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m001_requests,
     _m002_model_prices,
     _m003_alerts,
     _m004_meta,
+    _m005_cache_write_1h,
 )
 
 

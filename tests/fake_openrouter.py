@@ -71,13 +71,21 @@ def _not_json(raw: bytes) -> web.Response | None:
 
 
 async def _body(request: web.Request) -> tuple[bytes, dict[str, Any]]:
+    """The body as received (recorded byte for byte), and as JSON after undoing a gzip encoding the
+    way OpenRouter would; a body that is not valid (gzip'd) JSON comes back as raw bytes to refuse."""
     raw = await request.read()
     request.app[RECEIVED].append({"path": request.path_qs, "headers": dict(request.headers), "body": raw, "method": request.method})
+    plain = raw
+    if request.headers.get("Content-Encoding", "").lower() == "gzip":
+        try:
+            plain = gzip.decompress(raw)
+        except (OSError, EOFError):
+            plain = b"\x00not gzip"
     try:
-        data = json.loads(raw) if raw else {}
+        data = json.loads(plain) if plain else {}
     except ValueError:
         data = None
-    return raw, data if isinstance(data, dict) else {}
+    return plain, data if isinstance(data, dict) else {}
 
 
 async def _failure(request: web.Request, flags: set[str]) -> web.Response | None:
@@ -328,7 +336,8 @@ async def echo(request: web.Request) -> web.Response:
 
 
 def fake_app() -> web.Application:
-    app = web.Application(client_max_size=256 * 1024 * 1024)
+    # auto_decompress off, so RECEIVED holds the bytes as they crossed the wire.
+    app = web.Application(client_max_size=256 * 1024 * 1024, handler_args={"auto_decompress": False})
     app[RECEIVED] = []
     app[GENERATIONS] = {}
     app[FAULTS] = set()

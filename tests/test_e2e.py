@@ -204,3 +204,26 @@ async def test_gzip_upstream_reply_reaches_the_client_decoded_without_a_stale_en
     await proxy.settle()
     [row] = proxy.rows()
     assert row["input_tokens"] == PROMPT_TOKENS and row["cost_source"] == "reported"
+
+
+async def test_compressed_request_body_passes_through_compressed(proxy: Any, upstream: Any) -> None:
+    import gzip
+
+    raw = json.dumps({"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
+    packed = gzip.compress(raw)
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{proxy.base}/chat/completions", data=packed, headers=headers) as response:
+            assert response.status == 200
+            assert (await response.json())["usage"]["prompt_tokens"] == PROMPT_TOKENS
+        # A body that says gzip but is not: forwarded as it is, and the upstream's refusal returned.
+        async with session.post(f"{proxy.base}/chat/completions", data=b"\x1f\x8b not gzip", headers=headers) as response:
+            assert response.status == 400
+            assert (await response.json())["error"]["code"] == 400
+    first, second = upstream.app[RECEIVED]
+    assert first["body"] == packed and first["headers"]["Content-Encoding"] == "gzip"
+    assert second["body"] == b"\x1f\x8b not gzip"
+    await proxy.settle()
+    rows = proxy.rows()
+    assert [r["status"] for r in rows] == [200, 400]
+    assert rows[0]["input_tokens"] == PROMPT_TOKENS

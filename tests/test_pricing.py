@@ -328,3 +328,29 @@ def test_cost_is_a_frozen_value() -> None:
     assert cost is not None
     with pytest.raises(dataclasses.FrozenInstanceError):
         cost.total = D(0)  # type: ignore[misc]
+
+
+def test_one_hour_cache_writes_are_priced_at_their_own_rate() -> None:
+    sonnet = pricing("2026", "anthropic/claude-sonnet-4.5")  # 5 min write $3.75/M, 1 h write $6/M
+    usage = Usage(input_tokens=3000, output_tokens=0, cache_write_tokens=2000, cache_write_1h_tokens=500)
+    cost = price(usage, sonnet, NOON)
+    assert cost is not None
+    # 1,000 uncached at $3/M; 1,500 five-minute writes at $3.75/M; 500 one-hour writes at $6/M.
+    assert cost.input == D("0.003")
+    assert cost.cache_write == D("0.005625") + D("0.003")
+    assert cost.total == D("0.011625")
+    # Without a 1 h price the writes fall back to the 5 min rate.
+    plain = price(usage, dataclasses.replace(sonnet, input_cache_write_1h=None), NOON)
+    assert plain is not None and plain.cache_write == 2000 * D("0.00000375")
+
+
+def test_anthropic_stream_reports_one_hour_cache_writes() -> None:
+    parser = parser_for("messages", True)
+    start = {"type": "message_start", "message": {"id": "gen-1", "model": "anthropic/claude-sonnet-4.5", "usage": {
+        "input_tokens": 1000, "output_tokens": 1, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 2000,
+        "cache_creation": {"ephemeral_5m_input_tokens": 1500, "ephemeral_1h_input_tokens": 500}}}}
+    delta = {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 10}}
+    for event in (start, delta):
+        parser.feed(b"data: " + json.dumps(event).encode() + b"\n\n")
+    usage = parser.finish()
+    assert (usage.input_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens) == (3000, 2000, 500)

@@ -21,6 +21,8 @@ class Usage:
     output_tokens: int | None = None
     cached_tokens: int | None = None
     cache_write_tokens: int | None = None
+    # Of cache_write_tokens, those written for an hour (Anthropic's 1 h TTL, priced apart).
+    cache_write_1h_tokens: int | None = None
     reasoning_tokens: int | None = None
     web_search_requests: int | None = None
     input_audio_tokens: int | None = None

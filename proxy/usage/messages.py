@@ -10,7 +10,7 @@ from typing import Any
 
 from proxy.usage import Usage
 from proxy.usage._stream import StreamParser
-from proxy.usage._values import count, error_code, mapping, money
+from proxy.usage._values import count, error_code, mapping, money, part_of
 
 _INPUT_PARTS = ("anthropic_input", "cache_write_tokens", "cached_tokens")
 
@@ -51,6 +51,9 @@ class MessagesParser(StreamParser):
                 self.fields[field] = value
                 # null means "none used"; a present but nonsense part makes the sum unknown.
                 self.fields["bad_" + field] = value is None and usage[key] is not None
+        creation = usage.get("cache_creation")
+        if isinstance(creation, dict) and "ephemeral_1h_input_tokens" in creation:
+            self.fields["cache_write_1h_tokens"] = count(creation["ephemeral_1h_input_tokens"])
         if "cost" in usage:
             self.fields["cost_reported"] = money(usage["cost"])
         tools = mapping(usage.get("server_tool_use"))
@@ -75,6 +78,7 @@ class MessagesParser(StreamParser):
             output_tokens=f.get("output_tokens"),
             cached_tokens=cached,
             cache_write_tokens=cache_write,
+            cache_write_1h_tokens=part_of(f.get("cache_write_1h_tokens"), cache_write),
             web_search_requests=f.get("web_search_requests"),
             cost_reported=f.get("cost_reported"),
             complete=bool(f.get("complete")),
