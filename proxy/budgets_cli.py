@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     budgets = Budgets(config.budgets, config.tz)
     try:
         load_spend_sync(db, budgets, now)
+    except sqlite3.Error as exc:
+        raise CliError(f"--db: {db_path}: {exc}") from None
     finally:
         db.close()
     statuses = budgets.snapshot(now)

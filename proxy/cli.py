@@ -18,6 +18,7 @@ from typing import NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from proxy import __version__
+from proxy.config import Config
 from proxy.errors import CliError, ConfigError
 
 log = logging.getLogger("proxy")
@@ -81,29 +82,61 @@ def _serve(args: argparse.Namespace) -> int:
 
     overrides = {"host": args.host, "port": args.port, "upstream": args.upstream, "db": args.db}
     config = load_config(args.config, overrides)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    # Other libraries stay at INFO: aiosqlite at DEBUG logs every row it writes.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    logging.getLogger("proxy").setLevel(config.log_level.upper())
+    logging.getLogger("aiohttp.access").setLevel(config.log_level.upper())
+    _check_catalog_file(config)
+    _prepare_db(config)
     app = create_app(config)
     app.on_startup.append(_settle_heap)
     _warn_if_exposed(config)
     base = f"http://{config.host}:{config.port}"
-    log.info(
-        "event=listening url=%s upstream=%s db=%s openai_base=%s/api/v1 anthropic_base=%s/api",
-        base, config.upstream, config.db, base, base,
-    )
-    web.run_app(
-        app,
-        host=config.host,
-        port=config.port,
-        shutdown_timeout=config.shutdown_grace_s,
-        access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
-        print=None,
-        handle_signals=True,
-    )
+
+    def listening(_: str) -> None:  # run_app calls this once the port is bound
+        log.info(
+            "event=listening url=%s upstream=%s db=%s openai_base=%s/api/v1 anthropic_base=%s/api",
+            base, config.upstream, config.db, base, base,
+        )
+
+    try:
+        web.run_app(
+            app,
+            host=config.host,
+            port=config.port,
+            shutdown_timeout=config.shutdown_grace_s,
+            access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
+            print=listening,
+            handle_signals=True,
+        )
+    except OSError as exc:
+        # Binding is the OSError a start can meet here (the database was opened above).
+        raise CliError(f"port: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     return 0
+
+
+def _check_catalog_file(config: Config) -> None:
+    """A saved listing named in the config must load, or `serve` would die at start-up."""
+    if config.catalog_file is None:
+        return
+    from proxy.refresh import initial_catalog
+
+    try:
+        initial_catalog(config.catalog_file)
+    except OSError as exc:
+        raise ConfigError(f"catalog.file: cannot read {config.catalog_file}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"catalog.file: {config.catalog_file} is not a /models listing ({exc})") from None
+
+
+def _prepare_db(config: Config) -> None:
+    from proxy.storage import prepare
+
+    try:
+        prepare(config.db)
+    except (OSError, sqlite3.Error) as exc:
+        message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"db: cannot open {config.db}: {message}") from None
 
 
 async def _settle_heap(app: object) -> None:
@@ -117,12 +150,12 @@ async def _settle_heap(app: object) -> None:
     gc.set_threshold(10_000, 20, 100)
 
 
-def _warn_if_exposed(config: "object") -> None:
+def _warn_if_exposed(config: Config) -> None:
     from proxy.app import _is_loopback
 
-    host = getattr(config, "host")
-    keys = getattr(config, "keys")
-    if not _is_loopback(host) and not keys:
+    host = config.host
+    # Only managed-key mode checks who is calling; key aliases are names, not protection.
+    if not _is_loopback(host) and not config.managed_key_env:
         log.warning(
             "event=exposed host=%s message=anyone who can reach this address can spend through the proxy "
             "with their own key and read /healthz; bind 127.0.0.1 unless that is what you want",
@@ -134,6 +167,7 @@ def _check_config(args: argparse.Namespace) -> int:
     from proxy.config import load_config
 
     config = load_config(args.file)
+    _check_catalog_file(config)
     print(f"{args.file}: ok ({len(config.budgets)} budgets, {len(config.alerts)} alert channels)")
     return 0
 

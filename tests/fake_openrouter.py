@@ -9,6 +9,7 @@ Each request may carry `X-Fake` with comma-separated behaviours, so one server s
   garbage                          a stream of junk lines, or a JSON reply cut in half
   gzip                             the JSON reply is gzip-encoded (Content-Encoding: gzip)
   no-generation                    GET /generation never knows this request (404)
+  short-body                       (/messages) a JSON reply cut after 10 bytes of its Content-Length
   absurd-usage                     usage with negative, null, huge and non-numeric counts and cost
 and `X-Fake-Chunks` / `X-Fake-Delay-Ms` shape a stream, `X-Fake-Gap-Ms` pauses once after the
 second event, and `X-Fake-Pad` pads each content delta to that many bytes. Flags in the app's
@@ -223,6 +224,16 @@ def _anthropic_usage(flags: set[str], model: str) -> dict[str, Any]:
     return usage
 
 
+async def _short_body(request: web.Request, payload: bytes) -> web.StreamResponse:
+    """Promise the whole body in Content-Length, send ten bytes of it, then drop the connection."""
+    response = web.StreamResponse(headers={"Content-Type": "application/json", "Content-Length": str(len(payload))})
+    await response.prepare(request)
+    await response.write(payload[:10])
+    assert request.transport is not None
+    request.transport.abort()
+    return response
+
+
 async def messages(request: web.Request) -> web.StreamResponse:
     flags = _flags(request)
     raw, data = await _body(request)
@@ -234,6 +245,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
     message: dict[str, Any] = {"id": gen_id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": None, "stop_sequence": None}
     if not data.get("stream"):
         body = {**message, "content": [{"type": "text", "text": "hello"}], "stop_reason": "end_turn", "usage": _anthropic_usage(flags, model)}
+        if "short-body" in flags:
+            return await _short_body(request, json.dumps(body).encode())
         return web.json_response(body)
     start_usage = {**_anthropic_usage(flags, model), "output_tokens": 1}
     start_usage.pop("cost", None)

@@ -157,3 +157,18 @@ async def test_whatif_on_proxied_traffic_reproduces_the_logged_cost(proxy: Any, 
     assert Decimal(scenarios["all on openai/gpt-4o"]["cost"]) == logged
     llama = (PROMPT_TOKENS - CACHED_TOKENS) * Decimal("0.00000005") + CACHED_TOKENS * Decimal("0.000000025") + COMPLETION_TOKENS * Decimal("0.00000008")
     assert Decimal(scenarios["all on meta-llama/llama-3.1-8b-instruct"]["cost"]) == 3 * llama
+
+
+async def test_cost_drift_is_logged_and_counted(proxy: Any, caplog: Any) -> None:
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="proxy.forward")
+    async with aiohttp.ClientSession() as session:
+        # The catalog prices this usage at $0.00575; OpenRouter "bills" 10% more, then the same.
+        await _post(session, f"{proxy.base}/chat/completions", {"model": "openai/gpt-4o", "messages": []}, **{"X-Fake-Cost": "0.006325"})
+        await _post(session, f"{proxy.base}/chat/completions", {"model": "openai/gpt-4o", "messages": []}, **{"X-Fake-Cost": "0.00575"})
+    drift_lines = [r.getMessage() for r in caplog.records if "event=cost_drift" in r.getMessage()]
+    assert len(drift_lines) == 1 and "reported_usd=0.006325 catalog_usd=0.00575" in drift_lines[0]
+    text = await proxy.metrics_text()
+    assert re.search(r'openrouter_proxy_cost_drift_total\{model="openai/gpt-4o"\} 1\.0', text)
+    assert re.search(r'openrouter_proxy_cost_drift_usd_total\{direction="over",model="openai/gpt-4o"\} 0\.000575', text)

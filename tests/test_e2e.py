@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import anthropic
 import openai
+import pytest
 
 from tests.fake_openrouter import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, REASONING_TOKENS, RECEIVED, fake_cost
 
@@ -227,3 +228,22 @@ async def test_compressed_request_body_passes_through_compressed(proxy: Any, ups
     rows = proxy.rows()
     assert [r["status"] for r in rows] == [200, 400]
     assert rows[0]["input_tokens"] == PROMPT_TOKENS
+
+
+async def test_reply_broken_mid_body_on_messages_is_an_anthropic_error(proxy: Any, caplog: Any) -> None:
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="proxy.forward")
+    async with anthropic.AsyncAnthropic(base_url=str(proxy.server.make_url("/api")), auth_token=KEY, max_retries=0) as client:
+        with pytest.raises(anthropic.APIStatusError) as caught:
+            await client.messages.create(
+                model="anthropic/claude-sonnet-4.5", max_tokens=5, messages=[{"role": "user", "content": "hi"}],
+                extra_headers={"X-Fake": "short-body"},
+            )
+    assert caught.value.status_code == 502
+    assert caught.value.body == {"type": "error", "error": {"type": "api_error", "message": caught.value.body["error"]["message"]}}
+    assert "upstream connection broke" in caught.value.body["error"]["message"]
+    assert any("event=upstream_reply_broken" in r.getMessage() for r in caplog.records)
+    await proxy.settle()
+    [row] = proxy.rows()
+    assert (row["status"], row["outcome"]) == (502, "aborted")

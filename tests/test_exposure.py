@@ -113,3 +113,55 @@ def test_named_token_variable_must_be_set(raw: dict[str, Any], monkeypatch: pyte
     monkeypatch.delenv("NOT_SET_ANYWHERE_X", raising=False)
     with pytest.raises(ConfigError, match="^metrics.token_env: environment variable NOT_SET_ANYWHERE_X is not set"):
         create_app(parse_config(raw))
+
+
+@pytest.mark.parametrize(
+    ("extra", "env", "warns"),
+    [
+        ("keys: [{alias: laptop, fingerprint: 3f9a0c1d2e4b5a6c}]\n", {}, True),  # a name is not protection
+        (
+            "managed_key_env: TEST_UPSTREAM_KEY\nkeys: [{alias: a, key_sha256: '" + "ab" * 32 + "'}]\n",
+            {"TEST_UPSTREAM_KEY": "sk-or-v1-x"},
+            False,
+        ),
+    ],
+)
+async def test_exposure_warning_depends_on_proxy_keys_not_names(tmp_path: Path, extra: str, env: dict[str, str], warns: bool) -> None:
+    port = _free_port()
+    config = (
+        f"host: 0.0.0.0\nport: {port}\ndb: {tmp_path / 'u.db'}\ncatalog: {{refresh_hours: 0}}\n"
+        "metrics: {token_env: TEST_METRICS_TOKEN}\n" + extra
+    )
+    proc = _serve(tmp_path, config, {"TEST_METRICS_TOKEN": "t", **env})
+    try:
+        _wait_listening(port, proc)
+    finally:
+        out = _stop(proc)
+    assert ("event=exposed" in out) is warns, out
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ("db: /proc/no/such/dir/u.db\n", "openrouter-spend: db: cannot open /proc/no/such/dir/u.db: "),
+        ("catalog: {file: /no/such/listing.json}\n", "openrouter-spend: catalog.file: cannot read /no/such/listing.json: "),
+    ],
+)
+def test_start_up_failures_are_one_line_and_exit_2(tmp_path: Path, config: str, expected: str) -> None:
+    port = _free_port()
+    proc = _serve(tmp_path, f"port: {port}\n" + config)
+    out = proc.communicate(timeout=20)[0]
+    assert proc.returncode == 2, out
+    assert len(out.strip().splitlines()) == 1 and out.startswith(expected), out
+
+
+def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = _serve(tmp_path, f"port: {port}\ndb: {tmp_path / 'u.db'}\ncatalog: {{refresh_hours: 0}}\n")
+        out = proc.communicate(timeout=20)[0]
+    assert proc.returncode == 2, out
+    assert out.strip().splitlines()[-1].startswith(f"openrouter-spend: port: cannot listen on 127.0.0.1:{port}: ")
+    assert "Traceback" not in out and "event=listening" not in out
