@@ -125,9 +125,6 @@ class Backfill:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def pending(self) -> int:
-        return len(self._tasks)
-
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()

@@ -62,7 +62,6 @@ class Recorder:
         self._retry_base_s = retry_base_s
         self._retry_max_s = retry_max_s
         self._batch_wait_s = batch_wait_s
-        self._closing = False
         self._inflight: list[Item] = []
         self.written = 0
         self.dropped = 0

@@ -200,10 +200,6 @@ def encode_time(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
-def decode_time(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
 def _money(value: Decimal | None) -> str | None:
     # Fixed point: str() would store a tenth of a micro-dollar as '1E-7', which sorts and
     # reads badly in the sqlite3 shell and in SQL sums done by users.

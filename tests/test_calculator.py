@@ -1,8 +1,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sqlite3
 from collections.abc import Sequence
