@@ -48,6 +48,8 @@ RECEIVED: web.AppKey[list[dict[str, Any]]] = web.AppKey("received", list)
 GENERATIONS: web.AppKey[dict[str, dict[str, Any]]] = web.AppKey("generations", dict)
 FAULTS: web.AppKey[set[str]] = web.AppKey("faults", set)
 DISCONNECTS: web.AppKey[list[str]] = web.AppKey("disconnects", list)
+# model id -> pricing keys to change in the /models listing: a test's way to make prices move.
+PRICE_CHANGES: web.AppKey[dict[str, dict[str, str]]] = web.AppKey("price_changes", dict)
 
 
 def fake_cost(model: str, prompt: int = PROMPT_TOKENS, cached: int = CACHED_TOKENS, completion: int = COMPLETION_TOKENS) -> Decimal:
@@ -332,7 +334,14 @@ async def models(request: web.Request) -> web.Response:
         return web.json_response({"error": {"code": 500, "message": "down"}}, status=500)
     if "garbage" in flags:
         return web.Response(body=b'{"data": [{"id": "truncated', content_type="application/json")
-    return web.Response(body=(FIXTURES / "models-2026.json").read_bytes(), content_type="application/json")
+    listing = (FIXTURES / "models-2026.json").read_bytes()
+    changes = request.app[PRICE_CHANGES]
+    if changes:
+        data = json.loads(listing)
+        for model in data["data"]:
+            model["pricing"].update(changes.get(model["id"], {}))
+        listing = json.dumps(data).encode()
+    return web.Response(body=listing, content_type="application/json")
 
 
 async def generation(request: web.Request) -> web.Response:
@@ -355,6 +364,7 @@ def fake_app() -> web.Application:
     app[GENERATIONS] = {}
     app[FAULTS] = set()
     app[DISCONNECTS] = []
+    app[PRICE_CHANGES] = {}
     app.router.add_post("/api/v1/chat/completions", chat)
     app.router.add_post("/api/v1/completions", chat)
     app.router.add_post("/api/v1/messages", messages)

@@ -172,3 +172,44 @@ async def test_cost_drift_is_logged_and_counted(proxy: Any, caplog: Any) -> None
     text = await proxy.metrics_text()
     assert re.search(r'openrouter_proxy_cost_drift_total\{model="openai/gpt-4o"\} 1\.0', text)
     assert re.search(r'openrouter_proxy_cost_drift_usd_total\{direction="over",model="openai/gpt-4o"\} 0\.000575', text)
+
+
+async def test_price_changes_are_kept_and_requests_priced_at_the_price_of_their_time(
+    start_proxy: Any, make_config: Any, upstream: Any, capsys: Any
+) -> None:
+    import json
+
+    from proxy.app import CATALOG
+    from proxy.cli import main
+    from tests.fake_openrouter import PRICE_CHANGES
+
+    proxy = await start_proxy(make_config(catalog_refresh_s=0.1))
+
+    async def catalog_price() -> str | None:
+        entry = proxy.app[CATALOG].current.get("openai/gpt-4o")
+        return None if entry is None else str(entry.pricing.prompt)
+
+    async def wait_for_prompt_price(value: str) -> None:
+        for _ in range(200):
+            if await catalog_price() == value and proxy.app[CATALOG].source.startswith("http"):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"catalog never showed prompt price {value}")
+
+    await wait_for_prompt_price("0.0000025")
+    async with aiohttp.ClientSession() as session:
+        await _post(session, f"{proxy.base}/chat/completions", {"model": "openai/gpt-4o", "messages": []}, **{"X-Fake": "no-cost"})
+        upstream.app[PRICE_CHANGES]["openai/gpt-4o"] = {"prompt": "0.000005"}  # OpenRouter doubles the input price
+        await wait_for_prompt_price("0.000005")
+        await _post(session, f"{proxy.base}/chat/completions", {"model": "openai/gpt-4o", "messages": []}, **{"X-Fake": "no-cost"})
+    await proxy.settle()
+    before, after = proxy.rows()
+    assert Decimal(after["cost_catalog_usd"]) - Decimal(before["cost_catalog_usd"]) == (PROMPT_TOKENS - CACHED_TOKENS) * Decimal("0.0000025")
+    assert main(["models", "--changes", "--db", str(proxy.db_path), "--search", "openai/gpt-4o", "--format", "json"]) == 0
+    changes = json.loads(capsys.readouterr().out)
+    gpt4o = [c for c in changes if c["model"] == "openai/gpt-4o"]
+    assert [(c["input_per_1m_was"], c["input_per_1m"]) for c in gpt4o] == [("2.5", "5")], gpt4o
+    # whatif prices each request at the price in force when it ran: it reproduces both rows.
+    assert main(["whatif", "--db", str(proxy.db_path), "--model", "openai/gpt-4o", "--format", "json"]) == 0
+    scenarios = {r["scenario"]: r for r in json.loads(capsys.readouterr().out)}
+    assert Decimal(scenarios["all on openai/gpt-4o"]["cost"]) == Decimal(before["cost_usd"]) + Decimal(after["cost_usd"])
