@@ -181,7 +181,12 @@ class Forwarder:
                 ttfb_ms=None if outcome.ttfb is None else (outcome.ttfb - received) * 1000,
                 duration_ms=(finished - received) * 1000,
             )
-            accounted = account(exchange, usage, self._catalog())
+            try:
+                accounted = account(exchange, usage, self._catalog())
+            except Exception:
+                # A pricing bug must not cost the row: record it unpriced and say so.
+                log.exception("event=pricing_failed request_id=%s model=%s", request_id, usage.model)
+                accounted = account(exchange, usage, None)
             rec = accounted.record
             self._recorder.record(rec)
             cost = accounted.breakdown
