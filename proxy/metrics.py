@@ -4,6 +4,7 @@ dashboards/ and config/alerts.rules.yml, so change them only together."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import time
 from collections import OrderedDict
@@ -12,12 +13,13 @@ from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from proxy import __version__
 from proxy.accounting import drifted as cost_drifted
 from proxy.errors import error_response
+from proxy.metric_tables import CounterTable, GaugeValue, HistogramTable
 from proxy.records import BLOCKED, UsageRecord
 
 PREFIX = "openrouter_proxy_"
@@ -32,9 +34,8 @@ UPSTREAM_ERROR_REASONS = ("connect", "timeout", "http_4xx", "http_5xx", "stream_
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
-# A billed cost this far from our catalog price means the catalog (or our pricing) is off.
 
-
+@functools.lru_cache(maxsize=256)
 def normalize_endpoint(path: str) -> str:
     """The API shape a path belongs to: `/api/v1/chat/completions` -> `chat/completions`."""
     p = path.split("?", 1)[0].strip("/")
@@ -53,7 +54,7 @@ class LabelCap:
     sessions (every created series costs Prometheus memory until the next head compaction).
     """
 
-    __slots__ = ("cap", "min_idle_s", "_seen")
+    __slots__ = ("_seen", "cap", "min_idle_s")
 
     def __init__(self, cap: int, min_idle_s: float) -> None:
         if cap < 0:
@@ -92,7 +93,7 @@ class LabelCap:
         return len(self._seen)
 
 
-def _f(x: Decimal | float | int) -> float:
+def _f(x: Decimal | float) -> float:
     return float(x)
 
 
@@ -123,38 +124,43 @@ class Metrics:
         def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
             return Gauge(PREFIX + name, doc, labels, registry=registry)
 
-        self.requests = counter(
+        # The metrics updated on every request are plain tables (proxy.metric_tables); the rest stay
+        # prometheus-client objects.
+        def table(name: str, doc: str, labels: tuple[str, ...]) -> CounterTable:
+            return CounterTable(registry, PREFIX + name, doc, labels)
+
+        self.requests = table(
             "requests", "Requests handled, by API endpoint, model, provider and HTTP status.",
             ("endpoint", "model", "provider", "status"),
         )
-        self.tokens = counter(
+        self.tokens = table(
             "tokens", "Tokens by kind; input includes cached and cache_write, output includes reasoning.",
             ("model", "provider", "kind"),
         )
-        self.cost = counter(
+        self.cost = table(
             "cost_usd", "Spend in US dollars as recorded per request.",
             ("model", "provider", "key", "project", "session"),
         )
-        self.cache_savings = counter(
+        self.cache_savings = table(
             "cache_savings_usd", "Dollars saved because prompt tokens were read from cache.", ("model",)
         )
-        self.reasoning_cost = counter(
+        self.reasoning_cost = table(
             "reasoning_cost_usd", "Dollars spent on reasoning tokens (part of output cost).", ("model",)
         )
-        self.output_cost = counter("output_cost_usd", "Dollars spent on output tokens.", ("model",))
-        self.ttfb = Histogram(
-            PREFIX + "ttfb_seconds", "Time from forwarding a request to its first response byte.",
-            ("endpoint", "model"), registry=registry, buckets=LATENCY_BUCKETS,
+        self.output_cost = table("output_cost_usd", "Dollars spent on output tokens.", ("model",))
+        self.ttfb = HistogramTable(
+            registry, PREFIX + "ttfb_seconds", "Time from forwarding a request to its first response byte.",
+            ("endpoint", "model"), LATENCY_BUCKETS,
         )
-        self.duration = Histogram(
-            PREFIX + "request_duration_seconds", "Time from receiving a request to its last response byte.",
-            ("endpoint", "model"), registry=registry, buckets=LATENCY_BUCKETS,
+        self.duration = HistogramTable(
+            registry, PREFIX + "request_duration_seconds",
+            "Time from receiving a request to its last response byte.", ("endpoint", "model"), LATENCY_BUCKETS,
         )
-        self.overhead = Histogram(
-            PREFIX + "overhead_seconds", "Latency the proxy itself adds to a request.",
-            registry=registry, buckets=OVERHEAD_BUCKETS,
+        self.overhead = HistogramTable(
+            registry, PREFIX + "overhead_seconds", "Latency the proxy itself adds to a request.", (),
+            OVERHEAD_BUCKETS,
         )
-        self.in_flight = gauge("in_flight_requests", "Requests currently being forwarded.")
+        self.in_flight = GaugeValue(registry, PREFIX + "in_flight_requests", "Requests currently being forwarded.")
         self.upstream_errors = counter(
             "upstream_errors", "Failed upstream exchanges by reason.", ("reason",)
         )
@@ -175,17 +181,17 @@ class Metrics:
         self.catalog_refresh_failures = counter(
             "catalog_refresh_failures", "Failed refreshes of the OpenRouter model catalog."
         )
-        self.cost_drift = counter(
+        self.cost_drift = table(
             "cost_drift", "Requests whose billed cost differs from the catalog price by more than 1%.",
             ("model",),
         )
-        self.cost_drift_usd = counter(
+        self.cost_drift_usd = table(
             "cost_drift_usd",
             "Absolute difference between billed cost and catalog price on drifting requests; "
             "direction=over when billed was higher.",
             ("model", "direction"),
         )
-        self.free_requests = counter("free_requests", "Requests to free (:free) models.", ("model",))
+        self.free_requests = table("free_requests", "Requests to free (:free) models.", ("model",))
         self.free_daily_limit = gauge(
             "free_daily_limit", "OpenRouter's daily request limit for free models on this account."
         )
@@ -206,30 +212,16 @@ class Metrics:
         self.build_info = gauge("build_info", "Always 1; the proxy's version as a label.", ("version",))
         self.build_info.labels(__version__).set(1)
 
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # Every cost series by its session and project value, so eviction can remove() them all.
         self._cost_by_session: dict[str, set[tuple[str, ...]]] = {}
         self._cost_by_project: dict[str, set[tuple[str, ...]]] = {}
-        self._label_series: list[tuple[Any, int]] = [
+        # Each table with a model label, and that label's position.
+        self._label_series: list[tuple[CounterTable | HistogramTable, int]] = [
             (self.requests, 1), (self.tokens, 0), (self.cost, 0), (self.cache_savings, 0),
             (self.reasoning_cost, 0), (self.output_cost, 0), (self.ttfb, 1), (self.duration, 1),
             (self.cost_drift, 0), (self.cost_drift_usd, 0), (self.free_requests, 0),
         ]
         self._budget_scopes: dict[str, OrderedDict[str, None]] = {}
-
-    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
-        key = (id(metric), labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = metric.labels(*labels)
-        return child
-
-    def _drop_series(self, metric: Any, labels: tuple[str, ...]) -> None:
-        self._children.pop((id(metric), labels), None)
-        try:
-            metric.remove(*labels)
-        except KeyError:
-            pass
 
     # -- per request ---------------------------------------------------------------------------
 
@@ -247,7 +239,8 @@ class Metrics:
         endpoint = normalize_endpoint(rec.endpoint)
         model = self._admit_model(rec.model or rec.model_requested, now)
         provider = rec.provider or NONE
-        self._child(self.requests, (endpoint, model, provider, str(rec.status))).inc()
+        self.requests.inc((endpoint, model, provider, str(rec.status)))
+        tokens = self.tokens
         for kind, n in (
             ("input", rec.input_tokens),
             ("output", rec.output_tokens),
@@ -256,45 +249,40 @@ class Metrics:
             ("reasoning", rec.reasoning_tokens),
         ):
             if n is not None:
-                self._child(self.tokens, (model, provider, kind)).inc(n)
+                tokens.inc((model, provider, kind), n)
         if rec.cost_usd:
             self._add_cost(rec, model, provider, now)
-        for metric, amount in (
-            (self.cache_savings, cache_savings_usd),
-            (self.reasoning_cost, reasoning_cost_usd),
-            (self.output_cost, output_cost_usd),
-        ):
-            if amount is not None and amount > 0:
-                self._child(metric, (model,)).inc(_f(amount))
+        by_model = (model,)
+        if cache_savings_usd is not None and cache_savings_usd > 0:
+            self.cache_savings.inc(by_model, float(cache_savings_usd))
+        if reasoning_cost_usd is not None and reasoning_cost_usd > 0:
+            self.reasoning_cost.inc(by_model, float(reasoning_cost_usd))
+        if output_cost_usd is not None and output_cost_usd > 0:
+            self.output_cost.inc(by_model, float(output_cost_usd))
         if rec.outcome != BLOCKED:
             if rec.ttfb_ms is not None:
-                self._child(self.ttfb, (endpoint, model)).observe(rec.ttfb_ms / 1000)
-            self._child(self.duration, (endpoint, model)).observe(rec.duration_ms / 1000)
+                self.ttfb.observe((endpoint, model), rec.ttfb_ms / 1000)
+            self.duration.observe((endpoint, model), rec.duration_ms / 1000)
             if rec.is_free:
-                self._child(self.free_requests, (model,)).inc()
+                self.free_requests.inc(by_model)
         if drift is None:
             drift = cost_drifted(rec.cost_reported_usd, rec.cost_catalog_usd)
         if drift:
-            self._child(self.cost_drift, (model,)).inc()
+            self.cost_drift.inc(by_model)
             if rec.cost_reported_usd is not None and rec.cost_catalog_usd is not None:
                 diff = rec.cost_reported_usd - rec.cost_catalog_usd
                 direction = "over" if diff > 0 else "under"
-                self._child(self.cost_drift_usd, (model, direction)).inc(_f(abs(diff)))
+                self.cost_drift_usd.inc((model, direction), float(abs(diff)))
 
     def _admit_model(self, value: str | None, now: float) -> str:
         label, evicted = self._models.admit(value, now)
         if evicted is not None:
-            for metric, pos in self._label_series:
-                self._remove_matching(metric, pos, evicted)
+            for table, pos in self._label_series:
+                table.remove_matching(pos, evicted)
             for index in (self._cost_by_session, self._cost_by_project):
                 for series in index.values():
                     series.difference_update({s for s in series if s[0] == evicted})
         return label
-
-    def _remove_matching(self, metric: Any, pos: int, value: str) -> None:
-        mid = id(metric)
-        for key in [k for k in self._children if k[0] == mid and k[1][pos] == value]:
-            self._drop_series(metric, key[1])
 
     def _add_cost(self, rec: UsageRecord, model: str, provider: str, now: float) -> None:
         assert rec.cost_usd is not None
@@ -306,12 +294,10 @@ class Metrics:
             self._evict_cost(self._cost_by_session, gone_session, self._cost_by_project, 3)
         key = rec.key_alias or rec.key_fingerprint or NONE
         labels = (model, provider, key, project, session)
-        child = self._children.get((id(self.cost), labels))
-        if child is None:
-            child = self._child(self.cost, labels)
+        if labels not in self.cost.series:
             self._cost_by_session.setdefault(session, set()).add(labels)
             self._cost_by_project.setdefault(project, set()).add(labels)
-        child.inc(_f(rec.cost_usd))
+        self.cost.inc(labels, float(rec.cost_usd))
 
     def _evict_cost(
         self,
@@ -321,7 +307,7 @@ class Metrics:
         other_pos: int,
     ) -> None:
         for labels in index.pop(value, set()):
-            self._drop_series(self.cost, labels)
+            self.cost.remove(labels)
             peers = other_index.get(labels[other_pos])
             if peers is not None:
                 peers.discard(labels)
@@ -342,18 +328,18 @@ class Metrics:
             ("reasoning", before.reasoning_tokens, after.reasoning_tokens),
         ):
             if has is not None and has > (had or 0):
-                self._child(self.tokens, (model, provider, kind)).inc(has - (had or 0))
+                self.tokens.inc((model, provider, kind), has - (had or 0))
         extra = (after.cost_usd or Decimal(0)) - (before.cost_usd or Decimal(0))
         if extra > 0:
             self._add_cost(dataclasses.replace(after, cost_usd=extra), model, provider, now)
 
     def observe_overhead(self, seconds: float) -> None:
-        self.overhead.observe(seconds)
+        self.overhead.observe((), seconds)
 
     def upstream_error(self, reason: str) -> None:
         if reason not in UPSTREAM_ERROR_REASONS:
             raise ValueError(f"unknown upstream error reason {reason!r}")
-        self._child(self.upstream_errors, (reason,)).inc()
+        self.upstream_errors.labels(reason).inc()
 
     # -- catalog and recorder ------------------------------------------------------------------
 
@@ -412,7 +398,7 @@ class Metrics:
                 pass
 
     def budget_blocked(self, budget: str) -> None:
-        self._child(self.budget_blocked_total, (budget,)).inc()
+        self.budget_blocked_total.labels(budget).inc()
 
     def set_budget_warn_ratio(self, budget: str, ratio: float) -> None:
         self.budget_warn_ratio.labels(budget).set(ratio)

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import re
+import time
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any
 
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
+from proxy.metric_tables import CounterTable, GaugeValue, HistogramTable
 from proxy.metrics import (
     NONE,
     OTHER,
@@ -272,6 +281,59 @@ def test_model_label_is_capped_too(reg: CollectorRegistry) -> None:
         m.observe(rec(model=None, model_requested=f"made-up/{i}", status=400, cost_usd=None))
     models = label_values(reg, "openrouter_proxy_requests_total", "model")
     assert len(models) == 4 and OTHER in models
+
+
+def test_evicting_a_model_drops_it_from_every_table(reg: CollectorRegistry) -> None:
+    clock = Clock()
+    m = Metrics(reg, model_cap=1, label_min_idle_s=0, clock=clock)
+    m.observe(rec(model="m1", is_free=True, cost_reported_usd=Decimal("1"), cost_catalog_usd=Decimal("2")),
+              cache_savings_usd=Decimal("0.1"), reasoning_cost_usd=Decimal("0.1"), output_cost_usd=Decimal("0.1"))
+    m.observe(rec(model="m2"))
+    for fam in reg.collect():
+        for s in fam.samples:
+            assert s.labels.get("model") != "m1", s
+
+
+def _masked_exposition(reg: CollectorRegistry) -> str:
+    return re.sub(r"(_created(\{[^}]*\})?) \S+", r"\1 T", generate_latest(reg).decode())
+
+
+def test_tables_render_exactly_as_prometheus_client_does() -> None:
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    counter = CounterTable(ours, "x_requests", "Requests.", ("a", "b"))
+    p_counter = Counter("x_requests", "Requests.", ("a", "b"), registry=theirs)
+    hist = HistogramTable(ours, "x_seconds", "Latency.", ("a",), (0.1, 1.0, 1e7))
+    p_hist = Histogram("x_seconds", "Latency.", ("a",), buckets=(0.1, 1.0, 1e7), registry=theirs)
+    plain = HistogramTable(ours, "x_overhead", "Overhead.", (), (0.001,))
+    p_plain = Histogram("x_overhead", "Overhead.", buckets=(0.001,), registry=theirs)
+    gauge = GaugeValue(ours, "x_in_flight", "In flight.")
+    p_gauge = Gauge("x_in_flight", "In flight.", registry=theirs)
+    t0 = time.time()
+    for a, b, n in [("1", "2", 3), ("1", "3", 0.25), ("2", "2", 1), ("1", "2", 4)]:
+        counter.inc((a, b), n)
+        p_counter.labels(a, b).inc(n)
+    for a, v in [("p", 0.05), ("p", 0.1), ("p", 0.5), ("q", 2.0), ("p", 2e7), ("r", 1.0)]:
+        hist.observe((a,), v)
+        p_hist.labels(a).observe(v)
+    plain.observe((), 0.0004)
+    p_plain.observe(0.0004)
+    counter.remove(("2", "2"))
+    p_counter.remove("2", "2")
+    counter.remove_matching(1, "3")
+    p_counter.remove("1", "3")
+    hist.remove_matching(0, "r")
+    p_hist.remove("r")
+    gauge.inc()
+    gauge.inc()
+    gauge.dec()
+    p_gauge.inc()
+    p_gauge.inc()
+    p_gauge.dec()
+    assert _masked_exposition(ours) == _masked_exposition(theirs)
+    assert 'x_seconds_bucket{a="p",le="1e+07"} 3.0' in _masked_exposition(ours)
+    created = [s.value for fam in ours.collect() for s in fam.samples if s.name.endswith("_created")]
+    assert len(created) == 1 + 2 + 1  # one counter series, two labelled histogram series, the plain one
+    assert all(t0 - 5 <= c <= time.time() for c in created)
 
 
 def test_upstream_errors_are_seeded_and_validated(reg: CollectorRegistry) -> None:
