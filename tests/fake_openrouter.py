@@ -172,14 +172,23 @@ def _data(obj: Any, event: str | None = None) -> bytes:
     return head + b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
-async def chat(request: web.Request) -> web.StreamResponse:
+async def _begin(request: web.Request, default_model: str) -> web.StreamResponse | tuple[set[str], dict[str, Any], str, str]:
+    """What every model endpoint does first: read the body, fail on request, mint a generation."""
     flags = _flags(request)
     raw, data = await _body(request)
     if (failed := _not_json(raw) or await _failure(request, flags)) is not None:
         return failed
-    model = str(data.get("model") or "openai/gpt-4o")
+    model = str(data.get("model") or default_model)
     gen_id = f"gen-{uuid.uuid4().hex[:20]}"
     _remember(request, gen_id, model)
+    return flags, data, model, gen_id
+
+
+async def chat(request: web.Request) -> web.StreamResponse:
+    begun = await _begin(request, "openai/gpt-4o")
+    if isinstance(begun, web.StreamResponse):
+        return begun
+    flags, data, model, gen_id = begun
     chunks = int(request.headers.get("X-Fake-Chunks", "5"))
     base = {"id": gen_id, "provider": "FakeProvider", "model": model, "object": "chat.completion.chunk", "created": 1}
     if not data.get("stream"):
@@ -237,13 +246,10 @@ async def _short_body(request: web.Request, payload: bytes) -> web.StreamRespons
 
 
 async def messages(request: web.Request) -> web.StreamResponse:
-    flags = _flags(request)
-    raw, data = await _body(request)
-    if (failed := _not_json(raw) or await _failure(request, flags)) is not None:
-        return failed
-    model = str(data.get("model") or "anthropic/claude-sonnet-4.5")
-    gen_id = f"gen-{uuid.uuid4().hex[:20]}"
-    _remember(request, gen_id, model)
+    begun = await _begin(request, "anthropic/claude-sonnet-4.5")
+    if isinstance(begun, web.StreamResponse):
+        return begun
+    flags, data, model, gen_id = begun
     message: dict[str, Any] = {"id": gen_id, "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": None, "stop_sequence": None}
     if not data.get("stream"):
         body = {**message, "content": [{"type": "text", "text": "hello"}], "stop_reason": "end_turn", "usage": _anthropic_usage(flags, model)}
@@ -282,13 +288,10 @@ def _responses_usage(flags: set[str], model: str) -> dict[str, Any]:
 
 
 async def responses(request: web.Request) -> web.StreamResponse:
-    flags = _flags(request)
-    raw, data = await _body(request)
-    if (failed := _not_json(raw) or await _failure(request, flags)) is not None:
-        return failed
-    model = str(data.get("model") or "openai/gpt-4o")
-    gen_id = f"gen-{uuid.uuid4().hex[:20]}"
-    _remember(request, gen_id, model)
+    begun = await _begin(request, "openai/gpt-4o")
+    if isinstance(begun, web.StreamResponse):
+        return begun
+    flags, data, model, gen_id = begun
     text = "hello there"
     output = [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}]
     response = {"id": gen_id, "object": "response", "created_at": 1, "model": model, "status": "in_progress", "output": [], "error": None, "incomplete_details": None, "usage": None}
