@@ -9,6 +9,7 @@ Each request may carry `X-Fake` with comma-separated behaviours, so one server s
   garbage                          a stream of junk lines, or a JSON reply cut in half
   gzip                             the JSON reply is gzip-encoded (Content-Encoding: gzip)
   no-generation                    GET /generation never knows this request (404)
+  late-generation                  GET /generation answers 404 twice before it knows the request
   short-body                       (/messages) a JSON reply cut after 10 bytes of its Content-Length
   absurd-usage                     usage with negative, null, huge and non-numeric counts and cost
 and `X-Fake-Chunks` / `X-Fake-Delay-Ms` shape a stream, `X-Fake-Gap-Ms` pauses once after the
@@ -140,6 +141,7 @@ def _remember(request: web.Request, gen_id: str, model: str) -> None:
         "native_tokens_cached": CACHED_TOKENS,
         "native_tokens_reasoning": REASONING_TOKENS,
         "provider_name": "FakeProvider",
+        "lag": 2 if "late-generation" in _flags(request) else 0,
     }
 
 
@@ -349,10 +351,15 @@ async def models(request: web.Request) -> web.Response:
 
 async def generation(request: web.Request) -> web.Response:
     await _body(request)
+    # Like OpenRouter: only the key that made the request may read it.
+    if not request.headers.get("Authorization", "").startswith("Bearer "):
+        return web.json_response({"error": {"code": 401, "message": "No auth credentials found"}}, status=401)
     found = request.app[GENERATIONS].get(request.query.get("id", ""))
-    if found is None:
+    if found is None or found.get("lag", 0) > 0:
+        if found is not None:
+            found["lag"] -= 1  # `late-generation`: not known for the first few lookups
         return web.json_response({"error": {"code": 404, "message": "Generation not found"}}, status=404)
-    return web.json_response({"data": found})
+    return web.json_response({"data": {k: v for k, v in found.items() if k != "lag"}})
 
 
 async def echo(request: web.Request) -> web.Response:

@@ -9,7 +9,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.fake_openrouter import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, fake_cost
+from tests.fake_openrouter import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, RECEIVED, fake_cost
 
 KEY = "sk-or-v1-acct-" + "ef" * 20
 
@@ -213,3 +213,30 @@ async def test_price_changes_are_kept_and_requests_priced_at_the_price_of_their_
     assert main(["whatif", "--db", str(proxy.db_path), "--model", "openai/gpt-4o", "--format", "json"]) == 0
     scenarios = {r["scenario"]: r for r in json.loads(capsys.readouterr().out)}
     assert Decimal(scenarios["all on openai/gpt-4o"]["cost"]) == Decimal(before["cost_usd"]) + Decimal(after["cost_usd"])
+
+
+async def test_backfill_retries_until_generation_knows_the_request_with_the_clients_key(start_proxy: Any, upstream: Any) -> None:
+    proxy = await start_proxy(backfill_delays_s=(0.02, 0.02, 0.02, 0.02))
+    async with aiohttp.ClientSession() as session:
+        await _post(session, f"{proxy.base}/chat/completions", {"model": "openai/gpt-4o", "stream": True, "messages": []}, **{"X-Fake": "drop,late-generation", "X-Fake-Cost": "0.0031"})
+    for _ in range(100):
+        await proxy.settle()
+        rows = proxy.rows()
+        if rows and rows[0]["cost_source"] != "none" and rows[0]["cost_source"] != "catalog":
+            break
+        await asyncio.sleep(0.05)
+    [row] = proxy.rows()
+    assert row["cost_source"] == "generation" and Decimal(row["cost_usd"]) == Decimal("0.0031")
+    lookups = [r for r in upstream.app[RECEIVED] if r["path"].startswith("/api/v1/generation")]
+    assert len(lookups) == 3  # two 404s while OpenRouter lags, then the answer
+    assert {r["headers"]["Authorization"] for r in lookups} == {f"Bearer {KEY}"}
+
+
+async def test_unreachable_upstream_rows_cost_nothing(start_proxy: Any, make_config: Any) -> None:
+    proxy = await start_proxy(make_config(upstream="http://127.0.0.1:9/api/v1"))
+    async with aiohttp.ClientSession() as session:
+        status, _ = await _post(session, f"{proxy.base}/chat/completions", {"model": "openai/gpt-4o", "messages": []})
+    assert status == 502
+    await proxy.settle()
+    [row] = proxy.rows()
+    assert (row["outcome"], Decimal(row["cost_usd"]), row["cost_source"]) == ("proxy_error", Decimal(0), "none")

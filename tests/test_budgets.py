@@ -396,3 +396,31 @@ def test_overshoot_never_exceeds_cost_of_requests_in_flight_when_crossed(
     assert status.reserved_usd == 0 and status.in_flight == 0
     if bound is not None:
         assert spent - limit <= bound
+
+
+def test_reservations_exactly_filling_the_limit_hold_it() -> None:
+    b = Budgets([spec(limit_usd=D("0.02"))], BERLIN, reserve_usd=D("0.01"))
+    now = at(2026, 11, 27, 12)
+    assert b.decide(Who(), now).allowed and b.decide(Who(), now).allowed
+    third = b.decide(Who(), now)  # spent 0 + reserved 0.02 == limit: held
+    assert not third.allowed and third.retry_after_s == HELD_RETRY_AFTER_S
+
+
+def test_reaching_a_threshold_exactly_fires_it() -> None:
+    b = Budgets([spec(limit_usd=D("1"), warn_at=(D("0.5"),))], BERLIN)
+    now = at(2026, 11, 27, 1)  # early in the day: no burn-rate projection yet
+    events = spend(b, Who(), "0.50", now)
+    assert [(e.kind, e.threshold) for e in events] == [("warn", D("0.5"))]
+    events = spend(b, Who(), "0.50", now)
+    assert [(e.kind, e.threshold) for e in events] == [("spent", D("1"))]
+
+
+def test_rolling_warm_up_and_live_expiry_agree_at_the_cutoff() -> None:
+    rolling = spec(name="hourly", limit_usd=D("1"), period="rolling", rolling_seconds=3600)
+    now = at(2026, 11, 27, 12)
+    loaded = Budgets([rolling], BERLIN)
+    loaded.load([(now - timedelta(seconds=3600), D("0.7"), None, None, None, None)], now)
+    live = Budgets([rolling], BERLIN)
+    spend(live, Who(), "0.7", now - timedelta(seconds=3600))
+    spent = [s.spent_usd for s in loaded.snapshot(now)] + [s.spent_usd for s in live.snapshot(now)]
+    assert spent == [D(0), D(0)]  # a row exactly one window old has aged out, either way

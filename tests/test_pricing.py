@@ -354,3 +354,9 @@ def test_anthropic_stream_reports_one_hour_cache_writes() -> None:
         parser.feed(b"data: " + json.dumps(event).encode() + b"\n\n")
     usage = parser.finish()
     assert (usage.input_tokens, usage.cache_write_tokens, usage.cache_write_1h_tokens) == (3000, 2000, 500)
+
+
+def test_one_hour_writes_beyond_all_writes_are_capped() -> None:
+    sonnet = pricing("2026", "anthropic/claude-sonnet-4.5")
+    cost = price(Usage(input_tokens=100, output_tokens=0, cache_write_tokens=10, cache_write_1h_tokens=50), sonnet, NOON)
+    assert cost is not None and cost.cache_write == 10 * D("0.000006")

@@ -220,3 +220,23 @@ async def test_cancel_at_any_point_of_a_write_stops_the_writer_and_loses_nothing
         assert task.cancelled()
         await recorder.drain()
     assert len(ids(tmp_path / "usage.db")) == total
+
+
+async def test_retries_back_off_up_to_their_cap(db: aiosqlite.Connection, tmp_path: Path) -> None:
+    """While the database stays locked the writer waits longer each time, not a fixed beat."""
+    loop = asyncio.get_running_loop()
+    failures: list[float] = []
+    recorder = Recorder(db, on_write_error=lambda: failures.append(loop.time()), retry_base_s=0.02, retry_max_s=0.16)
+    task = asyncio.create_task(recorder.run())
+    locker = Locker(tmp_path / "usage.db")
+    try:
+        recorder.record(make_record(1))
+        await wait_for(lambda: len(failures) >= 6, timeout=10)
+    finally:
+        locker.release()
+        await stop(task)
+    # Each attempt costs the 50 ms busy wait plus the back-off: 20, 40, 80, 160, 160 ms. Compare
+    # sums with a wide margin rather than single gaps: the point is growth, not exact timing.
+    gaps = [b - a for a, b in zip(failures, failures[1:])]
+    early, late = gaps[0] + gaps[1], gaps[3] + gaps[4]  # ~0.16 s vs ~0.42 s; without back-off equal
+    assert late > early + 0.12, gaps

@@ -503,3 +503,12 @@ def test_junk_between_events_changes_nothing(name: str, draw: st.DataObject) -> 
         out += event + b"".join(draw.draw(st.lists(junk_event, max_size=3)))
     out += events[-1]
     assert parse(endpoint, draw.draw(splits(out))) == expected
+
+
+def test_one_hour_writes_larger_than_all_writes_are_unknown() -> None:
+    parser = parser_for("messages", False)
+    parser.feed(json.dumps({"type": "message", "model": "m", "usage": {
+        "input_tokens": 10, "output_tokens": 1, "cache_creation_input_tokens": 5,
+        "cache_creation": {"ephemeral_1h_input_tokens": 9}}}).encode())
+    usage = parser.finish()
+    assert usage.cache_write_tokens == 5 and usage.cache_write_1h_tokens is None
