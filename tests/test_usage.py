@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.usage import Usage, parser_for
+from tests.test_sse import splits
 from proxy.usage.chat import ChatParser
 from proxy.usage.messages import MessagesParser
 from proxy.usage.responses import ResponsesParser
@@ -446,17 +447,6 @@ def test_model_and_provider_are_capped() -> None:
 
 ENDPOINTS = ["chat/completions", "messages", "responses"]
 NOTHING = Usage()
-
-
-@st.composite
-def splits(draw: st.DrawFn, data: bytes) -> list[bytes]:
-    cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=12)))
-    pieces, last = [], 0
-    for cut in cuts:
-        pieces.append(data[last:cut])
-        last = cut
-    pieces.append(data[last:])
-    return pieces
 
 
 @settings(max_examples=200, deadline=None)
