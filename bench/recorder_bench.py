@@ -1,4 +1,4 @@
-"""The recorder's sustained rows/s: proxy.recorder.Recorder writing proxy.storage.open_db on a temp file, no HTTP.
+"""The recorder's sustained rows/s: proxy.store.recorder.Recorder writing proxy.store.sqlite.open_db on a temp file, no HTTP.
 
 Prints one JSON line. Also times storage.encode_record per row, the part of a write that runs in Python.
 
@@ -19,10 +19,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from proxy import records
-from proxy.recorder import Recorder
-from proxy.records import UsageRecord
-from proxy.storage import encode_record, open_db
+from proxy.store import records
+from proxy.store.recorder import Recorder
+from proxy.store.records import UsageRecord
+from proxy.store.sqlite import encode_record, open_db
 
 
 def sample_records(n: int) -> list[UsageRecord]:

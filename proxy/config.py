@@ -147,11 +147,11 @@ def _with_budgets_and_alerts(config: Config, data: dict[str, Any]) -> Config:
     budgets: tuple[Any, ...] = ()
     alerts: tuple[Any, ...] = ()
     if data.get("budgets"):
-        from proxy.budget_spec import parse_budgets
+        from proxy.budgets.spec import parse_budgets
 
         budgets = tuple(parse_budgets(data["budgets"], "budgets"))
     if data.get("alerts"):
-        from proxy.alerts import parse_channels
+        from proxy.budgets.alerts import parse_channels
 
         alerts = tuple(parse_channels(data["alerts"], "alerts"))
     return dataclasses.replace(config, budgets=budgets, alerts=alerts)

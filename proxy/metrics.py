@@ -17,10 +17,10 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from proxy import __version__
-from proxy.accounting import drifted as cost_drifted
+from proxy.pricing.accounting import drifted as cost_drifted
 from proxy.errors import error_response
 from proxy.metric_tables import CounterTable, GaugeValue, HistogramTable
-from proxy.records import BLOCKED, UsageRecord
+from proxy.store.records import BLOCKED, UsageRecord
 
 PREFIX = "openrouter_proxy_"
 OTHER = "other"

@@ -5,7 +5,7 @@
     python scripts/build_catalog.py --fixtures L2025 L2026  # tests/fixtures/models-{2025,2026}.json
 
 The snapshot keeps only what pricing and lookup need (ids, names, canonical slugs, alias targets,
-context lengths, created, pricing); `proxy.catalog.parse_models` reads it like any listing.
+context lengths, created, pricing); `proxy.pricing.catalog.parse_models` reads it like any listing.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from proxy.catalog import catalog_to_json, parse_models  # noqa: E402
+from proxy.pricing.catalog import catalog_to_json, parse_models  # noqa: E402
 
 LIVE_URL = "https://openrouter.ai/api/v1/models"
 SNAPSHOT = ROOT / "proxy" / "data" / "catalog.json"

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
-from proxy.app import RECORDER, create_app
+from proxy.server.app import RECORDER, create_app
 from proxy.config import Config
 from tests.fake_openrouter import fake_app
 

@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from proxy.accounting import Exchange, account, drifted
-from proxy.attribution import Attribution
-from proxy.catalog import parse_models
+from proxy.pricing.accounting import Exchange, account, drifted
+from proxy.server.attribution import Attribution
+from proxy.pricing.catalog import parse_models
 from proxy.usage import Usage
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)

@@ -96,7 +96,7 @@ async def test_metrics_equal_sqlite_after_mixed_traffic(proxy: Any) -> None:
 
 
 async def test_report_totals_and_free_usage(proxy: Any, capsys: Any) -> None:
-    from proxy.cli import main
+    from proxy.cli.main import main
 
     async with aiohttp.ClientSession() as session:
         for model, cost in (("openai/gpt-4o", "0.004"), ("thinkingmachines/inkling-small:free", "0"), ("thinkingmachines/inkling-small:free", "0")):
@@ -138,7 +138,7 @@ async def test_stream_cut_and_unknown_to_generation_is_estimated(start_proxy: An
 async def test_whatif_on_proxied_traffic_reproduces_the_logged_cost(proxy: Any, capsys: Any) -> None:
     import json
 
-    from proxy.cli import main
+    from proxy.cli.main import main
 
     async with aiohttp.ClientSession() as session:
         for endpoint, body in (
@@ -162,7 +162,7 @@ async def test_whatif_on_proxied_traffic_reproduces_the_logged_cost(proxy: Any, 
 async def test_cost_drift_is_logged_and_counted(proxy: Any, caplog: Any) -> None:
     import logging
 
-    caplog.set_level(logging.WARNING, logger="proxy.forward")
+    caplog.set_level(logging.WARNING, logger="proxy.server.forward")
     async with aiohttp.ClientSession() as session:
         # The catalog prices this usage at $0.00575; OpenRouter "bills" 10% more, then the same.
         await _post(session, f"{proxy.base}/chat/completions", {"model": "openai/gpt-4o", "messages": []}, **{"X-Fake-Cost": "0.006325"})
@@ -179,19 +179,19 @@ async def test_price_changes_are_kept_and_requests_priced_at_the_price_of_their_
 ) -> None:
     import json
 
-    from proxy.app import CATALOG
-    from proxy.cli import main
+    from proxy.server.app import CATALOG
+    from proxy.cli.main import main
     from tests.fake_openrouter import PRICE_CHANGES
 
     proxy = await start_proxy(make_config(catalog_refresh_s=0.1))
 
     async def catalog_price() -> str | None:
-        entry = proxy.app[CATALOG].current.get("openai/gpt-4o")
+        entry = proxy.server.app[CATALOG].current.get("openai/gpt-4o")
         return None if entry is None else str(entry.pricing.prompt)
 
     async def wait_for_prompt_price(value: str) -> None:
         for _ in range(200):
-            if await catalog_price() == value and proxy.app[CATALOG].source.startswith("http"):
+            if await catalog_price() == value and proxy.server.app[CATALOG].source.startswith("http"):
                 return
             await asyncio.sleep(0.02)
         raise AssertionError(f"catalog never showed prompt price {value}")

@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from proxy.alerts import ChannelSpec, Notifier, body_for, event_env, event_payload, parse_channels
-from proxy.budgets import AlertEvent
+from proxy.budgets.alerts import ChannelSpec, Notifier, body_for, event_env, event_payload, parse_channels
+from proxy.budgets.ledger import AlertEvent
 from proxy.errors import ConfigError
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -210,7 +210,7 @@ async def test_webhook_shapes_arrive(
 async def test_retries_with_backoff_until_the_receiver_recovers(
     aiohttp_server: ServerFactory, session: aiohttp.ClientSession, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, "proxy.alerts")
+    caplog.set_level(logging.INFO, "proxy.budgets.alerts")
     receiver = Receiver(failures=2)
     server = await aiohttp_server(receiver.app())
     url = str(server.make_url("/hook/s3cret"))

@@ -7,7 +7,7 @@ import re
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.attribution import MAX_LABEL, SESSION_HEADERS, Attributor, clean, fingerprint, presented_key
+from proxy.server.attribution import MAX_LABEL, SESSION_HEADERS, Attributor, clean, fingerprint, presented_key
 from proxy.config import KeyAlias
 
 # Built from parts so no literal that looks like a real key is committed.

@@ -14,8 +14,8 @@ import openai
 import pytest
 from aiohttp import web
 
-from proxy.alerts import parse_channels
-from proxy.budget_spec import parse_budgets
+from proxy.budgets.alerts import parse_channels
+from proxy.budgets.spec import parse_budgets
 
 KEY = "sk-or-v1-budget-" + "cd" * 20
 CHAT = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
@@ -68,7 +68,7 @@ async def test_warnings_then_block_then_restart_keeps_it_spent(
             response = await _chat(session, proxy.base)
             assert response.status == 200
             remaining.append(Decimal(response.headers["X-Spend-Budget-Remaining-USD"]))
-        with caplog.at_level(logging.WARNING, logger="proxy.forward"):
+        with caplog.at_level(logging.WARNING, logger="proxy.server.forward"):
             refused = await _chat(session, proxy.base)
         body = await refused.json()
     assert remaining == [Decimal("0.01"), Decimal("0.007"), Decimal("0.004"), Decimal("0.001")]
@@ -152,7 +152,7 @@ async def test_budgets_command_shows_spend_limit_share_and_reset(
 ) -> None:
     import json as jsonlib
 
-    from proxy.cli import main
+    from proxy.cli.main import main
 
     proxy = await start_proxy(_budget_config(make_config, receiver[0], limit="0.02"))
     async with aiohttp.ClientSession() as session:

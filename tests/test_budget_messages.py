@@ -7,9 +7,9 @@ from decimal import Decimal as D
 
 import pytest
 
-from proxy.budget_messages import alert_key, held_message, percent, projected_message, spent_message, warn_message, when
-from proxy.budget_spec import BudgetSpec
-from proxy.budgets import BudgetStatus
+from proxy.budgets.messages import alert_key, held_message, percent, projected_message, spent_message, warn_message, when
+from proxy.budgets.spec import BudgetSpec
+from proxy.budgets.ledger import BudgetStatus
 from tests.test_budget_spec import BERLIN, UTC, at, spec
 
 

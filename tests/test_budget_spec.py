@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from proxy.budget_spec import DEFAULT_WARN_AT, BudgetSpec, parse_budgets, window
+from proxy.budgets.spec import DEFAULT_WARN_AT, BudgetSpec, parse_budgets, window
 from proxy.errors import ConfigError
 
 BERLIN = ZoneInfo("Europe/Berlin")

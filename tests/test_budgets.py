@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from proxy.budgets import HELD_RETRY_AFTER_S, Budgets, Who
+from proxy.budgets.ledger import HELD_RETRY_AFTER_S, Budgets, Who
 from tests.test_budget_spec import BERLIN, UTC, at, spec
 
 

@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from proxy import calculator_cli, storage
-from proxy.calculator import (
+from proxy.cli import calculator as calculator_cli
+
+from proxy.store import sqlite as storage
+from proxy.pricing.calculator import (
     LoggedRequest,
     PriceHistory,
     Route,
@@ -26,11 +28,11 @@ from proxy.calculator import (
     summary_line,
     whatif_rows,
 )
-from proxy.calculator_cli import parse_route
-from proxy.catalog import Catalog, parse_models, pricing_fingerprint, pricing_from_json
+from proxy.cli.calculator import parse_route
+from proxy.pricing.catalog import Catalog, parse_models, pricing_fingerprint, pricing_from_json
 from proxy.errors import CliError
-from proxy.pricing import price
-from proxy.records import ABORTED, COST_CATALOG, COST_NONE, COST_REPORTED, OK, UsageRecord
+from proxy.pricing.price import price
+from proxy.store.records import ABORTED, COST_CATALOG, COST_NONE, COST_REPORTED, OK, UsageRecord
 from proxy.usage import Usage
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from proxy.catalog import (
+from proxy.pricing.catalog import (
     Catalog,
     ModelPricing,
     PriceOverride,
@@ -333,7 +333,7 @@ def test_embedded_snapshot_loads_from_an_installed_package(tmp_path: Path) -> No
     assert (target / "proxy" / "data" / "catalog.json").is_file()
     out = subprocess.run(
         [sys.executable, "-I", "-c",
-         f"import sys; sys.path.insert(0, {str(target)!r}); import proxy.catalog as c; "
+         f"import sys; sys.path.insert(0, {str(target)!r}); import proxy.pricing.catalog as c; "
          "print(c.__file__); print(len(c.load_embedded()))"],
         check=True, cwd=tmp_path, capture_output=True, text=True,
     )

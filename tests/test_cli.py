@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from proxy.recorder import Recorder
-from proxy.storage import open_db
+from proxy.store.recorder import Recorder
+from proxy.store.sqlite import open_db
 from tests.test_storage import make_record
 
 ROOT = Path(__file__).parent.parent

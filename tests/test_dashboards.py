@@ -20,7 +20,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy.metrics import Metrics, metrics_handler
-from proxy.records import BLOCKED, COST_REPORTED, OK, UsageRecord
+from proxy.store.records import BLOCKED, COST_REPORTED, OK, UsageRecord
 
 from . import stack
 

@@ -233,7 +233,7 @@ async def test_compressed_request_body_passes_through_compressed(proxy: Any, ups
 async def test_reply_broken_mid_body_on_messages_is_an_anthropic_error(proxy: Any, caplog: Any) -> None:
     import logging
 
-    caplog.set_level(logging.WARNING, logger="proxy.forward")
+    caplog.set_level(logging.WARNING, logger="proxy.server.forward")
     async with anthropic.AsyncAnthropic(base_url=str(proxy.server.make_url("/api")), auth_token=KEY, max_retries=0) as client:
         with pytest.raises(anthropic.APIStatusError) as caught:
             await client.messages.create(

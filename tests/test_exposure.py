@@ -108,7 +108,7 @@ async def test_exposed_proxy_without_proxy_keys_warns(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("raw", [{"metrics": {"token_env": "NOT_SET_ANYWHERE_X"}}])
 def test_named_token_variable_must_be_set(raw: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    from proxy.app import create_app
+    from proxy.server.app import create_app
 
     monkeypatch.delenv("NOT_SET_ANYWHERE_X", raising=False)
     with pytest.raises(ConfigError, match="^metrics.token_env: environment variable NOT_SET_ANYWHERE_X is not set"):

@@ -63,7 +63,7 @@ def test_managed_mode_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_config({"managed_key_env": "X"})
     with pytest.raises(ConfigError, match=r"^keys\[0\]\.key_sha256: expected 64 lowercase hex digits"):
         parse_config({"keys": [{"alias": "a", "key_sha256": "abc"}]})
-    from proxy.app import create_app
+    from proxy.server.app import create_app
 
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
     config = parse_config({"managed_key_env": "NOT_SET_ANYWHERE", "keys": [{"alias": "a", "key_sha256": "0" * 64}]})

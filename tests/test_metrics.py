@@ -28,7 +28,7 @@ from proxy.metrics import (
     metrics_handler,
     normalize_endpoint,
 )
-from proxy.records import BLOCKED, COST_REPORTED, OK, UsageRecord
+from proxy.store.records import BLOCKED, COST_REPORTED, OK, UsageRecord
 
 T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 

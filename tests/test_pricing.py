@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy.catalog import Catalog, ModelPricing, parse_models, pricing_from_json
-from proxy.pricing import Cost, applies, price, rates_at
+from proxy.pricing.catalog import Catalog, ModelPricing, parse_models, pricing_from_json
+from proxy.pricing.price import Cost, applies, price, rates_at
 from proxy.usage import Usage, parser_for
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -10,8 +10,8 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from proxy.recorder import Recorder, Statement
-from proxy.storage import open_db
+from proxy.store.recorder import Recorder, Statement
+from proxy.store.sqlite import open_db
 from tests.test_storage import make_record
 
 

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from proxy.errors import CliError
-from proxy.report import TOKEN_FIELDS, group_of, parse_since, render, summarise
+from proxy.cli.report import TOKEN_FIELDS, group_of, parse_since, render, summarise
 from proxy.tables import money
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)

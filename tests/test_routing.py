@@ -12,7 +12,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.routing import BadPath, client_headers, requested_model, resolve, upstream_headers
+from proxy.server.routing import BadPath, client_headers, requested_model, resolve, upstream_headers
 
 UP = "https://openrouter.ai/api/v1"
 

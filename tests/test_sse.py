@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.sse import MAX_LINE_BYTES, SseSplitter
+from proxy.usage.sse import MAX_LINE_BYTES, SseSplitter
 
 SSE_DIR = Path(__file__).parent / "fixtures" / "sse"
 FIXTURES = sorted(SSE_DIR.glob("*.txt"))

@@ -14,9 +14,9 @@ from typing import Any
 import aiosqlite
 import pytest
 
-from proxy import records
-from proxy.records import UsageRecord
-from proxy.storage import (
+from proxy.store import records
+from proxy.store.records import UsageRecord
+from proxy.store.sqlite import (
     MIGRATIONS,
     REQUEST_COLUMNS,
     connect_readonly,

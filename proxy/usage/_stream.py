@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from proxy.sse import SseSplitter
+from proxy.usage.sse import SseSplitter
 from proxy.usage import Usage
 from proxy.usage._values import part_of, text
 

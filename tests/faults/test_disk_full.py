@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from proxy.app import RECORDER
+from proxy.server.app import RECORDER
 from tests.faults.conftest import CHAT, KEY, metric_value
 
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -74,7 +74,7 @@ async def test_full_disk_holds_rows_and_writes_them_when_space_returns(
         await asyncio.sleep(0.05)
     assert errors > 0, "the full disk never made a write fail"
     assert any("event=record_write_failed" in r.getMessage() and "full" in r.getMessage() for r in caplog.records)
-    assert proxy.app[RECORDER].depth() > 0  # held, not dropped
+    assert proxy.server.app[RECORDER].depth() > 0  # held, not dropped
     filler.unlink()
     for _ in range(300):
         if len(proxy.rows()) == 30:

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from proxy.alerts import parse_channels
-from proxy.budget_spec import parse_budgets
+from proxy.budgets.alerts import parse_channels
+from proxy.budgets.spec import parse_budgets
 from tests.faults.conftest import CHAT, KEY, wait_for
 
 HEX = KEY.removeprefix("sk-or-v1-")

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from proxy.attribution import Attribution
-from proxy.catalog import Catalog
-from proxy.pricing import Cost, price
-from proxy.records import BLOCKED, COST_CATALOG, COST_NONE, COST_REPORTED, PROXY_ERROR, UsageRecord
+from proxy.server.attribution import Attribution
+from proxy.pricing.catalog import Catalog
+from proxy.pricing.price import Cost, price
+from proxy.store.records import BLOCKED, COST_CATALOG, COST_NONE, COST_REPORTED, PROXY_ERROR, UsageRecord
 from proxy.usage import Usage
 
 # Reported and catalog cost further apart than this share means our price table is stale.

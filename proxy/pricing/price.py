@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from decimal import Decimal
 
-from proxy.catalog import ModelPricing, PriceOverride
+from proxy.pricing.catalog import ModelPricing, PriceOverride
 from proxy.usage import Usage
 
 _ZERO = Decimal(0)

@@ -12,9 +12,9 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from proxy.catalog import Catalog, ModelEntry, ModelPricing, pricing_from_fingerprint
+from proxy.pricing.catalog import Catalog, ModelEntry, ModelPricing, pricing_from_fingerprint
 from proxy.errors import CliError
-from proxy.pricing import Cost, price
+from proxy.pricing.price import Cost, price
 from proxy.tables import Row, money, plain
 from proxy.usage import Usage
 

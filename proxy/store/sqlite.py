@@ -21,7 +21,7 @@ from typing import Any
 
 import aiosqlite
 
-from proxy.records import UsageRecord
+from proxy.store.records import UsageRecord
 
 REQUEST_COLUMNS = tuple(f.name for f in dataclasses.fields(UsageRecord))
 # Rows per multi-row INSERT, a power of two: 30 columns x 128 rows stays far under SQLite's

@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from proxy.budgets import Budgets
+from proxy.budgets.ledger import Budgets
 from proxy.config import load_config
 from proxy.errors import CliError
-from proxy.guard import load_spend_sync
-from proxy.storage import connect_readonly
+from proxy.server.guard import load_spend_sync
+from proxy.store.sqlite import connect_readonly
 from proxy.tables import format_table, money
 
 

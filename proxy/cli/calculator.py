@@ -12,7 +12,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-from proxy.calculator import (
+from proxy.pricing.calculator import (
     PriceHistory,
     Route,
     estimate_rows,
@@ -23,9 +23,9 @@ from proxy.calculator import (
     summary_line,
     whatif_rows,
 )
-from proxy.catalog import Catalog, load_embedded, parse_models
+from proxy.pricing.catalog import Catalog, load_embedded, parse_models
 from proxy.errors import CliError
-from proxy.report import parse_since
+from proxy.cli.report import parse_since
 from proxy.tables import Row, render
 
 DEFAULT_DB = "openrouter-spend.db"

@@ -18,8 +18,8 @@ from typing import Any
 
 import aiosqlite
 
-from proxy.records import UsageRecord
-from proxy.storage import insert_requests, rollback
+from proxy.store.records import UsageRecord
+from proxy.store.sqlite import insert_requests, rollback
 
 log = logging.getLogger(__name__)
 

@@ -20,18 +20,18 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from proxy import __version__
-from proxy.alerts import Notifier
-from proxy.attribution import Attributor
-from proxy.budgets import Budgets
+from proxy.budgets.alerts import Notifier
+from proxy.server.attribution import Attributor
+from proxy.budgets.ledger import Budgets
 from proxy.config import Config
 from proxy.errors import ConfigError
-from proxy.forward import Forwarder
-from proxy.generation import Backfill
-from proxy.guard import BudgetGuard, load_spend, publish_loop
+from proxy.server.forward import Forwarder
+from proxy.pricing.generation import Backfill
+from proxy.server.guard import BudgetGuard, load_spend, publish_loop
 from proxy.metrics import Metrics, metrics_handler
-from proxy.recorder import Recorder
-from proxy.refresh import CatalogHolder, initial_catalog, record_prices, refresh_loop
-from proxy.storage import open_db, salt
+from proxy.store.recorder import Recorder
+from proxy.pricing.refresh import CatalogHolder, initial_catalog, record_prices, refresh_loop
+from proxy.store.sqlite import open_db, salt
 
 log = logging.getLogger(__name__)
 

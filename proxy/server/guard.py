@@ -16,13 +16,13 @@ from typing import Any
 
 import aiosqlite
 
-from proxy.alerts import Notifier
-from proxy.attribution import Attribution
-from proxy.budget_spec import BudgetSpec, window
-from proxy.budgets import AlertEvent, Budgets, Decision, Reservation, SpendRow, Who
+from proxy.budgets.alerts import Notifier
+from proxy.server.attribution import Attribution
+from proxy.budgets.spec import BudgetSpec, window
+from proxy.budgets.ledger import AlertEvent, Budgets, Decision, Reservation, SpendRow, Who
 from proxy.metrics import Metrics
-from proxy.recorder import Recorder, Statement
-from proxy.storage import encode_time
+from proxy.store.recorder import Recorder, Statement
+from proxy.store.sqlite import encode_time
 
 log = logging.getLogger(__name__)
 

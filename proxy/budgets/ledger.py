@@ -23,8 +23,8 @@ from itertools import count
 from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from proxy.budget_messages import AlertKey, alert_key, held_message, projected_message, spent_message, warn_message
-from proxy.budget_spec import BudgetSpec, as_utc, window
+from proxy.budgets.messages import AlertKey, alert_key, held_message, projected_message, spent_message, warn_message
+from proxy.budgets.spec import BudgetSpec, as_utc, window
 
 KINDS = ("warn", "spent", "projected")
 DEFAULT_RESERVE_USD = Decimal("0.05")

@@ -10,11 +10,11 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from proxy.budget_spec import BudgetSpec, as_utc
+from proxy.budgets.spec import BudgetSpec, as_utc
 from proxy.tables import money
 
 if TYPE_CHECKING:
-    from proxy.budgets import BudgetStatus
+    from proxy.budgets.ledger import BudgetStatus
 
 # (budget name, scope value, window start as UTC ISO-8601, kind, threshold) - the alerts table's key.
 AlertKey = tuple[str, str, str, str, str]

@@ -56,7 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--free-daily-limit", type=int, default=50, help="OpenRouter's :free limit per day (1000 once you bought credits)")
     report.set_defaults(func=_report)
 
-    from proxy import budgets_cli, calculator_cli
+    from proxy.cli import budgets as budgets_cli
+
+    from proxy.cli import calculator as calculator_cli
 
     calculator_cli.add_commands(commands)  # type: ignore[arg-type]
     budgets_cli.add_commands(commands)
@@ -77,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    from proxy.app import create_app
+    from proxy.server.app import create_app
     from proxy.config import load_config
 
     overrides = {"host": args.host, "port": args.port, "upstream": args.upstream, "db": args.db}
@@ -119,7 +121,7 @@ def _check_catalog_file(config: Config) -> None:
     """A saved listing named in the config must load, or `serve` would die at start-up."""
     if config.catalog_file is None:
         return
-    from proxy.refresh import initial_catalog
+    from proxy.pricing.refresh import initial_catalog
 
     try:
         initial_catalog(config.catalog_file)
@@ -130,7 +132,7 @@ def _check_catalog_file(config: Config) -> None:
 
 
 def _prepare_db(config: Config) -> None:
-    from proxy.storage import prepare
+    from proxy.store.sqlite import prepare
 
     try:
         prepare(config.db)
@@ -151,7 +153,7 @@ async def _settle_heap(app: object) -> None:
 
 
 def _warn_if_exposed(config: Config) -> None:
-    from proxy.app import _is_loopback
+    from proxy.server.app import _is_loopback
 
     host = config.host
     # Only managed-key mode checks who is calling; key aliases are names, not protection.
@@ -173,8 +175,8 @@ def _check_config(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from proxy.report import free_usage, parse_since, render, summarise
-    from proxy.storage import connect_readonly, read_requests
+    from proxy.cli.report import free_usage, parse_since, render, summarise
+    from proxy.store.sqlite import connect_readonly, read_requests
 
     try:
         tz = ZoneInfo(args.tz)

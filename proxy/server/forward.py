@@ -21,18 +21,18 @@ from aiohttp import web
 from aiohttp.payload import BytesPayload
 from multidict import CIMultiDict
 
-from proxy import records
-from proxy.accounting import Exchange, account, estimate
-from proxy.attribution import Attribution, Attributor, presented_key
-from proxy.budgets import Decision
-from proxy.catalog import Catalog
+from proxy.store import records
+from proxy.pricing.accounting import Exchange, account, estimate
+from proxy.server.attribution import Attribution, Attributor, presented_key
+from proxy.budgets.ledger import Decision
+from proxy.pricing.catalog import Catalog
 from proxy.config import Config
 from proxy.errors import error_response
-from proxy.generation import Backfill, needs_backfill
-from proxy.guard import BudgetGuard, retry_after
+from proxy.pricing.generation import Backfill, needs_backfill
+from proxy.server.guard import BudgetGuard, retry_after
 from proxy.metrics import Metrics
-from proxy.recorder import Recorder
-from proxy.routing import BadPath, Route, client_headers, requested_model, resolve, upstream_headers
+from proxy.store.recorder import Recorder
+from proxy.server.routing import BadPath, Route, client_headers, requested_model, resolve, upstream_headers
 from proxy.usage import BILLED_ENDPOINTS, Usage, UsageParser, parser_for
 
 log = logging.getLogger(__name__)

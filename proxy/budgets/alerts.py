@@ -15,7 +15,7 @@ from typing import Any
 
 import aiohttp
 
-from proxy.budgets import KINDS, AlertEvent
+from proxy.budgets.ledger import KINDS, AlertEvent
 from proxy.errors import ConfigError, shown
 
 log = logging.getLogger(__name__)

@@ -18,10 +18,10 @@ from typing import Any
 
 import aiohttp
 
-from proxy import records
-from proxy.budgets import Reservation
-from proxy.recorder import Recorder, Statement
-from proxy.records import UsageRecord
+from proxy.store import records
+from proxy.budgets.ledger import Reservation
+from proxy.store.recorder import Recorder, Statement
+from proxy.store.records import UsageRecord
 from proxy.usage._values import count, mapping, money
 
 log = logging.getLogger(__name__)

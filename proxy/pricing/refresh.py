@@ -15,10 +15,10 @@ from pathlib import Path
 
 import aiohttp
 
-from proxy.catalog import Catalog, load_embedded, parse_models, pricing_fingerprint
+from proxy.pricing.catalog import Catalog, load_embedded, parse_models, pricing_fingerprint
 from proxy.metrics import Metrics
-from proxy.recorder import Recorder, Statement
-from proxy.storage import encode_time
+from proxy.store.recorder import Recorder, Statement
+from proxy.store.sqlite import encode_time
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from urllib.parse import unquote
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.attribution import clean
+from proxy.server.attribution import clean
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus those the HTTP client or server sets itself.
 _REQUEST_DROP = frozenset(
