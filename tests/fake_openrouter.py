@@ -12,7 +12,12 @@ Each request may carry `X-Fake` with comma-separated behaviours, so one server s
   late-generation                  GET /generation answers 404 twice before it knows the request
   short-body                       (/messages) a JSON reply cut after 10 bytes of its Content-Length
   absurd-usage                     usage with negative, null, huge and non-numeric counts and cost
-and `X-Fake-Chunks` / `X-Fake-Delay-Ms` shape a stream, `X-Fake-Gap-Ms` pauses once after the
+GET /key answers for keys in KEYS (401 otherwise, like OpenRouter for an unknown or revoked key)
+with the spend LEDGER holds for that key per UTC day, week (from Monday) and month; GET /activity
+answers management keys in MANAGEMENT_KEYS with the ledger per completed UTC day x model x provider
+(today too when ACTIVITY_TODAY is set, so a test need not wait for midnight). Every request a model
+endpoint answers is billed to the ledger under the key it presented, like OpenRouter's books.
+And `X-Fake-Chunks` / `X-Fake-Delay-Ms` shape a stream, `X-Fake-Gap-Ms` pauses once after the
 second event, and `X-Fake-Pad` pads each content delta to that many bytes. Flags in the app's
 FAULTS set apply to every request, the proxy's own /models refresh included (`garbage` makes
 /models return truncated JSON). A body that is not JSON gets OpenRouter's 400. DISCONNECTS lists
@@ -26,6 +31,7 @@ import asyncio
 import gzip
 import json
 import uuid
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -51,6 +57,11 @@ FAULTS: web.AppKey[set[str]] = web.AppKey("faults", set)
 DISCONNECTS: web.AppKey[list[str]] = web.AppKey("disconnects", list)
 # model id -> pricing keys to change in the /models listing: a test's way to make prices move.
 PRICE_CHANGES: web.AppKey[dict[str, dict[str, str]]] = web.AppKey("price_changes", dict)
+# OpenRouter's books: one entry per billed request (key, when, model, cost, byok cost).
+LEDGER: web.AppKey[list[dict[str, Any]]] = web.AppKey("ledger", list)
+KEYS: web.AppKey[set[str]] = web.AppKey("keys", set)
+MANAGEMENT_KEYS: web.AppKey[set[str]] = web.AppKey("management_keys", set)
+ACTIVITY_TODAY: web.AppKey[list[bool]] = web.AppKey("activity_today", list)
 
 
 def fake_cost(model: str, prompt: int = PROMPT_TOKENS, cached: int = CACHED_TOKENS, completion: int = COMPLETION_TOKENS) -> Decimal:
@@ -145,6 +156,68 @@ def _remember(request: web.Request, gen_id: str, model: str) -> None:
     }
 
 
+def _bill(request: web.Request, model: str) -> None:
+    key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or request.headers.get("x-api-key", "")
+    request.app[LEDGER].append(
+        {"key": key, "at": datetime.now(UTC), "model": model, "cost": Decimal(str(_reported_cost(request, model))), "byok": Decimal(0)}
+    )
+
+
+def _bearer(request: web.Request) -> str:
+    return request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+
+
+def _unauthorized() -> web.Response:
+    return web.json_response({"error": {"code": 401, "message": "User not found."}}, status=401)
+
+
+async def key_info(request: web.Request) -> web.Response:
+    """GET /key: the presented key's spend per UTC window, from the ledger."""
+    key = _bearer(request)
+    if key not in request.app[KEYS] and key not in request.app[MANAGEMENT_KEYS]:
+        return _unauthorized()
+    now = datetime.now(UTC)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    starts = {"daily": day, "weekly": day - timedelta(days=day.weekday()), "monthly": day.replace(day=1)}
+    mine = [e for e in request.app[LEDGER] if e["key"] == key]
+    data: dict[str, Any] = {"label": key[:8] + "...", "limit": None, "is_free_tier": False,
+                            "is_management_key": key in request.app[MANAGEMENT_KEYS],
+                            "usage": float(sum((e["cost"] for e in mine), Decimal(0))),
+                            "byok_usage": float(sum((e["byok"] for e in mine), Decimal(0)))}
+    for name, start in starts.items():
+        data[f"usage_{name}"] = float(sum((e["cost"] for e in mine if e["at"] >= start), Decimal(0)))
+        data[f"byok_usage_{name}"] = float(sum((e["byok"] for e in mine if e["at"] >= start), Decimal(0)))
+    return web.json_response({"data": data})
+
+
+async def activity(request: web.Request) -> web.Response:
+    """GET /activity (management key): the account's completed UTC days x model x provider."""
+    key = _bearer(request)
+    if key not in request.app[MANAGEMENT_KEYS]:
+        if key in request.app[KEYS]:
+            return web.json_response({"error": {"code": 403, "message": "Only management keys can fetch activity"}}, status=403)
+        return _unauthorized()
+    today = datetime.now(UTC).date()
+    cells: dict[tuple[str, str], dict[str, Any]] = {}
+    for e in request.app[LEDGER]:
+        day = e["at"].date()
+        if day >= today and not request.app[ACTIVITY_TODAY] or day < today - timedelta(days=30):
+            continue
+        cell = cells.setdefault((day.isoformat(), e["model"]), {
+            "date": day.isoformat(), "model": e["model"], "model_permaslug": e["model"] + "-20260101",
+            "endpoint_id": str(uuid.uuid5(uuid.NAMESPACE_URL, e["model"])), "provider_name": "FakeProvider",
+            "usage": Decimal(0), "byok_usage_inference": Decimal(0), "requests": 0,
+            "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0})
+        cell["usage"] += e["cost"]
+        cell["byok_usage_inference"] += e["byok"]
+        cell["requests"] += 1
+        cell["prompt_tokens"] += PROMPT_TOKENS
+        cell["completion_tokens"] += COMPLETION_TOKENS
+        cell["reasoning_tokens"] += REASONING_TOKENS
+    items = [{**c, "usage": float(c["usage"]), "byok_usage_inference": float(c["byok_usage_inference"])} for c in cells.values()]
+    return web.json_response({"data": sorted(items, key=lambda c: (c["date"], c["model"]))})
+
+
 async def _sse(request: web.Request, events: list[bytes], flags: set[str], gen_id: str) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Generation-Id": gen_id})
     await response.prepare(request)
@@ -183,6 +256,7 @@ async def _begin(request: web.Request, default_model: str) -> web.StreamResponse
     model = str(data.get("model") or default_model)
     gen_id = f"gen-{uuid.uuid4().hex[:20]}"
     _remember(request, gen_id, model)
+    _bill(request, model)
     return flags, data, model, gen_id
 
 
@@ -375,6 +449,10 @@ def fake_app() -> web.Application:
     app[FAULTS] = set()
     app[DISCONNECTS] = []
     app[PRICE_CHANGES] = {}
+    app[LEDGER] = []
+    app[KEYS] = set()
+    app[MANAGEMENT_KEYS] = set()
+    app[ACTIVITY_TODAY] = []
     app.router.add_post("/api/v1/chat/completions", chat)
     app.router.add_post("/api/v1/completions", chat)
     app.router.add_post("/api/v1/messages", messages)
@@ -382,6 +460,8 @@ def fake_app() -> web.Application:
     app.router.add_post("/api/v1/embeddings", embeddings)
     app.router.add_get("/api/v1/models", models)
     app.router.add_get("/api/v1/generation", generation)
+    app.router.add_get("/api/v1/key", key_info)
+    app.router.add_get("/api/v1/activity", activity)
     app.router.add_route("*", "/api/v1/{tail:.*}", echo)
     return app
 

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     calculator_cli.add_commands(commands)  # type: ignore[arg-type]
     budgets_cli.add_commands(commands)
+    from proxy.cli import reconcile as reconcile_cli
+    reconcile_cli.add_commands(commands)
     return parser
 
 

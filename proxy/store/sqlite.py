@@ -132,6 +132,30 @@ def _m005_cache_write_1h(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE requests ADD COLUMN cache_write_1h_tokens INTEGER")
 
 
+def _m006_imported_activity(db: sqlite3.Connection) -> None:
+    # OpenRouter's own per-day figures (`import-activity`), so a new install shows the last 30 days.
+    # One row per UTC day x model x provider endpoint, as /activity lists them; money as decimal text.
+    db.execute(
+        """
+        CREATE TABLE imported_activity (
+            date TEXT NOT NULL,
+            model TEXT NOT NULL,
+            endpoint_id TEXT NOT NULL,
+            model_permaslug TEXT,
+            provider TEXT,
+            usage_usd TEXT NOT NULL,
+            byok_usage_usd TEXT NOT NULL,
+            requests INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            reasoning_tokens INTEGER NOT NULL,
+            imported_at TEXT NOT NULL,
+            PRIMARY KEY (date, model, endpoint_id)
+        )
+        """
+    )
+
+
 # Append only: a migration that has run on someone's database is never edited.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m001_requests,
@@ -139,6 +163,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m003_alerts,
     _m004_meta,
     _m005_cache_write_1h,
+    _m006_imported_activity,
 )
 
 
