@@ -48,6 +48,15 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReconcileConfig:
+    """`serve`'s periodic comparison of GET /key with the log; None minutes means off."""
+
+    interval_minutes: float | None = None
+    # The key to check; default the managed key in managed mode, else OPENROUTER_API_KEY.
+    key_env: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = 8787
@@ -71,6 +80,7 @@ class Config:
     budgets: tuple[Any, ...] = ()
     alerts: tuple[Any, ...] = ()
     log_level: str = "info"
+    reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
     # Waits before each GET /generation for a stream cut before its usage (not a YAML key:
     # OpenRouter's lag sets them; tests shorten them).
     backfill_delays_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -117,6 +127,7 @@ def parse_config(raw: Any) -> Config:
         keys=_keys(data.get("keys", [])),
         managed_key_env=_string(data["managed_key_env"], "managed_key_env") if data.get("managed_key_env") is not None else None,
         log_level=_choice(data.get("log_level", "info"), "log_level", ("debug", "info", "warning", "error")),
+        reconcile=_reconcile(data.get("reconcile", {})),
     )
     if config.managed_key_env and not any(k.key_env or k.key_sha256 for k in config.keys):
         raise ConfigError("managed_key_env: managed-key mode needs proxy keys under `keys:` (key_env or key_sha256)")
@@ -140,6 +151,7 @@ _TOP_KEYS = {
     "budgets",
     "alerts",
     "log_level",
+    "reconcile",
 }
 
 
@@ -277,3 +289,12 @@ def _keys(raw: Any) -> tuple[KeyAlias, ...]:
             )
         )
     return tuple(keys)
+
+
+def _reconcile(raw: Any) -> ReconcileConfig:
+    data = _section(raw, "reconcile", {"interval_minutes", "key_env"})
+    minutes = data.get("interval_minutes")
+    return ReconcileConfig(
+        interval_minutes=_number(minutes, "reconcile.interval_minutes", positive=True) if minutes is not None else None,
+        key_env=_string(data["key_env"], "reconcile.key_env") if data.get("key_env") is not None else None,
+    )

@@ -222,6 +222,7 @@ class Metrics:
             (self.cost_drift, 0), (self.cost_drift_usd, 0), (self.free_requests, 0),
         ]
         self._budget_scopes: dict[str, OrderedDict[str, None]] = {}
+        self._init_reconcile(gauge, counter)
 
     # -- per request ---------------------------------------------------------------------------
 
@@ -405,6 +406,36 @@ class Metrics:
 
     def set_free_daily_limit(self, n: int) -> None:
         self.free_daily_limit.set(n)
+
+    # -- reconcile (serve's periodic GET /key comparison) ---------------------------------------
+
+    def _init_reconcile(self, gauge: Callable[..., Gauge], counter: Callable[..., Counter]) -> None:
+        windows = ("window",)
+        self.reconcile_gap = gauge(
+            "reconcile_gap_usd", "OpenRouter's spend for the proxy's key minus what the log recorded, per UTC "
+            "window (day, week, month; byok_* for BYOK provider charges); positive means spend the proxy did not see.",
+            windows,
+        )
+        self.reconcile_openrouter = gauge(
+            "reconcile_openrouter_usd", "OpenRouter's own figure for the key's spend per UTC window (GET /key).", windows
+        )
+        self.reconcile_success = gauge(
+            "reconcile_last_success_timestamp_seconds", "Unix time the last comparison with GET /key succeeded."
+        )
+        self.reconcile_failures = counter("reconcile_failures", "Comparisons with GET /key that failed.")
+
+    def set_reconcile(self, lines: Any, when: float) -> None:
+        """Lines from pricing.reconcile.compare_key; those not compared (gap None) are left out."""
+        for line in lines:
+            if line.gap is None:
+                continue
+            window = line.what.replace(" ", "_")
+            self.reconcile_gap.labels(window).set(_f(line.gap))
+            self.reconcile_openrouter.labels(window).set(_f(line.openrouter))
+        self.reconcile_success.set(when)
+
+    def reconcile_failed(self) -> None:
+        self.reconcile_failures.inc()
 
 
 def metrics_handler(registry: CollectorRegistry, token: str | None) -> Callable[[web.Request], Any]:

@@ -213,3 +213,65 @@ async def test_errors_are_one_line_exit_2_and_write_nothing(start_proxy: Any, bo
     code, _, err = await run_cli("import-activity", "--db", str(fresh), "--upstream", str(books.make_url("/api/v1")),
                                  "--management-key-env", "TEST_MGMT_KEY", env={"TEST_MGMT_KEY": revoked})
     assert code == 2 and "TEST_MGMT_KEY" in err and "401" in err and not fresh.exists()
+
+
+# -- serve's periodic comparison -------------------------------------------------------------------
+
+
+def _gauge(text: str, window: str) -> float:
+    prefix = f'openrouter_proxy_reconcile_gap_usd{{window="{window}"}} '
+    (line,) = [x for x in text.splitlines() if x.startswith(prefix)]
+    return float(line[len(prefix):])
+
+
+async def test_serve_exports_the_gap_as_a_gauge(start_proxy: Any, books: Any, make_config: Any,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.config import ReconcileConfig
+    from proxy.server.app import RECONCILER
+
+    monkeypatch.setenv("OPENROUTER_API_KEY", KEY)
+    proxy = await start_proxy(make_config(reconcile=ReconcileConfig(interval_minutes=60)))
+    await chat_through(proxy, n=2)
+    lines = await proxy.app[RECONCILER].check()  # the loop's own step, run now instead of in an hour
+    assert lines is not None and all(x.within for x in lines)
+    text = await proxy.metrics_text()
+    assert _gauge(text, "day") == pytest.approx(0, abs=1e-9) and _gauge(text, "month") == pytest.approx(0, abs=1e-9)
+    assert "byok_day" not in text  # not recorded apart yet, so not exported as a gap
+
+    await chat_around(books)
+    await proxy.app[RECONCILER].check()
+    text = await proxy.metrics_text()
+    assert _gauge(text, "day") == pytest.approx(float(books.app[LEDGER][-1]["cost"]))
+    assert "openrouter_proxy_reconcile_failures_total 0.0" in text
+
+
+async def test_serve_survives_a_refused_key_and_counts_the_failure(start_proxy: Any, books: Any, make_config: Any,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from proxy.config import ReconcileConfig
+    from proxy.server.app import RECONCILER
+
+    monkeypatch.setenv("TEST_RECONCILE_KEY", "-".join(("sk", "or", "v1", "gone")) + "4" * 40)
+    proxy = await start_proxy(make_config(reconcile=ReconcileConfig(interval_minutes=60, key_env="TEST_RECONCILE_KEY")))
+    assert await proxy.app[RECONCILER].check() is None
+    text = await proxy.metrics_text()
+    (failures,) = [x for x in text.splitlines() if x.startswith("openrouter_proxy_reconcile_failures_total ")]
+    assert float(failures.split()[1]) >= 1  # this check (the start-up one may still be under way)
+    assert 'reconcile_gap_usd{' not in text
+
+
+def test_reconcile_config_errors_are_one_line(monkeypatch: pytest.MonkeyPatch, make_config: Any) -> None:
+    from proxy.config import ReconcileConfig, parse_config
+    from proxy.errors import ConfigError
+    from proxy.server.app import create_app
+
+    assert parse_config({}).reconcile == ReconcileConfig()
+    assert parse_config({"reconcile": {"interval_minutes": 15, "key_env": "K"}}).reconcile == ReconcileConfig(15, "K")
+    for raw, message in [({"interval_minutes": "often"}, "reconcile.interval_minutes: expected a number, got 'often'"),
+                         ({"interval_minutes": 0}, "reconcile.interval_minutes: expected a positive number, got 0"),
+                         ({"every": 5}, "reconcile.every: unknown key (known: interval_minutes, key_env)")]:
+        with pytest.raises(ConfigError) as caught:
+            parse_config({"reconcile": raw})
+        assert str(caught.value) == message
+    monkeypatch.delenv("OPENROUTER_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match="^reconcile.key_env: environment variable OPENROUTER_API_KEY is not set$"):
+        create_app(make_config(reconcile=ReconcileConfig(interval_minutes=5)))

@@ -21,11 +21,12 @@ from prometheus_client import CollectorRegistry
 
 from proxy import __version__
 from proxy.budgets.alerts import Notifier
-from proxy.server.attribution import Attributor
+from proxy.server.attribution import Attributor, fingerprint
 from proxy.budgets.ledger import Budgets
 from proxy.config import Config
 from proxy.errors import ConfigError
 from proxy.server.forward import Forwarder
+from proxy.pricing.books import Reconciler
 from proxy.pricing.generation import Backfill
 from proxy.server.guard import BudgetGuard, load_spend, publish_loop
 from proxy.metrics import Metrics, metrics_handler
@@ -45,6 +46,7 @@ FORWARDER = web.AppKey("forwarder", Forwarder)
 GUARD = web.AppKey("guard", BudgetGuard)
 BACKFILL = web.AppKey("backfill", Backfill)
 MANAGED_KEY = web.AppKey("managed_key", str)
+RECONCILER = web.AppKey("reconciler", Reconciler)
 
 
 def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
@@ -62,6 +64,8 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     )
     app[METRICS].set_free_daily_limit(config.free_daily_limit)
     app.cleanup_ctx.extend([_database, _recorder, _http_session, _catalog, _budgets, _backfill, _forwarder])
+    if config.reconcile.interval_minutes:
+        app.cleanup_ctx.append(_reconcile(config, managed_key, config.reconcile.interval_minutes * 60))
     if config.metrics.enabled and config.metrics.port is None:
         app.router.add_get("/metrics", metrics_handler(registry, metrics_token))
     elif config.metrics.enabled:
@@ -228,6 +232,36 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
         managed_key=app[MANAGED_KEY] or None,
     )
     yield
+
+
+def _reconcile(config: Config, managed_key: str | None, interval_s: float):  # type: ignore[no-untyped-def]
+    """Compares GET /key with the log every `reconcile.interval_minutes`; the key is read here, at
+    create_app, so a missing variable is a one-line config error before the port opens."""
+    key_env = config.reconcile.key_env or (config.managed_key_env if managed_key else "OPENROUTER_API_KEY")
+    assert key_env is not None
+    key = os.environ.get(key_env, "").strip()
+    if not key:
+        raise ConfigError(f"reconcile.key_env: environment variable {key_env} is not set")
+    # In managed mode every forwarded request went out on the managed key, whatever proxy key
+    # the client showed, so all rows count for it; otherwise only the rows of this key's fingerprint.
+    every_row = managed_key is not None and key == managed_key
+
+    def of_key(salt_: bytes) -> str:
+        return fingerprint(key, salt_)
+
+    async def reconcile(app: web.Application) -> AsyncIterator[None]:
+        metrics = app[METRICS]
+        reconciler = Reconciler(
+            app[SESSION], config.upstream, key, key_env, config.db, None if every_row else of_key,
+            metrics.set_reconcile, metrics.reconcile_failed,
+        )
+        app[RECONCILER] = reconciler
+        task = asyncio.create_task(reconciler.run(interval_s), name="reconcile")
+        yield
+        task.cancel()
+        await asyncio.wait([task])
+
+    return reconcile
 
 
 def _metrics_site(registry: CollectorRegistry, token: str | None):  # type: ignore[no-untyped-def]
