@@ -304,6 +304,12 @@ def panels() -> list[dict[str, Any]]:
                thresholds=_steps(("red", 1)), decimals=0), 4, 4)
     L.add(stat("Records waiting to be written", "Usage records queued for the SQLite writer right now.", "short",
                "sum(openrouter_proxy_recorder_queue_depth)"), 4, 4)
+    L.add(timeseries("Gap to OpenRouter's books", "OpenRouter's own spend for the proxy's key (GET /key) minus "
+                     "what the log recorded, per UTC window; needs reconcile.interval_minutes. Above $0: spend the "
+                     "proxy did not see (traffic around it, lost rows); below: our own prices drifting. "
+                     "`openrouter-spend reconcile` explains each line.", "currencyUSD",
+                     [('max by (window) (openrouter_proxy_reconcile_gap_usd{window=~"day|week|month"})', "{{window}}")]),
+          12, 8)
     return L.panels
 
 

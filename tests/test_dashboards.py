@@ -309,7 +309,7 @@ def test_promtool_check_config_and_rules(tmp_path: Path) -> None:
     (tmp_path / "prometheus.yml").write_text(text.replace("/run/secrets/metrics_token", str(tmp_path / "token")))
     shutil.copy(RULES, tmp_path / "alerts.rules.yml")
     assert "SUCCESS" in _run(promtool, "check", "config", str(tmp_path / "prometheus.yml"))
-    assert "SUCCESS: 8 rules found" in _run(promtool, "check", "rules", str(RULES))
+    assert "SUCCESS: 9 rules found" in _run(promtool, "check", "rules", str(RULES))
 
 
 def test_promtool_test_rules() -> None:
@@ -371,7 +371,18 @@ def populated_metrics(reg: CollectorRegistry) -> Metrics:
     m.set_budget_warn_ratio("daily", 0.5)
     m.set_budget("daily", "total", Decimal("1.20"), Decimal("5"), T0.timestamp() + 86400, Decimal("2.5"))
     traffic(m, 0)
+    _reconcile_gauges(m)
     return m
+
+
+def _reconcile_gauges(m: Metrics) -> None:
+    """What serve's periodic GET /key comparison exports: $0.25 today that the log never saw."""
+    from proxy.pricing.reconcile import compare_key, parse_key
+    from proxy.store.activity import Recorded
+
+    key = parse_key({"data": {"usage_daily": 1.25, "usage_weekly": 3, "usage_monthly": 9}})
+    ours = {w: Recorded(Decimal(v), None, 10, 0) for w, v in (("day", "1"), ("week", "2.75"), ("month", "8.75"))}
+    m.set_reconcile(compare_key(key, ours, Decimal("0.01")), datetime.now(timezone.utc).timestamp())
 
 
 async def _metrics_server(aiohttp_server: Any, reg: CollectorRegistry, token: str) -> str:

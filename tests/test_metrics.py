@@ -144,6 +144,9 @@ CONTRACT = {
     "budget_window_end_timestamp_seconds": "gauge", "budget_projected_usd": "gauge",
     "budget_warn_ratio": "gauge", "budget_blocked": "counter", "build_info": "gauge",
 }
+# serve's periodic comparison with OpenRouter's GET /key (reconcile.interval_minutes)
+CONTRACT.update({"reconcile_gap_usd": "gauge", "reconcile_openrouter_usd": "gauge",
+                 "reconcile_last_success_timestamp_seconds": "gauge", "reconcile_failures": "counter"})
 
 
 def test_metric_names_are_the_documented_contract(reg: CollectorRegistry) -> None:
