@@ -110,6 +110,14 @@ def test_activity_days_reach_the_last_day_openrouter_reports() -> None:
     since, yesterday = datetime(2026, 11, 25, 8, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC)
     assert activity_days([], since, yesterday) == ("2026-11-25", "2026-12-01")
     assert activity_days([_activity("2026-12-02", "m", "1", 1)], since, yesterday) == ("2026-11-25", "2026-12-02")
+    # --since 90d: OpenRouter keeps 30 days, so older days of the log have nothing to match.
+    assert activity_days([], datetime(2026, 9, 1, tzinfo=UTC), yesterday) == ("2026-11-02", "2026-12-01")
+
+
+def test_free_requests_that_bypass_the_proxy_show_in_the_counts() -> None:
+    line = compare("activity", "2026-12-01 m:free", D(0), D(0), D("0.01"), recorded=Recorded(D(0), None, 2, 0),
+                   openrouter_requests=5)
+    assert line.within and line.meaning == "dollars match; request counts differ (5 at OpenRouter, 2 here)"
 
 
 def _db(tmp_path: Path, *, upstream_column: bool) -> sqlite3.Connection:
@@ -163,3 +171,17 @@ def test_recorded_by_day_model_uses_every_key_and_skips_requests_that_never_reac
     _row(db, "d", "2026-12-02T00:00:01.000000Z", "0.30", model="a/b")  # after the last day
     assert recorded_by_day_model(db, "2026-11-30", "2026-12-01") == {
         ("2026-11-30", "a/b"): Recorded(D("0.10"), None, 1, 0), ("2026-12-01", "a/b"): Recorded(D("0.20"), None, 1, 0)}
+
+
+def test_a_database_serve_never_salted_has_no_rows_of_any_key(tmp_path: Path) -> None:
+    from proxy.pricing.books import key_lines
+
+    db = _db(tmp_path, upstream_column=False)
+    _row(db, "a", "2026-12-02T01:00:00.000000Z", "0.10")
+    db.close()
+    key = parse_key({"data": {"usage_daily": 0.1, "usage_weekly": 0.1, "usage_monthly": 0.1}})
+    now = datetime(2026, 12, 2, 8, tzinfo=UTC)
+    lines = key_lines(tmp_path / "r.db", key, lambda salt: "f1", now, D("0.01"))
+    assert [x.ours for x in lines[:3]] == [D(0)] * 3 and "no rows here" in lines[0].meaning
+    # Every row (managed-key mode) needs no fingerprint.
+    assert all(x.within for x in key_lines(tmp_path / "r.db", key, None, now, D("0.01")))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import json
 import os
 import sqlite3
@@ -100,7 +99,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
     try:
         if key_usage is not None:
             assert key is not None
-            by_key = None if every_row else functools.partial(_fingerprint_of, fingerprint, key)
+            by_key = None if every_row else (lambda salt: fingerprint(key, salt))
             lines += books.key_lines(db_path, key_usage, by_key, now, tolerance)
         if activity is not None:
             yesterday = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
@@ -115,10 +114,6 @@ def run_reconcile(args: argparse.Namespace) -> int:
         raise CliError(f"--db: {db_path}: {exc}") from None
     print(_render(lines, args.format, tolerance))
     return 0 if all(line.within for line in lines) else 1
-
-
-def _fingerprint_of(fingerprint: Callable[[str, bytes], str], key: str, salt: bytes) -> str:
-    return fingerprint(key, salt)
 
 
 def _key_to_check(args: argparse.Namespace, config: Config) -> tuple[str | None, str, bool]:

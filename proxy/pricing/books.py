@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 
 from proxy.pricing.reconcile import KeyUsage, Line, compare_key, parse_activity, parse_key, window_starts
-from proxy.store.activity import ActivityRow, recorded_by_window, stored_salt
+from proxy.store.activity import ActivityRow, Recorded, recorded_by_window, stored_salt
 from proxy.store.sqlite import connect_readonly
 
 log = logging.getLogger(__name__)
@@ -65,15 +65,16 @@ async def fetch_activity(session: aiohttp.ClientSession, upstream: str, key: str
 def key_lines(db_path: Path, key: KeyUsage, fingerprint: Callable[[bytes], str] | None, now: datetime,
               tolerance: Decimal) -> list[Line]:
     """Compare `/key` with the rows of that key (by its salted fingerprint; None: every row)."""
+    starts = window_starts(now)
     db = connect_readonly(db_path)
     try:
         salt = stored_salt(db)
         if fingerprint is not None and salt is None:
-            # `serve` never ran here, so no row can carry this key: compare with nothing.
-            wanted: str | None = "\x00no-salt"
+            # `serve` never ran on this database, so no row can carry this key's fingerprint.
+            byok = recorded_by_window(db, starts, None)["day"].byok
+            ours = {w: Recorded(Decimal(0), None if byok is None else Decimal(0), 0, 0) for w in starts}
         else:
-            wanted = fingerprint(salt) if fingerprint is not None and salt is not None else None
-        ours = recorded_by_window(db, window_starts(now), wanted)
+            ours = recorded_by_window(db, starts, fingerprint(salt) if fingerprint is not None and salt is not None else None)
     finally:
         db.close()
     return compare_key(key, ours, tolerance)

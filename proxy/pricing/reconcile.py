@@ -151,6 +151,8 @@ def compare(scope: str, what: str, openrouter: Decimal, ours: Decimal | None, to
 
 def _meaning(gap: Decimal, within: bool, recorded: Recorded, openrouter_requests: int | None) -> str:
     if within:
+        if openrouter_requests is not None and openrouter_requests != recorded.requests:
+            return f"dollars match; request counts differ ({openrouter_requests} at OpenRouter, {recorded.requests} here)"
         return "matches"
     if gap > 0:
         if recorded.requests == 0:
@@ -177,11 +179,16 @@ def compare_key(key: KeyUsage, ours: Mapping[str, Recorded], tolerance: Decimal)
     return lines
 
 
+# /activity covers the last 30 completed UTC days.
+ACTIVITY_DAYS = 30
+
+
 def activity_days(rows: list[ActivityRow], since: datetime, last_completed: datetime) -> tuple[str, str]:
-    """The first and last UTC day to compare: from `since`, through the last day OpenRouter covers
-    (its last completed day, or a later day if its reply has one)."""
+    """The first and last UTC day to compare: from `since` (no earlier than the 30 days OpenRouter
+    keeps), through the last day it covers (its last completed day, or a later one its reply has)."""
+    oldest = (last_completed - timedelta(days=ACTIVITY_DAYS - 1)).date()
     last = max([last_completed.date().isoformat(), *(r.date for r in rows)])
-    return since.date().isoformat(), last
+    return max(since.date(), oldest).isoformat(), last
 
 
 def compare_activity(rows: list[ActivityRow], ours: Mapping[tuple[str, str], Recorded], first_day: str,
