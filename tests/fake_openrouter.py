@@ -31,7 +31,7 @@ import asyncio
 import gzip
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -57,8 +57,8 @@ FAULTS: web.AppKey[set[str]] = web.AppKey("faults", set)
 DISCONNECTS: web.AppKey[list[str]] = web.AppKey("disconnects", list)
 # model id -> pricing keys to change in the /models listing: a test's way to make prices move.
 PRICE_CHANGES: web.AppKey[dict[str, dict[str, str]]] = web.AppKey("price_changes", dict)
-# OpenRouter's books: one entry per billed request (key, when, model, cost, byok cost).
-LEDGER: web.AppKey[list[dict[str, Any]]] = web.AppKey("ledger", list)
+# OpenRouter's books: (key, UTC day, model) -> cost, byok cost and requests billed.
+LEDGER: web.AppKey[dict[tuple[str, date, str], dict[str, Any]]] = web.AppKey("ledger", dict)
 KEYS: web.AppKey[set[str]] = web.AppKey("keys", set)
 MANAGEMENT_KEYS: web.AppKey[set[str]] = web.AppKey("management_keys", set)
 ACTIVITY_TODAY: web.AppKey[list[bool]] = web.AppKey("activity_today", list)
@@ -157,10 +157,12 @@ def _remember(request: web.Request, gen_id: str, model: str) -> None:
 
 
 def _bill(request: web.Request, model: str) -> None:
-    key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip() or request.headers.get("x-api-key", "")
-    request.app[LEDGER].append(
-        {"key": key, "at": datetime.now(UTC), "model": model, "cost": Decimal(str(_reported_cost(request, model))), "byok": Decimal(0)}
-    )
+    """Add the request to OpenRouter's books, summed per key, UTC day and model (so a benchmark's
+    million requests cost a few entries, not a million)."""
+    key = _bearer(request) or request.headers.get("x-api-key", "")
+    entry = request.app[LEDGER].setdefault((key, datetime.now(UTC).date(), model), {"cost": Decimal(0), "byok": Decimal(0), "requests": 0})
+    entry["cost"] += Decimal(str(_reported_cost(request, model)))
+    entry["requests"] += 1
 
 
 def _bearer(request: web.Request) -> str:
@@ -171,27 +173,31 @@ def _unauthorized() -> web.Response:
     return web.json_response({"error": {"code": 401, "message": "User not found."}}, status=401)
 
 
+def _total(entries: list[dict[str, Any]], field: str) -> float:
+    return float(sum((e[field] for e in entries), Decimal(0)))
+
+
 async def key_info(request: web.Request) -> web.Response:
     """GET /key: the presented key's spend per UTC window, from the ledger."""
+    await _body(request)
     key = _bearer(request)
     if key not in request.app[KEYS] and key not in request.app[MANAGEMENT_KEYS]:
         return _unauthorized()
-    now = datetime.now(UTC)
-    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    starts = {"daily": day, "weekly": day - timedelta(days=day.weekday()), "monthly": day.replace(day=1)}
-    mine = [e for e in request.app[LEDGER] if e["key"] == key]
+    today = datetime.now(UTC).date()
+    starts = {"daily": today, "weekly": today - timedelta(days=today.weekday()), "monthly": today.replace(day=1)}
     data: dict[str, Any] = {"label": key[:8] + "...", "limit": None, "is_free_tier": False,
-                            "is_management_key": key in request.app[MANAGEMENT_KEYS],
-                            "usage": float(sum((e["cost"] for e in mine), Decimal(0))),
-                            "byok_usage": float(sum((e["byok"] for e in mine), Decimal(0)))}
+                            "is_management_key": key in request.app[MANAGEMENT_KEYS]}
+    entries = [e for (k, _, _), e in request.app[LEDGER].items() if k == key]
+    data["usage"], data["byok_usage"] = _total(entries, "cost"), _total(entries, "byok")
     for name, start in starts.items():
-        data[f"usage_{name}"] = float(sum((e["cost"] for e in mine if e["at"] >= start), Decimal(0)))
-        data[f"byok_usage_{name}"] = float(sum((e["byok"] for e in mine if e["at"] >= start), Decimal(0)))
+        since = [e for (k, day, _), e in request.app[LEDGER].items() if k == key and day >= start]
+        data[f"usage_{name}"], data[f"byok_usage_{name}"] = _total(since, "cost"), _total(since, "byok")
     return web.json_response({"data": data})
 
 
 async def activity(request: web.Request) -> web.Response:
     """GET /activity (management key): the account's completed UTC days x model x provider."""
+    await _body(request)
     key = _bearer(request)
     if key not in request.app[MANAGEMENT_KEYS]:
         if key in request.app[KEYS]:
@@ -199,21 +205,20 @@ async def activity(request: web.Request) -> web.Response:
         return _unauthorized()
     today = datetime.now(UTC).date()
     cells: dict[tuple[str, str], dict[str, Any]] = {}
-    for e in request.app[LEDGER]:
-        day = e["at"].date()
+    for (_, day, model), e in request.app[LEDGER].items():
         if day >= today and not request.app[ACTIVITY_TODAY] or day < today - timedelta(days=30):
             continue
-        cell = cells.setdefault((day.isoformat(), e["model"]), {
-            "date": day.isoformat(), "model": e["model"], "model_permaslug": e["model"] + "-20260101",
-            "endpoint_id": str(uuid.uuid5(uuid.NAMESPACE_URL, e["model"])), "provider_name": "FakeProvider",
+        cell = cells.setdefault((day.isoformat(), model), {
+            "date": day.isoformat(), "model": model, "model_permaslug": model + "-20260101",
+            "endpoint_id": str(uuid.uuid5(uuid.NAMESPACE_URL, model)), "provider_name": "FakeProvider",
             "usage": Decimal(0), "byok_usage_inference": Decimal(0), "requests": 0,
             "prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0})
         cell["usage"] += e["cost"]
         cell["byok_usage_inference"] += e["byok"]
-        cell["requests"] += 1
-        cell["prompt_tokens"] += PROMPT_TOKENS
-        cell["completion_tokens"] += COMPLETION_TOKENS
-        cell["reasoning_tokens"] += REASONING_TOKENS
+        cell["requests"] += e["requests"]
+        cell["prompt_tokens"] += PROMPT_TOKENS * e["requests"]
+        cell["completion_tokens"] += COMPLETION_TOKENS * e["requests"]
+        cell["reasoning_tokens"] += REASONING_TOKENS * e["requests"]
     items = [{**c, "usage": float(c["usage"]), "byok_usage_inference": float(c["byok_usage_inference"])} for c in cells.values()]
     return web.json_response({"data": sorted(items, key=lambda c: (c["date"], c["model"]))})
 
@@ -449,7 +454,7 @@ def fake_app() -> web.Application:
     app[FAULTS] = set()
     app[DISCONNECTS] = []
     app[PRICE_CHANGES] = {}
-    app[LEDGER] = []
+    app[LEDGER] = {}
     app[KEYS] = set()
     app[MANAGEMENT_KEYS] = set()
     app[ACTIVITY_TODAY] = []

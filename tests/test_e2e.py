@@ -12,7 +12,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.fake_openrouter import CACHED_TOKENS, COMPLETION_TOKENS, PROMPT_TOKENS, REASONING_TOKENS, RECEIVED, fake_cost
+from tests.fake_openrouter import CACHED_TOKENS, COMPLETION_TOKENS, KEYS, PROMPT_TOKENS, REASONING_TOKENS, RECEIVED, fake_cost
 
 KEY = "sk-or-v1-test-" + "ab" * 20
 
@@ -148,6 +148,7 @@ async def test_ten_megabyte_body_passes_byte_identical(proxy: Any, upstream: Any
 
 
 async def test_other_endpoints_pass_through_unrecorded(proxy: Any, upstream: Any) -> None:
+    upstream.app[KEYS].add(KEY)  # GET /key answers 401 for a key OpenRouter does not know
     headers = {"Authorization": f"Bearer {KEY}"}
     async with aiohttp.ClientSession() as session:
         for method, path in (

@@ -15,7 +15,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.fake_openrouter import ACTIVITY_TODAY, KEYS, LEDGER, MANAGEMENT_KEYS
+from tests.fake_openrouter import ACTIVITY_TODAY, KEYS, MANAGEMENT_KEYS, fake_cost
 
 ROOT = Path(__file__).resolve().parent.parent
 # Built from parts so nothing that looks like a real key is committed.
@@ -86,7 +86,7 @@ async def test_key_gap_appears_when_traffic_bypasses_the_proxy(start_proxy: Any,
     assert code == 1, err
     day = next(x for x in json.loads(out)["lines"] if x["what"] == "day")
     assert day["within_tolerance"] is False
-    bypassed = float(books.app[LEDGER][-1]["cost"])
+    bypassed = float(fake_cost("openai/gpt-4o"))
     assert float(day["gap_usd"]) == pytest.approx(bypassed)
     assert "bypassed the proxy" in day["meaning"]
     assert KEY not in out and KEY not in err
@@ -241,7 +241,7 @@ async def test_serve_exports_the_gap_as_a_gauge(start_proxy: Any, books: Any, ma
     await chat_around(books)
     await proxy.app[RECONCILER].check()
     text = await proxy.metrics_text()
-    assert _gauge(text, "day") == pytest.approx(float(books.app[LEDGER][-1]["cost"]))
+    assert _gauge(text, "day") == pytest.approx(float(fake_cost("openai/gpt-4o")))
     assert "openrouter_proxy_reconcile_failures_total 0.0" in text
 
 
