@@ -185,3 +185,25 @@ def test_a_database_serve_never_salted_has_no_rows_of_any_key(tmp_path: Path) ->
     assert [x.ours for x in lines[:3]] == [D(0)] * 3 and "no rows here" in lines[0].meaning
     # Every row (managed-key mode) needs no fingerprint.
     assert all(x.within for x in key_lines(tmp_path / "r.db", key, None, now, D("0.01")))
+
+
+def test_serve_rereads_only_yesterday_and_today_once_older_days_are_settled(tmp_path: Path) -> None:
+    from proxy.pricing.books import SettledDays, key_lines
+
+    db = _db(tmp_path, upstream_column=False)
+    db.execute("INSERT INTO meta (key, value) VALUES ('fingerprint_salt', '00')")
+    _row(db, "a", "2026-12-20T01:00:00.000000Z", "1.00", fp="k")
+    _row(db, "b", "2026-12-29T01:00:00.000000Z", "0.10", fp="k")
+    key = parse_key({"data": {"usage_daily": 0.1, "usage_weekly": 0.1, "usage_monthly": 1.1}})
+    now, settled = datetime(2026, 12, 31, 8, tzinfo=UTC), SettledDays()  # a Thursday
+    path = tmp_path / "r.db"
+    first = key_lines(path, key, lambda salt: "k", now, D("0.01"), settled)
+    assert [x.ours for x in first[:3]] == [D(0), D("0.10"), D("1.10")]
+    assert settled.filled and set(settled.days) == {"2026-12-20", "2026-12-29"}
+    _row(db, "c", "2026-12-30T02:00:00.000000Z", "0.05", fp="k")  # yesterday: re-read
+    _row(db, "d", "2026-12-31T02:00:00.000000Z", "0.20", fp="k")  # today: read
+    _row(db, "e", "2026-12-29T02:00:00.000000Z", "5.00", fp="k")  # a settled day: not read again
+    again = key_lines(path, key, lambda salt: "k", now, D("0.01"), settled)
+    assert [x.ours for x in again[:3]] == [D("0.20"), D("0.35"), D("1.35")]
+    fresh = key_lines(path, key, lambda salt: "k", now, D("0.01"))
+    assert (fresh[1].ours, fresh[2].ours) == (D("5.35"), D("6.35"))

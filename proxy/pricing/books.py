@@ -12,7 +12,8 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import aiohttp
 
 from proxy.pricing.reconcile import KeyUsage, Line, compare_key, parse_activity, parse_key, window_starts
-from proxy.store.activity import ActivityRow, Recorded, recorded_by_window, stored_salt
+from proxy.store.activity import ActivityRow, Recorded, recorded_by_day, records_byok, stored_salt, windows_of
 from proxy.store.sqlite import connect_readonly
 
 log = logging.getLogger(__name__)
@@ -62,22 +63,41 @@ async def fetch_activity(session: aiohttp.ClientSession, upstream: str, key: str
         raise BooksError(f"upstream: {url} answered an unexpected shape ({exc})") from None
 
 
+@dataclass(slots=True)
+class SettledDays:
+    """serve's periodic check keeps the sums of days before yesterday between runs, so each run
+    reads two days of rows instead of a month: older rows no longer change (back-fills land within
+    minutes)."""
+
+    filled: bool = False
+    days: dict[str, Recorded] = field(default_factory=dict)
+
+
 def key_lines(db_path: Path, key: KeyUsage, fingerprint: Callable[[bytes], str] | None, now: datetime,
-              tolerance: Decimal) -> list[Line]:
+              tolerance: Decimal, settled: SettledDays | None = None) -> list[Line]:
     """Compare `/key` with the rows of that key (by its salted fingerprint; None: every row)."""
     starts = window_starts(now)
+    first = min(starts.values())
+    cutoff = starts["day"] - timedelta(days=1)
     db = connect_readonly(db_path)
     try:
         salt = stored_salt(db)
         if fingerprint is not None and salt is None:
             # `serve` never ran on this database, so no row can carry this key's fingerprint.
-            byok = recorded_by_window(db, starts, None)["day"].byok
-            ours = {w: Recorded(Decimal(0), None if byok is None else Decimal(0), 0, 0) for w in starts}
+            days: dict[str, Recorded] = {}
+            byok_known = records_byok(db)
         else:
-            ours = recorded_by_window(db, starts, fingerprint(salt) if fingerprint is not None and salt is not None else None)
+            wanted = fingerprint(salt) if fingerprint is not None and salt is not None else None
+            reuse = settled is not None and settled.filled and cutoff > first
+            days, byok_known = recorded_by_day(db, cutoff if reuse else first, wanted)
+            if settled is not None:
+                if reuse:
+                    days.update({d: r for d, r in settled.days.items() if d < cutoff.date().isoformat()})
+                settled.days = {d: r for d, r in days.items() if first.date().isoformat() <= d < cutoff.date().isoformat()}
+                settled.filled = True
     finally:
         db.close()
-    return compare_key(key, ours, tolerance)
+    return compare_key(key, windows_of(days, starts, byok_known), tolerance)
 
 
 class Reconciler:
@@ -89,11 +109,21 @@ class Reconciler:
         self._session, self._upstream, self._key, self._key_env = session, upstream, key, key_env
         self._db_path, self._fingerprint, self._tolerance = db_path, fingerprint, tolerance
         self._on_lines, self._on_failure = on_lines, on_failure
+        self._settled = SettledDays()
+        # A check called while the loop's own runs (tests, a future on-demand endpoint) waits its
+        # turn: both would otherwise rewrite the settled days at once.
+        self._lock = asyncio.Lock()
 
     async def check(self) -> list[Line] | None:
+        async with self._lock:
+            return await self._check()
+
+    async def _check(self) -> list[Line] | None:
         try:
             key = await fetch_key(self._session, self._upstream, self._key, self._key_env)
-            lines = await asyncio.to_thread(key_lines, self._db_path, key, self._fingerprint, datetime.now(UTC), self._tolerance)
+            lines = await asyncio.to_thread(
+                key_lines, self._db_path, key, self._fingerprint, datetime.now(UTC), self._tolerance, self._settled
+            )
         except (BooksError, sqlite3.Error, OSError) as exc:
             self._on_failure()
             log.warning("event=reconcile_failed error=%s", exc)

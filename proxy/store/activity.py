@@ -54,7 +54,8 @@ def stored_salt(db: sqlite3.Connection) -> bytes | None:
     return None if row is None else bytes.fromhex(row[0])
 
 
-def _has_upstream_column(db: sqlite3.Connection) -> bool:
+def records_byok(db: sqlite3.Connection) -> bool:
+    """Whether the requests table records the BYOK provider charge apart (its own column)."""
     return any(row[1] == UPSTREAM_COLUMN for row in db.execute("PRAGMA table_info(requests)"))
 
 
@@ -83,7 +84,7 @@ class _Sum:
 
 
 def _rows(db: sqlite3.Connection, since: datetime, until: datetime | None, fingerprint: str | None) -> tuple[bool, Iterable[sqlite3.Row]]:
-    byok_known = _has_upstream_column(db)
+    byok_known = records_byok(db)
     upstream = UPSTREAM_COLUMN if byok_known else "NULL"
     query = f"SELECT started_at, cost_usd, {upstream}, cost_source, outcome, model FROM requests WHERE started_at >= ?"
     params: list[str] = [encode_time(since)]
@@ -96,17 +97,38 @@ def _rows(db: sqlite3.Connection, since: datetime, until: datetime | None, finge
     return byok_known, db.execute(query, params)
 
 
-def recorded_by_window(db: sqlite3.Connection, starts: Mapping[str, datetime], fingerprint: str | None) -> dict[str, Recorded]:
-    """Sums since each window's start; `fingerprint` None takes every row (managed-key mode, where
-    every request went out on the one key)."""
-    sums = {name: _Sum() for name in starts}
-    bounds = [(encode_time(start), sums[name]) for name, start in starts.items()]
-    byok_known, rows = _rows(db, min(starts.values()), None, fingerprint)
+def recorded_by_day(db: sqlite3.Connection, since: datetime, fingerprint: str | None) -> tuple[dict[str, Recorded], bool]:
+    """Sums per UTC day from `since` on, and whether the database records BYOK provider charges;
+    `fingerprint` None takes every row (managed-key mode, where every request went out on one key)."""
+    sums: dict[str, _Sum] = {}
+    byok_known, rows = _rows(db, since, None, fingerprint)
     for started_at, cost, upstream, source, outcome, _ in rows:
-        for start, total in bounds:
-            if started_at >= start:
-                total.add(cost, upstream, source, outcome)
-    return {name: total.done(byok_known) for name, total in sums.items()}
+        day = started_at[:10]
+        total = sums.get(day)
+        if total is None:
+            total = sums[day] = _Sum()
+        total.add(cost, upstream, source, outcome)
+    return {day: total.done(byok_known) for day, total in sums.items()}, byok_known
+
+
+def windows_of(days: Mapping[str, Recorded], starts: Mapping[str, datetime], byok_known: bool) -> dict[str, Recorded]:
+    """Each window's sum over the days from its start (windows start at UTC midnight)."""
+    result = {}
+    for name, start in starts.items():
+        first = start.date().isoformat()
+        picked = [rec for day, rec in days.items() if day >= first]
+        result[name] = Recorded(
+            sum((r.credits for r in picked), _ZERO),
+            sum((r.byok or _ZERO for r in picked), _ZERO) if byok_known else None,
+            sum(r.requests for r in picked),
+            sum(r.priced_by_us for r in picked),
+        )
+    return result
+
+
+def recorded_by_window(db: sqlite3.Connection, starts: Mapping[str, datetime], fingerprint: str | None) -> dict[str, Recorded]:
+    days, byok_known = recorded_by_day(db, min(starts.values()), fingerprint)
+    return windows_of(days, starts, byok_known)
 
 
 def recorded_by_day_model(db: sqlite3.Connection, first_day: str, last_day: str) -> dict[tuple[str, str], Recorded]:
