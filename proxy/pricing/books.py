@@ -42,7 +42,8 @@ async def _get(session: aiohttp.ClientSession, url: str, key: str, key_env: str)
                 raise BooksError(f"upstream: {url} answered HTTP {response.status}")
             return await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise BooksError(f"upstream: cannot reach {url}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
+        detail = " ".join(str(exc).split())  # one line, whatever the library's message looks like
+        raise BooksError(f"upstream: cannot reach {url}: {type(exc).__name__}: {detail}".rstrip(": ")) from None
     except ValueError:
         raise BooksError(f"upstream: {url} did not answer JSON") from None
 
