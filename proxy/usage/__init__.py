@@ -30,6 +30,9 @@ class Usage:
     output_image_tokens: int | None = None
     cost_reported: Decimal | None = None
     is_byok: bool | None = None
+    # `cost_details.upstream_inference_cost`: what the provider charged. With BYOK that is the
+    # user's own provider bill, and `cost_reported` is only OpenRouter's fee on top of it.
+    upstream_cost: Decimal | None = None
     # True once the usage block itself was seen (final SSE chunk, response.completed, ...).
     complete: bool = False
     # A mid-stream failure reported inside a 200 response: the upstream's code or type.
