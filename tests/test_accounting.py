@@ -68,3 +68,38 @@ def test_never_billed_costs_nothing(outcome: str, status: int) -> None:
 )
 def test_drift_is_more_than_one_percent(reported: Decimal | None, catalog: Decimal | None, want: bool) -> None:
     assert drifted(reported, catalog) is want
+
+
+# ---- BYOK: `cost` is OpenRouter's fee, the provider billed the user's own key the rest ---------
+
+
+def test_byok_spend_is_fee_plus_upstream_and_no_false_drift() -> None:
+    # The catalog prices this usage at $0.002000; the provider charged that to the user's key and
+    # OpenRouter's fee was 5% of it.
+    usage = Usage(model="acme/paid", input_tokens=1000, output_tokens=500, cost_reported=Decimal("0.0001"),
+                  is_byok=True, upstream_cost=Decimal("0.002"))
+    accounted = account(_exchange("acme/paid"), usage, CATALOG)
+    rec = accounted.record
+    assert rec.cost_usd == Decimal("0.0021") and rec.cost_reported_usd == Decimal("0.0001")
+    assert rec.upstream_cost_usd == Decimal("0.002") and rec.cost_source == "reported"
+    assert accounted.drift is False
+
+
+def test_byok_inside_the_free_allowance_still_counts_the_provider_charge() -> None:
+    usage = Usage(model="acme/paid", input_tokens=1000, output_tokens=500, cost_reported=Decimal("0"),
+                  is_byok=True, upstream_cost=Decimal("0.002"))
+    assert account(_exchange("acme/paid"), usage, CATALOG).record.cost_usd == Decimal("0.002")
+
+
+def test_non_byok_upstream_cost_is_never_added() -> None:
+    usage = Usage(model="acme/paid", input_tokens=1000, output_tokens=500, cost_reported=Decimal("0.002"),
+                  is_byok=False, upstream_cost=Decimal("0.0019"))
+    accounted = account(_exchange("acme/paid"), usage, CATALOG)
+    assert accounted.record.cost_usd == Decimal("0.002") and accounted.record.upstream_cost_usd is None
+    assert accounted.drift is False
+
+
+def test_byok_drift_compares_the_provider_charge() -> None:
+    usage = Usage(model="acme/paid", input_tokens=1000, output_tokens=500, cost_reported=Decimal("0.0001"),
+                  is_byok=True, upstream_cost=Decimal("0.003"))
+    assert account(_exchange("acme/paid"), usage, CATALOG).drift is True

@@ -2,6 +2,8 @@
 
 The cost we account is OpenRouter's own `cost` when it sent one; otherwise our catalog price.
 Both are kept side by side (`cost_reported_usd`, `cost_catalog_usd`) so a stale catalog shows.
+With BYOK, `cost` is only OpenRouter's fee: the provider billed the user's own key
+`cost_details.upstream_inference_cost` (`upstream_cost_usd`), and the money spent is their sum.
 """
 
 from __future__ import annotations
@@ -54,11 +56,13 @@ def account(exchange: Exchange, usage: Usage, catalog: Catalog | None) -> Accoun
         breakdown = price(usage, entry.pricing, exchange.started_at)
     catalog_cost = breakdown.total if breakdown is not None else None
     reported = usage.cost_reported
+    # A non-BYOK reply may carry upstream_inference_cost too: it is already inside `cost` then.
+    upstream = usage.upstream_cost if usage.is_byok else None
     if exchange.outcome in (BLOCKED, PROXY_ERROR):
         # Never reached (or never answered by) the upstream: nothing was billed.
         cost, source = Decimal(0), COST_NONE
     elif reported is not None:
-        cost, source = reported, COST_REPORTED
+        cost, source = reported + (upstream or 0), COST_REPORTED
     elif catalog_cost is not None:
         cost, source = catalog_cost, COST_CATALOG
     else:
@@ -97,10 +101,11 @@ def account(exchange: Exchange, usage: Usage, catalog: Catalog | None) -> Accoun
         cost_source=source,
         is_free=is_free,
         is_byok=usage.is_byok,
+        upstream_cost_usd=upstream,
         ttfb_ms=exchange.ttfb_ms,
         duration_ms=exchange.duration_ms,
     )
-    return Accounted(record=record, breakdown=breakdown, drift=drifted(reported, catalog_cost))
+    return Accounted(record=record, breakdown=breakdown, drift=drifted(provider_charge(record), catalog_cost))
 
 
 def estimate(record: UsageRecord, catalog: Catalog | None, request_bytes: int, stream_events: int) -> Decimal | None:
@@ -112,6 +117,12 @@ def estimate(record: UsageRecord, catalog: Catalog | None, request_bytes: int, s
     guess = Usage(input_tokens=request_bytes // 4, output_tokens=stream_events, complete=True)
     cost = price(guess, entry.pricing, record.started_at)
     return cost.total if cost is not None else None
+
+
+def provider_charge(rec: UsageRecord) -> Decimal | None:
+    """What the catalog price should match: OpenRouter's cost, or with BYOK the provider's own charge
+    (the fee on top is not in any catalog price)."""
+    return rec.upstream_cost_usd if rec.is_byok else rec.cost_reported_usd
 
 
 def drifted(reported: Decimal | None, catalog: Decimal | None) -> bool:

@@ -132,6 +132,11 @@ def _m005_cache_write_1h(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE requests ADD COLUMN cache_write_1h_tokens INTEGER")
 
 
+def _m006_upstream_cost(db: sqlite3.Connection) -> None:
+    # BYOK: the provider's charge to the user's own key, apart from OpenRouter's fee (both in cost_usd).
+    db.execute("ALTER TABLE requests ADD COLUMN upstream_cost_usd TEXT")
+
+
 # Append only: a migration that has run on someone's database is never edited.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m001_requests,
@@ -139,6 +144,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m003_alerts,
     _m004_meta,
     _m005_cache_write_1h,
+    _m006_upstream_cost,
 )
 
 
@@ -218,6 +224,7 @@ _ENCODERS: dict[str, Callable[[Any], Any]] = {
     "cost_usd": _money,
     "cost_reported_usd": _money,
     "cost_catalog_usd": _money,
+    "upstream_cost_usd": _money,
     "streamed": _flag,
     "is_free": _flag,
     "is_byok": _flag,
