@@ -119,3 +119,26 @@ async def test_web_searches_are_recorded_for_chat_responses_and_messages(proxy: 
                                      extra_headers={"X-Fake": "web-search"})
     await proxy.settle()
     assert [r["web_search_requests"] for r in proxy.rows()] == [WEB_SEARCHES] * 3
+
+
+async def test_online_model_without_a_cost_is_priced_with_its_web_plugin_results(proxy: Any) -> None:
+    async with _openai(proxy) as client:
+        await client.chat.completions.create(model="openai/gpt-4o:online", messages=[{"role": "user", "content": "hi"}],
+                                             extra_headers={"X-Fake": "no-cost"})
+        await client.chat.completions.create(model="openai/gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                                             extra_body={"plugins": [{"id": "web", "max_results": 2}]},
+                                             extra_headers={"X-Fake": "no-cost"})
+    await proxy.settle()
+    online, plugin = proxy.rows()
+    assert Decimal(online["cost_usd"]) == fake_cost("openai/gpt-4o") + 5 * Decimal("0.004")
+    assert Decimal(plugin["cost_usd"]) == fake_cost("openai/gpt-4o") + 2 * Decimal("0.004")
+    assert online["cost_source"] == plugin["cost_source"] == "catalog"
+
+
+async def test_claude_code_native_model_id_is_priced(proxy: Any) -> None:
+    async with _anthropic(proxy) as client:
+        await client.messages.create(model="claude-sonnet-4-5-20250929", max_tokens=100,
+                                     messages=[{"role": "user", "content": "hi"}], extra_headers={"X-Fake": "no-cost"})
+    await proxy.settle()
+    [row] = proxy.rows()
+    assert row["cost_source"] == "catalog" and Decimal(row["cost_usd"]) == fake_cost(CLAUDE)

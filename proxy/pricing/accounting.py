@@ -8,12 +8,14 @@ With BYOK, `cost` is only OpenRouter's fee: the provider billed the user's own k
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
 from proxy.server.attribution import Attribution
-from proxy.pricing.catalog import Catalog
+from proxy.pricing.catalog import Catalog, ModelEntry
+from proxy.pricing.hints import NONE, WEB_RESULT_USD, Hints
 from proxy.pricing.price import Cost, price
 from proxy.store.records import BLOCKED, COST_CATALOG, COST_NONE, COST_REPORTED, PROXY_ERROR, UsageRecord
 from proxy.usage import Usage
@@ -39,6 +41,8 @@ class Exchange:
     error: str | None
     ttfb_ms: float | None
     duration_ms: float
+    # What the request body said that changes the price (web plugin, cache TTL, speed).
+    hints: Hints = NONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +52,23 @@ class Accounted:
     drift: bool
 
 
-def account(exchange: Exchange, usage: Usage, catalog: Catalog | None) -> Accounted:
+def account(
+    exchange: Exchange, usage: Usage, catalog: Catalog | None, web_result_usd: Decimal = WEB_RESULT_USD
+) -> Accounted:
     model = usage.model or exchange.model_requested
+    hints = exchange.hints
     entry = catalog.resolve(usage.model, exchange.model_requested) if catalog is not None else None
+    if entry is not None and catalog is not None:
+        entry = _variant(catalog, entry, hints)
     breakdown = None
     if entry is not None and (usage.input_tokens is not None or usage.output_tokens is not None):
-        breakdown = price(usage, entry.pricing, exchange.started_at)
+        breakdown = price(_with_hints(usage, hints), entry.pricing, exchange.started_at, entry.id)
+        if breakdown is not None and hints.web_results:
+            # The web plugin bills per result on top of the model, whatever it is.
+            plugin = hints.web_results * web_result_usd
+            breakdown = dataclasses.replace(
+                breakdown, web_search=breakdown.web_search + plugin, total=breakdown.total + plugin
+            )
     catalog_cost = breakdown.total if breakdown is not None else None
     reported = usage.cost_reported
     # A non-BYOK reply may carry upstream_inference_cost too: it is already inside `cost` then.
@@ -92,7 +107,7 @@ def account(exchange: Exchange, usage: Usage, catalog: Catalog | None) -> Accoun
         output_tokens=usage.output_tokens,
         cached_tokens=usage.cached_tokens,
         cache_write_tokens=usage.cache_write_tokens,
-        cache_write_1h_tokens=usage.cache_write_1h_tokens,
+        cache_write_1h_tokens=_with_hints(usage, hints).cache_write_1h_tokens,
         reasoning_tokens=usage.reasoning_tokens,
         web_search_requests=usage.web_search_requests,
         cost_usd=cost,
@@ -106,6 +121,23 @@ def account(exchange: Exchange, usage: Usage, catalog: Catalog | None) -> Accoun
         duration_ms=exchange.duration_ms,
     )
     return Accounted(record=record, breakdown=breakdown, drift=drifted(provider_charge(record), catalog_cost))
+
+
+def _variant(catalog: Catalog, entry: ModelEntry, hints: Hints) -> ModelEntry:
+    """`speed: "fast"` is billed at the model's own `-fast` entry where the catalog lists one."""
+    if hints.fast and not entry.id.endswith("-fast"):
+        fast = catalog.get(entry.id + "-fast")
+        if fast is not None:
+            return fast
+    return entry
+
+
+def _with_hints(usage: Usage, hints: Hints) -> Usage:
+    # chat/completions and responses report no TTL split: when every cache_control the request
+    # named asked for an hour, every cache write was a one-hour write.
+    if hints.cache_ttl_1h and usage.cache_write_1h_tokens is None and usage.cache_write_tokens:
+        return dataclasses.replace(usage, cache_write_1h_tokens=usage.cache_write_tokens)
+    return usage
 
 
 def estimate(record: UsageRecord, catalog: Catalog | None, request_bytes: int, stream_events: int) -> Decimal | None:

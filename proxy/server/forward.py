@@ -29,6 +29,7 @@ from proxy.pricing.catalog import Catalog
 from proxy.config import Config
 from proxy.errors import error_response
 from proxy.pricing.generation import Backfill, needs_backfill
+from proxy.pricing.hints import read_hints
 from proxy.server.guard import BudgetGuard, retry_after
 from proxy.metrics import Metrics
 from proxy.store.recorder import Recorder
@@ -180,9 +181,10 @@ class Forwarder:
                 error=outcome.error,
                 ttfb_ms=None if outcome.ttfb is None else (outcome.ttfb - received) * 1000,
                 duration_ms=(finished - received) * 1000,
+                hints=read_hints(body, model_requested),
             )
             try:
-                accounted = account(exchange, usage, self._catalog())
+                accounted = account(exchange, usage, self._catalog(), self._config.web_search_result_usd)
             except Exception:
                 # A pricing bug must not cost the row: record it unpriced and say so.
                 log.exception("event=pricing_failed request_id=%s model=%s", request_id, usage.model)

@@ -28,6 +28,7 @@ class Usage:
     input_audio_tokens: int | None = None
     input_images: int | None = None
     output_image_tokens: int | None = None
+    output_audio_tokens: int | None = None
     cost_reported: Decimal | None = None
     is_byok: bool | None = None
     # `cost_details.upstream_inference_cost`: what the provider charged. With BYOK that is the

@@ -114,6 +114,7 @@ class StreamParser:
             web_search_requests=f.get("web_search_requests"),
             input_audio_tokens=part_of(f.get("input_audio_tokens"), input_tokens),
             output_image_tokens=part_of(f.get("output_image_tokens"), output_tokens),
+            output_audio_tokens=part_of(f.get("output_audio_tokens"), output_tokens),
             cost_reported=f.get("cost_reported"),
             is_byok=f.get("is_byok"),
             upstream_cost=f.get("upstream_cost"),

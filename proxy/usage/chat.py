@@ -45,6 +45,7 @@ class ChatParser(StreamParser):
             input_audio_tokens=count(prompt.get("audio_tokens")),
             reasoning_tokens=count(completion.get("reasoning_tokens")),
             output_image_tokens=count(completion.get("image_tokens")),
+            output_audio_tokens=count(completion.get("audio_tokens")),
             cost_reported=money(usage.get("cost")),
         )
         self.take_billing(usage)
