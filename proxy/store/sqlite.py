@@ -137,6 +137,24 @@ def _m006_upstream_cost(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE requests ADD COLUMN upstream_cost_usd TEXT")
 
 
+def _m007_price_history(db: sqlite3.Connection) -> None:
+    # One row per price change, keyed by time: a price that returns to an earlier value (A -> B -> A)
+    # must be a new row, which the (model_id, pricing) key of migration 2 refused.
+    db.execute(
+        """
+        CREATE TABLE model_prices_new (
+            model_id TEXT NOT NULL,
+            pricing TEXT NOT NULL,
+            first_seen_at TEXT NOT NULL,
+            PRIMARY KEY (model_id, first_seen_at)
+        )
+        """
+    )
+    db.execute("INSERT OR IGNORE INTO model_prices_new SELECT model_id, pricing, first_seen_at FROM model_prices")
+    db.execute("DROP TABLE model_prices")
+    db.execute("ALTER TABLE model_prices_new RENAME TO model_prices")
+
+
 # Append only: a migration that has run on someone's database is never edited.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m001_requests,
@@ -145,6 +163,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m004_meta,
     _m005_cache_write_1h,
     _m006_upstream_cost,
+    _m007_price_history,
 )
 
 
