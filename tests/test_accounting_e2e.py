@@ -276,3 +276,26 @@ async def test_a_price_that_returns_to_an_earlier_value_is_read_again(start_prox
     assert main(["whatif", "--db", str(proxy.db_path), "--model", "openai/gpt-4o", "--format", "json"]) == 0
     scenarios = {r["scenario"]: r for r in json.loads(capsys.readouterr().out)}
     assert Decimal(scenarios["all on openai/gpt-4o"]["cost"]) == sum(Decimal(r["cost_usd"]) for r in rows)
+
+
+async def test_cut_stream_estimate_uses_the_sessions_recent_cache_share(start_proxy: Any) -> None:
+    import json
+
+    proxy = await start_proxy(backfill_delays_s=(0.02, 0.02))
+    body = {"model": "openai/gpt-4o", "stream": True, "messages": [{"role": "user", "content": "x" * 3990}]}
+    async with aiohttp.ClientSession() as session:
+        # A complete turn of the session: 200 of its 1200 prompt tokens were cache reads.
+        await _post(session, f"{proxy.base}/chat/completions", {"model": "openai/gpt-4o", "messages": []}, **{"Session-Id": "s1"})
+        await _post(session, f"{proxy.base}/chat/completions", body, **{"X-Fake": "drop,no-generation", "Session-Id": "s1"})
+    for _ in range(100):
+        await proxy.settle()
+        rows = proxy.rows()
+        if len(rows) == 2 and rows[1]["cost_source"] == "estimated":
+            break
+        await asyncio.sleep(0.05)
+    _, row = proxy.rows()
+    assert row["cost_source"] == "estimated"
+    prompt_tokens = len(json.dumps(body).encode()) // 4
+    cached = int(prompt_tokens * Decimal(CACHED_TOKENS) / PROMPT_TOKENS)
+    expected = (prompt_tokens - cached) * Decimal("0.0000025") + cached * Decimal("0.00000125") + 3 * Decimal("0.00001")
+    assert Decimal(row["cost_usd"]) == expected

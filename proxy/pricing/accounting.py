@@ -9,6 +9,7 @@ With BYOK, `cost` is only OpenRouter's fee: the provider billed the user's own k
 from __future__ import annotations
 
 import dataclasses
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -17,7 +18,7 @@ from proxy.server.attribution import Attribution
 from proxy.pricing.catalog import Catalog, ModelEntry
 from proxy.pricing.hints import NONE, WEB_RESULT_USD, Hints
 from proxy.pricing.price import Cost, price
-from proxy.store.records import BLOCKED, COST_CATALOG, COST_NONE, COST_REPORTED, PROXY_ERROR, UsageRecord
+from proxy.store.records import BLOCKED, COST_CATALOG, COST_NONE, COST_REPORTED, OK, PROXY_ERROR, UsageRecord
 from proxy.usage import Usage
 
 # Reported and catalog cost further apart than this share means our price table is stale.
@@ -140,15 +141,69 @@ def _with_hints(usage: Usage, hints: Hints) -> Usage:
     return usage
 
 
-def estimate(record: UsageRecord, catalog: Catalog | None, request_bytes: int, stream_events: int) -> Decimal | None:
+def estimate(
+    record: UsageRecord,
+    catalog: Catalog | None,
+    request_bytes: int,
+    stream_events: int,
+    cache_share: CacheShare | None = None,
+) -> Decimal | None:
     """A rough cost for a billed request whose usage never arrived: about 4 bytes of request JSON
-    per prompt token, and one token per streamed event. Marked `estimated` wherever it is used."""
+    per prompt token, and one token per streamed event. A coding agent's prompt is mostly cache
+    reads, so the recent cache share of its session (or model) splits the prompt the same way.
+    Marked `estimated` wherever it is used."""
     entry = catalog.resolve(record.model, record.model_requested) if catalog is not None else None
     if entry is None:
         return None
-    guess = Usage(input_tokens=request_bytes // 4, output_tokens=stream_events, complete=True)
-    cost = price(guess, entry.pricing, record.started_at)
+    prompt = request_bytes // 4
+    cached = written = 0
+    if cache_share is not None:
+        cached = int(prompt * cache_share.read)
+        written = min(prompt - cached, int(prompt * cache_share.written))
+    guess = Usage(
+        input_tokens=prompt, cached_tokens=cached, cache_write_tokens=written, output_tokens=stream_events, complete=True
+    )
+    cost = price(guess, entry.pricing, record.started_at, entry.id)
     return cost.total if cost is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class CacheShare:
+    read: Decimal  # share of prompt tokens read from the cache
+    written: Decimal  # share written to it
+
+
+class CacheShares:
+    """The cache share of the last complete request per session and per model, in memory (bounded):
+    what an estimate for a cut stream of the same session or model assumes."""
+
+    def __init__(self, limit: int = 1000) -> None:
+        self._limit = limit
+        self._shares: OrderedDict[tuple[str, str], CacheShare] = OrderedDict()
+
+    def observe(self, rec: UsageRecord) -> None:
+        if not rec.input_tokens or rec.outcome != OK:
+            return
+        share = CacheShare(
+            read=Decimal(rec.cached_tokens or 0) / rec.input_tokens,
+            written=Decimal(rec.cache_write_tokens or 0) / rec.input_tokens,
+        )
+        for key in _share_keys(("session", rec.session), ("model", rec.model)):
+            self._shares[key] = share
+            self._shares.move_to_end(key)
+        while len(self._shares) > self._limit:
+            self._shares.popitem(last=False)
+
+    def share(self, rec: UsageRecord) -> CacheShare | None:
+        for key in _share_keys(("session", rec.session), ("model", rec.model), ("model", rec.model_requested)):
+            found = self._shares.get(key)
+            if found is not None:
+                return found
+        return None
+
+
+def _share_keys(*pairs: tuple[str, str | None]) -> list[tuple[str, str]]:
+    return [(kind, value) for kind, value in pairs if value]
 
 
 def provider_charge(rec: UsageRecord) -> Decimal | None:

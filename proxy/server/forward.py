@@ -22,7 +22,7 @@ from aiohttp.payload import BytesPayload
 from multidict import CIMultiDict
 
 from proxy.store import records
-from proxy.pricing.accounting import Exchange, account, estimate
+from proxy.pricing.accounting import CacheShares, Exchange, account, estimate
 from proxy.server.attribution import Attribution, Attributor, presented_key
 from proxy.budgets.ledger import Decision
 from proxy.pricing.catalog import Catalog
@@ -75,6 +75,7 @@ class Forwarder:
         self._guard = guard
         self._backfill = backfill
         self._managed_key = managed_key
+        self._cache_shares = CacheShares()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.perf_counter()
@@ -191,6 +192,7 @@ class Forwarder:
                 accounted = account(exchange, usage, None)
             rec = accounted.record
             self._recorder.record(rec)
+            self._cache_shares.observe(rec)
             cost = accounted.breakdown
             self._metrics.observe(
                 rec,
@@ -211,7 +213,8 @@ class Forwarder:
             if needs_backfill(rec) and self._backfill is not None:
                 # Billed but the stream ended before its usage: the cost arrives later.
                 key = self._managed_key or presented_key(request.headers)
-                guess = estimate(rec, self._catalog(), len(body), parser_box[0].events if parser_box else 0)
+                events = parser_box[0].events if parser_box else 0
+                guess = estimate(rec, self._catalog(), len(body), events, self._cache_shares.share(rec))
                 self._backfill.enqueue(rec, key, reservation, guess)
             elif reservation is not None and self._guard is not None:
                 self._guard.settle(reservation, rec.cost_usd)
