@@ -17,7 +17,11 @@ Each request may carry `X-Fake` with comma-separated behaviours, so one server s
   web-search                       the provider ran WEB_SEARCHES searches (each shape's own report)
   null-delta                       (/messages) message_delta repeats no input or cache count: nulls,
                                    as Anthropic's schema allows (Claude Code's streams)
-and `X-Fake-Chunks` / `X-Fake-Delay-Ms` shape a stream, `X-Fake-Gap-Ms` pauses once after the
+GET /models/{author}/{slug}/endpoints lists two providers for a model of the /models listing:
+FakeProvider (the one every reply names) at ENDPOINT_MARKUP[model] (default 1) times its listed
+price, and OtherProvider at the listed price; `endpoints-down` in FAULTS makes it fail with a 500.
+ENDPOINT_FETCHES lists the models asked for.
+And `X-Fake-Chunks` / `X-Fake-Delay-Ms` shape a stream, `X-Fake-Gap-Ms` pauses once after the
 second event, and `X-Fake-Pad` pads each content delta to that many bytes. Flags in the app's
 FAULTS set apply to every request, the proxy's own /models refresh included (`garbage` makes
 /models return truncated JSON). A body that is not JSON gets OpenRouter's 400. DISCONNECTS lists
@@ -58,6 +62,9 @@ RECEIVED: web.AppKey[list[dict[str, Any]]] = web.AppKey("received", list)
 GENERATIONS: web.AppKey[dict[str, dict[str, Any]]] = web.AppKey("generations", dict)
 FAULTS: web.AppKey[set[str]] = web.AppKey("faults", set)
 DISCONNECTS: web.AppKey[list[str]] = web.AppKey("disconnects", list)
+ENDPOINT_FETCHES: web.AppKey[list[str]] = web.AppKey("endpoint_fetches", list)
+# model id -> how many times the listed price FakeProvider charges.
+ENDPOINT_MARKUP: web.AppKey[dict[str, int]] = web.AppKey("endpoint_markup", dict)
 # model id -> pricing keys to change in the /models listing: a test's way to make prices move.
 PRICE_CHANGES: web.AppKey[dict[str, dict[str, str]]] = web.AppKey("price_changes", dict)
 
@@ -379,14 +386,38 @@ async def models(request: web.Request) -> web.Response:
         return web.json_response({"error": {"code": 500, "message": "down"}}, status=500)
     if "garbage" in flags:
         return web.Response(body=b'{"data": [{"id": "truncated', content_type="application/json")
+    return web.Response(body=_listing(request.app), content_type="application/json")
+
+
+def _listing(app: web.Application) -> bytes:
     listing = (FIXTURES / "models-2026.json").read_bytes()
-    changes = request.app[PRICE_CHANGES]
+    changes = app[PRICE_CHANGES]
     if changes:
         data = json.loads(listing)
         for model in data["data"]:
             model["pricing"].update(changes.get(model["id"], {}))
         listing = json.dumps(data).encode()
-    return web.Response(body=listing, content_type="application/json")
+    return listing
+
+
+async def endpoints(request: web.Request) -> web.Response:
+    await _body(request)
+    model = f"{request.match_info['author']}/{request.match_info['slug']}"
+    request.app[ENDPOINT_FETCHES].append(model)
+    if "endpoints-down" in request.app[FAULTS]:
+        return web.json_response({"error": {"code": 500, "message": "down"}}, status=500)
+    listed = next((m for m in json.loads(_listing(request.app))["data"] if m["id"] == model), None)
+    if listed is None:
+        return web.json_response({"error": {"code": 404, "message": "Model not found"}}, status=404)
+    markup = request.app[ENDPOINT_MARKUP].get(model, 1)
+
+    def endpoint(provider: str, times: int) -> dict[str, Any]:
+        pricing = {k: str(Decimal(v) * times) for k, v in listed["pricing"].items() if isinstance(v, str)}
+        return {"name": f"{provider} | {model}", "provider_name": provider, "tag": provider.lower(), "context_length": 128000,
+                "pricing": pricing, "quantization": None, "max_completion_tokens": 16384, "status": 0}
+
+    return web.json_response({"data": {"id": model, "name": model, "endpoints": [
+        endpoint("FakeProvider", markup), endpoint("OtherProvider", 1)]}})
 
 
 async def generation(request: web.Request) -> web.Response:
@@ -415,12 +446,15 @@ def fake_app() -> web.Application:
     app[FAULTS] = set()
     app[DISCONNECTS] = []
     app[PRICE_CHANGES] = {}
+    app[ENDPOINT_FETCHES] = []
+    app[ENDPOINT_MARKUP] = {}
     app.router.add_post("/api/v1/chat/completions", chat)
     app.router.add_post("/api/v1/completions", chat)
     app.router.add_post("/api/v1/messages", messages)
     app.router.add_post("/api/v1/responses", responses)
     app.router.add_post("/api/v1/embeddings", embeddings)
     app.router.add_get("/api/v1/models", models)
+    app.router.add_get("/api/v1/models/{author}/{slug}/endpoints", endpoints)
     app.router.add_get("/api/v1/generation", generation)
     app.router.add_route("*", "/api/v1/{tail:.*}", echo)
     return app

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
 from proxy.server.attribution import Attribution
-from proxy.pricing.catalog import Catalog, ModelEntry
+from proxy.pricing.catalog import Catalog, ModelEntry, ModelPricing
 from proxy.pricing.hints import NONE, WEB_RESULT_USD, Hints
 from proxy.pricing.price import Cost, price
 from proxy.store.records import BLOCKED, COST_CATALOG, COST_NONE, COST_REPORTED, OK, PROXY_ERROR, UsageRecord
@@ -54,7 +55,11 @@ class Accounted:
 
 
 def account(
-    exchange: Exchange, usage: Usage, catalog: Catalog | None, web_result_usd: Decimal = WEB_RESULT_USD
+    exchange: Exchange,
+    usage: Usage,
+    catalog: Catalog | None,
+    web_result_usd: Decimal = WEB_RESULT_USD,
+    provider_price: Callable[[str, str | None, ModelPricing | None], ModelPricing | None] | None = None,
 ) -> Accounted:
     model = usage.model or exchange.model_requested
     hints = exchange.hints
@@ -63,7 +68,10 @@ def account(
         entry = _variant(catalog, entry, hints)
     breakdown = None
     if entry is not None and (usage.input_tokens is not None or usage.output_tokens is not None):
-        breakdown = price(_with_hints(usage, hints), entry.pricing, exchange.started_at, entry.id)
+        # The provider that served the request sets the price, where its endpoint price is known.
+        at_provider = provider_price(entry.id, usage.provider, entry.pricing) if provider_price is not None else None
+        pricing = at_provider if at_provider is not None else entry.pricing
+        breakdown = price(_with_hints(usage, hints), pricing, exchange.started_at, entry.id)
         if breakdown is not None and hints.web_results:
             # The web plugin bills per result on top of the model, whatever it is.
             plugin = hints.web_results * web_result_usd

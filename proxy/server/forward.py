@@ -28,6 +28,7 @@ from proxy.budgets.ledger import Decision
 from proxy.pricing.catalog import Catalog
 from proxy.config import Config
 from proxy.errors import error_response
+from proxy.pricing.endpoints import ProviderPrices
 from proxy.pricing.generation import Backfill, needs_backfill
 from proxy.pricing.hints import read_hints
 from proxy.server.guard import BudgetGuard, retry_after
@@ -65,6 +66,7 @@ class Forwarder:
         guard: BudgetGuard | None = None,
         backfill: Backfill | None = None,
         managed_key: str | None = None,
+        provider_prices: ProviderPrices | None = None,
     ) -> None:
         self._config = config
         self._session = session
@@ -76,6 +78,7 @@ class Forwarder:
         self._backfill = backfill
         self._managed_key = managed_key
         self._cache_shares = CacheShares()
+        self._provider_prices = provider_prices
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.perf_counter()
@@ -185,7 +188,13 @@ class Forwarder:
                 hints=read_hints(body, model_requested),
             )
             try:
-                accounted = account(exchange, usage, self._catalog(), self._config.web_search_result_usd)
+                accounted = account(
+                    exchange,
+                    usage,
+                    self._catalog(),
+                    self._config.web_search_result_usd,
+                    self._provider_prices.lookup if self._provider_prices is not None else None,
+                )
             except Exception:
                 # A pricing bug must not cost the row: record it unpriced and say so.
                 log.exception("event=pricing_failed request_id=%s model=%s", request_id, usage.model)
