@@ -615,3 +615,11 @@ def test_responses_web_search_items_are_counted() -> None:
                  "cost_details": {"upstream_inference_cost": 0.02}}})
     assert usage.web_search_requests == 2
     assert usage.is_byok is True and usage.upstream_cost == Decimal("0.02")
+
+
+def test_messages_iterations_without_cache_counts_keep_the_top_level_ones() -> None:
+    usage = body("messages", {"type": "message", "usage": {
+        "input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 900,
+        "iterations": [{"type": "compaction", "input_tokens": 100, "output_tokens": 50},
+                       {"type": "message", "input_tokens": 10, "output_tokens": 5}]}})
+    assert (usage.input_tokens, usage.cached_tokens, usage.output_tokens) == (1010, 900, 55)

@@ -27,15 +27,12 @@ def _iterations(raw: Any) -> dict[str, Any] | None:
         return None
     totals: dict[str, Any] = {}
     for _, key in _COUNTS:
-        total: int | None = 0
-        for item in raw:
-            value = mapping(item).get(key)
-            if value is None:
-                continue
-            counted = count(value)
-            total = None if counted is None or total is None else total + counted
+        values = [mapping(item).get(key) for item in raw]
+        if all(value is None for value in values):
+            continue  # no iteration says: the top level's count (or message_start's) stands
+        counted = [count(value) for value in values if value is not None]
         # A nonsense count in any iteration makes the total unknown (passed on as a bad value).
-        totals[key] = total if total is not None else -1
+        totals[key] = -1 if None in counted else sum(c for c in counted if c is not None)
     return totals
 
 
