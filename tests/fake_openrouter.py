@@ -15,6 +15,7 @@ Each request may carry `X-Fake` with comma-separated behaviours, so one server s
   byok                             a bring-your-own-key reply: `cost` is OpenRouter's 5% fee and
                                    cost_details.upstream_inference_cost the provider's charge
   web-search                       the provider ran WEB_SEARCHES searches (each shape's own report)
+  flex                             (chat) served on OpenAI's flex tier: `service_tier: "flex"` at the top level
   null-delta                       (/messages) message_delta repeats no input or cache count: nulls,
                                    as Anthropic's schema allows (Claude Code's streams)
 GET /models/{author}/{slug}/endpoints lists two providers for a model of the /models listing:
@@ -230,6 +231,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     flags, data, model, gen_id = begun
     chunks = int(request.headers.get("X-Fake-Chunks", "5"))
     base = {"id": gen_id, "provider": "FakeProvider", "model": model, "object": "chat.completion.chunk", "created": 1}
+    if "flex" in flags:
+        base["service_tier"] = "flex"
     if not data.get("stream"):
         body = {
             **base,

@@ -174,3 +174,11 @@ def test_fast_speed_is_priced_at_the_fast_entry() -> None:
 
 def test_hints_of_a_plain_body_are_none() -> None:
     assert read_hints(b'{"model":"x","messages":[]}', "x") == Hints()
+
+
+def test_flex_tier_is_billed_at_half_the_token_price() -> None:
+    usage = Usage(model="acme/paid", input_tokens=1000, output_tokens=500, service_tier="flex")
+    assert account(_exchange("acme/paid"), usage, CATALOG).record.cost_catalog_usd == Decimal("0.001")
+    for tier in (None, "default", "priority"):
+        plain = _dc.replace(usage, service_tier=tier)
+        assert account(_exchange("acme/paid"), plain, CATALOG).record.cost_catalog_usd == Decimal("0.002")

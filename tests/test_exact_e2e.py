@@ -142,3 +142,13 @@ async def test_claude_code_native_model_id_is_priced(proxy: Any) -> None:
     await proxy.settle()
     [row] = proxy.rows()
     assert row["cost_source"] == "catalog" and Decimal(row["cost_usd"]) == fake_cost(CLAUDE)
+
+
+async def test_flex_tier_without_a_cost_is_priced_at_half(proxy: Any) -> None:
+    async with _openai(proxy) as client:
+        reply = await client.chat.completions.create(model="openai/gpt-4o", messages=[{"role": "user", "content": "hi"}],
+                                                     extra_body={"service_tier": "flex"}, extra_headers={"X-Fake": "flex,no-cost"})
+    assert reply.service_tier == "flex"
+    await proxy.settle()
+    [row] = proxy.rows()
+    assert row["cost_source"] == "catalog" and Decimal(row["cost_usd"]) == fake_cost("openai/gpt-4o") / 2

@@ -89,6 +89,7 @@ EXPECTED: dict[str, tuple[str, Usage]] = {
             cached_tokens=9000,
             cache_write_tokens=2000,
             cache_write_1h_tokens=0,
+            service_tier="standard",
             complete=True,
         ),
     ),
@@ -623,3 +624,15 @@ def test_messages_iterations_without_cache_counts_keep_the_top_level_ones() -> N
         "iterations": [{"type": "compaction", "input_tokens": 100, "output_tokens": 50},
                        {"type": "message", "input_tokens": 10, "output_tokens": 5}]}})
     assert (usage.input_tokens, usage.cached_tokens, usage.output_tokens) == (1010, 900, 55)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "payload"),
+    [
+        ("chat/completions", {"service_tier": "flex", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}),
+        ("responses", {"service_tier": "flex", "usage": {"input_tokens": 1, "output_tokens": 1}}),
+        ("messages", {"type": "message", "usage": {"input_tokens": 1, "output_tokens": 1, "service_tier": "flex"}}),
+    ],
+)
+def test_served_service_tier_is_read(endpoint: str, payload: dict[str, Any]) -> None:
+    assert body(endpoint, payload).service_tier == "flex"

@@ -72,6 +72,8 @@ def account(
         at_provider = provider_price(entry.id, usage.provider, entry.pricing) if provider_price is not None else None
         pricing = at_provider if at_provider is not None else entry.pricing
         breakdown = price(_with_hints(usage, hints), pricing, exchange.started_at, entry.id)
+        if breakdown is not None and usage.service_tier == "flex":
+            breakdown = _flex(breakdown)
         if breakdown is not None and hints.web_results:
             # The web plugin bills per result on top of the model, whatever it is.
             plugin = hints.web_results * web_result_usd
@@ -130,6 +132,25 @@ def account(
         duration_ms=exchange.duration_ms,
     )
     return Accounted(record=record, breakdown=breakdown, drift=drifted(provider_charge(record), catalog_cost))
+
+
+# OpenRouter: a request served on OpenAI's flex tier is billed at half the standard token price
+# (openrouter.ai/docs/guides/features/service-tiers). Other tiers have no documented ratio: a
+# reported cost includes them, a catalog price does not.
+FLEX_SHARE = Decimal("0.5")
+_TOKEN_PARTS = ("input", "cache_read", "cache_write", "output", "reasoning", "audio", "image_output")
+
+
+def _flex(cost: Cost) -> Cost:
+    scaled = {part: getattr(cost, part) * FLEX_SHARE for part in _TOKEN_PARTS}
+    before = sum((getattr(cost, part) for part in _TOKEN_PARTS), Decimal(0))
+    others = cost.total - cost.discount - before
+    subtotal = others + sum(scaled.values(), Decimal(0))
+    # The discount is a share of the subtotal: it shrinks with it.
+    discount = cost.discount * subtotal / (before + others) if cost.discount else cost.discount
+    return dataclasses.replace(
+        cost, **scaled, discount=discount, total=subtotal + discount, cache_savings=cost.cache_savings * FLEX_SHARE
+    )
 
 
 def _variant(catalog: Catalog, entry: ModelEntry, hints: Hints) -> ModelEntry:

@@ -83,8 +83,8 @@ class StreamParser:
         generation_id = text(obj.get("id"))
         if generation_id and generation_id.startswith("gen-"):
             self.fields["generation_id"] = generation_id
-        for field in ("model", "provider"):
-            value = text(obj.get(field))
+        for field in ("model", "provider", "service_tier"):
+            value = text(obj.get(field), 32 if field == "service_tier" else 200)
             if value:
                 self.fields[field] = value
 
@@ -118,6 +118,7 @@ class StreamParser:
             cost_reported=f.get("cost_reported"),
             is_byok=f.get("is_byok"),
             upstream_cost=f.get("upstream_cost"),
+            service_tier=f.get("service_tier"),
             complete=bool(f.get("complete")),
             error=f.get("error"),
         )

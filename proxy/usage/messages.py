@@ -87,6 +87,9 @@ class MessagesParser(StreamParser):
             details = mapping(usage.get(key))
             if details.get("reasoning_tokens") is not None:
                 self.fields["reasoning_tokens"] = count(details["reasoning_tokens"])
+        tier = usage.get("service_tier")
+        if isinstance(tier, str) and tier:
+            self.fields["service_tier"] = tier[:32]
         self.take_billing({k: v for k, v in usage.items() if v is not None} if delta else usage)
         self.take_web_search(usage)
 
@@ -112,6 +115,7 @@ class MessagesParser(StreamParser):
             cost_reported=f.get("cost_reported"),
             is_byok=f.get("is_byok"),
             upstream_cost=f.get("upstream_cost"),
+            service_tier=f.get("service_tier"),
             complete=bool(f.get("complete")),
             error=f.get("error"),
         )
