@@ -182,3 +182,13 @@ def test_flex_tier_is_billed_at_half_the_token_price() -> None:
     for tier in (None, "default", "priority"):
         plain = _dc.replace(usage, service_tier=tier)
         assert account(_exchange("acme/paid"), plain, CATALOG).record.cost_catalog_usd == Decimal("0.002")
+
+
+def test_a_large_body_is_scanned_only_when_the_catalog_sets_the_cost() -> None:
+    from proxy.pricing.hints import SCAN_WHEN_REPORTED, hints_for
+
+    body = b'{"model":"acme/paid","speed":"fast","messages":"' + b"x" * SCAN_WHEN_REPORTED + b'"}'
+    assert hints_for(body, "acme/paid", cost_reported=False).fast
+    assert not hints_for(body, "acme/paid", cost_reported=True).fast
+    assert hints_for(body, "acme/paid:online", cost_reported=True).web_results == 5  # from the name alone
+    assert hints_for(b'{"speed":"fast"}', "acme/paid", cost_reported=True).fast

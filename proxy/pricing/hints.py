@@ -31,6 +31,17 @@ class Hints:
 
 NONE = Hints()
 
+# A body scan costs ~1 ms per MB per marker. When the reply carried its billed cost, the hints only
+# sharpen the drift check, so bodies larger than this are not scanned then.
+SCAN_WHEN_REPORTED = 256 * 1024
+
+
+def hints_for(body: bytes, model_requested: str | None, cost_reported: bool) -> Hints:
+    """read_hints, skipping the body scan of a large request whose cost OpenRouter reported."""
+    if cost_reported and len(body) > SCAN_WHEN_REPORTED:
+        return read_hints(b"", model_requested)
+    return read_hints(body, model_requested)
+
 
 def read_hints(body: bytes, model_requested: str | None) -> Hints:
     online = bool(model_requested) and ":online" in (model_requested or "")

@@ -30,7 +30,7 @@ from proxy.config import Config
 from proxy.errors import error_response
 from proxy.pricing.endpoints import ProviderPrices
 from proxy.pricing.generation import Backfill, needs_backfill
-from proxy.pricing.hints import read_hints
+from proxy.pricing.hints import hints_for
 from proxy.server.guard import BudgetGuard, retry_after
 from proxy.metrics import Metrics
 from proxy.store.recorder import Recorder
@@ -185,7 +185,7 @@ class Forwarder:
                 error=outcome.error,
                 ttfb_ms=None if outcome.ttfb is None else (outcome.ttfb - received) * 1000,
                 duration_ms=(finished - received) * 1000,
-                hints=read_hints(body, model_requested),
+                hints=hints_for(body, model_requested, usage.cost_reported is not None),
             )
             try:
                 accounted = account(
