@@ -11,6 +11,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -19,6 +20,7 @@ import yaml
 from yarl import URL
 
 from proxy.errors import ConfigError, shown
+from proxy.pricing.hints import WEB_RESULT_USD
 
 DEFAULT_UPSTREAM = "https://openrouter.ai/api/v1"
 
@@ -70,6 +72,8 @@ class Config:
     shutdown_grace_s: float = 30.0
     catalog_refresh_s: float = 6 * 3600.0
     catalog_file: Path | None = None
+    # USD per web-plugin result (`:online`); OpenRouter's documented $4 per 1,000 results.
+    web_search_result_usd: Decimal = WEB_RESULT_USD
     free_daily_limit: int = 50
     timezone: str = "UTC"
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -104,7 +108,7 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
 def parse_config(raw: Any) -> Config:
     data = _section(raw, "", _TOP_KEYS)
     timeouts = _section(data.get("timeouts", {}), "timeouts", {"connect_s", "first_byte_s", "read_s"})
-    catalog = _section(data.get("catalog", {}), "catalog", {"refresh_hours", "file"})
+    catalog = _section(data.get("catalog", {}), "catalog", {"refresh_hours", "file", "web_search_result_usd"})
     defaults = Config()
     refresh_hours = _number(catalog.get("refresh_hours", 6), "catalog.refresh_hours", minimum=0)
     config = Config(
@@ -121,6 +125,9 @@ def parse_config(raw: Any) -> Config:
         shutdown_grace_s=_number(data.get("shutdown_grace_s", defaults.shutdown_grace_s), "shutdown_grace_s", minimum=0),
         catalog_refresh_s=refresh_hours * 3600,
         catalog_file=Path(_string(catalog["file"], "catalog.file")) if catalog.get("file") is not None else None,
+        web_search_result_usd=Decimal(
+            str(_number(catalog.get("web_search_result_usd", float(WEB_RESULT_USD)), "catalog.web_search_result_usd", minimum=0))
+        ),
         free_daily_limit=_integer(data.get("free_daily_limit", defaults.free_daily_limit), "free_daily_limit", minimum=0),
         timezone=_timezone(data.get("timezone", defaults.timezone)),
         metrics=_metrics(data.get("metrics", {})),

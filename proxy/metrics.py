@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from proxy import __version__
-from proxy.pricing.accounting import drifted as cost_drifted
+from proxy.pricing.accounting import drifted as cost_drifted, provider_charge
 from proxy.errors import error_response
 from proxy.metric_tables import CounterTable, GaugeValue, HistogramTable
 from proxy.store.records import BLOCKED, UsageRecord
@@ -266,12 +266,13 @@ class Metrics:
             self.duration.observe((endpoint, model), rec.duration_ms / 1000)
             if rec.is_free:
                 self.free_requests.inc(by_model)
+        charged = provider_charge(rec)
         if drift is None:
-            drift = cost_drifted(rec.cost_reported_usd, rec.cost_catalog_usd)
+            drift = cost_drifted(charged, rec.cost_catalog_usd)
         if drift:
             self.cost_drift.inc(by_model)
-            if rec.cost_reported_usd is not None and rec.cost_catalog_usd is not None:
-                diff = rec.cost_reported_usd - rec.cost_catalog_usd
+            if charged is not None and rec.cost_catalog_usd is not None:
+                diff = charged - rec.cost_catalog_usd
                 direction = "over" if diff > 0 else "under"
                 self.cost_drift_usd.inc((model, direction), float(abs(diff)))
 

@@ -12,6 +12,16 @@ Each request may carry `X-Fake` with comma-separated behaviours, so one server s
   late-generation                  GET /generation answers 404 twice before it knows the request
   short-body                       (/messages) a JSON reply cut after 10 bytes of its Content-Length
   absurd-usage                     usage with negative, null, huge and non-numeric counts and cost
+  byok                             a bring-your-own-key reply: `cost` is OpenRouter's 5% fee and
+                                   cost_details.upstream_inference_cost the provider's charge
+  web-search                       the provider ran WEB_SEARCHES searches (each shape's own report)
+  flex                             (chat) served on OpenAI's flex tier: `service_tier: "flex"` at the top level
+  null-delta                       (/messages) message_delta repeats no input or cache count: nulls,
+                                   as Anthropic's schema allows (Claude Code's streams)
+GET /models/{author}/{slug}/endpoints lists two providers for a model of the /models listing:
+FakeProvider (the one every reply names) at ENDPOINT_MARKUP[model] (default 1) times its listed
+price, and OtherProvider at the listed price; `endpoints-down` in FAULTS makes it fail with a 500.
+ENDPOINT_FETCHES lists the models asked for.
 GET /key answers for keys in KEYS (401 otherwise, like OpenRouter for an unknown or revoked key)
 with the spend LEDGER holds for that key per UTC day, week (from Monday) and month; GET /activity
 answers management keys in MANAGEMENT_KEYS with the ledger per completed UTC day x model x provider
@@ -47,14 +57,21 @@ FAKE_PRICES = {
     "anthropic/claude-sonnet-4.5": (Decimal("0.000003"), Decimal("0.000015"), Decimal("0.0000003")),
 }
 PROMPT_TOKENS = 1200
+# /generation's normalized prompt count differs from the native one billing uses.
+NORMALIZED_PROMPT_TOKENS = 1163
 CACHED_TOKENS = 200
 COMPLETION_TOKENS = 300
 REASONING_TOKENS = 50
+WEB_SEARCHES = 2
+BYOK_FEE_SHARE = Decimal("0.05")
 
 RECEIVED: web.AppKey[list[dict[str, Any]]] = web.AppKey("received", list)
 GENERATIONS: web.AppKey[dict[str, dict[str, Any]]] = web.AppKey("generations", dict)
 FAULTS: web.AppKey[set[str]] = web.AppKey("faults", set)
 DISCONNECTS: web.AppKey[list[str]] = web.AppKey("disconnects", list)
+ENDPOINT_FETCHES: web.AppKey[list[str]] = web.AppKey("endpoint_fetches", list)
+# model id -> how many times the listed price FakeProvider charges.
+ENDPOINT_MARKUP: web.AppKey[dict[str, int]] = web.AppKey("endpoint_markup", dict)
 # model id -> pricing keys to change in the /models listing: a test's way to make prices move.
 PRICE_CHANGES: web.AppKey[dict[str, dict[str, str]]] = web.AppKey("price_changes", dict)
 # OpenRouter's books: (key, UTC day, model) -> cost, byok cost and requests billed.
@@ -133,6 +150,9 @@ def _chat_usage(model: str, flags: set[str], cost: float) -> dict[str, Any]:
     }
     if "no-cost" not in flags:
         usage["cost"] = cost
+    _billing(usage, flags, cost)
+    if "web-search" in flags:
+        usage["server_tool_use_details"] = {"web_search_requests": WEB_SEARCHES}
     if "absurd-usage" in flags:
         usage.update(prompt_tokens=10**15, completion_tokens=-5, total_tokens=None, cost=1e12)
         usage["prompt_tokens_details"] = {"cached_tokens": None, "cache_write_tokens": "lots"}
@@ -140,19 +160,37 @@ def _chat_usage(model: str, flags: set[str], cost: float) -> dict[str, Any]:
     return usage
 
 
+def _billing(usage: dict[str, Any], flags: set[str], cost: float) -> None:
+    """OpenRouter's BYOK fields: with `byok`, `cost` becomes the fee and the provider's charge moves
+    to cost_details; otherwise upstream_inference_cost is shown too but is already inside `cost`."""
+    byok = "byok" in flags
+    usage["is_byok"] = byok
+    if "cost" in usage:
+        usage["cost"] = float(Decimal(str(cost)) * BYOK_FEE_SHARE) if byok else cost
+    usage["cost_details"] = {"upstream_inference_cost": cost if byok else round(cost * 0.95, 9)}
+
+
 def _remember(request: web.Request, gen_id: str, model: str) -> None:
-    if "no-generation" in _flags(request):  # /generation never learns of it: the 404 path
+    flags = _flags(request)
+    if "no-generation" in flags:  # /generation never learns of it: the 404 path
         return
+    cost = _reported_cost(request, model)
+    byok = "byok" in flags
     request.app[GENERATIONS][gen_id] = {
         "id": gen_id,
         "model": model,
-        "total_cost": _reported_cost(request, model),
-        "tokens_prompt": PROMPT_TOKENS,
+        "total_cost": float(Decimal(str(cost)) * BYOK_FEE_SHARE) if byok else cost,
+        "upstream_inference_cost": cost if byok else round(cost * 0.95, 9),
+        "is_byok": byok,
+        "tokens_prompt": NORMALIZED_PROMPT_TOKENS,
         "tokens_completion": COMPLETION_TOKENS,
+        "native_tokens_prompt": PROMPT_TOKENS,
+        "native_tokens_completion": COMPLETION_TOKENS,
         "native_tokens_cached": CACHED_TOKENS,
         "native_tokens_reasoning": REASONING_TOKENS,
+        "num_search_results": 5 * WEB_SEARCHES if "web-search" in flags else 0,
         "provider_name": "FakeProvider",
-        "lag": 2 if "late-generation" in _flags(request) else 0,
+        "lag": 2 if "late-generation" in flags else 0,
     }
 
 
@@ -161,7 +199,12 @@ def _bill(request: web.Request, model: str) -> None:
     million requests cost a few entries, not a million)."""
     key = _bearer(request) or request.headers.get("x-api-key", "")
     entry = request.app[LEDGER].setdefault((key, datetime.now(UTC).date(), model), {"cost": Decimal(0), "byok": Decimal(0), "requests": 0})
-    entry["cost"] += Decimal(str(_reported_cost(request, model)))
+    cost = Decimal(str(_reported_cost(request, model)))
+    if "byok" in _flags(request):  # OpenRouter's credits see its fee; the provider billed the user's key
+        entry["cost"] += cost * BYOK_FEE_SHARE
+        entry["byok"] += cost
+    else:
+        entry["cost"] += cost
     entry["requests"] += 1
 
 
@@ -272,6 +315,8 @@ async def chat(request: web.Request) -> web.StreamResponse:
     flags, data, model, gen_id = begun
     chunks = int(request.headers.get("X-Fake-Chunks", "5"))
     base = {"id": gen_id, "provider": "FakeProvider", "model": model, "object": "chat.completion.chunk", "created": 1}
+    if "flex" in flags:
+        base["service_tier"] = "flex"
     if not data.get("stream"):
         body = {
             **base,
@@ -313,6 +358,9 @@ def _anthropic_usage(flags: set[str], model: str) -> dict[str, Any]:
     }
     if "no-cost" not in flags:
         usage["cost"] = float(fake_cost(model))
+    _billing(usage, flags, float(fake_cost(model)))
+    if "web-search" in flags:
+        usage["server_tool_use"] = {"web_search_requests": WEB_SEARCHES}
     return usage
 
 
@@ -338,7 +386,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
             return await _short_body(request, json.dumps(body).encode())
         return web.json_response(body)
     start_usage = {**_anthropic_usage(flags, model), "output_tokens": 1}
-    start_usage.pop("cost", None)
+    for billed_later in ("cost", "cost_details", "is_byok", "server_tool_use"):
+        start_usage.pop(billed_later, None)
     events = [
         _data({"type": "message_start", "message": {**message, "usage": start_usage}}, "message_start"),
         _data({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}, "content_block_start"),
@@ -350,6 +399,8 @@ async def messages(request: web.Request) -> web.StreamResponse:
         return await _sse(request, events, flags, gen_id)
     events.append(_data({"type": "content_block_stop", "index": 0}, "content_block_stop"))
     delta_usage = _anthropic_usage(flags, model)
+    if "null-delta" in flags:
+        delta_usage.update(input_tokens=None, cache_read_input_tokens=None, cache_creation_input_tokens=None)
     events.append(_data({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}, "usage": delta_usage}, "message_delta"))
     events.append(_data({"type": "message_stop"}, "message_stop"))
     return await _sse(request, events, flags, gen_id)
@@ -365,6 +416,7 @@ def _responses_usage(flags: set[str], model: str) -> dict[str, Any]:
     }
     if "no-cost" not in flags:
         usage["cost"] = float(fake_cost(model))
+    _billing(usage, flags, float(fake_cost(model)))
     return usage
 
 
@@ -375,6 +427,9 @@ async def responses(request: web.Request) -> web.StreamResponse:
     flags, data, model, gen_id = begun
     text = "hello there"
     output = [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant", "content": [{"type": "output_text", "text": text, "annotations": []}]}]
+    if "web-search" in flags:
+        searches = [{"type": "web_search_call", "id": f"ws_{i}", "status": "completed", "action": {"type": "search", "query": "q"}} for i in range(WEB_SEARCHES)]
+        output = searches + output
     response = {"id": gen_id, "object": "response", "created_at": 1, "model": model, "status": "in_progress", "output": [], "error": None, "incomplete_details": None, "usage": None}
     done = {**response, "status": "completed", "output": output, "usage": _responses_usage(flags, model)}
     if not data.get("stream"):
@@ -383,7 +438,7 @@ async def responses(request: web.Request) -> web.StreamResponse:
     events = [
         _data({"type": "response.created", "sequence_number": next(seq), "response": response}, "response.created"),
         _data({"type": "response.in_progress", "sequence_number": next(seq), "response": response}, "response.in_progress"),
-        _data({"type": "response.output_item.added", "sequence_number": next(seq), "output_index": 0, "item": {**output[0], "status": "in_progress", "content": []}}, "response.output_item.added"),
+        _data({"type": "response.output_item.added", "sequence_number": next(seq), "output_index": 0, "item": {**output[-1], "status": "in_progress", "content": []}}, "response.output_item.added"),
         _data({"type": "response.content_part.added", "sequence_number": next(seq), "item_id": "msg_1", "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}, "response.content_part.added"),
     ]
     for piece in ("hello", " there"):
@@ -394,8 +449,8 @@ async def responses(request: web.Request) -> web.StreamResponse:
         return await _sse(request, events, flags, gen_id)
     events += [
         _data({"type": "response.output_text.done", "sequence_number": next(seq), "item_id": "msg_1", "output_index": 0, "content_index": 0, "text": text}, "response.output_text.done"),
-        _data({"type": "response.content_part.done", "sequence_number": next(seq), "item_id": "msg_1", "output_index": 0, "content_index": 0, "part": output[0]["content"][0]}, "response.content_part.done"),
-        _data({"type": "response.output_item.done", "sequence_number": next(seq), "output_index": 0, "item": output[0]}, "response.output_item.done"),
+        _data({"type": "response.content_part.done", "sequence_number": next(seq), "item_id": "msg_1", "output_index": 0, "content_index": 0, "part": output[-1]["content"][0]}, "response.content_part.done"),
+        _data({"type": "response.output_item.done", "sequence_number": next(seq), "output_index": 0, "item": output[-1]}, "response.output_item.done"),
     ]
     if "no-usage" not in flags:
         events.append(_data({"type": "response.completed", "sequence_number": next(seq), "response": done}, "response.completed"))
@@ -418,14 +473,38 @@ async def models(request: web.Request) -> web.Response:
         return web.json_response({"error": {"code": 500, "message": "down"}}, status=500)
     if "garbage" in flags:
         return web.Response(body=b'{"data": [{"id": "truncated', content_type="application/json")
+    return web.Response(body=_listing(request.app), content_type="application/json")
+
+
+def _listing(app: web.Application) -> bytes:
     listing = (FIXTURES / "models-2026.json").read_bytes()
-    changes = request.app[PRICE_CHANGES]
+    changes = app[PRICE_CHANGES]
     if changes:
         data = json.loads(listing)
         for model in data["data"]:
             model["pricing"].update(changes.get(model["id"], {}))
         listing = json.dumps(data).encode()
-    return web.Response(body=listing, content_type="application/json")
+    return listing
+
+
+async def endpoints(request: web.Request) -> web.Response:
+    await _body(request)
+    model = f"{request.match_info['author']}/{request.match_info['slug']}"
+    request.app[ENDPOINT_FETCHES].append(model)
+    if "endpoints-down" in request.app[FAULTS]:
+        return web.json_response({"error": {"code": 500, "message": "down"}}, status=500)
+    listed = next((m for m in json.loads(_listing(request.app))["data"] if m["id"] == model), None)
+    if listed is None:
+        return web.json_response({"error": {"code": 404, "message": "Model not found"}}, status=404)
+    markup = request.app[ENDPOINT_MARKUP].get(model, 1)
+
+    def endpoint(provider: str, times: int) -> dict[str, Any]:
+        pricing = {k: str(Decimal(v) * times) for k, v in listed["pricing"].items() if isinstance(v, str)}
+        return {"name": f"{provider} | {model}", "provider_name": provider, "tag": provider.lower(), "context_length": 128000,
+                "pricing": pricing, "quantization": None, "max_completion_tokens": 16384, "status": 0}
+
+    return web.json_response({"data": {"id": model, "name": model, "endpoints": [
+        endpoint("FakeProvider", markup), endpoint("OtherProvider", 1)]}})
 
 
 async def generation(request: web.Request) -> web.Response:
@@ -458,12 +537,15 @@ def fake_app() -> web.Application:
     app[KEYS] = set()
     app[MANAGEMENT_KEYS] = set()
     app[ACTIVITY_TODAY] = []
+    app[ENDPOINT_FETCHES] = []
+    app[ENDPOINT_MARKUP] = {}
     app.router.add_post("/api/v1/chat/completions", chat)
     app.router.add_post("/api/v1/completions", chat)
     app.router.add_post("/api/v1/messages", messages)
     app.router.add_post("/api/v1/responses", responses)
     app.router.add_post("/api/v1/embeddings", embeddings)
     app.router.add_get("/api/v1/models", models)
+    app.router.add_get("/api/v1/models/{author}/{slug}/endpoints", endpoints)
     app.router.add_get("/api/v1/generation", generation)
     app.router.add_get("/api/v1/key", key_info)
     app.router.add_get("/api/v1/activity", activity)

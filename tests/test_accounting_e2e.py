@@ -240,3 +240,62 @@ async def test_unreachable_upstream_rows_cost_nothing(start_proxy: Any, make_con
     await proxy.settle()
     [row] = proxy.rows()
     assert (row["outcome"], Decimal(row["cost_usd"]), row["cost_source"]) == ("proxy_error", Decimal(0), "none")
+
+
+async def test_a_price_that_returns_to_an_earlier_value_is_read_again(start_proxy: Any, make_config: Any, upstream: Any, capsys: Any) -> None:
+    import json
+
+    from proxy.server.app import CATALOG
+    from proxy.cli.main import main
+    from tests.fake_openrouter import PRICE_CHANGES
+
+    proxy = await start_proxy(make_config(catalog_refresh_s=0.1))
+
+    async def wait_for_prompt_price(value: str) -> None:
+        for _ in range(200):
+            entry = proxy.server.app[CATALOG].current.get("openai/gpt-4o")
+            if entry is not None and str(entry.pricing.prompt) == value and proxy.server.app[CATALOG].source.startswith("http"):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"catalog never showed prompt price {value}")
+
+    async with aiohttp.ClientSession() as session:
+        for prompt in ("0.0000025", "0.000005", "0.0000025"):  # A -> B -> A
+            upstream.app[PRICE_CHANGES]["openai/gpt-4o"] = {"prompt": prompt}
+            await wait_for_prompt_price(prompt)
+            await proxy.settle()  # the price change is written before the request that follows it
+            await asyncio.sleep(0.01)
+            await _post(session, f"{proxy.base}/chat/completions", {"model": "openai/gpt-4o", "messages": []}, **{"X-Fake": "no-cost"})
+    await proxy.settle()
+    rows = proxy.rows()
+    assert rows[0]["cost_catalog_usd"] == rows[2]["cost_catalog_usd"] != rows[1]["cost_catalog_usd"]
+    assert main(["models", "--changes", "--db", str(proxy.db_path), "--search", "openai/gpt-4o", "--format", "json"]) == 0
+    changes = [c for c in json.loads(capsys.readouterr().out) if c["model"] == "openai/gpt-4o"]
+    assert [(c["input_per_1m_was"], c["input_per_1m"]) for c in changes] == [("2.5", "5"), ("5", "2.5")], changes
+    # whatif prices the third request at A again, not at B forever.
+    assert main(["whatif", "--db", str(proxy.db_path), "--model", "openai/gpt-4o", "--format", "json"]) == 0
+    scenarios = {r["scenario"]: r for r in json.loads(capsys.readouterr().out)}
+    assert Decimal(scenarios["all on openai/gpt-4o"]["cost"]) == sum(Decimal(r["cost_usd"]) for r in rows)
+
+
+async def test_cut_stream_estimate_uses_the_sessions_recent_cache_share(start_proxy: Any) -> None:
+    import json
+
+    proxy = await start_proxy(backfill_delays_s=(0.02, 0.02))
+    body = {"model": "openai/gpt-4o", "stream": True, "messages": [{"role": "user", "content": "x" * 3990}]}
+    async with aiohttp.ClientSession() as session:
+        # A complete turn of the session: 200 of its 1200 prompt tokens were cache reads.
+        await _post(session, f"{proxy.base}/chat/completions", {"model": "openai/gpt-4o", "messages": []}, **{"Session-Id": "s1"})
+        await _post(session, f"{proxy.base}/chat/completions", body, **{"X-Fake": "drop,no-generation", "Session-Id": "s1"})
+    for _ in range(100):
+        await proxy.settle()
+        rows = proxy.rows()
+        if len(rows) == 2 and rows[1]["cost_source"] == "estimated":
+            break
+        await asyncio.sleep(0.05)
+    _, row = proxy.rows()
+    assert row["cost_source"] == "estimated"
+    prompt_tokens = len(json.dumps(body).encode()) // 4
+    cached = int(prompt_tokens * Decimal(CACHED_TOKENS) / PROMPT_TOKENS)
+    expected = (prompt_tokens - cached) * Decimal("0.0000025") + cached * Decimal("0.00000125") + 3 * Decimal("0.00001")
+    assert Decimal(row["cost_usd"]) == expected

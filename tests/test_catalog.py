@@ -363,3 +363,36 @@ def test_resolve_served_and_requested(c2026: Catalog, served: str | None, reques
                                       expected: str | None) -> None:
     entry = c2026.resolve(served, requested)
     assert (entry.id if entry else None) == expected
+
+
+# Entries as in the real 2026 listing (ids and canonical slugs).
+CLAUDES = parse_models({"data": [
+    {"id": "anthropic/claude-haiku-4.5", "canonical_slug": "anthropic/claude-4.5-haiku-20251001", "name": "Claude Haiku 4.5", "pricing": {"prompt": "0.000001", "completion": "0.000005"}},
+    {"id": "anthropic/claude-sonnet-4.5", "canonical_slug": "anthropic/claude-4.5-sonnet-20250929", "name": "Claude Sonnet 4.5", "pricing": {"prompt": "0.000003", "completion": "0.000015"}},
+    {"id": "anthropic/claude-opus-4.1", "canonical_slug": "anthropic/claude-4.1-opus-20250805", "name": "Claude Opus 4.1", "pricing": {"prompt": "0.000015", "completion": "0.000075"}},
+    {"id": "anthropic/claude-sonnet-4", "canonical_slug": "anthropic/claude-4-sonnet-20250522", "name": "Claude Sonnet 4", "pricing": {"prompt": "0.000003", "completion": "0.000015"}},
+    {"id": "anthropic/claude-3-haiku", "canonical_slug": "anthropic/claude-3-haiku", "name": "Claude 3 Haiku", "pricing": {"prompt": "0.00000025", "completion": "0.00000125"}},
+]})
+
+
+@pytest.mark.parametrize(
+    ("native", "want"),
+    [
+        ("claude-sonnet-4-5-20250929", "anthropic/claude-sonnet-4.5"),
+        ("claude-sonnet-4-5", "anthropic/claude-sonnet-4.5"),
+        ("claude-opus-4-1", "anthropic/claude-opus-4.1"),
+        ("claude-opus-4-1-20250805", "anthropic/claude-opus-4.1"),
+        ("claude-sonnet-4-20250514", "anthropic/claude-sonnet-4"),
+        ("claude-haiku-4-5-latest", "anthropic/claude-haiku-4.5"),
+        ("claude-3-haiku-20240307", "anthropic/claude-3-haiku"),
+    ],
+)
+def test_anthropic_native_ids_resolve_to_the_openrouter_model(native: str, want: str) -> None:
+    entry = CLAUDES.get(native)
+    assert entry is not None and entry.id == want
+    resolved = CLAUDES.resolve(None, native)
+    assert resolved is not None and resolved.id == want
+
+
+def test_unknown_claude_name_stays_unknown() -> None:
+    assert CLAUDES.get("claude-nonexistent-9-9") is None

@@ -360,3 +360,35 @@ def test_one_hour_writes_beyond_all_writes_are_capped() -> None:
     sonnet = pricing("2026", "anthropic/claude-sonnet-4.5")
     cost = price(Usage(input_tokens=100, output_tokens=0, cache_write_tokens=10, cache_write_1h_tokens=50), sonnet, NOON)
     assert cost is not None and cost.cache_write == 10 * D("0.000006")
+
+
+# ---- issue 10: prices a price table alone does not say ------------------------------------------
+
+
+def test_gemini_explicit_cache_writes_cost_input_plus_storage() -> None:
+    p = pricing("2026", "google/gemini-2.5-pro")
+    usage = Usage(input_tokens=10_000, output_tokens=0, cache_write_tokens=8_000)
+    cost = price(usage, p, NOON, "google/gemini-2.5-pro")
+    assert cost is not None
+    # $1.25/M input + $0.375/M storage per written token; the other 2,000 at the input price.
+    assert cost.cache_write == 8_000 * (D("0.00000125") + D("0.000000375"))
+    assert cost.input == 2_000 * D("0.00000125")
+
+
+def test_anthropic_cache_writes_stay_at_their_own_rate() -> None:
+    p = pricing("2026", "anthropic/claude-sonnet-4.5")
+    cost = price(Usage(input_tokens=1000, output_tokens=0, cache_write_tokens=1000), p, NOON, "anthropic/claude-sonnet-4.5")
+    assert cost is not None and cost.cache_write == 1000 * D("0.00000375")
+
+
+def test_output_audio_tokens_at_the_audio_output_rate() -> None:
+    p = pricing("2026", "openai/gpt-audio")
+    chat = parser_for("chat/completions", False)
+    chat.feed(json.dumps({"model": "openai/gpt-audio", "usage": {
+        "prompt_tokens": 100, "completion_tokens": 1000,
+        "completion_tokens_details": {"audio_tokens": 800, "reasoning_tokens": 0}}}).encode())
+    usage = chat.finish()
+    assert usage.output_audio_tokens == 800
+    cost = price(usage, p, NOON, "openai/gpt-audio")
+    assert cost is not None
+    assert cost.audio == 800 * D("0.000064") and cost.output == 200 * D("0.00001")

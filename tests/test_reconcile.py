@@ -124,8 +124,8 @@ def _db(tmp_path: Path, *, upstream_column: bool) -> sqlite3.Connection:
     path = tmp_path / "r.db"
     prepare(path)
     db = sqlite3.connect(path)
-    if upstream_column:  # what the BYOK split adds; reconcile reads it when it is there
-        db.execute("ALTER TABLE requests ADD COLUMN upstream_cost_usd TEXT")
+    if not upstream_column:  # a database an earlier version wrote, not yet migrated by `serve`
+        db.execute("ALTER TABLE requests DROP COLUMN upstream_cost_usd")
     return db
 
 

@@ -108,8 +108,8 @@ async def test_table_output_names_each_window_and_what_the_gap_means(start_proxy
     day = next(line for line in lines if line.split()[:2] == ["key", "day"])
     assert "GAP" in day and "bypassed the proxy" in day
     byok = next(line for line in lines if line.split()[:3] == ["key", "byok", "day"])
-    # Until the log records the BYOK provider part apart, that line is shown, not judged.
-    assert byok.split()[3:5] == ["$0.00", "-"] and "not compared" in byok and "GAP" not in byok
+    # No BYOK traffic on either side: the log records the provider part apart, and both say $0.
+    assert byok.split()[3:5] == ["$0.00", "$0.00"] and "GAP" not in byok
 
 
 
@@ -236,7 +236,7 @@ async def test_serve_exports_the_gap_as_a_gauge(start_proxy: Any, books: Any, ma
     assert lines is not None and all(x.within for x in lines)
     text = await proxy.metrics_text()
     assert _gauge(text, "day") == pytest.approx(0, abs=1e-9) and _gauge(text, "month") == pytest.approx(0, abs=1e-9)
-    assert "byok_day" not in text  # not recorded apart yet, so not exported as a gap
+    assert 'openrouter_proxy_reconcile_gap_usd{window="byok_day"} 0.0' in text  # no BYOK traffic: no gap
 
     await chat_around(books)
     await proxy.app[RECONCILER].check()

@@ -78,6 +78,41 @@ EXPECTED: dict[str, tuple[str, Usage]] = {
             complete=True,
         ),
     ),
+    "messages_claude_code.txt": (
+        "messages",
+        Usage(
+            model="anthropic/claude-sonnet-4.5",
+            generation_id="gen-1764230600-cc000000",
+            # message_delta's nulls mean "no new value": message_start's 12 + 2000 + 9000 stand.
+            input_tokens=11012,
+            output_tokens=310,
+            cached_tokens=9000,
+            cache_write_tokens=2000,
+            cache_write_1h_tokens=0,
+            service_tier="standard",
+            complete=True,
+        ),
+    ),
+    "chat_byok_search.txt": (
+        "chat/completions",
+        Usage(
+            model="anthropic/claude-sonnet-4.5",
+            provider="Anthropic",
+            generation_id="gen-1764230700-byok0000",
+            input_tokens=2000,
+            output_tokens=500,
+            cached_tokens=0,
+            cache_write_tokens=0,
+            reasoning_tokens=0,
+            web_search_requests=3,
+            input_audio_tokens=0,
+            output_image_tokens=0,
+            cost_reported=Decimal("0.000675"),
+            is_byok=True,
+            upstream_cost=Decimal("0.0135"),
+            complete=True,
+        ),
+    ),
     "responses_completed.txt": (
         "responses",
         Usage(
@@ -502,3 +537,102 @@ def test_one_hour_writes_larger_than_all_writes_are_unknown() -> None:
         "cache_creation": {"ephemeral_1h_input_tokens": 9}}}).encode())
     usage = parser.finish()
     assert usage.cache_write_tokens == 5 and usage.cache_write_1h_tokens is None
+
+
+# ---- issue 10: the documented shapes of /messages, BYOK and web search ---------------------------
+
+
+def test_messages_delta_null_keeps_start_counts_and_cost_later() -> None:
+    stream = (
+        b'data: {"type":"message_start","message":{"id":"gen-x","model":"m","usage":{"input_tokens":3,'
+        b'"cache_creation_input_tokens":2000,"cache_read_input_tokens":9000,"output_tokens":1}}}\n\n'
+        b'data: {"type":"message_delta","usage":{"input_tokens":null,"cache_creation_input_tokens":null,'
+        b'"cache_read_input_tokens":null,"output_tokens":40,"cost":null}}\n\n'
+        b'data: {"type":"message_delta","usage":{"output_tokens":90,"cost":0.0123}}\n\n'
+    )
+    usage = parse("messages", [stream])
+    assert (usage.input_tokens, usage.cached_tokens, usage.cache_write_tokens) == (11003, 9000, 2000)
+    assert usage.output_tokens == 90 and usage.cost_reported == Decimal("0.0123") and usage.complete
+
+
+def test_messages_byok_and_upstream_cost() -> None:
+    usage = body("messages", {"type": "message", "usage": {
+        "input_tokens": 100, "output_tokens": 10, "cost": 0.0001, "is_byok": True,
+        "cost_details": {"upstream_inference_cost": 0.00045}}})
+    assert usage.is_byok is True and usage.cost_reported == Decimal("0.0001")
+    assert usage.upstream_cost == Decimal("0.00045")
+
+
+def test_messages_reasoning_details_are_part_of_output() -> None:
+    usage = body("messages", {"type": "message", "usage": {
+        "input_tokens": 5, "output_tokens": 300, "output_tokens_details": {"reasoning_tokens": 200}}})
+    assert usage.reasoning_tokens == 200 and usage.output_tokens == 300
+
+
+def test_messages_every_iteration_is_billed() -> None:
+    # Anthropic's compaction example: the top level counts only the last iteration.
+    usage = body("messages", {"type": "message", "usage": {
+        "input_tokens": 23000, "output_tokens": 1000,
+        "iterations": [
+            {"type": "compaction", "input_tokens": 180000, "output_tokens": 3500},
+            {"type": "message", "input_tokens": 23000, "output_tokens": 1000, "cache_read_input_tokens": 500},
+        ]}})
+    assert (usage.input_tokens, usage.output_tokens, usage.cached_tokens) == (203500, 4500, 500)
+
+
+def test_messages_iterations_in_the_final_delta() -> None:
+    stream = (
+        b'data: {"type":"message_start","message":{"id":"gen-x","model":"m","usage":{"input_tokens":23000,"output_tokens":1}}}\n\n'
+        b'data: {"type":"message_delta","usage":{"input_tokens":null,"output_tokens":1000,"iterations":['
+        b'{"type":"compaction","input_tokens":180000,"output_tokens":3500},'
+        b'{"type":"message","input_tokens":23000,"output_tokens":1000}]}}\n\n'
+    )
+    usage = parse("messages", [stream])
+    assert (usage.input_tokens, usage.output_tokens) == (203000, 4500)
+
+
+def test_messages_bad_iteration_count_is_unknown() -> None:
+    usage = body("messages", {"type": "message", "usage": {
+        "input_tokens": 1, "output_tokens": 1, "iterations": [{"input_tokens": "lots", "output_tokens": 1}]}})
+    assert usage.input_tokens is None
+
+
+def test_chat_web_search_details_and_non_byok_upstream_cost() -> None:
+    usage = body("chat/completions", {"usage": {
+        "prompt_tokens": 10, "completion_tokens": 5, "cost": 0.02, "is_byok": False,
+        "cost_details": {"upstream_inference_cost": 0.019},
+        "server_tool_use_details": {"web_search_requests": 4}}})
+    assert usage.web_search_requests == 4
+    # Carried as seen; accounting never adds it for a non-BYOK reply.
+    assert usage.upstream_cost == Decimal("0.019") and usage.is_byok is False
+
+
+def test_responses_web_search_items_are_counted() -> None:
+    usage = body("responses", {"id": "gen-r", "model": "openai/gpt-5", "output": [
+        {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search", "query": "a"}},
+        {"type": "web_search_call", "id": "ws_2", "status": "completed", "action": {"type": "search", "query": "b"}},
+        {"type": "message", "id": "msg_1", "content": []},
+    ], "usage": {"input_tokens": 10, "output_tokens": 5, "cost": 0.001, "is_byok": True,
+                 "cost_details": {"upstream_inference_cost": 0.02}}})
+    assert usage.web_search_requests == 2
+    assert usage.is_byok is True and usage.upstream_cost == Decimal("0.02")
+
+
+def test_messages_iterations_without_cache_counts_keep_the_top_level_ones() -> None:
+    usage = body("messages", {"type": "message", "usage": {
+        "input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 900,
+        "iterations": [{"type": "compaction", "input_tokens": 100, "output_tokens": 50},
+                       {"type": "message", "input_tokens": 10, "output_tokens": 5}]}})
+    assert (usage.input_tokens, usage.cached_tokens, usage.output_tokens) == (1010, 900, 55)
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "payload"),
+    [
+        ("chat/completions", {"service_tier": "flex", "usage": {"prompt_tokens": 1, "completion_tokens": 1}}),
+        ("responses", {"service_tier": "flex", "usage": {"input_tokens": 1, "output_tokens": 1}}),
+        ("messages", {"type": "message", "usage": {"input_tokens": 1, "output_tokens": 1, "service_tier": "flex"}}),
+    ],
+)
+def test_served_service_tier_is_read(endpoint: str, payload: dict[str, Any]) -> None:
+    assert body(endpoint, payload).service_tier == "flex"

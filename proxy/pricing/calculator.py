@@ -194,13 +194,14 @@ def estimate_rows(
         entries += _cheapest(catalog, usage, at, cheapest if cheapest is not None else 10, {e.id for e in entries})
     reference: Decimal | None = None
     if vs is not None:
-        vs_cost = price(usage, resolve(catalog, vs).pricing, at)
+        vs_entry = resolve(catalog, vs)
+        vs_cost = price(usage, vs_entry.pricing, at, vs_entry.id)
         if vs_cost is None:
             raise CliError(f"--vs {vs}: the model has a variable price")
         reference = vs_cost.total
     rows = []
     for e in entries:
-        cost = price(usage, e.pricing, at)
+        cost = price(usage, e.pricing, at, e.id)
         row: Row = {"model": e.id, "name": e.name, "per_call": None if cost is None else cost.total}
         if calls is not None:
             row[f"per_{per}"] = None if cost is None else cost.total * calls
@@ -216,7 +217,7 @@ def _cheapest(catalog: Catalog, usage: Usage, at: datetime, n: int, skip: set[st
     for m in catalog.models:
         if m.id in skip or m.alias_target is not None or m.is_free:
             continue
-        cost = price(usage, m.pricing, at)
+        cost = price(usage, m.pricing, at, m.id)
         if cost is not None and cost.total > 0:
             priced.append((cost.total, m.id, m))
     priced.sort(key=lambda t: (t[0], t[1]))
@@ -286,7 +287,7 @@ def reprice(
     total, unpriced, costs = Decimal(0), 0, []
     for r in requests:
         pricing = _pricing_for(catalog, history, model, r.started_at)
-        cost = None if pricing is None else price(r.usage, pricing, r.started_at)
+        cost = None if pricing is None else price(r.usage, pricing, r.started_at, model)
         costs.append(cost)
         if cost is None:
             unpriced += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -114,6 +115,10 @@ class Catalog:
         hit = self._lookup.get(model_id)
         if hit is None and ":" in model_id:
             hit = self._lookup.get(strip_routing(model_id))
+        if hit is None and "claude-" in model_id:
+            native = anthropic_native(model_id)
+            if native is not None:
+                hit = self._lookup.get(native)
         return hit
 
     def resolve(self, served: str | None, requested: str | None) -> ModelEntry | None:
@@ -128,6 +133,23 @@ class Catalog:
             if entry is not None:
                 return entry
         return None
+
+
+_CLAUDE_DATE = re.compile(r"-(\d{8}|latest)$")
+_VERSION_DASH = re.compile(r"(?<=\d)-(?=\d(?:$|-))")
+
+
+def anthropic_native(model_id: str) -> str | None:
+    """Anthropic's own ids, as Claude Code sends them, to OpenRouter's: `claude-sonnet-4-5-20250929`
+    -> `anthropic/claude-sonnet-4.5`, `claude-opus-4-1` -> `anthropic/claude-opus-4.1`,
+    `claude-3-5-haiku-latest` -> `anthropic/claude-3.5-haiku`."""
+    name = model_id.removeprefix("anthropic/")
+    if not name.startswith("claude-"):
+        return None
+    name = _CLAUDE_DATE.sub("", name)
+    # Version numbers are single digits joined by a dash: 4-5 -> 4.5 (never the 8-digit date).
+    name = _VERSION_DASH.sub(".", name)
+    return "anthropic/" + name
 
 
 def strip_routing(model_id: str) -> str:

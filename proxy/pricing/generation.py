@@ -27,12 +27,24 @@ from proxy.usage._values import count, mapping, money
 log = logging.getLogger(__name__)
 
 
-_FILL = (
-    "UPDATE requests SET cost_reported_usd = ?, cost_usd = ?, cost_source = ?, "
-    "input_tokens = COALESCE(input_tokens, ?), output_tokens = COALESCE(output_tokens, ?), "
-    "cached_tokens = COALESCE(cached_tokens, ?), reasoning_tokens = COALESCE(reasoning_tokens, ?), "
-    "provider = COALESCE(provider, ?) WHERE id = ?"
-)
+# Counts: a stream that ran to its usage block keeps its own counts (COALESCE(ours, theirs)); an
+# aborted one saw only a part, so the generation's billed counts win (COALESCE(theirs, ours)).
+# cache_write_tokens is not in /generation: the row keeps what the stream said.
+_COUNT_COLUMNS = ("input_tokens", "output_tokens", "cached_tokens", "reasoning_tokens", "web_search_requests")
+
+
+def _fill_sql(theirs_first: bool) -> str:
+    counts = ", ".join(
+        f"{c} = COALESCE(?, {c})" if theirs_first else f"{c} = COALESCE({c}, ?)" for c in _COUNT_COLUMNS
+    )
+    return (
+        "UPDATE requests SET cost_reported_usd = ?, cost_usd = ?, cost_source = ?, upstream_cost_usd = ?, "
+        f"is_byok = COALESCE(?, is_byok), {counts}, provider = COALESCE(provider, ?) WHERE id = ?"
+    )
+
+
+_FILL = _fill_sql(theirs_first=False)
+_FILL_ABORTED = _fill_sql(theirs_first=True)
 
 
 def _coalesce(had: int | None, filled: int | None) -> int | None:
@@ -40,12 +52,16 @@ def _coalesce(had: int | None, filled: int | None) -> int | None:
 
 
 def needs_backfill(rec: UsageRecord) -> bool:
-    """Billed (the upstream started answering) but no cost came with it.
+    """Billed (the upstream started answering) but the bill did not come with it.
 
     An aborted stream priced from the catalog counts only the tokens seen before the cut (an
-    Anthropic stream's message_start says 1 output token): the billed cost still has to be asked for.
+    Anthropic stream's message_start says 1 output token), and a stream that ended without a
+    reported `cost` was priced from the catalog: the billed cost still has to be asked for. So does
+    a BYOK reply without the provider's charge (`upstream_inference_cost`).
     """
-    unpriced = rec.cost_usd is None or (rec.outcome == records.ABORTED and rec.cost_reported_usd is None)
+    unreported = rec.cost_reported_usd is None and (rec.outcome == records.ABORTED or rec.streamed)
+    byok_unknown = bool(rec.is_byok) and rec.upstream_cost_usd is None
+    unpriced = rec.cost_usd is None or unreported or byok_unknown
     return (
         unpriced
         and rec.generation_id is not None
@@ -56,27 +72,43 @@ def needs_backfill(rec: UsageRecord) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class Filled:
-    cost: Decimal
+    cost: Decimal  # the money spent: OpenRouter's total_cost, plus the provider's charge with BYOK
+    reported: Decimal  # OpenRouter's total_cost (with BYOK its fee alone)
+    upstream: Decimal | None  # with BYOK, what the provider charged the user's own key
+    is_byok: bool | None
     input_tokens: int | None
     output_tokens: int | None
     cached_tokens: int | None
     reasoning_tokens: int | None
+    web_search_requests: int | None
     provider: str | None
 
 
 def parse_generation(body: Any) -> Filled | None:
-    """The `data` of a /generation reply, or None if it has no usable cost yet."""
+    """The `data` of a /generation reply, or None if it has no usable cost yet.
+
+    Billing is on the provider's native token counts (`native_tokens_*`); `tokens_prompt` and
+    `tokens_completion` are normalized counts and would not match the cache counts beside them.
+    """
     data = mapping(mapping(body).get("data"))
-    cost = money(data.get("total_cost"))
-    if cost is None:
+    reported = money(data.get("total_cost"))
+    if reported is None:
         return None
+    byok = data.get("is_byok")
+    is_byok = byok if isinstance(byok, bool) else None
+    # Non-BYOK generations may show upstream_inference_cost too: it is inside total_cost then.
+    upstream = money(data.get("upstream_inference_cost")) if is_byok else None
     provider = data.get("provider_name")
     return Filled(
-        cost=cost,
-        input_tokens=count(data.get("tokens_prompt")),
-        output_tokens=count(data.get("tokens_completion")),
+        cost=reported + (upstream or 0),
+        reported=reported,
+        upstream=upstream,
+        is_byok=is_byok,
+        input_tokens=count(data.get("native_tokens_prompt")),
+        output_tokens=count(data.get("native_tokens_completion")),
         cached_tokens=count(data.get("native_tokens_cached")),
         reasoning_tokens=count(data.get("native_tokens_reasoning")),
+        web_search_requests=None,
         provider=provider if isinstance(provider, str) else None,
     )
 
@@ -174,33 +206,42 @@ class Backfill:
             if job.reservation is not None:
                 self._settle(job.reservation, fallback)
             return
+        theirs_first = rec.outcome == records.ABORTED
+        counts = (filled.input_tokens, filled.output_tokens, filled.cached_tokens, filled.reasoning_tokens,
+                  filled.web_search_requests)
         self._recorder.record(
             Statement(
-                _FILL,
+                _FILL_ABORTED if theirs_first else _FILL,
                 (
-                    str(filled.cost),
+                    str(filled.reported),
                     str(filled.cost),
                     records.COST_GENERATION,
-                    filled.input_tokens,
-                    filled.output_tokens,
-                    filled.cached_tokens,
-                    filled.reasoning_tokens,
+                    None if filled.upstream is None else str(filled.upstream),
+                    None if filled.is_byok is None else int(filled.is_byok),
+                    *counts,
                     filled.provider,
                     rec.id,
                 ),
             )
         )
-        # The row as the UPDATE leaves it (COALESCE keeps counts we had), so metrics can add
-        # just the difference to what they counted when the request ended.
+
+        def pick(had: int | None, got: int | None) -> int | None:
+            return _coalesce(got, had) if theirs_first else _coalesce(had, got)
+
+        # The row as the UPDATE leaves it, so metrics can add just the difference to what they
+        # counted when the request ended.
         after = dataclasses.replace(
             rec,
             cost_usd=filled.cost,
-            cost_reported_usd=filled.cost,
+            cost_reported_usd=filled.reported,
+            upstream_cost_usd=filled.upstream,
+            is_byok=filled.is_byok if filled.is_byok is not None else rec.is_byok,
             cost_source=records.COST_GENERATION,
-            input_tokens=_coalesce(rec.input_tokens, filled.input_tokens),
-            output_tokens=_coalesce(rec.output_tokens, filled.output_tokens),
-            cached_tokens=_coalesce(rec.cached_tokens, filled.cached_tokens),
-            reasoning_tokens=_coalesce(rec.reasoning_tokens, filled.reasoning_tokens),
+            input_tokens=pick(rec.input_tokens, filled.input_tokens),
+            output_tokens=pick(rec.output_tokens, filled.output_tokens),
+            cached_tokens=pick(rec.cached_tokens, filled.cached_tokens),
+            reasoning_tokens=pick(rec.reasoning_tokens, filled.reasoning_tokens),
+            web_search_requests=pick(rec.web_search_requests, filled.web_search_requests),
             provider=rec.provider or filled.provider,
         )
         self._on_filled(rec, after)

@@ -74,9 +74,16 @@ def rates_at(pricing: ModelPricing, prompt_tokens: int, at: datetime) -> ModelPr
     return dataclasses.replace(pricing, overrides=(), variable=variable, **fields)  # type: ignore[arg-type]
 
 
-def price(usage: Usage, pricing: ModelPricing, at: datetime) -> Cost | None:
+def explicit_cache_write_adds_input(model_id: str | None) -> bool:
+    """Gemini's explicit cache writes are billed as input tokens plus storage; the catalog's
+    `input_cache_write` is the storage part alone (OpenRouter's prompt-caching docs)."""
+    return bool(model_id) and (model_id or "").startswith("google/")
+
+
+def price(usage: Usage, pricing: ModelPricing, at: datetime, model_id: str | None = None) -> Cost | None:
     """Cost of one request. `usage.input_tokens` counts every prompt token (cache reads and writes
-    included) and `output_tokens` includes reasoning, so each token is charged exactly once."""
+    included) and `output_tokens` includes reasoning, so each token is charged exactly once.
+    `model_id` is the catalog id the pricing belongs to, for rules a price table cannot say."""
     if usage.input_tokens is None and usage.output_tokens is None:
         return None
     if pricing.variable:
@@ -98,10 +105,15 @@ def price(usage: Usage, pricing: ModelPricing, at: datetime) -> Cost | None:
     image_out_tokens = 0
     if r.image_output is not None:
         image_out_tokens = min(usage.output_image_tokens or 0, output_tokens - reasoning_tokens)
-    text_out = output_tokens - reasoning_tokens - image_out_tokens
+    audio_out_tokens = 0
+    if r.audio_output is not None:
+        audio_out_tokens = min(usage.output_audio_tokens or 0, output_tokens - reasoning_tokens - image_out_tokens)
+    text_out = output_tokens - reasoning_tokens - image_out_tokens - audio_out_tokens
 
     cache_read_rate = r.input_cache_read if r.input_cache_read is not None else r.prompt
     cache_write_rate = r.input_cache_write if r.input_cache_write is not None else r.prompt
+    if r.input_cache_write is not None and explicit_cache_write_adds_input(model_id):
+        cache_write_rate = r.prompt + r.input_cache_write
     # One-hour cache writes cost more than five-minute ones where the catalog says so.
     written_1h = min(usage.cache_write_1h_tokens or 0, written)
     cache_write_1h_rate = r.input_cache_write_1h if r.input_cache_write_1h is not None else cache_write_rate
@@ -116,7 +128,7 @@ def price(usage: Usage, pricing: ModelPricing, at: datetime) -> Cost | None:
         "request": r.request or _ZERO,
         "web_search": (usage.web_search_requests or 0) * (r.web_search or _ZERO),
         "images": (usage.input_images or 0) * (r.image or _ZERO),
-        "audio": audio_tokens * (r.audio or _ZERO),
+        "audio": audio_tokens * (r.audio or _ZERO) + audio_out_tokens * (r.audio_output or _ZERO),
         "image_output": image_out_tokens * (r.image_output or _ZERO),
     }
     subtotal = sum(parts.values(), _ZERO)

@@ -1,7 +1,7 @@
 """CatalogHolder: the catalog in force, swapped whole by a refresh task that polls `{upstream}/models`.
 
 A failed refresh keeps the last good catalog and says so (a log line and a metric). Each price
-seen is written to `model_prices` with the time it was first seen, through the single writer.
+change is written to `model_prices` with the time it was seen, through the single writer.
 """
 
 from __future__ import annotations
@@ -22,7 +22,12 @@ from proxy.store.sqlite import encode_time
 
 log = logging.getLogger(__name__)
 
-_RECORD_PRICE = "INSERT OR IGNORE INTO model_prices (model_id, pricing, first_seen_at) VALUES (?, ?, ?)"
+# A row only when the price differs from the model's latest one, so every change is kept with its
+# time, a return to an earlier price (A -> B -> A) included.
+_RECORD_PRICE = (
+    "INSERT OR IGNORE INTO model_prices (model_id, pricing, first_seen_at) SELECT ?1, ?2, ?3 WHERE "
+    "COALESCE((SELECT pricing FROM model_prices WHERE model_id = ?1 ORDER BY first_seen_at DESC LIMIT 1), '') != ?2"
+)
 
 
 class CatalogHolder:

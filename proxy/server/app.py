@@ -27,6 +27,7 @@ from proxy.config import Config
 from proxy.errors import ConfigError
 from proxy.server.forward import Forwarder
 from proxy.pricing.books import Reconciler
+from proxy.pricing.endpoints import ProviderPrices
 from proxy.pricing.generation import Backfill
 from proxy.server.guard import BudgetGuard, load_spend, publish_loop
 from proxy.metrics import Metrics, metrics_handler
@@ -47,6 +48,7 @@ GUARD = web.AppKey("guard", BudgetGuard)
 BACKFILL = web.AppKey("backfill", Backfill)
 MANAGED_KEY = web.AppKey("managed_key", str)
 RECONCILER = web.AppKey("reconciler", Reconciler)
+PROVIDER_PRICES = web.AppKey("provider_prices", ProviderPrices)
 
 
 def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
@@ -63,7 +65,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         registry, session_cap=config.metrics.session_cap, project_cap=config.metrics.project_cap
     )
     app[METRICS].set_free_daily_limit(config.free_daily_limit)
-    app.cleanup_ctx.extend([_database, _recorder, _http_session, _catalog, _budgets, _backfill, _forwarder])
+    app.cleanup_ctx.extend([_database, _recorder, _http_session, _catalog, _provider_prices, _budgets, _backfill, _forwarder])
     if config.reconcile.interval_minutes:
         app.cleanup_ctx.append(_reconcile(config, managed_key, config.reconcile.interval_minutes * 60))
     if config.metrics.enabled and config.metrics.port is None:
@@ -177,6 +179,24 @@ async def _catalog(app: web.Application) -> AsyncIterator[None]:
             pass
 
 
+async def _provider_prices(app: web.Application) -> AsyncIterator[None]:
+    # Per-provider prices come from the live upstream, so only when the catalog is refreshed from it.
+    config = app[CONFIG]
+    if config.catalog_refresh_s <= 0 or config.catalog_file is not None:
+        yield
+        return
+    key = app[MANAGED_KEY]
+    prices = ProviderPrices(
+        app[SESSION],
+        config.upstream,
+        max_age_s=config.catalog_refresh_s,
+        headers={"Authorization": f"Bearer {key}"} if key else None,
+    )
+    app[PROVIDER_PRICES] = prices
+    yield
+    await prices.close()
+
+
 async def _budgets(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     if not config.budgets:
@@ -230,6 +250,7 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
         guard=app.get(GUARD),
         backfill=app[BACKFILL],
         managed_key=app[MANAGED_KEY] or None,
+        provider_prices=app.get(PROVIDER_PRICES),
     )
     yield
 

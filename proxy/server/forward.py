@@ -22,13 +22,15 @@ from aiohttp.payload import BytesPayload
 from multidict import CIMultiDict
 
 from proxy.store import records
-from proxy.pricing.accounting import Exchange, account, estimate
+from proxy.pricing.accounting import CacheShares, Exchange, account, estimate
 from proxy.server.attribution import Attribution, Attributor, presented_key
 from proxy.budgets.ledger import Decision
 from proxy.pricing.catalog import Catalog
 from proxy.config import Config
 from proxy.errors import error_response
+from proxy.pricing.endpoints import ProviderPrices
 from proxy.pricing.generation import Backfill, needs_backfill
+from proxy.pricing.hints import hints_for
 from proxy.server.guard import BudgetGuard, retry_after
 from proxy.metrics import Metrics
 from proxy.store.recorder import Recorder
@@ -64,6 +66,7 @@ class Forwarder:
         guard: BudgetGuard | None = None,
         backfill: Backfill | None = None,
         managed_key: str | None = None,
+        provider_prices: ProviderPrices | None = None,
     ) -> None:
         self._config = config
         self._session = session
@@ -74,6 +77,8 @@ class Forwarder:
         self._guard = guard
         self._backfill = backfill
         self._managed_key = managed_key
+        self._cache_shares = CacheShares()
+        self._provider_prices = provider_prices
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.perf_counter()
@@ -180,15 +185,23 @@ class Forwarder:
                 error=outcome.error,
                 ttfb_ms=None if outcome.ttfb is None else (outcome.ttfb - received) * 1000,
                 duration_ms=(finished - received) * 1000,
+                hints=hints_for(body, model_requested, usage.cost_reported is not None),
             )
             try:
-                accounted = account(exchange, usage, self._catalog())
+                accounted = account(
+                    exchange,
+                    usage,
+                    self._catalog(),
+                    self._config.web_search_result_usd,
+                    self._provider_prices.lookup if self._provider_prices is not None else None,
+                )
             except Exception:
                 # A pricing bug must not cost the row: record it unpriced and say so.
                 log.exception("event=pricing_failed request_id=%s model=%s", request_id, usage.model)
                 accounted = account(exchange, usage, None)
             rec = accounted.record
             self._recorder.record(rec)
+            self._cache_shares.observe(rec)
             cost = accounted.breakdown
             self._metrics.observe(
                 rec,
@@ -209,7 +222,8 @@ class Forwarder:
             if needs_backfill(rec) and self._backfill is not None:
                 # Billed but the stream ended before its usage: the cost arrives later.
                 key = self._managed_key or presented_key(request.headers)
-                guess = estimate(rec, self._catalog(), len(body), parser_box[0].events if parser_box else 0)
+                events = parser_box[0].events if parser_box else 0
+                guess = estimate(rec, self._catalog(), len(body), events, self._cache_shares.share(rec))
                 self._backfill.enqueue(rec, key, reservation, guess)
             elif reservation is not None and self._guard is not None:
                 self._guard.settle(reservation, rec.cost_usd)

@@ -14,8 +14,9 @@ from decimal import Decimal
 
 from proxy.store.sqlite import encode_time
 
-# A BYOK request's cost_usd includes what the provider charged the user's own key; where the
-# database records that part apart (H3's column), OpenRouter's credits are cost_usd minus it.
+# A BYOK request's cost_usd includes what the provider charged the user's own key, recorded apart
+# in this column, so OpenRouter's credits are cost_usd minus it. A database an earlier version wrote
+# lacks the column until `serve` migrates it; the read-only readers must still work on it.
 UPSTREAM_COLUMN = "upstream_cost_usd"
 _PRICED_BY_US = ("catalog", "estimated")
 _ZERO = Decimal(0)

@@ -57,3 +57,6 @@ class UsageRecord:
     duration_ms: float
     # Of cache_write_tokens, those cached for an hour (Anthropic's 1 h TTL); added in migration 5.
     cache_write_1h_tokens: int | None = None
+    # With BYOK, what the provider charged the user's own key (`cost_details.upstream_inference_cost`);
+    # `cost_reported_usd` is then OpenRouter's fee alone and `cost_usd` their sum. Added in migration 6.
+    upstream_cost_usd: Decimal | None = None

@@ -132,7 +132,7 @@ def _m005_cache_write_1h(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE requests ADD COLUMN cache_write_1h_tokens INTEGER")
 
 
-def _m006_imported_activity(db: sqlite3.Connection) -> None:
+def _m008_imported_activity(db: sqlite3.Connection) -> None:
     # OpenRouter's own per-day figures (`import-activity`), so a new install shows the last 30 days.
     # One row per UTC day x model x provider endpoint, as /activity lists them; money as decimal text.
     db.execute(
@@ -154,6 +154,27 @@ def _m006_imported_activity(db: sqlite3.Connection) -> None:
         )
         """
     )
+def _m006_upstream_cost(db: sqlite3.Connection) -> None:
+    # BYOK: the provider's charge to the user's own key, apart from OpenRouter's fee (both in cost_usd).
+    db.execute("ALTER TABLE requests ADD COLUMN upstream_cost_usd TEXT")
+
+
+def _m007_price_history(db: sqlite3.Connection) -> None:
+    # One row per price change, keyed by time: a price that returns to an earlier value (A -> B -> A)
+    # must be a new row, which the (model_id, pricing) key of migration 2 refused.
+    db.execute(
+        """
+        CREATE TABLE model_prices_new (
+            model_id TEXT NOT NULL,
+            pricing TEXT NOT NULL,
+            first_seen_at TEXT NOT NULL,
+            PRIMARY KEY (model_id, first_seen_at)
+        )
+        """
+    )
+    db.execute("INSERT OR IGNORE INTO model_prices_new SELECT model_id, pricing, first_seen_at FROM model_prices")
+    db.execute("DROP TABLE model_prices")
+    db.execute("ALTER TABLE model_prices_new RENAME TO model_prices")
 
 
 # Append only: a migration that has run on someone's database is never edited.
@@ -163,7 +184,9 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m003_alerts,
     _m004_meta,
     _m005_cache_write_1h,
-    _m006_imported_activity,
+    _m006_upstream_cost,
+    _m007_price_history,
+    _m008_imported_activity,
 )
 
 
@@ -243,6 +266,7 @@ _ENCODERS: dict[str, Callable[[Any], Any]] = {
     "cost_usd": _money,
     "cost_reported_usd": _money,
     "cost_catalog_usd": _money,
+    "upstream_cost_usd": _money,
     "streamed": _flag,
     "is_free": _flag,
     "is_byok": _flag,

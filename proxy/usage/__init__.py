@@ -28,8 +28,15 @@ class Usage:
     input_audio_tokens: int | None = None
     input_images: int | None = None
     output_image_tokens: int | None = None
+    output_audio_tokens: int | None = None
     cost_reported: Decimal | None = None
     is_byok: bool | None = None
+    # `cost_details.upstream_inference_cost`: what the provider charged. With BYOK that is the
+    # user's own provider bill, and `cost_reported` is only OpenRouter's fee on top of it.
+    upstream_cost: Decimal | None = None
+    # The processing tier that served (and is billed): OpenAI's `flex`/`priority`, Anthropic's
+    # `standard`/`priority`/`batch`, from the reply (top level, or inside /messages usage).
+    service_tier: str | None = None
     # True once the usage block itself was seen (final SSE chunk, response.completed, ...).
     complete: bool = False
     # A mid-stream failure reported inside a 200 response: the upstream's code or type.

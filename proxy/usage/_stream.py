@@ -13,7 +13,7 @@ from typing import Any
 
 from proxy.usage.sse import SseSplitter
 from proxy.usage import Usage
-from proxy.usage._values import part_of, text
+from proxy.usage._values import count, mapping, money, part_of, text
 
 # A non-streamed body bigger than this is not a usage-bearing reply; stop copying it.
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -83,8 +83,8 @@ class StreamParser:
         generation_id = text(obj.get("id"))
         if generation_id and generation_id.startswith("gen-"):
             self.fields["generation_id"] = generation_id
-        for field in ("model", "provider"):
-            value = text(obj.get(field))
+        for field in ("model", "provider", "service_tier"):
+            value = text(obj.get(field), 32 if field == "service_tier" else 200)
             if value:
                 self.fields[field] = value
 
@@ -114,11 +114,33 @@ class StreamParser:
             web_search_requests=f.get("web_search_requests"),
             input_audio_tokens=part_of(f.get("input_audio_tokens"), input_tokens),
             output_image_tokens=part_of(f.get("output_image_tokens"), output_tokens),
+            output_audio_tokens=part_of(f.get("output_audio_tokens"), output_tokens),
             cost_reported=f.get("cost_reported"),
             is_byok=f.get("is_byok"),
+            upstream_cost=f.get("upstream_cost"),
+            service_tier=f.get("service_tier"),
             complete=bool(f.get("complete")),
             error=f.get("error"),
         )
+
+    def take_billing(self, usage: dict[str, Any]) -> None:
+        """OpenRouter's own fields, the same in every shape: `cost`, `is_byok`, `cost_details`."""
+        if "cost" in usage:
+            self.fields["cost_reported"] = money(usage["cost"])
+        byok = usage.get("is_byok")
+        if isinstance(byok, bool):
+            self.fields["is_byok"] = byok
+        details = mapping(usage.get("cost_details"))
+        if "upstream_inference_cost" in details:
+            self.fields["upstream_cost"] = money(details["upstream_inference_cost"])
+
+    def take_web_search(self, usage: dict[str, Any]) -> None:
+        # OpenRouter documents `server_tool_use_details`; Anthropic's own shape says `server_tool_use`.
+        for key in ("server_tool_use_details", "server_tool_use"):
+            tools = mapping(usage.get(key))
+            if "web_search_requests" in tools:
+                self.fields["web_search_requests"] = count(tools["web_search_requests"])
+                return
 
     # To be provided by each API shape.
 

@@ -36,8 +36,6 @@ class ChatParser(StreamParser):
     def _take_usage(self, usage: dict[str, Any]) -> None:
         prompt = mapping(usage.get("prompt_tokens_details"))
         completion = mapping(usage.get("completion_tokens_details"))
-        tools = mapping(usage.get("server_tool_use"))
-        byok = usage.get("is_byok")
         self.fields.update(
             complete=True,
             input_tokens=count(usage.get("prompt_tokens")),
@@ -47,7 +45,8 @@ class ChatParser(StreamParser):
             input_audio_tokens=count(prompt.get("audio_tokens")),
             reasoning_tokens=count(completion.get("reasoning_tokens")),
             output_image_tokens=count(completion.get("image_tokens")),
-            web_search_requests=count(tools.get("web_search_requests")),
+            output_audio_tokens=count(completion.get("audio_tokens")),
             cost_reported=money(usage.get("cost")),
-            is_byok=byok if isinstance(byok, bool) else None,
         )
+        self.take_billing(usage)
+        self.take_web_search(usage)

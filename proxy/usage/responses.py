@@ -11,6 +11,7 @@ from typing import Any
 from proxy.usage._stream import StreamParser
 from proxy.usage._values import count, error_code, mapping, money
 
+
 class ResponsesParser(StreamParser):
     WANTED_EVENTS = frozenset(
         {b"response.created", b"response.completed", b"response.incomplete", b"response.failed", b"error"}
@@ -44,6 +45,15 @@ class ResponsesParser(StreamParser):
                 reasoning_tokens=count(outputs.get("reasoning_tokens")),
                 cost_reported=money(usage.get("cost")),
             )
-            byok = usage.get("is_byok")
-            if isinstance(byok, bool):
-                self.fields["is_byok"] = byok
+            self.take_billing(usage)
+            self.take_web_search(usage)
+        searches = _web_search_calls(body.get("output"))
+        if searches:
+            # Each web_search_call output item is one search the provider ran and billed.
+            self.fields["web_search_requests"] = max(searches, self.fields.get("web_search_requests") or 0)
+
+
+def _web_search_calls(output: Any) -> int:
+    if not isinstance(output, list):
+        return 0
+    return sum(1 for item in output if isinstance(item, dict) and item.get("type") == "web_search_call")
