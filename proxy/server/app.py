@@ -214,7 +214,7 @@ async def _backfill(app: web.Application) -> AsyncIterator[None]:
 
 async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    attributor = Attributor(await salt(app[DB]), config.keys)
+    attributor = Attributor(await salt(app[DB]), config.keys, managed=bool(app[MANAGED_KEY]))
     holder = app[CATALOG]
     app[FORWARDER] = Forwarder(
         config,
