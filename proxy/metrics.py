@@ -364,6 +364,10 @@ class Metrics:
 
     # -- budgets and limits --------------------------------------------------------------------
 
+    @property
+    def budget_scope_cap(self) -> int:
+        return self._budget_scope_cap
+
     def set_budget(
         self,
         budget: str,
