@@ -71,6 +71,10 @@ class Config:
     budgets: tuple[Any, ...] = ()
     alerts: tuple[Any, ...] = ()
     log_level: str = "info"
+    # Host names (besides localhost and loopback addresses) the proxy's own pages (/metrics,
+    # /healthz) answer to while it listens on loopback without a metrics token: anything else is a
+    # DNS-rebinding page that resolved its own name to 127.0.0.1.
+    allowed_hosts: tuple[str, ...] = ()
     # Waits before each GET /generation for a stream cut before its usage (not a YAML key:
     # OpenRouter's lag sets them; tests shorten them).
     backfill_delays_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -117,6 +121,7 @@ def parse_config(raw: Any) -> Config:
         keys=_keys(data.get("keys", [])),
         managed_key_env=_string(data["managed_key_env"], "managed_key_env") if data.get("managed_key_env") is not None else None,
         log_level=_choice(data.get("log_level", "info"), "log_level", ("debug", "info", "warning", "error")),
+        allowed_hosts=_hosts(data.get("allowed_hosts", [])),
     )
     if config.managed_key_env and not any(k.key_env or k.key_sha256 for k in config.keys):
         raise ConfigError("managed_key_env: managed-key mode needs proxy keys under `keys:` (key_env or key_sha256)")
@@ -140,6 +145,7 @@ _TOP_KEYS = {
     "budgets",
     "alerts",
     "log_level",
+    "allowed_hosts",
 }
 
 
@@ -252,6 +258,18 @@ def _metrics(raw: Any) -> MetricsConfig:
         session_cap=_integer(data.get("session_cap", 50), "metrics.session_cap", minimum=1),
         project_cap=_integer(data.get("project_cap", 50), "metrics.project_cap", minimum=1),
     )
+
+
+def _hosts(raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"allowed_hosts: expected a list of host names, got {shown(raw)}")
+    hosts = []
+    for index, item in enumerate(raw):
+        name = _string(item, f"allowed_hosts[{index}]").strip().lower().rstrip(".")
+        if not re.fullmatch(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]", name):
+            raise ConfigError(f"allowed_hosts[{index}]: expected a host name without port or scheme, got {shown(item)}")
+        hosts.append(name.strip("[]"))
+    return tuple(hosts)
 
 
 def _keys(raw: Any) -> tuple[KeyAlias, ...]:

@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import aiohttp
@@ -24,7 +24,7 @@ from proxy.budgets.alerts import Notifier
 from proxy.server.attribution import Attributor
 from proxy.budgets.ledger import Budgets
 from proxy.config import Config
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, error_response
 from proxy.server.forward import Forwarder
 from proxy.pricing.generation import Backfill
 from proxy.server.guard import BudgetGuard, load_spend, publish_loop
@@ -34,6 +34,8 @@ from proxy.pricing.refresh import CatalogHolder, initial_catalog, record_prices,
 from proxy.store.sqlite import open_db, salt
 
 log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
@@ -63,10 +65,10 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app[METRICS].set_free_daily_limit(config.free_daily_limit)
     app.cleanup_ctx.extend([_database, _recorder, _http_session, _catalog, _budgets, _backfill, _forwarder])
     if config.metrics.enabled and config.metrics.port is None:
-        app.router.add_get("/metrics", metrics_handler(registry, metrics_token))
+        app.router.add_get("/metrics", _only_hosts(metrics_handler(registry, metrics_token), _own_hosts(config, config.host, metrics_token)))
     elif config.metrics.enabled:
         app.cleanup_ctx.append(_metrics_site(registry, metrics_token))
-    app.router.add_get("/healthz", _health)
+    app.router.add_get("/healthz", _only_hosts(_health, _own_hosts(config, config.host, metrics_token)))
     app.router.add_route("*", "/{tail:.*}", _forward)
     return app
 
@@ -78,6 +80,46 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _own_hosts(config: Config, bound: str, token: str | None) -> frozenset[str] | None:
+    """The Host names the proxy's own pages answer to, or None for any.
+
+    On loopback without a token, a page in a browser can still reach the proxy by DNS rebinding
+    (its own name resolved to 127.0.0.1) and read spend, sessions and fingerprints; its requests
+    carry its own name in Host, so only loopback names and `allowed_hosts` are answered. Off
+    loopback /metrics needs a token anyway, and clients use whatever name reaches the machine.
+    """
+    if token is not None or not _is_loopback(bound):
+        return None
+    return frozenset({"localhost", bound.strip("[]").lower(), *config.allowed_hosts})
+
+
+def _host_name(value: str) -> str:
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else ""
+    if value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".")
+
+
+def _only_hosts(handler: Handler, allowed: frozenset[str] | None) -> Handler:
+    if allowed is None:
+        return handler
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        name = _host_name(request.headers.get("Host", ""))
+        if name not in allowed and not (name and _is_loopback(name)):
+            log.warning("event=host_refused path=%s", request.path)
+            return error_response(
+                403,
+                "openrouter-spend: this page answers only to localhost and loopback addresses "
+                "(add the name to allowed_hosts, or set metrics.token_env)",
+            )
+        return await handler(request)
+
+    return checked
 
 
 def _managed_key(config: Config) -> str | None:
@@ -234,7 +276,8 @@ def _metrics_site(registry: CollectorRegistry, token: str | None):  # type: igno
     async def serve_metrics(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         metrics_app = web.Application()
-        metrics_app.router.add_get("/metrics", metrics_handler(registry, token))
+        host = config.metrics.host or config.host
+        metrics_app.router.add_get("/metrics", _only_hosts(metrics_handler(registry, token), _own_hosts(config, host, token)))
         runner = web.AppRunner(metrics_app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, config.metrics.host or config.host, config.metrics.port)
