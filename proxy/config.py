@@ -53,7 +53,15 @@ class Config:
     port: int = 8787
     upstream: str = DEFAULT_UPSTREAM
     db: Path = Path("openrouter-spend.db")
-    max_body_bytes: int = 64 * 1024 * 1024
+    # Anthropic's API takes at most 32 MB a request and agents send 1-11 MB: a larger body would be
+    # refused upstream anyway, and every MiB allowed is memory a client can make the proxy hold.
+    max_body_bytes: int = 32 * 1024 * 1024
+    # All request bodies held at once (each is kept for its whole exchange); past it, 503.
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    # A request body may not go silent for longer than this, nor arrive slower on average than
+    # body_min_rate (bytes/s) once this grace has passed; else 408 and the connection is closed.
+    body_idle_timeout_s: float = 10.0
+    body_min_rate: float = 64 * 1024
     connect_timeout_s: float = 10.0
     # Reasoning models think for minutes before the first byte; clients wait 10 min.
     first_byte_timeout_s: float = 900.0
@@ -97,7 +105,9 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
 
 def parse_config(raw: Any) -> Config:
     data = _section(raw, "", _TOP_KEYS)
-    timeouts = _section(data.get("timeouts", {}), "timeouts", {"connect_s", "first_byte_s", "read_s"})
+    timeouts = _section(
+        data.get("timeouts", {}), "timeouts", {"connect_s", "first_byte_s", "read_s", "body_idle_s", "body_min_kib_s"}
+    )
     catalog = _section(data.get("catalog", {}), "catalog", {"refresh_hours", "file"})
     defaults = Config()
     refresh_hours = _number(catalog.get("refresh_hours", 6), "catalog.refresh_hours", minimum=0)
@@ -106,7 +116,10 @@ def parse_config(raw: Any) -> Config:
         port=_port(data.get("port", defaults.port), "port"),
         upstream=_upstream(data.get("upstream", defaults.upstream)),
         db=Path(_string(data.get("db", str(defaults.db)), "db")),
-        max_body_bytes=int(_number(data.get("max_body_mb", 64), "max_body_mb", positive=True) * 1024 * 1024),
+        max_body_bytes=int(_number(data.get("max_body_mb", 32), "max_body_mb", positive=True) * 1024 * 1024),
+        max_buffered_bytes=int(_number(data.get("max_buffered_mb", 256), "max_buffered_mb", positive=True) * 1024 * 1024),
+        body_idle_timeout_s=_number(timeouts.get("body_idle_s", defaults.body_idle_timeout_s), "timeouts.body_idle_s", positive=True),
+        body_min_rate=_number(timeouts.get("body_min_kib_s", 64), "timeouts.body_min_kib_s", positive=True) * 1024,
         connect_timeout_s=_number(timeouts.get("connect_s", defaults.connect_timeout_s), "timeouts.connect_s", positive=True),
         first_byte_timeout_s=_number(
             timeouts.get("first_byte_s", defaults.first_byte_timeout_s), "timeouts.first_byte_s", positive=True
@@ -134,6 +147,7 @@ _TOP_KEYS = {
     "upstream",
     "db",
     "max_body_mb",
+    "max_buffered_mb",
     "timeouts",
     "shutdown_grace_s",
     "catalog",

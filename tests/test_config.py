@@ -24,7 +24,7 @@ def test_defaults_without_a_file() -> None:
     assert config == Config()
     assert (config.host, config.port, config.upstream) == ("127.0.0.1", 8787, DEFAULT_UPSTREAM)
     assert config.db == Path("openrouter-spend.db")
-    assert config.max_body_bytes == 64 * 1024 * 1024
+    assert config.max_body_bytes == 32 * 1024 * 1024
     assert config.metrics == MetricsConfig()
     assert config.keys == () and config.budgets == () and config.alerts == ()
 

@@ -28,6 +28,7 @@ from proxy.errors import ConfigError, error_response
 from proxy.server.forward import Forwarder
 from proxy.pricing.generation import Backfill
 from proxy.server.guard import BudgetGuard, load_spend, publish_loop
+from proxy.server.intake import Intake
 from proxy.metrics import Metrics, metrics_handler
 from proxy.store.recorder import Recorder
 from proxy.pricing.refresh import CatalogHolder, initial_catalog, record_prices, refresh_loop
@@ -47,6 +48,7 @@ FORWARDER = web.AppKey("forwarder", Forwarder)
 GUARD = web.AppKey("guard", BudgetGuard)
 BACKFILL = web.AppKey("backfill", Backfill)
 MANAGED_KEY = web.AppKey("managed_key", str)
+INTAKE = web.AppKey("intake", Intake)
 
 
 def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
@@ -59,6 +61,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app = web.Application(client_max_size=config.max_body_bytes, handler_args={"auto_decompress": False})
     app[CONFIG] = config
     app[MANAGED_KEY] = managed_key or ""
+    app[INTAKE] = Intake(config.max_body_bytes, config.max_buffered_bytes, config.body_idle_timeout_s, config.body_min_rate)
     app[METRICS] = Metrics(
         registry, session_cap=config.metrics.session_cap, project_cap=config.metrics.project_cap
     )
@@ -268,6 +271,7 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
         guard=app.get(GUARD),
         backfill=app[BACKFILL],
         managed_key=app[MANAGED_KEY] or None,
+        intake=app[INTAKE],
     )
     yield
 
@@ -302,4 +306,8 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _forward(request: web.Request) -> web.StreamResponse:
-    return await request.app[FORWARDER].handle(request)
+    try:
+        return await request.app[FORWARDER].handle(request)
+    finally:
+        # The body the intake counted is held until the exchange is over (streamed replies included).
+        request.app[INTAKE].release(request)
