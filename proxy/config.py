@@ -64,7 +64,15 @@ class Config:
     port: int = 8787
     upstream: str = DEFAULT_UPSTREAM
     db: Path = Path("openrouter-spend.db")
-    max_body_bytes: int = 64 * 1024 * 1024
+    # Anthropic's API takes at most 32 MB a request and agents send 1-11 MB: a larger body would be
+    # refused upstream anyway, and every MiB allowed is memory a client can make the proxy hold.
+    max_body_bytes: int = 32 * 1024 * 1024
+    # All request bodies held at once (each is kept for its whole exchange); past it, 503.
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    # A request body may not go silent for longer than this, nor arrive slower on average than
+    # body_min_rate (bytes/s) once this grace has passed; else 408 and the connection is closed.
+    body_idle_timeout_s: float = 10.0
+    body_min_rate: float = 64 * 1024
     connect_timeout_s: float = 10.0
     # Reasoning models think for minutes before the first byte; clients wait 10 min.
     first_byte_timeout_s: float = 900.0
@@ -85,6 +93,10 @@ class Config:
     alerts: tuple[Any, ...] = ()
     log_level: str = "info"
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
+    # Host names (besides localhost and loopback addresses) the proxy's own pages (/metrics,
+    # /healthz) answer to while it listens on loopback without a metrics token: anything else is a
+    # DNS-rebinding page that resolved its own name to 127.0.0.1.
+    allowed_hosts: tuple[str, ...] = ()
     # Waits before each GET /generation for a stream cut before its usage (not a YAML key:
     # OpenRouter's lag sets them; tests shorten them).
     backfill_delays_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -107,7 +119,9 @@ def load_config(path: Path | str | None = None, overrides: dict[str, Any] | None
 
 def parse_config(raw: Any) -> Config:
     data = _section(raw, "", _TOP_KEYS)
-    timeouts = _section(data.get("timeouts", {}), "timeouts", {"connect_s", "first_byte_s", "read_s"})
+    timeouts = _section(
+        data.get("timeouts", {}), "timeouts", {"connect_s", "first_byte_s", "read_s", "body_idle_s", "body_min_kib_s"}
+    )
     catalog = _section(data.get("catalog", {}), "catalog", {"refresh_hours", "file", "web_search_result_usd"})
     defaults = Config()
     refresh_hours = _number(catalog.get("refresh_hours", 6), "catalog.refresh_hours", minimum=0)
@@ -116,7 +130,10 @@ def parse_config(raw: Any) -> Config:
         port=_port(data.get("port", defaults.port), "port"),
         upstream=_upstream(data.get("upstream", defaults.upstream)),
         db=Path(_string(data.get("db", str(defaults.db)), "db")),
-        max_body_bytes=int(_number(data.get("max_body_mb", 64), "max_body_mb", positive=True) * 1024 * 1024),
+        max_body_bytes=int(_number(data.get("max_body_mb", 32), "max_body_mb", positive=True) * 1024 * 1024),
+        max_buffered_bytes=int(_number(data.get("max_buffered_mb", 256), "max_buffered_mb", positive=True) * 1024 * 1024),
+        body_idle_timeout_s=_number(timeouts.get("body_idle_s", defaults.body_idle_timeout_s), "timeouts.body_idle_s", positive=True),
+        body_min_rate=_number(timeouts.get("body_min_kib_s", 64), "timeouts.body_min_kib_s", positive=True) * 1024,
         connect_timeout_s=_number(timeouts.get("connect_s", defaults.connect_timeout_s), "timeouts.connect_s", positive=True),
         first_byte_timeout_s=_number(
             timeouts.get("first_byte_s", defaults.first_byte_timeout_s), "timeouts.first_byte_s", positive=True
@@ -135,6 +152,7 @@ def parse_config(raw: Any) -> Config:
         managed_key_env=_string(data["managed_key_env"], "managed_key_env") if data.get("managed_key_env") is not None else None,
         log_level=_choice(data.get("log_level", "info"), "log_level", ("debug", "info", "warning", "error")),
         reconcile=_reconcile(data.get("reconcile", {})),
+        allowed_hosts=_hosts(data.get("allowed_hosts", [])),
     )
     if config.managed_key_env and not any(k.key_env or k.key_sha256 for k in config.keys):
         raise ConfigError("managed_key_env: managed-key mode needs proxy keys under `keys:` (key_env or key_sha256)")
@@ -147,6 +165,7 @@ _TOP_KEYS = {
     "upstream",
     "db",
     "max_body_mb",
+    "max_buffered_mb",
     "timeouts",
     "shutdown_grace_s",
     "catalog",
@@ -159,6 +178,7 @@ _TOP_KEYS = {
     "alerts",
     "log_level",
     "reconcile",
+    "allowed_hosts",
 }
 
 
@@ -271,6 +291,18 @@ def _metrics(raw: Any) -> MetricsConfig:
         session_cap=_integer(data.get("session_cap", 50), "metrics.session_cap", minimum=1),
         project_cap=_integer(data.get("project_cap", 50), "metrics.project_cap", minimum=1),
     )
+
+
+def _hosts(raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        raise ConfigError(f"allowed_hosts: expected a list of host names, got {shown(raw)}")
+    hosts = []
+    for index, item in enumerate(raw):
+        name = _string(item, f"allowed_hosts[{index}]").strip().lower().rstrip(".")
+        if not re.fullmatch(r"[a-z0-9.-]+|\[[0-9a-f:.]+\]", name):
+            raise ConfigError(f"allowed_hosts[{index}]: expected a host name without port or scheme, got {shown(item)}")
+        hosts.append(name.strip("[]"))
+    return tuple(hosts)
 
 
 def _keys(raw: Any) -> tuple[KeyAlias, ...]:

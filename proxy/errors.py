@@ -58,10 +58,12 @@ _ANTHROPIC_TYPES = {
     402: "billing_error",
     403: "permission_error",
     404: "not_found_error",
+    408: "timeout_error",
     413: "request_too_large",
     426: "invalid_request_error",
     429: "rate_limit_error",
     502: "api_error",
+    503: "overloaded_error",
     504: "timeout_error",
     529: "overloaded_error",
 }

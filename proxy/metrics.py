@@ -366,6 +366,10 @@ class Metrics:
 
     # -- budgets and limits --------------------------------------------------------------------
 
+    @property
+    def budget_scope_cap(self) -> int:
+        return self._budget_scope_cap
+
     def set_budget(
         self,
         budget: str,
@@ -447,7 +451,8 @@ def metrics_handler(registry: CollectorRegistry, token: str | None) -> Callable[
     expected = f"Bearer {token}".encode()
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
+        # aiohttp keeps undecodable header bytes as surrogates: compare them as bytes, never raise.
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, expected):
             return error_response(
                 401, "openrouter-spend: /metrics needs 'Authorization: Bearer <metrics token>'",

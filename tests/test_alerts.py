@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import re
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -109,7 +111,7 @@ def test_missing_url_env_is_a_config_error(environ: dict[str, str], message: str
     ("kind", "body"),
     [
         ("slack", {"text": EVENT.message}),
-        ("discord", {"content": EVENT.message}),
+        ("discord", {"content": EVENT.message, "allowed_mentions": {"parse": []}}),
         (
             "webhook",
             {
@@ -135,7 +137,20 @@ def test_bodies(kind: str, body: dict[str, Any]) -> None:
 
 def test_discord_content_is_cut_to_its_limit() -> None:
     long = replace(EVENT, message="x" * 3000)
-    assert body_for(ChannelSpec("discord", "d", "alerts[0]", url="http://x"), long) == {"content": "x" * 2000}
+    assert body_for(ChannelSpec("discord", "d", "alerts[0]", url="http://x"), long)["content"] == "x" * 2000
+
+
+def test_a_session_named_everyone_pings_nobody() -> None:
+    # Session and project names come from clients and end up in the message.
+    hostile = replace(EVENT, message="budget 'per-session' is spent for session @everyone <!channel> <@U1> @here a&b")
+    discord = body_for(ChannelSpec("discord", "d", "alerts[0]", url="http://x"), hostile)
+    assert discord["allowed_mentions"] == {"parse": []}
+    slack = body_for(ChannelSpec("slack", "s", "alerts[0]", url="http://x"), hostile)["text"]
+    assert "<" not in slack and ">" not in slack
+    assert "&lt;!channel&gt;" in slack and "&lt;@U1&gt;" in slack and "a&amp;b" in slack
+    for word in ("@everyone", "@here", "@channel"):
+        assert word not in slack
+    assert "@\u200beveryone" in slack and "@\u200bhere" in slack
 
 
 def test_event_env() -> None:
@@ -191,7 +206,7 @@ async def started(notifier: Notifier) -> asyncio.Task[None]:
 
 @pytest.mark.parametrize(
     ("kind", "body"),
-    [("slack", {"text": EVENT.message}), ("discord", {"content": EVENT.message}), ("webhook", event_payload(EVENT))],
+    [("slack", {"text": EVENT.message}), ("discord", {"content": EVENT.message, "allowed_mentions": {"parse": []}}), ("webhook", event_payload(EVENT))],
 )
 async def test_webhook_shapes_arrive(
     aiohttp_server: ServerFactory, session: aiohttp.ClientSession, kind: str, body: dict[str, Any]
@@ -268,6 +283,25 @@ async def test_command_channel_runs_a_real_command(tmp_path: Path) -> None:
     notifier.notify(EVENT)
     await notifier.close()
     assert out.read_text() == "warn|" + EVENT.message
+
+
+async def test_command_channel_gets_a_minimal_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-or-v1-" + "5" * 64)
+    monkeypatch.setenv("METRICS_TOKEN", "t0ken")
+    monkeypatch.setenv("LC_ALL", "C.UTF-8")
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    out = tmp_path / "env.json"
+    code = "import json, os, sys; json.dump(dict(os.environ), open(sys.argv[1], 'w'))"
+    notifier = Notifier(parse_channels([{"type": "command", "argv": [sys.executable, "-c", code, str(out)], "append_message": False}]), None)
+    await started(notifier)
+    notifier.notify(EVENT)
+    await notifier.close()
+    env = json.loads(out.read_text())
+    assert "OPENROUTER_API_KEY" not in env and "METRICS_TOKEN" not in env
+    assert "t0ken" not in json.dumps(env) and "5" * 64 not in json.dumps(env)
+    assert env["PATH"] == os.environ["PATH"] and env["LC_ALL"] == "C.UTF-8" and env["TZ"] == "Europe/Berlin"
+    assert env["OPENROUTER_SPEND_KIND"] == "warn"
+    assert set(env) - set(event_env(EVENT)) <= {"PATH", "HOME", "LANG", "TZ", "LC_ALL", "LC_CTYPE"}
 
 
 async def test_command_failures_retry_and_missing_commands_give_up(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

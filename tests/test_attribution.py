@@ -172,3 +172,22 @@ def test_hostile_header_values_never_reach_the_attribution_raw() -> None:
 def test_the_key_appears_in_no_attribution_field() -> None:
     who = Attributor(SALT).of(h(("Authorization", f"Bearer {KEY}"), ("User-Agent", "agent")))
     assert all(KEY not in str(value) for value in (who.key_fingerprint, who.key_alias, who.project, who.session, who.client))
+
+
+@pytest.mark.parametrize(
+    ("path_project", "pairs"),
+    [
+        ("from-path", ()),
+        (None, (("X-Spend-Project", "from-header"),)),
+        ("from-path", (("X-Spend-Project", "from-header"),)),
+    ],
+)
+def test_managed_key_project_wins_over_what_the_client_sends(path_project: str | None, pairs: tuple[tuple[str, str], ...]) -> None:
+    # In managed mode the operator assigns a proxy key to a project: a client must not pick
+    # another one (and with it dodge the project's budget) by a header or a /p/<project>/ URL.
+    aliases = (KeyAlias(alias="a", key_env="K", project="alias-project"), KeyAlias(alias="b", key_sha256="0" * 64))
+    attributor = Attributor(SALT, aliases, environ={"K": KEY}, managed=True)
+    assert attributor.of(h(("x-api-key", KEY), *pairs), path_project).project == "alias-project"
+    # A proxy key without a configured project still takes the client's.
+    other = Attributor(SALT, (KeyAlias(alias="a", key_env="K"),), environ={"K": KEY}, managed=True)
+    assert other.of(h(("x-api-key", KEY), *pairs), path_project).project in ("from-path", "from-header")

@@ -24,7 +24,7 @@ def test_defaults_without_a_file() -> None:
     assert config == Config()
     assert (config.host, config.port, config.upstream) == ("127.0.0.1", 8787, DEFAULT_UPSTREAM)
     assert config.db == Path("openrouter-spend.db")
-    assert config.max_body_bytes == 64 * 1024 * 1024
+    assert config.max_body_bytes == 32 * 1024 * 1024
     assert config.metrics == MetricsConfig()
     assert config.keys == () and config.budgets == () and config.alerts == ()
 
@@ -215,3 +215,14 @@ def test_safe_load_is_what_parses() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config(yaml.safe_load("1: x\n"))
     assert str(caught.value).startswith("1: unknown key")
+
+
+def test_allowed_hosts() -> None:
+    assert parse_config({"allowed_hosts": ["Spend.Internal.", "[::1]"]}).allowed_hosts == ("spend.internal", "::1")
+    for bad, message in (
+        ("x", r"^allowed_hosts: expected a list of host names"),
+        (["http://a"], r"^allowed_hosts\[0\]: expected a host name without port or scheme"),
+        (["a:80"], r"^allowed_hosts\[0\]: expected a host name without port or scheme"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_config({"allowed_hosts": bad})

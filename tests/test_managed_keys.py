@@ -69,3 +69,29 @@ def test_managed_mode_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     config = parse_config({"managed_key_env": "NOT_SET_ANYWHERE", "keys": [{"alias": "a", "key_sha256": "0" * 64}]})
     with pytest.raises(ConfigError, match="^managed_key_env: environment variable NOT_SET_ANYWHERE is not set"):
         create_app(config)
+
+
+async def test_managed_key_project_budget_cannot_be_dodged_by_header_or_path(
+    start_proxy: Any, managed: Any, upstream: Any
+) -> None:
+    import dataclasses
+
+    from proxy.budgets.spec import parse_budgets
+
+    budgets = parse_budgets([{"name": "acme", "limit_usd": "0.001", "scope": "project", "match": {"project": "acme"}}])
+    proxy = await start_proxy(dataclasses.replace(managed, budgets=budgets))
+    chat = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"Authorization": f"Bearer {ALICE}", "X-Fake-Cost": "0.002"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{proxy.base}/chat/completions", json=chat, headers=headers) as response:
+            assert response.status == 200
+        root = str(proxy.server.make_url(""))
+        for url, extra in (
+            (f"{proxy.base}/chat/completions", {"X-Spend-Project": "elsewhere"}),
+            (f"{root}/p/elsewhere/api/v1/chat/completions", {}),
+        ):
+            async with session.post(url, json=chat, headers={**headers, **extra}) as response:
+                assert response.status == 402, url
+    assert len(upstream.app[RECEIVED]) == 1
+    await proxy.settle()
+    assert {r["project"] for r in proxy.rows()} == {"acme"}

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,6 +33,10 @@ _KEYS = {
 _HTTP = ("webhook", "slack", "discord")
 _DISCORD_MAX = 2000  # Discord rejects longer `content`
 _MAX_BACKOFF_S = 60.0
+_BROADCAST = re.compile(r"@(channel|here|everyone)\b", re.IGNORECASE)
+# What a command child inherits from the proxy's environment: enough to find programs and speak
+# the locale, never the managed key, a metrics token or webhook URLs.
+_CHILD_ENV = ("PATH", "HOME", "LANG", "TZ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,17 +154,30 @@ def event_payload(event: AlertEvent) -> dict[str, Any]:
 
 
 def body_for(channel: ChannelSpec, event: AlertEvent) -> dict[str, Any]:
+    # Session and project names in a message come from clients: a session called @everyone must
+    # not ping a channel. Discord: mention nobody. Slack has no such switch: escape its markup.
     if channel.type == "slack":
-        return {"text": event.message}
+        return {"text": slack_text(event.message)}
     if channel.type == "discord":
-        return {"content": event.message[:_DISCORD_MAX]}
+        return {"content": event.message[:_DISCORD_MAX], "allowed_mentions": {"parse": []}}
     return event_payload(event)
+
+
+def slack_text(text: str) -> str:
+    """Escape Slack's control characters (so `<!channel>`, `<@U1>` or a link cannot be formed), and
+    break `@channel`, `@here`, `@everyone` with a zero-width space (Slack may link bare names)."""
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _BROADCAST.sub(lambda m: "@\u200b" + m.group(1), text)
 
 
 def event_env(event: AlertEvent) -> dict[str, str]:
     """What a command channel gets in its environment, besides the message as its last argument."""
     payload = event_payload(event)
     return {f"OPENROUTER_SPEND_{k.upper()}": "" if v is None else str(v) for k, v in payload.items() if k != "source"}
+
+
+def child_env(environ: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in environ.items() if k in _CHILD_ENV or k.startswith("LC_")}
 
 
 # ---------------------------------------------------------------- delivery
@@ -299,7 +317,7 @@ class Notifier:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
-                env={**os.environ, **event_env(event)},
+                env={**child_env(os.environ), **event_env(event)},
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,

@@ -39,6 +39,14 @@ _MICRO = Decimal("0.000001")
 _SWEEP_EVERY = timedelta(seconds=60)
 _EWMA_ALPHA = Decimal("0.3")
 _MAX_REMEMBERED = 1000
+# Scope values (sessions, projects) come from clients. Each budget tracks at most this many of
+# them; the rest share one window, OTHER_SCOPE, held to the same limit, so a client minting ids
+# can neither grow memory nor the publisher's and the sweep's work, nor dodge the budget.
+# About 0.5 KiB a window: 1,000 keeps a budget's state under 1 MiB.
+SCOPE_CAP = 1000
+_ROLLING_SLICES = 240
+# Clients cannot produce parentheses (attribution restricts their values), so this never collides.
+OTHER_SCOPE = "(other)"
 
 @dataclass(frozen=True, slots=True)
 class Who:
@@ -163,6 +171,7 @@ class Budgets:
         reserve_usd: Decimal = DEFAULT_RESERVE_USD,
         reserve_floor_usd: Decimal = RESERVE_FLOOR_USD,
         projection_min_elapsed: float = 0.1,
+        scope_cap: int = SCOPE_CAP,
     ) -> None:
         self.specs = tuple(specs)
         self.tz = tz
@@ -170,6 +179,8 @@ class Budgets:
         self._floor = reserve_floor_usd
         self._min_elapsed = projection_min_elapsed
         self._states: dict[tuple[int, str], _Window] = {}
+        self._scope_cap = scope_cap
+        self._tracked = [0] * len(self.specs)  # own (not OTHER_SCOPE) windows per budget
         self._fired: dict[AlertKey, datetime] = {}  # key -> when it can be forgotten
         self._live: dict[int, Reservation] = {}
         self._means: OrderedDict[str, Decimal] = OrderedDict()
@@ -206,7 +217,7 @@ class Budgets:
                     if st.start <= ts < st.end:
                         st.spent += cost
                 elif ts > now_u - timedelta(seconds=spec.rolling_seconds):
-                    bisect.insort(st.entries, (ts, cost))
+                    _add_entry(spec, st, ts, cost)
                     st.spent += cost
 
     def mark_fired(self, keys: Iterable[AlertKey]) -> None:
@@ -296,7 +307,7 @@ class Budgets:
             if spec.rolling_seconds is None:
                 st.spent += cost
             else:
-                bisect.insort(st.entries, (reservation.started_at, cost))
+                _add_entry(spec, st, reservation.started_at, cost)
                 st.spent += cost
                 self._expire(spec, st, now_u)
             events.extend(self._alerts(hold.index, spec, hold.scope_value, st, now_u))
@@ -324,11 +335,26 @@ class Budgets:
         for i, spec in enumerate(self.specs):
             value = _scope_value(spec, who)
             if value is not None and _matches(spec, who):
-                yield i, spec, value
+                yield i, spec, self._slot(i, spec, value)
+
+    def _slot(self, i: int, spec: BudgetSpec, value: str) -> str:
+        """The window a scope value is counted in: its own, or OTHER_SCOPE past the cap.
+
+        Once OTHER_SCOPE exists, new values keep folding into it until it is swept (its window over,
+        or its rolling spend aged out): a value counted there must not get a fresh window of its own
+        while its spend in `other` still stands.
+        """
+        if spec.scope == "total" or (i, value) in self._states:
+            return value
+        if self._tracked[i] >= self._scope_cap or (i, OTHER_SCOPE) in self._states:
+            return OTHER_SCOPE
+        return value
 
     def _current(self, i: int, value: str, now_u: datetime) -> _Window:
         spec = self.specs[i]
         st = self._states.get((i, value))
+        if st is None and value != OTHER_SCOPE:
+            self._tracked[i] += 1
         if spec.rolling_seconds is not None:
             if st is None:
                 st = self._states[(i, value)] = _Window(None, None)
@@ -359,12 +385,17 @@ class Budgets:
             if spec.rolling_seconds is not None:
                 self._expire(spec, st, now_u)
                 if not st.entries:
-                    del self._states[(i, value)]
+                    self._forget(i, value)
             elif st.end is not None and now_u >= st.end:
-                del self._states[(i, value)]
+                self._forget(i, value)
         for key, until in list(self._fired.items()):
             if now_u >= until:
                 del self._fired[key]
+
+    def _forget(self, i: int, value: str) -> None:
+        del self._states[(i, value)]
+        if value != OTHER_SCOPE:
+            self._tracked[i] -= 1
 
     def _estimate(self, model: str | None) -> Decimal:
         mean = self._means.get(model or "")
@@ -475,6 +506,8 @@ class Budgets:
         return event
 
     def _shown(self, spec: BudgetSpec, value: str) -> str:
+        if value == OTHER_SCOPE:
+            return f"(other: every {spec.scope} past the first {self._scope_cap} seen)"
         return self._aliases.get(value, value) if spec.scope == "key" else value
 
 
@@ -495,6 +528,20 @@ def _matches(spec: BudgetSpec, who: Who) -> bool:
         if not any(v is not None and fnmatchcase(v, pattern) for v in values):
             return False
     return True
+
+
+def _add_entry(spec: BudgetSpec, st: _Window, ts: datetime, cost: Decimal) -> None:
+    # A rolling window keeps its spend in at most _ROLLING_SLICES slices, not one entry per request
+    # (60,000 requests in an hour were 60,000 entries). The time is rounded up to its slice's end,
+    # so spend ages out at most one slice late, never early: the budget errs on the strict side.
+    assert spec.rolling_seconds is not None
+    step = max(1, spec.rolling_seconds // _ROLLING_SLICES)
+    at = datetime.fromtimestamp(math.ceil(ts.timestamp() / step) * step, UTC)
+    i = bisect.bisect_left(st.entries, at, key=lambda e: e[0])
+    if i < len(st.entries) and st.entries[i][0] == at:
+        st.entries[i] = (at, st.entries[i][1] + cost)
+    else:
+        st.entries.insert(i, (at, cost))
 
 
 def _ages_out(spec: BudgetSpec, st: _Window) -> datetime | None:

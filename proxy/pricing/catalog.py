@@ -213,6 +213,48 @@ def parse_models(payload: Mapping[str, Any], fetched_at: datetime | None = None)
     return Catalog(entries, fetched_at)
 
 
+# What a refreshed listing may claim before we believe it. The dearest prices listed in 2026 are
+# $0.0006 a token (o1-pro output, $600 per million) and $0.22 an image; the ceilings leave more
+# than 16x room for dearer models, yet stop a broken or hostile listing (a price in dollars per
+# million tokens sent as per token, say) from pricing every request a million times too high.
+TOKEN_PRICE_CEILING = Decimal("0.01")  # USD per token: $10,000 per million
+UNIT_PRICE_CEILING = Decimal("10")  # USD per request, image or web search
+_PER_UNIT = frozenset({"request", "image", "web_search"})
+# OpenRouter's marker for "priced per request" (openrouter/auto); any other negative is nonsense.
+_VARIABLE = Decimal(-1)
+
+
+def absurd_price(pricing: ModelPricing) -> str | None:
+    """The first price key that is negative (other than the -1 marker) or above its ceiling, else None."""
+    prices: list[tuple[str, Decimal | None]] = [(k, getattr(pricing, k)) for k in PRICE_KEYS]
+    for override in pricing.overrides:
+        prices.extend(override.prices)
+    for key, value in prices:
+        if value is None or value == _VARIABLE:
+            continue
+        if value < 0 or value > (UNIT_PRICE_CEILING if key in _PER_UNIT else TOKEN_PRICE_CEILING):
+            return key
+    return None
+
+
+def screen(catalog: Catalog, previous: Catalog) -> tuple[Catalog, tuple[str, ...]]:
+    """`catalog` with every entry at an absurd price replaced by `previous`'s (dropped if it had none).
+
+    Returns the screened catalog and the ids whose new prices were refused.
+    """
+    kept: list[ModelEntry] = []
+    refused: list[str] = []
+    for entry in catalog:
+        if absurd_price(entry.pricing) is None:
+            kept.append(entry)
+            continue
+        refused.append(entry.id)
+        old = previous.get(entry.id)
+        if old is not None and old.id == entry.id:
+            kept.append(old)
+    return Catalog(kept, catalog.fetched_at), tuple(refused)
+
+
 def load_embedded() -> Catalog:
     """The snapshot shipped in the package, so the first start works offline."""
     text = resources.files("proxy").joinpath("data/catalog.json").read_text(encoding="utf-8")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import aiohttp
 
-from proxy.pricing.catalog import Catalog, load_embedded, parse_models, pricing_fingerprint
+from proxy.pricing.catalog import Catalog, load_embedded, parse_models, pricing_fingerprint, screen
 from proxy.metrics import Metrics
 from proxy.store.recorder import Recorder, Statement
 from proxy.store.sqlite import encode_time
@@ -28,6 +28,11 @@ _RECORD_PRICE = (
     "INSERT OR IGNORE INTO model_prices (model_id, pricing, first_seen_at) SELECT ?1, ?2, ?3 WHERE "
     "COALESCE((SELECT pricing FROM model_prices WHERE model_id = ?1 ORDER BY first_seen_at DESC LIMIT 1), '') != ?2"
 )
+# The 2026 listing is about 1 MB for 421 models: 16 MiB is room for 16 times that, and bounds
+# what a broken or hostile upstream can make the proxy hold (counted after decompression).
+MAX_LISTING_BYTES = 16 * 1024 * 1024
+MAX_MODELS = 20_000
+
 
 
 class CatalogHolder:
@@ -57,16 +62,31 @@ def record_prices(catalog: Catalog, recorder: Recorder, seen_at: datetime) -> No
 
 
 async def refresh_once(
-    holder: CatalogHolder, session: aiohttp.ClientSession, upstream: str, recorder: Recorder, metrics: Metrics
+    holder: CatalogHolder,
+    session: aiohttp.ClientSession,
+    upstream: str,
+    recorder: Recorder,
+    metrics: Metrics,
+    max_bytes: int = MAX_LISTING_BYTES,
 ) -> bool:
     try:
         async with session.get(upstream + "/models", headers={"Accept-Encoding": "identity"}) as response:
             response.raise_for_status()
-            payload = await response.json(content_type=None)
+            payload = json.loads(await _read_capped(response, max_bytes))
+        if isinstance(payload, dict) and isinstance(payload.get("data"), list) and len(payload["data"]) > MAX_MODELS:
+            raise ValueError(f"the listing has more than {MAX_MODELS} models")
         catalog = parse_models(payload, fetched_at=datetime.now(UTC))
         if len(catalog) == 0:
             raise ValueError("the listing has no models")
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        catalog, refused = screen(catalog, holder.current)
+        if refused:
+            metrics.catalog_refresh_failed()
+            log.warning(
+                "event=catalog_prices_refused models=%d first=%s kept=last_good_price",
+                len(refused),
+                refused[0][:100],
+            )
+    except (aiohttp.ClientError, TimeoutError, ValueError, RecursionError) as exc:
         metrics.catalog_refresh_failed()
         log.warning(
             "event=catalog_refresh_failed error=%s keeping_models=%d source=%s",
@@ -80,6 +100,17 @@ async def refresh_once(
     record_prices(catalog, recorder, datetime.now(UTC))
     log.info("event=catalog_refreshed models=%d", len(catalog))
     return True
+
+
+async def _read_capped(response: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    if response.content_length is not None and response.content_length > max_bytes:
+        raise ValueError(f"the listing is over {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(65536):
+        body += chunk
+        if len(body) > max_bytes:
+            raise ValueError(f"the listing is over {max_bytes} bytes")
+    return bytes(body)
 
 
 async def refresh_loop(

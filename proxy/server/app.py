@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import aiohttp
@@ -24,18 +24,21 @@ from proxy.budgets.alerts import Notifier
 from proxy.server.attribution import Attributor, fingerprint
 from proxy.budgets.ledger import Budgets
 from proxy.config import Config
-from proxy.errors import ConfigError
+from proxy.errors import ConfigError, error_response
 from proxy.server.forward import Forwarder
 from proxy.pricing.books import Reconciler
 from proxy.pricing.endpoints import ProviderPrices
 from proxy.pricing.generation import Backfill
 from proxy.server.guard import BudgetGuard, load_spend, publish_loop
+from proxy.server.intake import Intake
 from proxy.metrics import Metrics, metrics_handler
 from proxy.store.recorder import Recorder
 from proxy.pricing.refresh import CatalogHolder, initial_catalog, record_prices, refresh_loop
 from proxy.store.sqlite import open_db, salt
 
 log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
@@ -49,6 +52,7 @@ BACKFILL = web.AppKey("backfill", Backfill)
 MANAGED_KEY = web.AppKey("managed_key", str)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 PROVIDER_PRICES = web.AppKey("provider_prices", ProviderPrices)
+INTAKE = web.AppKey("intake", Intake)
 
 
 def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
@@ -61,6 +65,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app = web.Application(client_max_size=config.max_body_bytes, handler_args={"auto_decompress": False})
     app[CONFIG] = config
     app[MANAGED_KEY] = managed_key or ""
+    app[INTAKE] = Intake(config.max_body_bytes, config.max_buffered_bytes, config.body_idle_timeout_s, config.body_min_rate)
     app[METRICS] = Metrics(
         registry, session_cap=config.metrics.session_cap, project_cap=config.metrics.project_cap
     )
@@ -69,10 +74,10 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     if config.reconcile.interval_minutes:
         app.cleanup_ctx.append(_reconcile(config, managed_key, config.reconcile.interval_minutes * 60))
     if config.metrics.enabled and config.metrics.port is None:
-        app.router.add_get("/metrics", metrics_handler(registry, metrics_token))
+        app.router.add_get("/metrics", _only_hosts(metrics_handler(registry, metrics_token), _own_hosts(config, config.host, metrics_token)))
     elif config.metrics.enabled:
         app.cleanup_ctx.append(_metrics_site(registry, metrics_token))
-    app.router.add_get("/healthz", _health)
+    app.router.add_get("/healthz", _only_hosts(_health, _own_hosts(config, config.host, metrics_token)))
     app.router.add_route("*", "/{tail:.*}", _forward)
     return app
 
@@ -84,6 +89,46 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _own_hosts(config: Config, bound: str, token: str | None) -> frozenset[str] | None:
+    """The Host names the proxy's own pages answer to, or None for any.
+
+    On loopback without a token, a page in a browser can still reach the proxy by DNS rebinding
+    (its own name resolved to 127.0.0.1) and read spend, sessions and fingerprints; its requests
+    carry its own name in Host, so only loopback names and `allowed_hosts` are answered. Off
+    loopback /metrics needs a token anyway, and clients use whatever name reaches the machine.
+    """
+    if token is not None or not _is_loopback(bound):
+        return None
+    return frozenset({"localhost", bound.strip("[]").lower(), *config.allowed_hosts})
+
+
+def _host_name(value: str) -> str:
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else ""
+    if value.count(":") == 1:
+        value = value.partition(":")[0]
+    return value.rstrip(".")
+
+
+def _only_hosts(handler: Handler, allowed: frozenset[str] | None) -> Handler:
+    if allowed is None:
+        return handler
+
+    async def checked(request: web.Request) -> web.StreamResponse:
+        name = _host_name(request.headers.get("Host", ""))
+        if name not in allowed and not (name and _is_loopback(name)):
+            log.warning("event=host_refused path=%s", request.path)
+            return error_response(
+                403,
+                "openrouter-spend: this page answers only to localhost and loopback addresses "
+                "(add the name to allowed_hosts, or set metrics.token_env)",
+            )
+        return await handler(request)
+
+    return checked
 
 
 def _managed_key(config: Config) -> str | None:
@@ -238,7 +283,7 @@ async def _backfill(app: web.Application) -> AsyncIterator[None]:
 
 async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    attributor = Attributor(await salt(app[DB]), config.keys)
+    attributor = Attributor(await salt(app[DB]), config.keys, managed=bool(app[MANAGED_KEY]))
     holder = app[CATALOG]
     app[FORWARDER] = Forwarder(
         config,
@@ -251,6 +296,7 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
         backfill=app[BACKFILL],
         managed_key=app[MANAGED_KEY] or None,
         provider_prices=app.get(PROVIDER_PRICES),
+        intake=app[INTAKE],
     )
     yield
 
@@ -289,7 +335,8 @@ def _metrics_site(registry: CollectorRegistry, token: str | None):  # type: igno
     async def serve_metrics(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         metrics_app = web.Application()
-        metrics_app.router.add_get("/metrics", metrics_handler(registry, token))
+        host = config.metrics.host or config.host
+        metrics_app.router.add_get("/metrics", _only_hosts(metrics_handler(registry, token), _own_hosts(config, host, token)))
         runner = web.AppRunner(metrics_app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, config.metrics.host or config.host, config.metrics.port)
@@ -314,4 +361,8 @@ async def _health(request: web.Request) -> web.Response:
 
 
 async def _forward(request: web.Request) -> web.StreamResponse:
-    return await request.app[FORWARDER].handle(request)
+    try:
+        return await request.app[FORWARDER].handle(request)
+    finally:
+        # The body the intake counted is held until the exchange is over (streamed replies included).
+        request.app[INTAKE].release(request)

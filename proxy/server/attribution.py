@@ -66,8 +66,18 @@ def presented_key(headers: Mapping[str, str]) -> str | None:
 class Attributor:
     """Holds the salt and the alias table; `of()` is called once per request."""
 
-    def __init__(self, salt: bytes, aliases: tuple[KeyAlias, ...] = (), environ: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        salt: bytes,
+        aliases: tuple[KeyAlias, ...] = (),
+        environ: Mapping[str, str] | None = None,
+        *,
+        managed: bool = False,
+    ) -> None:
         self._salt = salt
+        # Managed mode: a proxy key's configured project is the operator's word and beats the
+        # client's header or URL, so a client cannot move its spend out of a project budget.
+        self._managed = managed
         # Hashing is cheap, but the same few keys come back on every request.
         self._fingerprints: dict[str, str] = {}
         env = os.environ if environ is None else environ
@@ -103,7 +113,7 @@ class Attributor:
         if alias is None and key and self._by_sha256:
             alias = self._by_sha256.get(_sha256(key))
         project = clean(path_project, 64) or clean(headers.get("X-Spend-Project"), 64)
-        if project is None and alias is not None:
+        if alias is not None and alias.project and (project is None or self._managed):
             project = alias.project
         return Attribution(
             key_fingerprint=key_fingerprint,

@@ -32,6 +32,7 @@ from proxy.pricing.endpoints import ProviderPrices
 from proxy.pricing.generation import Backfill, needs_backfill
 from proxy.pricing.hints import hints_for
 from proxy.server.guard import BudgetGuard, retry_after
+from proxy.server.intake import BodyRefused, Intake
 from proxy.metrics import Metrics
 from proxy.store.recorder import Recorder
 from proxy.server.routing import BadPath, Route, client_headers, requested_model, resolve, upstream_headers
@@ -67,8 +68,10 @@ class Forwarder:
         backfill: Backfill | None = None,
         managed_key: str | None = None,
         provider_prices: ProviderPrices | None = None,
+        intake: Intake | None = None,
     ) -> None:
         self._config = config
+        self._intake = intake
         self._session = session
         self._recorder = recorder
         self._attributor = attributor
@@ -109,7 +112,9 @@ class Forwarder:
         if too_big is not None:
             return too_big
         try:
-            body = await request.read()
+            body = await self._intake.read(request) if self._intake is not None else await request.read()
+        except BodyRefused as exc:
+            return _refused_body(exc, anthropic)
         except web.HTTPRequestEntityTooLarge:
             return self._too_large(anthropic)
         except (aiohttp.ClientPayloadError, ConnectionError) as exc:
@@ -403,6 +408,14 @@ def _final_outcome(outcome: _Outcome, usage: Usage) -> str:
     if outcome.outcome == records.OK and usage.error:
         return records.UPSTREAM_ERROR
     return outcome.outcome
+
+
+def _refused_body(exc: BodyRefused, anthropic: bool) -> web.Response:
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s is not None else None
+    response = error_response(exc.status, str(exc), anthropic=anthropic, headers=headers)
+    # The rest of the body is never read: close instead of draining it (or waiting on a stall).
+    response.force_close()
+    return response
 
 
 def _not_ours(request: web.Request) -> web.StreamResponse:

@@ -7,6 +7,7 @@ the alert's row in SQLite go through the notifier's and the recorder's queues.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -19,7 +20,7 @@ import aiosqlite
 from proxy.budgets.alerts import Notifier
 from proxy.server.attribution import Attribution
 from proxy.budgets.spec import BudgetSpec, window
-from proxy.budgets.ledger import AlertEvent, Budgets, Decision, Reservation, SpendRow, Who
+from proxy.budgets.ledger import AlertEvent, BudgetStatus, Budgets, Decision, Reservation, SpendRow, Who
 from proxy.metrics import Metrics
 from proxy.store.recorder import Recorder, Statement
 from proxy.store.sqlite import encode_time
@@ -118,18 +119,34 @@ class BudgetGuard:
         self._recorder.record(Statement(_RECORD_ALERT, (budget, scope, window_start, f"{kind}:{threshold}", encode_time(now), event.message)))
         self._notifier.notify(event)
 
-    def publish(self) -> None:
-        """Budget gauges from the in-memory state (seeded from SQLite, so right after a restart)."""
+    def publish(self) -> int:
+        """Budget gauges from the in-memory state (seeded from SQLite, so right after a restart).
+
+        Per budget only the scopes that spent most get gauges, as many as the metrics keep: setting
+        more would only churn series out again on every tick. Returns the number of gauges set.
+        """
+        by_budget: dict[str, list[BudgetStatus]] = {}
         for status in self.budgets.snapshot(datetime.now(UTC)):
-            scope = status.scope_value or "total"
-            self._metrics.set_budget(
-                status.name,
-                scope,
-                status.spent_usd,
-                status.limit_usd,
-                status.window_end.timestamp(),
-                status.projected_usd,
-            )
+            by_budget.setdefault(status.name, []).append(status)
+        cap = self._metrics.budget_scope_cap
+        published = 0
+        for statuses in by_budget.values():
+            if len(statuses) > cap:
+                statuses = heapq.nlargest(cap, statuses, key=lambda s: s.spent_usd)
+            for status in statuses:
+                self._set(status)
+                published += 1
+        return published
+
+    def _set(self, status: BudgetStatus) -> None:
+        self._metrics.set_budget(
+            status.name,
+            status.scope_value or "total",
+            status.spent_usd,
+            status.limit_usd,
+            status.window_end.timestamp(),
+            status.projected_usd,
+        )
 
 
 async def publish_loop(guard: BudgetGuard, interval_s: float = 5.0) -> None:
