@@ -12,7 +12,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.server.routing import BadPath, client_headers, requested_model, resolve, upstream_headers
+from proxy.server.routing import BadPath, BadRequest, check_connection, client_headers, requested_model, resolve, upstream_headers
 
 UP = "https://openrouter.ai/api/v1"
 
@@ -181,6 +181,17 @@ def test_any_x_spend_header_is_ours_and_stays_here() -> None:
 def test_every_connection_header_is_honoured() -> None:
     sent = upstream_headers(_headers(("Connection", "keep-alive"), ("Connection", "X-Hop"), ("X-Hop", "1")))
     assert "X-Hop" not in sent
+
+
+@pytest.mark.parametrize("connection", ["authorization", "close, X-Api-Key", "Host", "keep-alive,authorization "])
+def test_connection_may_not_name_the_credential_or_host(connection: str) -> None:
+    # Dropping the credential we attributed while another crosses would bill a key no budget saw.
+    with pytest.raises(BadRequest):
+        check_connection(_headers(("Connection", "keep-alive"), ("Connection", connection)))
+
+
+def test_connection_may_name_other_headers() -> None:
+    check_connection(_headers(("Connection", "keep-alive, X-Hop")))
 
 
 def test_client_headers_drop_hop_by_hop_and_stale_encoding() -> None:

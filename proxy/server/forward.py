@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 
 from proxy.store import records
 from proxy.pricing.accounting import Exchange, account, estimate
-from proxy.server.attribution import Attribution, Attributor, presented_key
+from proxy.server.attribution import Attribution, Attributor, TwoKeys, presented_key
 from proxy.budgets.ledger import Decision
 from proxy.pricing.catalog import Catalog
 from proxy.config import Config
@@ -32,7 +32,16 @@ from proxy.pricing.generation import Backfill, needs_backfill
 from proxy.server.guard import BudgetGuard, retry_after
 from proxy.metrics import Metrics
 from proxy.store.recorder import Recorder
-from proxy.server.routing import BadPath, Route, client_headers, requested_model, resolve, upstream_headers
+from proxy.server.routing import (
+    BadPath,
+    BadRequest,
+    Route,
+    check_connection,
+    client_headers,
+    requested_model,
+    resolve,
+    upstream_headers,
+)
 from proxy.usage import BILLED_ENDPOINTS, Usage, UsageParser, parser_for
 
 log = logging.getLogger(__name__)
@@ -92,6 +101,14 @@ class Forwarder:
                 "openrouter-spend: WebSocket is not proxied; use HTTP (streaming works over SSE)",
                 anthropic=anthropic,
             )
+        try:
+            # The key a budget matches on must be the key the upstream bills: one credential, and
+            # no Connection trick that drops the one we saw while another one crosses.
+            check_connection(request.headers)
+            presented_key(request.headers)
+        except (BadRequest, TwoKeys) as exc:
+            log.warning("event=bad_credentials endpoint=%s", route.endpoint)
+            return error_response(400, f"openrouter-spend: {exc}", anthropic=anthropic)
         if self._managed_key is not None and self._attributor.proxy_key(request.headers) is None:
             log.warning("event=unknown_proxy_key path=%s", route.endpoint)
             return error_response(

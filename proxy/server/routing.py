@@ -64,8 +64,23 @@ class Route:
     upstream_url: URL
 
 
-class BadPath(ValueError):
+class BadRequest(ValueError):
+    """A request the proxy refuses with 400 before anything is forwarded."""
+
+
+class BadPath(BadRequest):
     pass
+
+
+# Hop-by-hop removal of these would make the upstream see a different credential (or host) than
+# the one attributed and checked, so a Connection header may not name them.
+_NEVER_HOP = frozenset({"authorization", "x-api-key", "host"})
+
+
+def check_connection(headers: Mapping[str, str]) -> None:
+    named = _connection_listed(headers) & _NEVER_HOP
+    if named:
+        raise BadRequest(f"the Connection header may not name {', '.join(sorted(named))}")
 
 
 _PROJECT_PREFIX = re.compile(r"^/p/([^/]{1,200})(/.*)$")
