@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +38,7 @@ from proxy.server.routing import (
     BadRequest,
     Route,
     check_connection,
+    managed_allows,
     client_headers,
     requested_model,
     resolve,
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 _WHOLE_BODY_LIMIT = 8 * 1024 * 1024
 _LARGE_BODY = 1024 * 1024
 REMAINING_HEADER = "X-Spend-Budget-Remaining-USD"
+# Managed mode remembers this many recent generation ids, so a caller can look up its own.
+_GENERATIONS_KEPT = 20_000
 
 
 @dataclass(slots=True)
@@ -83,6 +87,8 @@ class Forwarder:
         self._guard = guard
         self._backfill = backfill
         self._managed_key = managed_key
+        # Managed mode: generation id -> fingerprint of the proxy key whose request made it.
+        self._generations: OrderedDict[str, str] = OrderedDict()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.perf_counter()
@@ -117,6 +123,14 @@ class Forwarder:
                 anthropic=anthropic,
                 headers={"WWW-Authenticate": 'Bearer realm="openrouter-spend"'},
             )
+        if self._managed_key is not None and not self._managed_allows(request, route):
+            log.warning("event=managed_forbidden method=%s endpoint=%s", request.method, route.endpoint[:200])
+            return error_response(
+                403,
+                f"openrouter-spend: {request.method} /{route.endpoint[:200]} is not forwarded with the proxy's key "
+                "(managed mode forwards inference, /models and /generation for your own requests)",
+                anthropic=anthropic,
+            )
         too_big = self._body_too_large(request, anthropic)
         if too_big is not None:
             return too_big
@@ -133,6 +147,24 @@ class Forwarder:
             return await self._exchange(request, route, body, None, _Outcome(), anthropic)
         who = self._attributor.of(request.headers, route.project)
         return await self._forward_billed(request, route, body, who, anthropic, received)
+
+    def _managed_allows(self, request: web.Request, route: Route) -> bool:
+        if not managed_allows(request.method, route.endpoint):
+            return False
+        if route.endpoint != "generation":
+            return True
+        ids = request.query.getall("id", [])
+        # One id, and one this proxy key's own request produced: the upstream might read either
+        # of two ids, and another holder's generations are not this caller's business.
+        owner = self._generations.get(ids[0]) if len(ids) == 1 else None
+        return owner is not None and owner == self._attributor.of(request.headers).key_fingerprint
+
+    def _remember_generation(self, generation_id: str | None, who: Attribution) -> None:
+        if self._managed_key is None or generation_id is None or who.key_fingerprint is None:
+            return
+        self._generations[generation_id] = who.key_fingerprint
+        if len(self._generations) > _GENERATIONS_KEPT:
+            self._generations.popitem(last=False)
 
     def _body_too_large(self, request: web.Request, anthropic: bool) -> web.Response | None:
         length = request.content_length
@@ -206,6 +238,7 @@ class Forwarder:
                 accounted = account(exchange, usage, None)
             rec = accounted.record
             self._recorder.record(rec)
+            self._remember_generation(rec.generation_id, who)
             cost = accounted.breakdown
             self._metrics.observe(
                 rec,

@@ -137,6 +137,20 @@ def resolve(raw_path: str, query_string: str, upstream: str) -> Route | None:
     return Route(project=project, endpoint=endpoint, upstream_url=url)
 
 
+def managed_allows(method: str, endpoint: str) -> bool:
+    """What managed mode forwards with the proxy's own key: inference, counting and the catalog.
+
+    Everything else (/key, /keys, /credits, /activity, ...) would hand any proxy-key holder the
+    account behind the managed key; a /generation lookup is allowed only for the caller's own ids,
+    which the forwarder checks.
+    """
+    if method == "POST":
+        return endpoint in BILLED_ENDPOINTS or endpoint == "messages/count_tokens"
+    if method in ("GET", "HEAD"):
+        return endpoint == "models" or endpoint.startswith("models/") or endpoint == "generation"
+    return False
+
+
 def upstream_headers(headers: Mapping[str, str], managed_key: str | None = None) -> CIMultiDict[str]:
     """What crosses to the upstream; with a managed key, the client's own credentials never do."""
     out: CIMultiDict[str] = CIMultiDict()
