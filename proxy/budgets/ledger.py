@@ -47,6 +47,9 @@ class Who:
     project: str | None = None
     session: str | None = None
     model: str | None = None
+    # The body named no model the upstream is bound to (none, unparseable, openrouter/auto, a
+    # fallback list): it counts against every budget that matches on a model.
+    model_unknown: bool = False
 
 
 class SpendRow(NamedTuple):
@@ -302,6 +305,29 @@ class Budgets:
             events.extend(self._alerts(hold.index, spec, hold.scope_value, st, now_u))
         return events
 
+    def charge(self, who: Who, cost: Decimal | None, now: datetime, skip: Reservation | None = None) -> list[AlertEvent]:
+        """Spend on the budgets a request did not reserve on: those matching the model that served.
+
+        Budgets the reservation already held are skipped whatever their scope value, so a served
+        id that differs from the requested slug (a dated suffix) is never charged twice.
+        """
+        if not cost or cost < 0:
+            return []
+        now_u = as_utc(now)
+        held = {hold.index for hold in skip.holds} if skip is not None else set()
+        started = skip.started_at if skip is not None else now_u
+        events: list[AlertEvent] = []
+        for i, spec, value in list(self._matching(who)):
+            if i in held:
+                continue
+            st = self._current(i, value, now_u)
+            st.spent += cost
+            if spec.rolling_seconds is not None:
+                bisect.insort(st.entries, (started, cost))
+                self._expire(spec, st, now_u)
+            events.extend(self._alerts(i, spec, value, st, now_u))
+        return events
+
     # -- reporting
 
     def snapshot(self, now: datetime) -> list[BudgetStatus]:
@@ -491,6 +517,8 @@ def _field(who: Who, name: str) -> str | None:
 
 def _matches(spec: BudgetSpec, who: Who) -> bool:
     for name, pattern in spec.match:
+        if name == "model" and who.model_unknown:
+            continue
         values = (who.key, who.key_alias) if name == "key" else (_field(who, name),)
         if not any(v is not None and fnmatchcase(v, pattern) for v in values):
             return False

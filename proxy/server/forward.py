@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import aiohttp
 from aiohttp import web
@@ -25,11 +26,12 @@ from multidict import CIMultiDict
 from proxy.store import records
 from proxy.pricing.accounting import Exchange, account, estimate
 from proxy.server.attribution import Attribution, Attributor, TwoKeys, presented_key
-from proxy.budgets.ledger import Decision
+from proxy.budgets.ledger import Decision, Reservation
 from proxy.pricing.catalog import Catalog
 from proxy.config import Config
 from proxy.errors import error_response
 from proxy.pricing.generation import Backfill, needs_backfill
+from proxy.server.body import BodyModel, DuplicateModel, InflatedTooLarge, body_model
 from proxy.server.guard import BudgetGuard, retry_after
 from proxy.metrics import Metrics
 from proxy.store.recorder import Recorder
@@ -87,6 +89,9 @@ class Forwarder:
         self._guard = guard
         self._backfill = backfill
         self._managed_key = managed_key
+        self._model_budgets = guard is not None and any(
+            spec.scope == "model" or any(name == "model" for name, _ in spec.match) for spec in guard.budgets.specs
+        )
         # Managed mode: generation id -> fingerprint of the proxy key whose request made it.
         self._generations: OrderedDict[str, str] = OrderedDict()
 
@@ -191,10 +196,17 @@ class Forwarder:
     ) -> web.StreamResponse:
         started_at = datetime.now(UTC)
         request_id = uuid.uuid4().hex
-        model_requested = requested_model(body)
+        try:
+            asked = self._asked_model(request, body)
+        except DuplicateModel as exc:
+            return error_response(400, f"openrouter-spend: {exc}", anthropic=anthropic)
+        except InflatedTooLarge as exc:
+            log.warning("event=request_body_inflates_too_far endpoint=%s", route.endpoint)
+            return error_response(413, f"openrouter-spend: {exc} (max_body_mb)", anthropic=anthropic)
+        model_requested = asked.model
         outcome = _Outcome()
         parser_box: list[UsageParser] = []
-        decision = self._guard.decide(who, model_requested) if self._guard is not None else None
+        decision = self._guard.decide(who, model_requested, not asked.known) if self._guard is not None else None
         self._metrics.in_flight.inc()
         try:
             if decision is not None and not decision.allowed:
@@ -262,7 +274,32 @@ class Forwarder:
                 guess = estimate(rec, self._catalog(), len(body), parser_box[0].events if parser_box else 0)
                 self._backfill.enqueue(rec, key, reservation, guess)
             elif reservation is not None and self._guard is not None:
-                self._guard.settle(reservation, rec.cost_usd)
+                self._settle(reservation, who, asked, usage.model, rec.cost_usd)
+
+    def _asked_model(self, request: web.Request, body: bytes) -> BodyModel:
+        """The model budgets match on: parsed only when a budget matches on a model at all.
+
+        A JSON parse costs about 5 ms per MB of prompt; without a model budget the byte scan is
+        enough for the row's `model_requested`.
+        """
+        if not self._model_budgets:
+            return BodyModel(requested_model(body), True)
+        # The coding the upstream is told about: a Connection header may have dropped it.
+        encoding = ", ".join(upstream_headers(request.headers).getall("Content-Encoding", []))
+        return body_model(body, encoding, self._config.max_body_bytes)
+
+    def _settle(self, reservation: Reservation, who: Attribution, asked: BodyModel, served: str | None, cost: Decimal | None) -> None:
+        assert self._guard is not None
+        if not served or (asked.known and served == asked.model):
+            self._guard.settle(reservation, cost)
+        elif asked.known:
+            # Asked for one model, served by another: budgets on the served one pay as well.
+            self._guard.settle(reservation, cost)
+            self._guard.charge(who, served, cost, reservation)
+        else:
+            # Held against every model budget while unknown; now the served model alone pays.
+            self._guard.settle(reservation, None)
+            self._guard.charge(who, served, cost, None)
 
     def _refuse(self, decision: Decision, outcome: _Outcome, anthropic: bool) -> web.Response:
         blocking = decision.blocking

@@ -216,7 +216,14 @@ MODEL_BODIES: list[tuple[str, list[tuple[str, str]], bytes, int]] = [
     ("no model at all", [], b'{"messages": []}', 402),
     ("model is not a string", [], b'{"model": ["' + CLAUDE.encode() + b'"]}', 402),
     ("not JSON", [], b'{"model": "' + CLAUDE.encode() + b'", ', 402),
-    ("unknown encoding", [("Content-Encoding", "x-secret")], chat(CLAUDE), 415),
+    # br and zstd have no decoder installed here: the model is unknown, so every model budget applies.
+    ("unknown encoding", [("Content-Encoding", "x-secret")], chat(CLAUDE), 402),
+    ("brotli", [("Content-Encoding", "br")], chat(CLAUDE), 402),
+    ("gzip twice", [("Content-Encoding", "gzip, gzip")], gzip.compress(gzip.compress(chat(CLAUDE))), 402),
+    ("gzip hidden by Connection", [("Content-Encoding", "gzip"), ("Connection", "content-encoding")], gzip.compress(chat(CLAUDE)), 402),
+    ("corrupt gzip", [("Content-Encoding", "gzip")], b"\x1f\x8b not really", 402),
+    ("fallback list", [], json.dumps({"model": GPT, "models": [GPT, CLAUDE], "messages": []}).encode(), 402),
+    ("openrouter/auto", [], chat("openrouter/auto"), 402),
     ("decompression bomb", [("Content-Encoding", "gzip")], BOMB, 413),
 ]
 
