@@ -8,6 +8,7 @@ the handler is being cancelled at shutdown: upstream billed us either way.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -249,6 +250,17 @@ class Forwarder:
                 log.exception("event=pricing_failed request_id=%s model=%s", request_id, usage.model)
                 accounted = account(exchange, usage, None)
             rec = accounted.record
+            reservation = decision.reservation if decision is not None and decision.allowed else None
+            backfilling = needs_backfill(rec) and self._backfill is not None
+            if not backfilling and _billed_unpriced(rec):
+                # A 2xx the upstream billed whose usage could not be read (no usage, no generation
+                # id to ask about): an estimate, so a spent budget never sees it as free.
+                guess = estimate(rec, self._catalog(), len(body), parser_box[0].events if parser_box else 0)
+                if guess is None and reservation is not None:
+                    guess = max((hold.amount for hold in reservation.holds), default=None)
+                if guess is not None:
+                    rec = dataclasses.replace(rec, cost_usd=guess, cost_source=records.COST_ESTIMATED)
+                    log.warning("event=cost_estimated request_id=%s endpoint=%s usd=%s", request_id, route.endpoint, guess)
             self._recorder.record(rec)
             self._remember_generation(rec.generation_id, who)
             cost = accounted.breakdown
@@ -267,8 +279,8 @@ class Forwarder:
                     rec.cost_reported_usd,
                     rec.cost_catalog_usd,
                 )
-            reservation = decision.reservation if decision is not None and decision.allowed else None
-            if needs_backfill(rec) and self._backfill is not None:
+            if backfilling:
+                assert self._backfill is not None
                 # Billed but the stream ended before its usage: the cost arrives later.
                 key = self._managed_key or presented_key(request.headers)
                 guess = estimate(rec, self._catalog(), len(body), parser_box[0].events if parser_box else 0)
@@ -470,6 +482,14 @@ def _payload(body: bytes) -> bytes | BytesPayload | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         return BytesPayload(body)
+
+
+def _billed_unpriced(rec: records.UsageRecord) -> bool:
+    return (
+        rec.cost_usd is None
+        and 200 <= rec.status < 300
+        and rec.outcome in (records.OK, records.ABORTED, records.UPSTREAM_ERROR)
+    )
 
 
 def _final_outcome(outcome: _Outcome, usage: Usage) -> str:

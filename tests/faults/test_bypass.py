@@ -46,15 +46,15 @@ class Reply:
 
 
 def _dechunk(body: bytes) -> bytes:
-    out = b""
-    while body:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
+    parts, at = [], 0
+    while at < len(body):
+        end = body.index(b"\r\n", at)
+        size = int(body[at:end].split(b";")[0], 16)
         if size == 0:
             break
-        out += rest[:size]
-        body = rest[size + 2 :]
-    return out
+        parts.append(body[end + 2 : end + 2 + size])
+        at = end + 2 + size + 2
+    return b"".join(parts)
 
 
 async def raw(
