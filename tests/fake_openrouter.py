@@ -25,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import posixpath
 import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -389,9 +391,31 @@ async def echo(request: web.Request) -> web.Response:
     return web.json_response({"path": request.path_qs, "method": request.method, "length": len(raw)})
 
 
+_BILLED_ROUTES: dict[str, Any] = {
+    "/api/v1/chat/completions": chat,
+    "/api/v1/completions": chat,
+    "/api/v1/messages": messages,
+    "/api/v1/responses": responses,
+    "/api/v1/embeddings": embeddings,
+}
+
+
+@web.middleware
+async def _lenient(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Bill like the most forgiving upstream imaginable: any case, `//`, trailing `/`, dot segments,
+    percent-encoding (even twice) and `;params` still reach the billed handler. A proxy that lets
+    such a path through unclassified then shows up in BILLED without a row."""
+    if request.method == "POST":
+        path = unquote(unquote(request.raw_path.split("?", 1)[0])).split(";", 1)[0].strip().lower()
+        handler = _BILLED_ROUTES.get(posixpath.normpath("/" + path), handler)
+    return await handler(request)
+
+
 def fake_app() -> web.Application:
     # auto_decompress off, so RECEIVED holds the bytes as they crossed the wire.
-    app = web.Application(client_max_size=256 * 1024 * 1024, handler_args={"auto_decompress": False})
+    app = web.Application(
+        client_max_size=256 * 1024 * 1024, handler_args={"auto_decompress": False}, middlewares=[_lenient]
+    )
     app[RECEIVED] = []
     app[GENERATIONS] = {}
     app[FAULTS] = set()
