@@ -8,7 +8,10 @@ import zlib
 
 import pytest
 
-from proxy.server.body import BodyModel, DuplicateModel, InflatedTooLarge, body_model
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from proxy.server.body import BodyModel, DuplicateModel, InflatedTooLarge, _at_an_end, _parsed, body_model
 
 CLAUDE = "anthropic/claude-sonnet-4.5"
 CAP = 1024 * 1024
@@ -32,7 +35,9 @@ CAP = 1024 * 1024
         (b'{"messages": []}', None, BodyModel(None, False)),
         (b'{"model": ""}', None, BodyModel(None, False)),
         (b'{"model": ["a/b"]}', None, BodyModel(None, False)),
-        (b'{"model": "a/b", ', None, BodyModel(None, False)),
+        # Cut JSON the upstream refuses anyway; the no-parse shortcut still names what it says.
+        (b'{"model": "a/b", ', None, BodyModel("a/b", True)),
+        (b'{"messages": [], "model": "a/b", ', None, BodyModel(None, False)),
         (b'["model", "a/b"]', None, BodyModel(None, False)),
         (b"", None, BodyModel(None, False)),
         (b'{"model": "a/b"}', "br", BodyModel(None, False)),
@@ -41,6 +46,10 @@ CAP = 1024 * 1024
         (b"[" * 100_000, None, BodyModel(None, False)),
         # Known by name, but the upstream picks what serves.
         (b'{"model": "openrouter/auto"}', None, BodyModel("openrouter/auto", False)),
+        (b'{"messages": [], "model": "@preset/team"}', None, BodyModel("@preset/team", False)),
+        # A nested decoy and no top-level model: the upstream uses the account's default.
+        (b'{"messages": [], "metadata": {"model": "a/b"}}', None, BodyModel(None, False)),
+        (b'{"metadata": {"model": "a/b"}, "messages": []}', None, BodyModel(None, False)),
         (json.dumps({"model": "a/b", "models": ["a/b", CLAUDE]}).encode(), None, BodyModel("a/b", False)),
         (json.dumps({"model": "a/b", "models": ["a/b"]}).encode(), None, BodyModel("a/b", True)),
     ],
@@ -75,3 +84,42 @@ def test_a_decompression_bomb_stops_at_the_cap(encoding: str) -> None:
     assert len(bomb) < CAP // 10
     with pytest.raises(InflatedTooLarge):
         body_model(bomb, encoding, CAP)
+
+
+_KEYS = st.sampled_from(["model", "messages", "metadata", "x"])
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.sampled_from(["a/b", "anthropic/claude", '"model": "c/d"']),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@st.composite
+def _bodies(draw: st.DrawFn) -> bytes:
+    pairs = draw(st.lists(st.tuples(_KEYS, _VALUES), max_size=4))
+    if draw(st.booleans()):  # a top-level string model, first or last: the shortcut's own shapes
+        pair = ("model", draw(st.sampled_from(["a/b", "anthropic/claude", "openrouter/auto", ""])))
+        pairs = [pair, *pairs] if draw(st.booleans()) else [*pairs, pair]
+    parts = [json.dumps(k) + ": " + json.dumps(v) for k, v in pairs]
+    body = ("{" + ", ".join(parts) + "}").encode()
+    if draw(st.booleans()):
+        body = body.replace(b'"model"', rb'"m\u006fdel"', 1)  # the key spelled with an escape
+    return body
+
+
+@settings(max_examples=400)
+@given(_bodies())
+@example(b'{"metadata": {"model": "a/b"}}')
+@example(b'{"x": [{"model": "a/b"}]}')
+@example(b'{"x": {"y": 1, "model": "a/b"}}')
+@example(b'[{"model": "a/b"}]')
+@example(b'{"model": "a/b", "models": ["c/d"]}')
+def test_the_shortcut_agrees_with_the_parse(body: bytes) -> None:
+    """Whenever the no-parse shortcut answers, the full parse gives the same answer."""
+    quick = _at_an_end(body)
+    try:
+        parsed = _parsed(body)
+    except DuplicateModel:
+        assert quick is None
+        return
+    assert quick is None or quick == parsed, (body, quick, parsed)

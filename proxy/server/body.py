@@ -9,6 +9,7 @@ then counts against every model-matched budget.
 from __future__ import annotations
 
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from proxy.server.attribution import clean
 from proxy.server.routing import BadRequest
 
 # Models chosen by the upstream, not the client: which one serves is not known before the reply.
-_ROUTERS = ("openrouter/auto",)
+_ROUTERS = ("openrouter/auto", "@preset/")
 
 
 class DuplicateModel(BadRequest):
@@ -37,6 +38,13 @@ class BodyModel:
 UNKNOWN = BodyModel(None, False)
 
 
+# A key spelled with an escape for one of m, o, d, e, l (`m\u006fdel`): only a parse can tell.
+_ESCAPED_LETTER = re.compile(rb"\\u006[45cdfCDF]")
+# `"model"` as the first key, or as the last key of the outermost object (the document's final `}`).
+_FIRST_KEY = re.compile(rb'\s*\{\s*"model"\s*:\s*"([^"\\]{1,200})"\s*[,}]')
+_LAST_KEY = re.compile(rb'[{,]\s*"model"\s*:\s*"([^"\\]{1,200})"\s*\}\s*$')
+
+
 def body_model(body: bytes, content_encoding: str | None, cap: int) -> BodyModel:
     """The model a JSON request body names, and whether that is the model the upstream will use.
 
@@ -49,6 +57,24 @@ def body_model(body: bytes, content_encoding: str | None, cap: int) -> BodyModel
         return UNKNOWN  # the upstream cannot read it either; still, nothing here says which model
     if plain is None:
         return UNKNOWN
+    return _at_an_end(plain) or _parsed(plain)
+
+
+def _at_an_end(plain: bytes) -> BodyModel | None:
+    """The common shapes without a parse (a multi-MB prompt costs ~5 ms/MB to parse): `"model"`
+    occurs once, spelled plainly, as the first key or the outermost object's last key. Inside a
+    JSON string every quote is escaped, so `"model"` there cannot match; one occurrence means no
+    duplicate and no nested decoy. Anything else gets the real parse."""
+    if plain.count(b'"model"') != 1 or b'"models"' in plain or _ESCAPED_LETTER.search(plain):
+        return None
+    match = _FIRST_KEY.match(plain) or _LAST_KEY.search(plain, max(0, len(plain) - 512))
+    if match is None:
+        return None
+    model = match.group(1).decode("utf-8", "replace")
+    return BodyModel(clean(model, 200), not model.strip().lower().startswith(_ROUTERS))
+
+
+def _parsed(plain: bytes) -> BodyModel:
     duplicate = _LastObject()
     try:
         data = json.loads(plain, object_pairs_hook=duplicate.hook)
