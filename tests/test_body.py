@@ -11,7 +11,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from proxy.server.body import BodyModel, DuplicateModel, InflatedTooLarge, _at_an_end, _parsed, body_model
+from proxy.server.body import BodyModel, DuplicateModel, InflatedTooLarge, _parsed, body_model
 
 CLAUDE = "anthropic/claude-sonnet-4.5"
 CAP = 1024 * 1024
@@ -114,12 +114,12 @@ def _bodies(draw: st.DrawFn) -> bytes:
 @example(b'{"x": {"y": 1, "model": "a/b"}}')
 @example(b'[{"model": "a/b"}]')
 @example(b'{"model": "a/b", "models": ["c/d"]}')
-def test_the_shortcut_agrees_with_the_parse(body: bytes) -> None:
-    """Whenever the no-parse shortcut answers, the full parse gives the same answer."""
-    quick = _at_an_end(body)
+def test_the_shortcuts_agree_with_the_parse(body: bytes) -> None:
+    """Whatever body_model answers without parsing, the full parse (duplicate hook on) agrees."""
     try:
-        parsed = _parsed(body)
+        parsed = _parsed(body, hooked=True)
     except DuplicateModel:
-        assert quick is None
+        with pytest.raises(DuplicateModel):
+            body_model(body, None, CAP)
         return
-    assert quick is None or quick == parsed, (body, quick, parsed)
+    assert body_model(body, None, CAP) == parsed, body
