@@ -12,7 +12,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.server.routing import BadPath, BadRequest, check_connection, client_headers, requested_model, resolve, upstream_headers
+from proxy.server.routing import BadPath, BadRequest, check_connection, client_headers, managed_allows, requested_model, resolve, upstream_headers
 
 UP = "https://openrouter.ai/api/v1"
 
@@ -299,3 +299,29 @@ async def test_query_string_reaches_the_upstream_raw(
             async with session.get(url) as response:
                 assert response.status == 200, query
             assert seen[-1][1] == "/api/v1/models?" + query
+
+
+@pytest.mark.parametrize(
+    ("method", "endpoint", "allowed"),
+    [
+        ("POST", "chat/completions", True),
+        ("POST", "messages", True),
+        ("POST", "messages/count_tokens", True),
+        ("POST", "embeddings", True),
+        ("GET", "models", True),
+        ("GET", "models/openai/gpt-4o/endpoints", True),
+        ("GET", "generation", True),  # and then only for the caller's own ids
+        ("GET", "chat/completions", False),
+        ("GET", "key", False),
+        ("GET", "keys", False),
+        ("POST", "keys", False),
+        ("DELETE", "keys/abc", False),
+        ("GET", "credits", False),
+        ("POST", "credits/coinbase", False),
+        ("GET", "activity", False),
+        ("POST", "models", False),
+        ("GET", "modelsx", False),
+    ],
+)
+def test_managed_mode_allow_list(method: str, endpoint: str, allowed: bool) -> None:
+    assert managed_allows(method, endpoint) is allowed
