@@ -65,6 +65,16 @@ def test_the_model_that_served_is_charged_once_on_budgets_the_request_did_not_ho
     assert b.charge(Who(model="anthropic/x"), None, now) == [] and b.charge(Who(model="anthropic/x"), D("-1"), now) == []
 
 
+def test_warm_up_counts_the_served_model_once_like_live_traffic() -> None:
+    claude = spec(name="claude", limit_usd=D("1"), match=(("model", "anthropic/*"),))
+    total = spec(name="total", limit_usd=D("100"))
+    b = Budgets([claude, total], BERLIN)
+    now = at(2026, 11, 27, 12)
+    b.load([(now, "2", None, None, None, "openrouter/auto", None, "anthropic/claude-4.5-sonnet-20250929")], now)
+    spent = {s.name: s.spent_usd for s in b.snapshot(now)}
+    assert spent == {"claude": D("2"), "total": D("2")}
+
+
 def test_session_scope_keeps_sessions_apart_and_ignores_requests_without_one() -> None:
     b = Budgets([spec(name="per-session", limit_usd=D("1"), scope="session")], BERLIN)
     now = at(2026, 11, 27, 12)

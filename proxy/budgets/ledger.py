@@ -62,6 +62,8 @@ class SpendRow(NamedTuple):
     session: str | None
     model: str | None
     key_alias: str | None = None
+    # The model that served, when the row says; budgets on it count the row too (once).
+    served: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +188,7 @@ class Budgets:
     def load(self, rows: Iterable[SpendRow | tuple[Any, ...]], now: datetime) -> None:
         """Add past spend (rows inside the widest window, oldest first); call once, before traffic.
 
-        Each row is (started_at, cost_usd, key fingerprint, project, session, requested model[, key alias]);
+        Each row is (started_at, cost_usd, key fingerprint, project, session, requested model[, key alias[, served model]]);
         started_at may be an ISO-8601 string and cost a float or string, as SQLite returns them.
         """
         now_u = as_utc(now)
@@ -202,7 +204,13 @@ class Budgets:
             ts = (started if started.tzinfo else started.replace(tzinfo=UTC)).astimezone(UTC)
             self._learn(row.model, cost)
             who = Who(row.key, row.key_alias, row.project, row.session, row.model)
-            for i, spec, value in self._matching(who):
+            matched = list(self._matching(who))
+            if row.served and row.served != row.model:
+                # As live: budgets on the model that served pay too, those already matched once.
+                held = {i for i, _, _ in matched}
+                served = Who(row.key, row.key_alias, row.project, row.session, row.served)
+                matched += [m for m in self._matching(served) if m[0] not in held]
+            for i, spec, value in matched:
                 st = self._current(i, value, now_u)
                 if spec.rolling_seconds is None:
                     assert st.start is not None and st.end is not None

@@ -31,7 +31,8 @@ _RECORD_ALERT = (
 )
 
 
-# Budgets match on the model the client asked for (known before forwarding), so warm-up must too.
+# Budgets match on the model the client asked for (known before forwarding) and on the model that
+# served, so warm-up does both.
 def who_of(attribution: Attribution, model: str | None, model_unknown: bool = False) -> Who:
     return Who(
         key=attribution.key_fingerprint,
@@ -49,7 +50,7 @@ def earliest_window_start(specs: tuple[BudgetSpec, ...], budgets: Budgets, now: 
 
 
 SPEND_QUERY = (
-    "SELECT started_at, cost_usd, key_fingerprint, project, session, COALESCE(model_requested, model), key_alias "
+    "SELECT started_at, cost_usd, key_fingerprint, project, session, COALESCE(model_requested, model), key_alias, model "
     "FROM requests WHERE started_at >= ? AND cost_usd IS NOT NULL ORDER BY started_at"
 )
 ALERTS_QUERY = "SELECT budget, scope, window_start, kind FROM alerts WHERE window_start >= ?"
@@ -57,8 +58,8 @@ ALERTS_QUERY = "SELECT budget, scope, window_start, kind FROM alerts WHERE windo
 
 def spend_rows(raw: Iterable[Sequence[Any]]) -> list[SpendRow]:
     return [
-        SpendRow(datetime.fromisoformat(started_at), Decimal(cost), key, project, session, model, alias)
-        for started_at, cost, key, project, session, model, alias in raw
+        SpendRow(datetime.fromisoformat(started_at), Decimal(cost), key, project, session, model, alias, served)
+        for started_at, cost, key, project, session, model, alias, served in raw
     ]
 
 

@@ -255,6 +255,9 @@ async def test_the_model_that_served_is_charged(start_proxy: Any, make_config: A
     assert served.status == 200
     assert (await raw(port, "/api/v1/chat/completions", headers=bearer(), body=chat(CLAUDE))).status == 402
     await invariant(proxy, upstream)
+    # A restart rebuilds the budget from the rows, and still counts the model that served.
+    again = await start_proxy(make_config(budgets=budgets))
+    assert (await raw(again.server.port, "/api/v1/chat/completions", headers=bearer(), body=chat(CLAUDE))).status == 402
 
 
 # ---- 4: the key ------------------------------------------------------------------------------
