@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 import uuid
@@ -284,9 +285,10 @@ class Forwarder:
                 # Billed but the stream ended before its usage: the cost arrives later.
                 key = self._managed_key or presented_key(request.headers)
                 guess = estimate(rec, self._catalog(), len(body), parser_box[0].events if parser_box else 0)
-                self._backfill.enqueue(rec, key, reservation, guess)
+                settle = functools.partial(self._settle, who=who, asked=asked, served=usage.model)
+                self._backfill.enqueue(rec, key, reservation, guess, settle if self._guard is not None else None)
             elif reservation is not None and self._guard is not None:
-                self._settle(reservation, who, asked, usage.model, rec.cost_usd)
+                self._settle(reservation, rec.cost_usd, who=who, asked=asked, served=usage.model)
 
     def _asked_model(self, request: web.Request, body: bytes) -> BodyModel:
         """The model budgets match on: parsed only when a budget matches on a model at all.
@@ -300,7 +302,9 @@ class Forwarder:
         encoding = ", ".join(upstream_headers(request.headers).getall("Content-Encoding", []))
         return body_model(body, encoding, self._config.max_body_bytes)
 
-    def _settle(self, reservation: Reservation, who: Attribution, asked: BodyModel, served: str | None, cost: Decimal | None) -> None:
+    def _settle(
+        self, reservation: Reservation, cost: Decimal | None, *, who: Attribution, asked: BodyModel, served: str | None
+    ) -> None:
         assert self._guard is not None
         if not served or (asked.known and served == asked.model):
             self._guard.settle(reservation, cost)

@@ -260,6 +260,22 @@ async def test_the_model_that_served_is_charged(start_proxy: Any, make_config: A
     assert (await raw(again.server.port, "/api/v1/chat/completions", headers=bearer(), body=chat(CLAUDE))).status == 402
 
 
+async def test_the_model_that_served_is_charged_after_a_backfill(start_proxy: Any, make_config: Any, upstream: Any) -> None:
+    """A stream without usage is priced later from /generation; the served model still pays."""
+    proxy = await start_proxy(make_config(budgets=parse_budgets([BUDGETS[1]]), backfill_delays_s=(0.05, 0.1)))
+    port = proxy.server.port
+    headers = bearer() + [("X-Fake-Serve", CLAUDE), ("X-Fake", "no-usage")]
+    assert (await raw(port, "/api/v1/chat/completions", headers=headers, body=chat(GPT, stream=True))).status == 200
+    for _ in range(100):
+        await proxy.settle()
+        if [r["cost_source"] for r in proxy.rows()] == [records.COST_GENERATION]:
+            break
+        await asyncio.sleep(0.05)
+    assert [r["cost_source"] for r in proxy.rows()] == [records.COST_GENERATION]
+    assert (await raw(port, "/api/v1/chat/completions", headers=bearer(), body=chat(CLAUDE))).status == 402
+    await invariant(proxy, upstream)
+
+
 # ---- 4: the key ------------------------------------------------------------------------------
 
 KEY_HEADERS: list[tuple[str, list[tuple[str, str]], str]] = [
