@@ -26,6 +26,7 @@ import asyncio
 import gzip
 import json
 import posixpath
+import re
 import uuid
 from decimal import Decimal
 from pathlib import Path
@@ -402,12 +403,12 @@ _BILLED_ROUTES: dict[str, Any] = {
 
 @web.middleware
 async def _lenient(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Bill like the most forgiving upstream imaginable: any case, `//`, trailing `/`, dot segments,
-    percent-encoding (even twice) and `;params` still reach the billed handler. A proxy that lets
+    """Bill like the most forgiving upstream imaginable: any method with a body, any case, `//`,
+    trailing `/`, dot segments, percent-encoding (even twice) and `;params` (or an encoded `?`/`#`) reach the billed handler. A proxy that lets
     such a path through unclassified then shows up in BILLED without a row."""
-    if request.method == "POST":
-        path = unquote(unquote(request.raw_path.split("?", 1)[0])).split(";", 1)[0].strip().lower()
-        handler = _BILLED_ROUTES.get(posixpath.normpath("/" + path), handler)
+    if request.method not in ("GET", "HEAD") or request.body_exists:
+        path = re.split(r"[;?#]", unquote(unquote(request.raw_path.split("?", 1)[0])))[0].strip().lower()
+        handler = _BILLED_ROUTES.get(posixpath.normpath("/" + path.lstrip("/")), handler)
     return await handler(request)
 
 

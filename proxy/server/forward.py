@@ -130,6 +130,12 @@ class Forwarder:
                 anthropic=anthropic,
                 headers={"WWW-Authenticate": 'Bearer realm="openrouter-spend"'},
             )
+        if route.endpoint in BILLED_ENDPOINTS and request.method != "POST":
+            # Only a POST is classified billed, so no other method may reach a billed endpoint:
+            # an upstream that answered a GET with a body would bill a call with no row.
+            return error_response(
+                405, f"openrouter-spend: /{route.endpoint} takes POST only", anthropic=anthropic, headers={"Allow": "POST"}
+            )
         if self._managed_key is not None and not self._managed_allows(request, route):
             log.warning("event=managed_forbidden method=%s endpoint=%s", request.method, route.endpoint[:200])
             return error_response(
@@ -149,7 +155,7 @@ class Forwarder:
             # The client sent a broken body (bad chunking, or it went away): nothing to forward.
             log.warning("event=request_body_unreadable endpoint=%s error=%s", route.endpoint, type(exc).__name__)
             return error_response(400, "openrouter-spend: the request body could not be read", anthropic=anthropic)
-        if route.endpoint not in BILLED_ENDPOINTS or request.method != "POST":
+        if route.endpoint not in BILLED_ENDPOINTS:
             # /models, /key, /generation, count_tokens, ...: forwarded, not recorded.
             return await self._exchange(request, route, body, None, _Outcome(), anthropic)
         who = self._attributor.of(request.headers, route.project)

@@ -359,7 +359,6 @@ async def managed(start_proxy: Any, make_config: Any, monkeypatch: pytest.Monkey
         ("PATCH", "/api/v1/keys/abc"), ("GET", "/api/v1/credits"), ("GET", "/api/v1/Key"), ("GET", "/api/v1/keys/"),
         ("GET", "/v1//credits"), ("GET", "/api/v1/%6Beys"), ("POST", "/api/v1/credits/coinbase"),
         ("GET", "/api/v1/generation?id=gen-someone-elses"), ("GET", "/api/v1/activity"), ("GET", "/api/v1/auth/keys"),
-        ("GET", "/api/v1/chat/completions"),
     ],
 )
 async def test_managed_mode_forwards_only_inference(managed: Any, upstream: Any, method: str, target: str) -> None:
@@ -368,6 +367,16 @@ async def test_managed_mode_forwards_only_inference(managed: Any, upstream: Any,
     assert reply.status == 403, (target, reply.body[:200])
     assert "openrouter-spend" in reply.envelope()["error"]["message"]
     assert upstream.app[RECEIVED] == []
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "PATCH", "DELETE"])
+async def test_a_billed_endpoint_takes_post_only(spent: Any, method: str) -> None:
+    """Only a POST is classified billed, so no other method (a GET with a body, say) goes up."""
+    proxy, upstream = spent
+    reply = await raw(proxy.server.port, "/api/v1/chat/completions", method=method, headers=bearer(), body=chat())
+    assert reply.status == 405 and reply.headers["allow"] == "POST"
+    reply.envelope()
+    await invariant(proxy, upstream)
 
 
 async def test_managed_mode_still_serves_inference_models_and_own_generations(managed: Any, upstream: Any) -> None:

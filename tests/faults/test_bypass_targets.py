@@ -57,7 +57,7 @@ def targets(draw: st.DrawFn) -> str:
     return draw(st.sampled_from(PREFIXES)) + path + suffix + query
 
 
-async def _scenario(target: str, db: Path) -> tuple[int, int]:
+async def _scenario(target: str, db: Path, method: str = "POST") -> tuple[int, int]:
     upstream = TestServer(fake_app())
     await upstream.start_server()
     budgets = parse_budgets([{"name": "all", "limit_usd": "0.000001", "period": "day", "scope": "total", "action": "block"}])
@@ -68,7 +68,7 @@ async def _scenario(target: str, db: Path) -> tuple[int, int]:
     try:
         headers = [("Authorization", f"Bearer {KEY}"), ("Content-Type", "application/json")]
         assert (await raw(proxy.port or 0, "/api/v1/chat/completions", headers=headers, body=BODY)).status == 200
-        reply = await raw(proxy.port or 0, target, headers=headers, body=BODY)
+        reply = await raw(proxy.port or 0, target, method=method, headers=headers, body=BODY)
         recorder = app[RECORDER]
         for _ in range(200):
             if recorder.depth() == 0:
@@ -82,17 +82,18 @@ async def _scenario(target: str, db: Path) -> tuple[int, int]:
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(target=targets())
-@example(target="/api/v1/chat/completions#x")
-@example(target="/api/v1/CHAT//COMPLETIONS/")
-@example(target="/v1/chat/completions;x")
-@example(target="/api/v1/chat/%2563ompletions")
-def test_no_target_reaches_a_billed_endpoint_unclassified(target: str) -> None:
+@given(target=targets(), method=st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "PATCH", "DELETE"]))
+@example(target="/api/v1/chat/completions#x", method="POST")
+@example(target="/api/v1/CHAT//COMPLETIONS/", method="POST")
+@example(target="/v1/chat/completions;x", method="POST")
+@example(target="/api/v1/chat/%2563ompletions", method="POST")
+@example(target="/api/v1/chat/completions", method="GET")
+def test_no_target_reaches_a_billed_endpoint_unclassified(target: str, method: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "u.db"
-        status, billed = asyncio.run(_scenario(target, db))
+        status, billed = asyncio.run(_scenario(target, db, method))
         rows = read_rows(db)
     forwarded = [r for r in rows if r["outcome"] != records.BLOCKED]
     # Only the seed call was billed, and it is the one forwarded row: the target was refused
     # (budget, 400, 404) or reached something unbilled.
-    assert billed == len(forwarded) == 1, (target, status, billed, len(forwarded))
+    assert billed == len(forwarded) == 1, (method, target, status, billed, len(forwarded))
