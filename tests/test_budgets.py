@@ -65,6 +65,17 @@ def test_the_model_that_served_is_charged_once_on_budgets_the_request_did_not_ho
     assert b.charge(Who(model="anthropic/x"), None, now) == [] and b.charge(Who(model="anthropic/x"), D("-1"), now) == []
 
 
+def test_an_unknown_model_is_refused_while_any_model_window_of_a_per_model_budget_is_full() -> None:
+    per_model = spec(name="per-model", limit_usd=D("1"), scope="model")
+    b = Budgets([per_model], BERLIN)
+    now = at(2026, 11, 27, 12)
+    assert b.decide(Who(model_unknown=True), now).allowed  # nothing spent anywhere yet
+    spend(b, Who(model="anthropic/claude"), "2", now)
+    assert b.decide(Who(model="openai/gpt-4o"), now).allowed
+    refused = b.decide(Who(model="openrouter/auto", model_unknown=True), now)
+    assert not refused.allowed and refused.blocking is not None and refused.blocking.scope_value == "anthropic/claude"
+
+
 def test_warm_up_counts_the_served_model_once_like_live_traffic() -> None:
     claude = spec(name="claude", limit_usd=D("1"), match=(("model", "anthropic/*"),))
     total = spec(name="total", limit_usd=D("100"))

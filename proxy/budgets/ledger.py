@@ -244,6 +244,8 @@ class Budgets:
         if who.key and who.key_alias:
             self._remember(self._aliases, who.key, who.key_alias)
         matching = [(i, spec, value, self._current(i, value, now_u)) for i, spec, value in self._matching(who)]
+        if who.model_unknown:
+            matching += self._any_model_full(who, now_u)
         remaining = min((max(_ZERO, s.limit_usd - st.spent) for _, s, _, st in matching), default=None)
         blocking: tuple[BudgetStatus, str, int] | None = None
         warnings: list[str] = []
@@ -359,6 +361,19 @@ class Budgets:
             value = _scope_value(spec, who)
             if value is not None and _matches(spec, who):
                 yield i, spec, value
+
+    def _any_model_full(self, who: Who, now_u: datetime) -> list[tuple[int, BudgetSpec, str, _Window]]:
+        """A request whose model is unknown may be served by any model: per-model block budgets
+        whose window for some model is full (spent, or held by reservations) apply to it."""
+        full = []
+        for i, value in list(self._states):
+            spec = self.specs[i]
+            if spec.scope != "model" or spec.action != "block" or not _matches(spec, who):
+                continue
+            st = self._current(i, value, now_u)
+            if st.spent + st.reserved >= spec.limit_usd:
+                full.append((i, spec, value, st))
+        return full
 
     def _current(self, i: int, value: str, now_u: datetime) -> _Window:
         spec = self.specs[i]
