@@ -202,7 +202,15 @@ async def test_a_non_canonical_billed_path_is_forwarded_canonical_and_recorded(
 
 # ---- 3: the model --------------------------------------------------------------------------
 
-BOMB = gzip.compress(b"{" + b" " * (200 * 1024 * 1024) + b"}", 9)
+def _gzip_bomb(inflated: int) -> bytes:
+    """A small gzip body that inflates past the proxy's 64 MiB cap, built without holding it whole."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    spaces = b" " * (1024 * 1024)
+    parts = [packer.compress(b"{")] + [packer.compress(spaces) for _ in range(inflated // len(spaces))]
+    return b"".join(parts) + packer.compress(b"}") + packer.flush()
+
+
+BOMB = _gzip_bomb(70 * 1024 * 1024)
 
 MODEL_BODIES: list[tuple[str, list[tuple[str, str]], bytes, int]] = [
     ("duplicate model, decoy first", [], b'{"model": "openai/gpt-4o", "model": "' + CLAUDE.encode() + b'", "messages": []}', 400),

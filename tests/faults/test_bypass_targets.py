@@ -81,7 +81,7 @@ async def _scenario(target: str, db: Path, method: str = "POST") -> tuple[int, i
         await upstream.close()
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(target=targets(), method=st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "PATCH", "DELETE"]))
 @example(target="/api/v1/chat/completions#x", method="POST")
 @example(target="/api/v1/CHAT//COMPLETIONS/", method="POST")
