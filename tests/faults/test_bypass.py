@@ -412,6 +412,8 @@ async def test_every_variant_at_once_upstream_bills_exactly_the_proxy_rows(spent
     for what, headers, connection in KEY_HEADERS:
         reply = await raw(port, "/api/v1/chat/completions", headers=headers, body=chat(), connection=connection)
         refused_or_counted(reply, what)
+    for method in ("GET", "PUT", "PATCH", "DELETE"):
+        refused_or_counted(await raw(port, "/api/v1/chat/completions", method=method, headers=bearer(), body=chat()), method)
     # Allowed traffic in between, so the count is not trivially "only the two seeds".
     for target in ("/api/v1/chat/completions", "/v1/Chat/Completions/", "/api/v1/embeddings"):
         assert (await raw(port, target, headers=bearer(OTHER), body=chat())).status == 200
