@@ -5,7 +5,7 @@ Each request may carry `X-Fake` with comma-separated behaviours, so one server s
   stall                            no reply at all until the test gives up
   drop                             the stream is cut after a few chunks (connection reset)
   midstream-error                  an error event inside a 200 stream
-  no-usage                         no usage block at all; no-cost: usage without `cost`
+  no-usage                         no usage block at all (embeddings too); no-cost: usage without `cost`
   garbage                          a stream of junk lines, or a JSON reply cut in half
   gzip                             the JSON reply is gzip-encoded (Content-Encoding: gzip)
   no-generation                    GET /generation never knows this request (404)
@@ -28,9 +28,9 @@ answers management keys in MANAGEMENT_KEYS with the ledger per completed UTC day
 (today too when ACTIVITY_TODAY is set, so a test need not wait for midnight). Every request a model
 endpoint answers is billed to the ledger under the key it presented, like OpenRouter's books.
 And `X-Fake-Chunks` / `X-Fake-Delay-Ms` shape a stream, `X-Fake-Gap-Ms` pauses once after the
-second event, and `X-Fake-Pad` pads each content delta to that many bytes. Flags in the app's
+second event, `X-Fake-Serve` names the model that serves, `X-Fake-Embedding-Bytes` makes an /embeddings reply that big (usage last), and `X-Fake-Pad` pads each content delta to that many bytes. Flags in the app's
 FAULTS set apply to every request, the proxy's own /models refresh included (`garbage` makes
-/models return truncated JSON). A body that is not JSON gets OpenRouter's 400. DISCONNECTS lists
+/models return truncated JSON). BILLED logs every call the fake would bill. A body that is not JSON gets OpenRouter's 400. DISCONNECTS lists
 the generation ids of streams whose reader (the proxy) went away. Usage numbers are fixed per
 request and the reported cost follows FAKE_PRICES, which are the real catalog figures of those models.
 """
@@ -40,11 +40,14 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import posixpath
+import re
 import uuid
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -68,6 +71,9 @@ BYOK_FEE_SHARE = Decimal("0.05")
 RECEIVED: web.AppKey[list[dict[str, Any]]] = web.AppKey("received", list)
 GENERATIONS: web.AppKey[dict[str, dict[str, Any]]] = web.AppKey("generations", dict)
 FAULTS: web.AppKey[set[str]] = web.AppKey("faults", set)
+# The fake's own log of calls it would bill (path, model, credential), kept apart from RECEIVED so
+# a test can compare what the upstream charged with the rows the proxy wrote.
+BILLED: web.AppKey[list[dict[str, Any]]] = web.AppKey("billed", list)
 DISCONNECTS: web.AppKey[list[str]] = web.AppKey("disconnects", list)
 ENDPOINT_FETCHES: web.AppKey[list[str]] = web.AppKey("endpoint_fetches", list)
 # model id -> how many times the listed price FakeProvider charges.
@@ -301,11 +307,18 @@ async def _begin(request: web.Request, default_model: str) -> web.StreamResponse
     raw, data = await _body(request)
     if (failed := _not_json(raw) or await _failure(request, flags)) is not None:
         return failed
-    model = str(data.get("model") or default_model)
+    # `X-Fake-Serve`: the model that answers is not the one asked for (openrouter/auto, fallbacks).
+    model = request.headers.get("X-Fake-Serve") or str(data.get("model") or default_model)
     gen_id = f"gen-{uuid.uuid4().hex[:20]}"
     _remember(request, gen_id, model)
     _bill(request, model)
+    _log_billed(request, model)
     return flags, data, model, gen_id
+
+
+def _log_billed(request: web.Request, model: str) -> None:
+    credential = request.headers.get("Authorization", "").removeprefix("Bearer ") or request.headers.get("x-api-key")
+    request.app[BILLED].append({"path": request.path, "model": model, "key": credential})
 
 
 async def chat(request: web.Request) -> web.StreamResponse:
@@ -458,11 +471,23 @@ async def responses(request: web.Request) -> web.StreamResponse:
 
 
 async def embeddings(request: web.Request) -> web.Response:
-    _, data = await _body(request)
+    raw, data = await _body(request)
+    if (failed := _not_json(raw)) is not None:
+        return failed
     model = str(data.get("model") or "openai/text-embedding-3-small")
+    _log_billed(request, model)
+    usage: dict[str, Any] | None = {"prompt_tokens": 8, "total_tokens": 8, "cost": float(request.headers.get("X-Fake-Cost", "0.00000016"))}
+    if "no-usage" in _flags(request):
+        usage = None
+    size = int(request.headers.get("X-Fake-Embedding-Bytes", "0"))
+    if size:
+        # A huge reply built as bytes (json.dumps of millions of floats is slow); usage comes last, as upstream.
+        head = b'{"object":"list","data":[{"object":"embedding","index":0,"embedding":['
+        tail = b'0.1]}],"model":' + json.dumps(model).encode() + b',"usage":' + json.dumps(usage).encode() + b"}"
+        filler = b"0.123456," * max(0, (size - len(head) - len(tail)) // 9)
+        return web.Response(body=head + filler + tail, content_type="application/json")
     return web.json_response(
-        {"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}],
-         "usage": {"prompt_tokens": 8, "total_tokens": 8, "cost": 0.00000016}}
+        {"object": "list", "model": model, "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2]}], "usage": usage}
     )
 
 
@@ -525,12 +550,35 @@ async def echo(request: web.Request) -> web.Response:
     return web.json_response({"path": request.path_qs, "method": request.method, "length": len(raw)})
 
 
+_BILLED_ROUTES: dict[str, Any] = {
+    "/api/v1/chat/completions": chat,
+    "/api/v1/completions": chat,
+    "/api/v1/messages": messages,
+    "/api/v1/responses": responses,
+    "/api/v1/embeddings": embeddings,
+}
+
+
+@web.middleware
+async def _lenient(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Bill like the most forgiving upstream imaginable: any method with a body, any case, `//`,
+    trailing `/`, dot segments, percent-encoding (even twice) and `;params` (or an encoded `?`/`#`) reach the billed handler. A proxy that lets
+    such a path through unclassified then shows up in BILLED without a row."""
+    if request.method not in ("GET", "HEAD") or request.body_exists:
+        path = re.split(r"[;?#]", unquote(unquote(request.raw_path.split("?", 1)[0])))[0].strip().lower()
+        handler = _BILLED_ROUTES.get(posixpath.normpath("/" + path.lstrip("/")), handler)
+    return await handler(request)
+
+
 def fake_app() -> web.Application:
     # auto_decompress off, so RECEIVED holds the bytes as they crossed the wire.
-    app = web.Application(client_max_size=256 * 1024 * 1024, handler_args={"auto_decompress": False})
+    app = web.Application(
+        client_max_size=256 * 1024 * 1024, handler_args={"auto_decompress": False}, middlewares=[_lenient]
+    )
     app[RECEIVED] = []
     app[GENERATIONS] = {}
     app[FAULTS] = set()
+    app[BILLED] = []
     app[DISCONNECTS] = []
     app[PRICE_CHANGES] = {}
     app[LEDGER] = {}

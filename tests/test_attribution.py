@@ -7,7 +7,7 @@ import re
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.server.attribution import MAX_LABEL, SESSION_HEADERS, Attributor, clean, fingerprint, presented_key
+from proxy.server.attribution import MAX_LABEL, SESSION_HEADERS, Attributor, TwoKeys, clean, fingerprint, presented_key
 from proxy.config import KeyAlias
 
 # Built from parts so no literal that looks like a real key is committed.
@@ -43,8 +43,12 @@ def test_fingerprint_of_non_utf8_key_does_not_raise() -> None:
         ((("Authorization", f"bearer   {KEY}  "),), KEY),
         ((("x-api-key", KEY),), KEY),
         ((("X-Api-Key", f" {KEY} "),), KEY),
-        ((("Authorization", f"Bearer {KEY}"), ("x-api-key", "other")), KEY),
-        ((("Authorization", "Basic dXNlcjpwYXNz"), ("x-api-key", KEY)), KEY),
+        ((("Authorization", f"Bearer {KEY}"), ("x-api-key", KEY)), KEY),
+        ((("Authorization", f"Bearer {KEY}"), ("Authorization", f"bearer {KEY}")), KEY),
+        ((("Authorization", "Bearer "), ("x-api-key", KEY)), KEY),
+        # A credential without the Bearer scheme still names what the upstream may bill.
+        ((("Authorization", KEY),), KEY),
+        ((("Authorization", "Basic dXNlcjpwYXNz"),), "Basic dXNlcjpwYXNz"),
         ((("Authorization", "Bearer "),), None),
         ((("Authorization", "Bearer"),), None),
         ((("x-api-key", "   "),), None),
@@ -53,6 +57,21 @@ def test_fingerprint_of_non_utf8_key_does_not_raise() -> None:
 )
 def test_presented_key(pairs: tuple[tuple[str, str], ...], key: str | None) -> None:
     assert presented_key(h(*pairs)) == key
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        (("Authorization", f"Bearer {KEY}"), ("x-api-key", "other")),
+        (("Authorization", "Basic dXNlcjpwYXNz"), ("x-api-key", KEY)),
+        (("Authorization", "Bearer junk"), ("Authorization", f"Bearer {KEY}")),
+        (("x-api-key", "junk"), ("x-api-key", KEY)),
+    ],
+)
+def test_two_different_credentials_are_refused(pairs: tuple[tuple[str, str], ...]) -> None:
+    # The upstream may bill either one, so a budget could not know which key it is checking.
+    with pytest.raises(TwoKeys):
+        presented_key(h(*pairs))
 
 
 def test_same_key_by_either_header_has_one_fingerprint() -> None:

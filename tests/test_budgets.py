@@ -37,6 +37,10 @@ def spend(b: Budgets, who: Who, cost: str, now: datetime) -> list[Any]:
         ((("key", "fp1*"),), Who(key="fp123", key_alias="ci-nightly"), True),
         ((("key", "ci-*"),), Who(key="fp123"), False),
         ((("session", "S*"),), Who(session="s1"), False),  # globs are case-sensitive
+        # A model that cannot be known before the reply counts against every model budget.
+        ((("model", "anthropic/*"),), Who(model=None, model_unknown=True), True),
+        ((("model", "anthropic/*"),), Who(model="openrouter/auto", model_unknown=True), True),
+        ((("model", "anthropic/*"), ("project", "acme")), Who(project="other", model_unknown=True), False),
     ],
 )
 def test_match_globs(match: tuple[tuple[str, str], ...], who: Who, applies: bool) -> None:
@@ -44,6 +48,42 @@ def test_match_globs(match: tuple[tuple[str, str], ...], who: Who, applies: bool
     now = at(2026, 11, 27, 12)
     spend(b, who, "2", now)
     assert (not b.decide(who, now).allowed) is applies
+
+
+def test_the_model_that_served_is_charged_once_on_budgets_the_request_did_not_hold() -> None:
+    claude = spec(name="claude", limit_usd=D("1"), match=(("model", "anthropic/*"),))
+    per_model = spec(name="per-model", limit_usd=D("10"), scope="model")
+    b = Budgets([claude, per_model], BERLIN)
+    now = at(2026, 11, 27, 12)
+    d = b.decide(Who(model="openrouter/x"), now)
+    b.settle(d.reservation, D("2"), now)
+    # Served by Claude: the Claude budget pays; per-model already held this request and does not.
+    b.charge(Who(model="anthropic/claude-4.5-sonnet-20250929"), D("2"), now, d.reservation)
+    spent = {(s.name, s.scope_value): s.spent_usd for s in b.snapshot(now)}
+    assert spent == {("claude", ""): D("2"), ("per-model", "openrouter/x"): D("2")}
+    assert not b.decide(Who(model="anthropic/claude-sonnet-4.5"), now).allowed
+    assert b.charge(Who(model="anthropic/x"), None, now) == [] and b.charge(Who(model="anthropic/x"), D("-1"), now) == []
+
+
+def test_an_unknown_model_is_refused_while_any_model_window_of_a_per_model_budget_is_full() -> None:
+    per_model = spec(name="per-model", limit_usd=D("1"), scope="model")
+    b = Budgets([per_model], BERLIN)
+    now = at(2026, 11, 27, 12)
+    assert b.decide(Who(model_unknown=True), now).allowed  # nothing spent anywhere yet
+    spend(b, Who(model="anthropic/claude"), "2", now)
+    assert b.decide(Who(model="openai/gpt-4o"), now).allowed
+    refused = b.decide(Who(model="openrouter/auto", model_unknown=True), now)
+    assert not refused.allowed and refused.blocking is not None and refused.blocking.scope_value == "anthropic/claude"
+
+
+def test_warm_up_counts_the_served_model_once_like_live_traffic() -> None:
+    claude = spec(name="claude", limit_usd=D("1"), match=(("model", "anthropic/*"),))
+    total = spec(name="total", limit_usd=D("100"))
+    b = Budgets([claude, total], BERLIN)
+    now = at(2026, 11, 27, 12)
+    b.load([(now, "2", None, None, None, "openrouter/auto", None, "anthropic/claude-4.5-sonnet-20250929")], now)
+    spent = {s.name: s.spent_usd for s in b.snapshot(now)}
+    assert spent == {"claude": D("2"), "total": D("2")}
 
 
 def test_session_scope_keeps_sessions_apart_and_ignores_requests_without_one() -> None:

@@ -12,7 +12,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.server.routing import BadPath, client_headers, requested_model, resolve, upstream_headers
+from proxy.server.routing import BadPath, BadRequest, check_connection, client_headers, managed_allows, requested_model, resolve, upstream_headers
 
 UP = "https://openrouter.ai/api/v1"
 
@@ -32,16 +32,16 @@ UP = "https://openrouter.ai/api/v1"
         ("/api/v1/generation", "id=gen-1", None, "generation", f"{UP}/generation?id=gen-1"),
         # The query is passed on exactly as given (still percent-encoded).
         ("/api/v1/models", "a=%26b%3Dc&s=%2F%20+z", None, "models", f"{UP}/models?a=%26b%3Dc&s=%2F%20+z"),
-        # An encoded slash stays encoded on the way up; the endpoint is read decoded.
-        ("/api/v1/chat%2Fcompletions", "", None, "chat/completions", f"{UP}/chat%2Fcompletions"),
+        # The path is decoded and canonicalised, and exactly the canonical path goes up (issue 11):
+        # never one string classified and another forwarded.
+        ("/api/v1/chat%2Fcompletions", "", None, "chat/completions", f"{UP}/chat/completions"),
+        ("/api/v1/Chat//Completions/", "", None, "chat/completions", f"{UP}/chat/completions"),
+        ("/api/v1/%4Dodels/Openai/GPT-4o", "", None, "Models/Openai/GPT-4o", f"{UP}/Models/Openai/GPT-4o"),
         # Absolute-URI-looking paths are just path segments under the upstream base.
-        ("/api/v1/http://evil.example/x", "", None, "http://evil.example/x", f"{UP}/http://evil.example/x"),
-        ("/api/v1//evil.example/x", "", None, "evil.example/x", f"{UP}//evil.example/x"),
+        ("/api/v1/http://evil.example/x", "", None, "http:/evil.example/x", f"{UP}/http:/evil.example/x"),
+        ("/api/v1//evil.example/x", "", None, "evil.example/x", f"{UP}/evil.example/x"),
         ("/api/v1/@evil.example", "", None, "@evil.example", f"{UP}/@evil.example"),
         ("/api/v1/x", "next=http://evil.example/", None, "x", f"{UP}/x?next=http://evil.example/"),
-        # A double-encoded dot-dot is a literal name upstream, not a traversal.
-        # The endpoint is cleaned for logs and labels ('%' is outside the safe alphabet).
-        ("/api/v1/%252e%252e/key", "", None, "_2e_2e/key", f"{UP}/%252e%252e/key"),
     ],
 )
 def test_resolve(raw_path: str, query: str, project: str | None, endpoint: str, url: str) -> None:
@@ -69,9 +69,20 @@ def test_resolve(raw_path: str, query: str, project: str | None, endpoint: str, 
         "/api/v1/./models",
         "/api/v1/..",
         "/p/acme/api/v1/%2e%2e/%2e%2e/x",
+        # A double-encoded dot-dot: '%' after decoding is refused, so no upstream decodes it again.
+        "/api/v1/%252e%252e/key",
+        # Fragments never reach a server: the upstream would see a path we did not classify.
+        "/api/v1/chat/completions#x",
+        # Characters an upstream might trim or strip (path parameters) before routing.
+        "/api/v1/chat/completions;x",
+        "/api/v1/chat/completions%20",
+        "/api/v1/chat/completions%3Fx",
+        "/api/v1/chat/completions%00",
+        "/api/v1/chat/compl%C3%A9tions",
+        "/api/v1/chat/%ff",
     ],
 )
-def test_dot_segments_are_rejected(raw_path: str) -> None:
+def test_dot_segments_fragments_and_odd_characters_are_rejected(raw_path: str) -> None:
     with pytest.raises(BadPath):
         resolve(raw_path, "", UP)
 
@@ -172,6 +183,17 @@ def test_every_connection_header_is_honoured() -> None:
     assert "X-Hop" not in sent
 
 
+@pytest.mark.parametrize("connection", ["authorization", "close, X-Api-Key", "Host", "keep-alive,authorization "])
+def test_connection_may_not_name_the_credential_or_host(connection: str) -> None:
+    # Dropping the credential we attributed while another crosses would bill a key no budget saw.
+    with pytest.raises(BadRequest):
+        check_connection(_headers(("Connection", "keep-alive"), ("Connection", connection)))
+
+
+def test_connection_may_name_other_headers() -> None:
+    check_connection(_headers(("Connection", "keep-alive, X-Hop")))
+
+
 def test_client_headers_drop_hop_by_hop_and_stale_encoding() -> None:
     got = client_headers(
         _headers(
@@ -258,7 +280,7 @@ async def test_hostile_paths_reach_only_the_upstream(
     for path in ["/api/v1//evil.example/x", "/api/v1/http://evil.example/"]:
         response = await client.get(path, headers={"Host": "evil.example"})
         assert response.status == 200
-    assert [raw for _, raw, _ in seen] == ["/api/v1//evil.example/x", "/api/v1/http://evil.example/"]
+    assert [raw for _, raw, _ in seen] == ["/api/v1/evil.example/x", "/api/v1/http:/evil.example"]
     assert {host.split(":")[0] for host, _, _ in seen} == {"127.0.0.1"}
     assert all("X-Spend-Session" not in headers for _, _, headers in seen)
 
@@ -277,3 +299,29 @@ async def test_query_string_reaches_the_upstream_raw(
             async with session.get(url) as response:
                 assert response.status == 200, query
             assert seen[-1][1] == "/api/v1/models?" + query
+
+
+@pytest.mark.parametrize(
+    ("method", "endpoint", "allowed"),
+    [
+        ("POST", "chat/completions", True),
+        ("POST", "messages", True),
+        ("POST", "messages/count_tokens", True),
+        ("POST", "embeddings", True),
+        ("GET", "models", True),
+        ("GET", "models/openai/gpt-4o/endpoints", True),
+        ("GET", "generation", True),  # and then only for the caller's own ids
+        ("GET", "chat/completions", False),
+        ("GET", "key", False),
+        ("GET", "keys", False),
+        ("POST", "keys", False),
+        ("DELETE", "keys/abc", False),
+        ("GET", "credits", False),
+        ("POST", "credits/coinbase", False),
+        ("GET", "activity", False),
+        ("POST", "models", False),
+        ("GET", "modelsx", False),
+    ],
+)
+def test_managed_mode_allow_list(method: str, endpoint: str, allowed: bool) -> None:
+    assert managed_allows(method, endpoint) is allowed

@@ -636,3 +636,37 @@ def test_messages_iterations_without_cache_counts_keep_the_top_level_ones() -> N
 )
 def test_served_service_tier_is_read(endpoint: str, payload: dict[str, Any]) -> None:
     assert body(endpoint, payload).service_tier == "flex"
+# ---- replies too big to parse whole (issue 11) ------------------------------------------------
+
+
+def test_usage_at_the_end_of_a_reply_past_the_parse_limit_is_read() -> None:
+    from proxy.usage import parser_for
+    from proxy.usage._stream import MAX_BODY_BYTES
+
+    head = b'{"id": "gen-big", "object": "list", "data": [{"embedding": ['
+    tail = b'0.1]}], "model": "openai/text-embedding-3-small", "usage": {"prompt_tokens": 8, "total_tokens": 8, "cost": 0.25}}'
+    filler = b"0.123456," * (1024 * 1024)
+    parser = parser_for("embeddings", streamed=False)
+    parser.feed(head)
+    for _ in range(MAX_BODY_BYTES // len(filler) + 2):
+        parser.feed(filler)
+    parser.feed(tail[:7])
+    parser.feed(tail[7:])
+    usage = parser.finish()
+    assert (usage.model, usage.generation_id, usage.input_tokens, usage.cost_reported) == (
+        "openai/text-embedding-3-small", "gen-big", 8, Decimal("0.25"))
+
+
+@pytest.mark.parametrize(
+    ("tail", "usage"),
+    [
+        (b'..."content": "say \\"usage\\": {\\"cost\\": 9}"}], "usage": {"cost": 1}}', {"cost": 1}),
+        (b'...], "usage": {"cost": 1, "x": {"y": [1, 2]}}}', {"cost": 1, "x": {"y": [1, 2]}}),
+        (b'...], "usage": {"cost": 1', None),  # cut: nothing rather than a guess
+        (b"...]}", None),
+    ],
+)
+def test_ends_of_body(tail: bytes, usage: dict[str, object] | None) -> None:
+    from proxy.usage._stream import ends_of_body
+
+    assert ends_of_body(b'{"id": "gen-1"', tail).get("usage") == usage

@@ -55,6 +55,9 @@ class Who:
     project: str | None = None
     session: str | None = None
     model: str | None = None
+    # The body named no model the upstream is bound to (none, unparseable, openrouter/auto, a
+    # fallback list): it counts against every budget that matches on a model.
+    model_unknown: bool = False
 
 
 class SpendRow(NamedTuple):
@@ -67,6 +70,8 @@ class SpendRow(NamedTuple):
     session: str | None
     model: str | None
     key_alias: str | None = None
+    # The model that served, when the row says; budgets on it count the row too (once).
+    served: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +199,7 @@ class Budgets:
     def load(self, rows: Iterable[SpendRow | tuple[Any, ...]], now: datetime) -> None:
         """Add past spend (rows inside the widest window, oldest first); call once, before traffic.
 
-        Each row is (started_at, cost_usd, key fingerprint, project, session, requested model[, key alias]);
+        Each row is (started_at, cost_usd, key fingerprint, project, session, requested model[, key alias[, served model]]);
         started_at may be an ISO-8601 string and cost a float or string, as SQLite returns them.
         """
         now_u = as_utc(now)
@@ -210,7 +215,13 @@ class Budgets:
             ts = (started if started.tzinfo else started.replace(tzinfo=UTC)).astimezone(UTC)
             self._learn(row.model, cost)
             who = Who(row.key, row.key_alias, row.project, row.session, row.model)
-            for i, spec, value in self._matching(who):
+            matched = list(self._matching(who))
+            if row.served and row.served != row.model:
+                # As live: budgets on the model that served pay too, those already matched once.
+                held = {i for i, _, _ in matched}
+                served = Who(row.key, row.key_alias, row.project, row.session, row.served)
+                matched += [m for m in self._matching(served) if m[0] not in held]
+            for i, spec, value in matched:
                 st = self._current(i, value, now_u)
                 if spec.rolling_seconds is None:
                     assert st.start is not None and st.end is not None
@@ -244,6 +255,8 @@ class Budgets:
         if who.key and who.key_alias:
             self._remember(self._aliases, who.key, who.key_alias)
         matching = [(i, spec, value, self._current(i, value, now_u)) for i, spec, value in self._matching(who)]
+        if who.model_unknown:
+            matching += self._any_model_full(who, now_u)
         remaining = min((max(_ZERO, s.limit_usd - st.spent) for _, s, _, st in matching), default=None)
         blocking: tuple[BudgetStatus, str, int] | None = None
         warnings: list[str] = []
@@ -313,6 +326,29 @@ class Budgets:
             events.extend(self._alerts(hold.index, spec, hold.scope_value, st, now_u))
         return events
 
+    def charge(self, who: Who, cost: Decimal | None, now: datetime, skip: Reservation | None = None) -> list[AlertEvent]:
+        """Spend on the budgets a request did not reserve on: those matching the model that served.
+
+        Budgets the reservation already held are skipped whatever their scope value, so a served
+        id that differs from the requested slug (a dated suffix) is never charged twice.
+        """
+        if not cost or cost < 0:
+            return []
+        now_u = as_utc(now)
+        held = {hold.index for hold in skip.holds} if skip is not None else set()
+        started = skip.started_at if skip is not None else now_u
+        events: list[AlertEvent] = []
+        for i, spec, value in list(self._matching(who)):
+            if i in held:
+                continue
+            st = self._current(i, value, now_u)
+            st.spent += cost
+            if spec.rolling_seconds is not None:
+                bisect.insort(st.entries, (started, cost))
+                self._expire(spec, st, now_u)
+            events.extend(self._alerts(i, spec, value, st, now_u))
+        return events
+
     # -- reporting
 
     def snapshot(self, now: datetime) -> list[BudgetStatus]:
@@ -349,6 +385,19 @@ class Budgets:
         if self._tracked[i] >= self._scope_cap or (i, OTHER_SCOPE) in self._states:
             return OTHER_SCOPE
         return value
+
+    def _any_model_full(self, who: Who, now_u: datetime) -> list[tuple[int, BudgetSpec, str, _Window]]:
+        """A request whose model is unknown may be served by any model: per-model block budgets
+        whose window for some model is full (spent, or held by reservations) apply to it."""
+        full = []
+        for i, value in list(self._states):
+            spec = self.specs[i]
+            if spec.scope != "model" or spec.action != "block" or not _matches(spec, who):
+                continue
+            st = self._current(i, value, now_u)
+            if st.spent + st.reserved >= spec.limit_usd:
+                full.append((i, spec, value, st))
+        return full
 
     def _current(self, i: int, value: str, now_u: datetime) -> _Window:
         spec = self.specs[i]
@@ -524,6 +573,8 @@ def _field(who: Who, name: str) -> str | None:
 
 def _matches(spec: BudgetSpec, who: Who) -> bool:
     for name, pattern in spec.match:
+        if name == "model" and who.model_unknown:
+            continue
         values = (who.key, who.key_alias) if name == "key" else (_field(who, name),)
         if not any(v is not None and fnmatchcase(v, pattern) for v in values):
             return False

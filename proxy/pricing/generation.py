@@ -122,6 +122,7 @@ class _Job:
     key: str | None
     reservation: Reservation | None
     estimate: Decimal | None
+    settle: Callable[[Reservation, Decimal | None], None] | None = None
 
 
 class Backfill:
@@ -145,10 +146,18 @@ class Backfill:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def enqueue(
-        self, rec: UsageRecord, key: str | None, reservation: Reservation | None, estimate: Decimal | None = None
+        self,
+        rec: UsageRecord,
+        key: str | None,
+        reservation: Reservation | None,
+        estimate: Decimal | None = None,
+        settle: Callable[[Reservation, Decimal | None], None] | None = None,
     ) -> None:
-        """Called from a handler's finally: never awaits. The task set keeps strong references."""
-        job = _Job(rec, key, reservation, estimate)
+        """Called from a handler's finally: never awaits. The task set keeps strong references.
+
+        `settle`, if given, replaces the default for this job (the forwarder's also charges the
+        model that served)."""
+        job = _Job(rec, key, reservation, estimate, settle)
         if len(self._tasks) >= self._max_jobs:
             log.warning("event=backfill_skipped reason=too_many_pending request_id=%s", rec.id)
             self._finish(job, None)
@@ -204,7 +213,7 @@ class Backfill:
                 self._recorder.record(Statement(_ESTIMATE, (str(job.estimate), records.COST_ESTIMATED, rec.id)))
                 self._on_filled(rec, dataclasses.replace(rec, cost_usd=job.estimate, cost_source=records.COST_ESTIMATED))
             if job.reservation is not None:
-                self._settle(job.reservation, fallback)
+                (job.settle or self._settle)(job.reservation, fallback)
             return
         theirs_first = rec.outcome == records.ABORTED
         counts = (filled.input_tokens, filled.output_tokens, filled.cached_tokens, filled.reasoning_tokens,
@@ -246,5 +255,5 @@ class Backfill:
         )
         self._on_filled(rec, after)
         if job.reservation is not None:
-            self._settle(job.reservation, filled.cost)
+            (job.settle or self._settle)(job.reservation, filled.cost)
         log.info("event=backfilled request_id=%s cost_usd=%s", rec.id, filled.cost)

@@ -53,14 +53,37 @@ def fingerprint(key: str, salt: bytes) -> str:
     return hashlib.sha256(salt + key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
+class TwoKeys(ValueError):
+    """Two different credentials in one request: the upstream may bill either, so neither is trusted."""
+
+
 def presented_key(headers: Mapping[str, str]) -> str | None:
-    auth = headers.get("Authorization")
-    if auth:
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    key = headers.get("x-api-key")
-    return key.strip() if key and key.strip() else None
+    """The one credential a request carries, from every Authorization and x-api-key header.
+
+    A non-Bearer Authorization value counts whole: an upstream that accepts it bills some key, and
+    the budget must see which. More than one distinct credential raises TwoKeys.
+    """
+    found: set[str] = set()
+    for value in _all(headers, "Authorization"):
+        value = value.strip()
+        scheme, _, token = value.partition(" ")
+        key = token.strip() if scheme.lower() == "bearer" else value
+        if key and key.lower() != "bearer":
+            found.add(key)
+    for value in _all(headers, "x-api-key"):
+        if value.strip():
+            found.add(value.strip())
+    if len(found) > 1:
+        raise TwoKeys("the request carries two different credentials (Authorization and x-api-key, or repeated)")
+    return next(iter(found), None)
+
+
+def _all(headers: Mapping[str, str], name: str) -> list[str]:
+    getall = getattr(headers, "getall", None)
+    if getall is not None:
+        return list(getall(name, []))
+    value = headers.get(name)
+    return [value] if value is not None else []
 
 
 class Attributor:

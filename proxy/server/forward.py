@@ -8,13 +8,17 @@ the handler is being cancelled at shutdown: upstream billed us either way.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import time
 import uuid
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import aiohttp
 from aiohttp import web
@@ -23,19 +27,30 @@ from multidict import CIMultiDict
 
 from proxy.store import records
 from proxy.pricing.accounting import CacheShares, Exchange, account, estimate
-from proxy.server.attribution import Attribution, Attributor, presented_key
-from proxy.budgets.ledger import Decision
+from proxy.server.attribution import Attribution, Attributor, TwoKeys, presented_key
+from proxy.budgets.ledger import Decision, Reservation
 from proxy.pricing.catalog import Catalog
 from proxy.config import Config
 from proxy.errors import error_response
 from proxy.pricing.endpoints import ProviderPrices
 from proxy.pricing.generation import Backfill, needs_backfill
 from proxy.pricing.hints import hints_for
+from proxy.server.body import BodyModel, DuplicateModel, InflatedTooLarge, body_model
 from proxy.server.guard import BudgetGuard, retry_after
 from proxy.server.intake import BodyRefused, Intake
 from proxy.metrics import Metrics
 from proxy.store.recorder import Recorder
-from proxy.server.routing import BadPath, Route, client_headers, requested_model, resolve, upstream_headers
+from proxy.server.routing import (
+    BadPath,
+    BadRequest,
+    Route,
+    check_connection,
+    client_headers,
+    managed_allows,
+    requested_model,
+    resolve,
+    upstream_headers,
+)
 from proxy.usage import BILLED_ENDPOINTS, Usage, UsageParser, parser_for
 
 log = logging.getLogger(__name__)
@@ -44,6 +59,8 @@ log = logging.getLogger(__name__)
 _WHOLE_BODY_LIMIT = 8 * 1024 * 1024
 _LARGE_BODY = 1024 * 1024
 REMAINING_HEADER = "X-Spend-Budget-Remaining-USD"
+# Managed mode remembers this many recent generation ids, so a caller can look up its own.
+_GENERATIONS_KEPT = 20_000
 
 
 @dataclass(slots=True)
@@ -82,6 +99,11 @@ class Forwarder:
         self._managed_key = managed_key
         self._cache_shares = CacheShares()
         self._provider_prices = provider_prices
+        self._model_budgets = guard is not None and any(
+            spec.scope == "model" or any(name == "model" for name, _ in spec.match) for spec in guard.budgets.specs
+        )
+        # Managed mode: generation id -> fingerprint of the proxy key whose request made it.
+        self._generations: OrderedDict[str, str] = OrderedDict()
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.perf_counter()
@@ -100,6 +122,14 @@ class Forwarder:
                 "openrouter-spend: WebSocket is not proxied; use HTTP (streaming works over SSE)",
                 anthropic=anthropic,
             )
+        try:
+            # The key a budget matches on must be the key the upstream bills: one credential, and
+            # no Connection trick that drops the one we saw while another one crosses.
+            check_connection(request.headers)
+            presented_key(request.headers)
+        except (BadRequest, TwoKeys) as exc:
+            log.warning("event=bad_credentials endpoint=%s", route.endpoint)
+            return error_response(400, f"openrouter-spend: {exc}", anthropic=anthropic)
         if self._managed_key is not None and self._attributor.proxy_key(request.headers) is None:
             log.warning("event=unknown_proxy_key path=%s", route.endpoint)
             return error_response(
@@ -107,6 +137,20 @@ class Forwarder:
                 "openrouter-spend: this proxy holds the OpenRouter key; present one of its proxy keys",
                 anthropic=anthropic,
                 headers={"WWW-Authenticate": 'Bearer realm="openrouter-spend"'},
+            )
+        if route.endpoint in BILLED_ENDPOINTS and request.method != "POST":
+            # Only a POST is classified billed, so no other method may reach a billed endpoint:
+            # an upstream that answered a GET with a body would bill a call with no row.
+            return error_response(
+                405, f"openrouter-spend: /{route.endpoint} takes POST only", anthropic=anthropic, headers={"Allow": "POST"}
+            )
+        if self._managed_key is not None and not self._managed_allows(request, route):
+            log.warning("event=managed_forbidden method=%s endpoint=%s", request.method, route.endpoint[:200])
+            return error_response(
+                403,
+                f"openrouter-spend: {request.method} /{route.endpoint[:200]} is not forwarded with the proxy's key "
+                "(managed mode forwards inference, /models and /generation for your own requests)",
+                anthropic=anthropic,
             )
         too_big = self._body_too_large(request, anthropic)
         if too_big is not None:
@@ -121,11 +165,29 @@ class Forwarder:
             # The client sent a broken body (bad chunking, or it went away): nothing to forward.
             log.warning("event=request_body_unreadable endpoint=%s error=%s", route.endpoint, type(exc).__name__)
             return error_response(400, "openrouter-spend: the request body could not be read", anthropic=anthropic)
-        if route.endpoint not in BILLED_ENDPOINTS or request.method != "POST":
+        if route.endpoint not in BILLED_ENDPOINTS:
             # /models, /key, /generation, count_tokens, ...: forwarded, not recorded.
             return await self._exchange(request, route, body, None, _Outcome(), anthropic)
         who = self._attributor.of(request.headers, route.project)
         return await self._forward_billed(request, route, body, who, anthropic, received)
+
+    def _managed_allows(self, request: web.Request, route: Route) -> bool:
+        if not managed_allows(request.method, route.endpoint):
+            return False
+        if route.endpoint != "generation":
+            return True
+        ids = request.query.getall("id", [])
+        # One id, and one this proxy key's own request produced: the upstream might read either
+        # of two ids, and another holder's generations are not this caller's business.
+        owner = self._generations.get(ids[0]) if len(ids) == 1 else None
+        return owner is not None and owner == self._attributor.of(request.headers).key_fingerprint
+
+    def _remember_generation(self, generation_id: str | None, who: Attribution) -> None:
+        if self._managed_key is None or generation_id is None or who.key_fingerprint is None:
+            return
+        self._generations[generation_id] = who.key_fingerprint
+        if len(self._generations) > _GENERATIONS_KEPT:
+            self._generations.popitem(last=False)
 
     def _body_too_large(self, request: web.Request, anthropic: bool) -> web.Response | None:
         length = request.content_length
@@ -152,10 +214,17 @@ class Forwarder:
     ) -> web.StreamResponse:
         started_at = datetime.now(UTC)
         request_id = uuid.uuid4().hex
-        model_requested = requested_model(body)
+        try:
+            asked = self._asked_model(request, body)
+        except DuplicateModel as exc:
+            return error_response(400, f"openrouter-spend: {exc}", anthropic=anthropic)
+        except InflatedTooLarge as exc:
+            log.warning("event=request_body_inflates_too_far endpoint=%s", route.endpoint)
+            return error_response(413, f"openrouter-spend: {exc} (max_body_mb)", anthropic=anthropic)
+        model_requested = asked.model
         outcome = _Outcome()
         parser_box: list[UsageParser] = []
-        decision = self._guard.decide(who, model_requested) if self._guard is not None else None
+        decision = self._guard.decide(who, model_requested, not asked.known) if self._guard is not None else None
         self._metrics.in_flight.inc()
         try:
             if decision is not None and not decision.allowed:
@@ -205,8 +274,21 @@ class Forwarder:
                 log.exception("event=pricing_failed request_id=%s model=%s", request_id, usage.model)
                 accounted = account(exchange, usage, None)
             rec = accounted.record
+            reservation = decision.reservation if decision is not None and decision.allowed else None
+            backfilling = needs_backfill(rec) and self._backfill is not None
+            if not backfilling and _billed_unpriced(rec):
+                # A 2xx the upstream billed whose usage could not be read (no usage, no generation
+                # id to ask about): an estimate, so a spent budget never sees it as free.
+                events = parser_box[0].events if parser_box else 0
+                guess = estimate(rec, self._catalog(), len(body), events, self._cache_shares.share(rec))
+                if guess is None and reservation is not None:
+                    guess = max((hold.amount for hold in reservation.holds), default=None)
+                if guess is not None:
+                    rec = dataclasses.replace(rec, cost_usd=guess, cost_source=records.COST_ESTIMATED)
+                    log.warning("event=cost_estimated request_id=%s endpoint=%s usd=%s", request_id, route.endpoint, guess)
             self._recorder.record(rec)
             self._cache_shares.observe(rec)
+            self._remember_generation(rec.generation_id, who)
             cost = accounted.breakdown
             self._metrics.observe(
                 rec,
@@ -223,15 +305,43 @@ class Forwarder:
                     rec.cost_reported_usd,
                     rec.cost_catalog_usd,
                 )
-            reservation = decision.reservation if decision is not None and decision.allowed else None
-            if needs_backfill(rec) and self._backfill is not None:
+            if backfilling:
+                assert self._backfill is not None
                 # Billed but the stream ended before its usage: the cost arrives later.
                 key = self._managed_key or presented_key(request.headers)
                 events = parser_box[0].events if parser_box else 0
                 guess = estimate(rec, self._catalog(), len(body), events, self._cache_shares.share(rec))
-                self._backfill.enqueue(rec, key, reservation, guess)
+                settle = functools.partial(self._settle, who=who, asked=asked, served=usage.model)
+                self._backfill.enqueue(rec, key, reservation, guess, settle if self._guard is not None else None)
             elif reservation is not None and self._guard is not None:
-                self._guard.settle(reservation, rec.cost_usd)
+                self._settle(reservation, rec.cost_usd, who=who, asked=asked, served=usage.model)
+
+    def _asked_model(self, request: web.Request, body: bytes) -> BodyModel:
+        """The model budgets match on: parsed only when a budget matches on a model at all.
+
+        A JSON parse costs about 5 ms per MB of prompt; without a model budget the byte scan is
+        enough for the row's `model_requested`.
+        """
+        if not self._model_budgets:
+            return BodyModel(requested_model(body), True)
+        # The coding the upstream is told about: a Connection header may have dropped it.
+        encoding = ", ".join(upstream_headers(request.headers).getall("Content-Encoding", []))
+        return body_model(body, encoding, self._config.max_body_bytes)
+
+    def _settle(
+        self, reservation: Reservation, cost: Decimal | None, *, who: Attribution, asked: BodyModel, served: str | None
+    ) -> None:
+        assert self._guard is not None
+        if not served or (asked.known and served == asked.model):
+            self._guard.settle(reservation, cost)
+        elif asked.known:
+            # Asked for one model, served by another: budgets on the served one pay as well.
+            self._guard.settle(reservation, cost)
+            self._guard.charge(who, served, cost, reservation)
+        else:
+            # Held against every model budget while unknown; now the served model alone pays.
+            self._guard.settle(reservation, None)
+            self._guard.charge(who, served, cost, None)
 
     def _refuse(self, decision: Decision, outcome: _Outcome, anthropic: bool) -> web.Response:
         blocking = decision.blocking
@@ -402,6 +512,14 @@ def _payload(body: bytes) -> bytes | BytesPayload | None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         return BytesPayload(body)
+
+
+def _billed_unpriced(rec: records.UsageRecord) -> bool:
+    return (
+        rec.cost_usd is None
+        and 200 <= rec.status < 300
+        and rec.outcome in (records.OK, records.ABORTED, records.UPSTREAM_ERROR)
+    )
 
 
 def _final_outcome(outcome: _Outcome, usage: Usage) -> str:

@@ -32,14 +32,16 @@ _RECORD_ALERT = (
 )
 
 
-# Budgets match on the model the client asked for (known before forwarding), so warm-up must too.
-def who_of(attribution: Attribution, model: str | None) -> Who:
+# Budgets match on the model the client asked for (known before forwarding) and on the model that
+# served, so warm-up does both.
+def who_of(attribution: Attribution, model: str | None, model_unknown: bool = False) -> Who:
     return Who(
         key=attribution.key_fingerprint,
         key_alias=attribution.key_alias,
         project=attribution.project,
         session=attribution.session,
         model=model,
+        model_unknown=model_unknown,
     )
 
 
@@ -49,7 +51,7 @@ def earliest_window_start(specs: tuple[BudgetSpec, ...], budgets: Budgets, now: 
 
 
 SPEND_QUERY = (
-    "SELECT started_at, cost_usd, key_fingerprint, project, session, COALESCE(model_requested, model), key_alias "
+    "SELECT started_at, cost_usd, key_fingerprint, project, session, COALESCE(model_requested, model), key_alias, model "
     "FROM requests WHERE started_at >= ? AND cost_usd IS NOT NULL ORDER BY started_at"
 )
 ALERTS_QUERY = "SELECT budget, scope, window_start, kind FROM alerts WHERE window_start >= ?"
@@ -57,8 +59,8 @@ ALERTS_QUERY = "SELECT budget, scope, window_start, kind FROM alerts WHERE windo
 
 def spend_rows(raw: Iterable[Sequence[Any]]) -> list[SpendRow]:
     return [
-        SpendRow(datetime.fromisoformat(started_at), Decimal(cost), key, project, session, model, alias)
-        for started_at, cost, key, project, session, model, alias in raw
+        SpendRow(datetime.fromisoformat(started_at), Decimal(cost), key, project, session, model, alias, served)
+        for started_at, cost, key, project, session, model, alias, served in raw
     ]
 
 
@@ -100,8 +102,8 @@ class BudgetGuard:
             if spec.warn_at:
                 metrics.set_budget_warn_ratio(spec.name, float(min(spec.warn_at)))
 
-    def decide(self, attribution: Attribution, model: str | None) -> Decision:
-        decision = self.budgets.decide(who_of(attribution, model), datetime.now(UTC))
+    def decide(self, attribution: Attribution, model: str | None, model_unknown: bool = False) -> Decision:
+        decision = self.budgets.decide(who_of(attribution, model, model_unknown), datetime.now(UTC))
         if not decision.allowed and decision.blocking is not None:
             self._metrics.budget_blocked(decision.blocking.name)
         for warning in decision.warnings:
@@ -112,6 +114,12 @@ class BudgetGuard:
         now = datetime.now(UTC)
         events = self.budgets.settle(reservation, cost, now)
         for event in events:
+            self._alert(event, now)
+
+    def charge(self, attribution: Attribution, served: str, cost: Decimal | None, skip: Reservation | None) -> None:
+        """The model that served, when it is not the one the budget check saw, pays too."""
+        now = datetime.now(UTC)
+        for event in self.budgets.charge(who_of(attribution, served), cost, now, skip):
             self._alert(event, now)
 
     def _alert(self, event: AlertEvent, now: datetime) -> None:

@@ -15,6 +15,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.server.attribution import clean
+from proxy.usage import BILLED_ENDPOINTS
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus those the HTTP client or server sets itself.
 _REQUEST_DROP = frozenset(
@@ -63,16 +64,49 @@ class Route:
     upstream_url: URL
 
 
-class BadPath(ValueError):
+class BadRequest(ValueError):
+    """A request the proxy refuses with 400 before anything is forwarded."""
+
+
+class BadPath(BadRequest):
     pass
+
+
+# Hop-by-hop removal of these would make the upstream see a different credential (or host) than
+# the one attributed and checked, so a Connection header may not name them.
+_NEVER_HOP = frozenset({"authorization", "x-api-key", "host"})
+
+
+def check_connection(headers: Mapping[str, str]) -> None:
+    named = _connection_listed(headers) & _NEVER_HOP
+    if named:
+        raise BadRequest(f"the Connection header may not name {', '.join(sorted(named))}")
 
 
 _PROJECT_PREFIX = re.compile(r"^/p/([^/]{1,200})(/.*)$")
 _API_PREFIX = re.compile(r"^(?:/api)?/v1/(.*)$", re.DOTALL)
 
 
+# What a path segment may hold once percent-decoded: RFC 3986 pchars without `%` and `;`. Anything
+# else (a space, `?`, `#`, `;`, `\\`, a control or non-ASCII character) is a 400: an upstream that
+# trims, strips path parameters or decodes again could route it to a billed endpoint we did not see.
+_SEGMENT = re.compile(r"[A-Za-z0-9._~:@!$&'()*+,=-]+")
+# Endpoints whose spelling is fixed: any case of them is classified and forwarded as this one.
+KNOWN_ENDPOINTS = BILLED_ENDPOINTS | frozenset(
+    {"models", "generation", "key", "keys", "credits", "messages/count_tokens", "providers", "activity", "auth/keys"}
+)
+
+
 def resolve(raw_path: str, query_string: str, upstream: str) -> Route | None:
-    """None when the path is not one of ours (`/api/v1/...`, `/v1/...`, `/p/<project>/...`)."""
+    """None when the path is not one of ours (`/api/v1/...`, `/v1/...`, `/p/<project>/...`).
+
+    The path after `/v1/` is decoded and canonicalised (empty segments dropped, a known endpoint
+    in any case becomes its one spelling), and exactly that canonical path is what is classified
+    and what is forwarded: never one string for the budget check and another for the upstream.
+    """
+    if "#" in raw_path or "#" in query_string:
+        # An HTTP client drops the fragment, so the upstream would see a path we never classified.
+        raise BadPath("a request target may not carry a fragment ('#')")
     project = None
     match = _PROJECT_PREFIX.match(raw_path)
     if match:
@@ -81,18 +115,40 @@ def resolve(raw_path: str, query_string: str, upstream: str) -> Route | None:
     api = _API_PREFIX.match(raw_path)
     if not api:
         return None
-    rest = api.group(1)
-    decoded = unquote(rest)
-    if any(segment in ("..", ".") for segment in decoded.replace("\\", "/").split("/")):
-        raise BadPath("path segments '.' and '..' are not allowed")
-    target = upstream + "/" + rest + ("?" + query_string if query_string else "")
+    try:
+        decoded = unquote(api.group(1), errors="strict")
+    except UnicodeDecodeError:
+        raise BadPath("the path is not valid percent-encoded UTF-8") from None
+    segments = [segment for segment in decoded.split("/") if segment]
+    for segment in segments:
+        if segment in (".", ".."):
+            raise BadPath("path segments '.' and '..' are not allowed")
+        if not _SEGMENT.fullmatch(segment):
+            raise BadPath("the path holds a character the proxy does not forward (space, %, ;, ?, #, \\, control or non-ASCII)")
+    endpoint = "/".join(segments)
+    if endpoint.lower() in KNOWN_ENDPOINTS:
+        endpoint = endpoint.lower()
+    # Every character left is a valid pchar, so the canonical path is its own encoding.
+    target = upstream + "/" + endpoint + ("?" + query_string if query_string else "")
     url = URL(target, encoded=True)
     base = URL(upstream)
     if url.host != base.host or url.port != base.port or url.scheme != base.scheme:
         raise BadPath("path would leave the upstream host")
-    # Cleaned once here: the endpoint reaches logs, SQLite and labels, and `%0A` decodes to a newline.
-    endpoint = clean(decoded.split("?", 1)[0].strip("/"), 200) or ""
     return Route(project=project, endpoint=endpoint, upstream_url=url)
+
+
+def managed_allows(method: str, endpoint: str) -> bool:
+    """What managed mode forwards with the proxy's own key: inference, counting and the catalog.
+
+    Everything else (/key, /keys, /credits, /activity, ...) would hand any proxy-key holder the
+    account behind the managed key; a /generation lookup is allowed only for the caller's own ids,
+    which the forwarder checks.
+    """
+    if method == "POST":
+        return endpoint in BILLED_ENDPOINTS or endpoint == "messages/count_tokens"
+    if method in ("GET", "HEAD"):
+        return endpoint == "models" or endpoint.startswith("models/") or endpoint == "generation"
+    return False
 
 
 def upstream_headers(headers: Mapping[str, str], managed_key: str | None = None) -> CIMultiDict[str]:

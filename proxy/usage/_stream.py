@@ -15,8 +15,13 @@ from proxy.usage.sse import SseSplitter
 from proxy.usage import Usage
 from proxy.usage._values import count, mapping, money, part_of, text
 
-# A non-streamed body bigger than this is not a usage-bearing reply; stop copying it.
+# A non-streamed body bigger than this is not parsed whole: its head and tail are kept instead,
+# because usage comes last (a huge embeddings reply carries it after megabytes of vectors).
 MAX_BODY_BYTES = 64 * 1024 * 1024
+HEAD_BYTES = 64 * 1024
+TAIL_BYTES = 1024 * 1024
+_USAGE_KEY = re.compile(rb'"usage"\s*:\s*\{')
+_META = {name: re.compile(rb'"' + name.encode() + rb'"\s*:\s*"([^"\\]{1,200})"') for name in ("id", "model", "provider")}
 
 _EVENT_TYPE = re.compile(rb'\s*\{\s*"type"\s*:\s*"([A-Za-z0-9_.]{1,64})"')
 
@@ -33,6 +38,27 @@ def parse_json(data: bytes) -> Any:
         return None
 
 
+def ends_of_body(head: bytes, tail: bytes) -> dict[str, Any]:
+    """What a reply too big to parse says at its ends: the last `usage` object, id, model, provider.
+
+    `"usage"` cannot occur inside a JSON string (its quotes would be escaped), so the last match in
+    the tail is a key; its object is decoded from there. Metadata comes from the head first.
+    """
+    found: dict[str, Any] = {}
+    starts = [m.end() - 1 for m in _USAGE_KEY.finditer(tail)]
+    if starts:
+        text = tail[starts[-1] :].decode("utf-8", "replace")
+        try:
+            found["usage"], _ = json.JSONDecoder().raw_decode(text)
+        except (ValueError, RecursionError):
+            pass
+    for name, pattern in _META.items():
+        match = pattern.search(head) or pattern.search(tail)
+        if match:
+            found[name] = match.group(1).decode("utf-8", "replace")
+    return found
+
+
 class StreamParser:
     """Subclasses say which payloads to decode (`wants`) and what to take from them (`take`)."""
 
@@ -44,6 +70,8 @@ class StreamParser:
         self._splitter = SseSplitter() if streamed else None
         self._body: list[bytes] = []
         self._body_size = 0
+        self._head = b""
+        self._tail = bytearray()
         self._payloads = 0
 
     def feed(self, chunk: bytes) -> None:
@@ -51,17 +79,26 @@ class StreamParser:
             self._body_size += len(chunk)
             if self._body_size <= MAX_BODY_BYTES:
                 self._body.append(chunk)
+                return
+            if self._body:
+                whole = b"".join(self._body)
+                self._head, self._tail, self._body = whole[:HEAD_BYTES], bytearray(whole[-TAIL_BYTES:]), []
+            self._tail += chunk
+            if len(self._tail) > 2 * TAIL_BYTES:
+                del self._tail[:-TAIL_BYTES]
             return
         for payload in self._splitter.feed(chunk):
             self._payload(payload)
 
     def finish(self) -> Usage:
         if self._splitter is None:
-            if self._body and self._body_size <= MAX_BODY_BYTES:
+            if self._body_size > MAX_BODY_BYTES:
+                self.take_body(ends_of_body(self._head, bytes(self._tail[-TAIL_BYTES:])))
+            elif self._body:
                 body = parse_json(b"".join(self._body))
                 if isinstance(body, dict):
                     self.take_body(body)
-            self._body = []
+            self._body, self._head, self._tail = [], b"", bytearray()
         else:
             for payload in self._splitter.finish():
                 self._payload(payload)
