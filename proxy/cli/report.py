@@ -5,16 +5,19 @@ Pure over rows (`summarise`), plus the formatting the CLI prints. Sums are exact
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
 import re
+import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from proxy.errors import CliError
 from proxy.tables import format_table, money
@@ -174,3 +177,40 @@ def render(lines: list[Line], total: Line, by: str, fmt: str, free: FreeUsage | 
     if free is not None and (free.today or total.free_requests):
         notes.append(free.line())
     return "\n".join([format_table(headers, table, total=True), *notes])
+
+def add_commands(commands: Any) -> None:
+    report = commands.add_parser("report", help="spend and tokens from the request log")
+    report.add_argument("--db", type=Path, default=Path("openrouter-spend.db"))
+    report.add_argument("--by", choices=("day", "model", "provider", "project", "session", "key", "client", "endpoint"), default="model")
+    report.add_argument("--since", help="30m, 12h, 7d, 2w, or a date such as 2026-11-01")
+    report.add_argument("--tz", default="UTC", help="time zone for --by day (default UTC)")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.add_argument("--free-daily-limit", type=int, default=50, help="OpenRouter's :free limit per day (1000 once you bought credits)")
+    report.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from proxy.store.sqlite import connect_readonly, read_requests
+
+    try:
+        tz = ZoneInfo(args.tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise CliError(f"--tz: unknown time zone {args.tz!r}") from None
+    since = parse_since(args.since, datetime.now(UTC))
+    if args.free_daily_limit < 0:
+        raise CliError("--free-daily-limit: expected a whole number >= 0")
+    try:
+        db = connect_readonly(args.db)
+    except FileNotFoundError:
+        raise CliError(f"--db: {args.db} does not exist (start the proxy first, or pass --db)") from None
+    now = datetime.now(UTC)
+    try:
+        lines, total = summarise(read_requests(db, since), args.by, tz)
+        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+        free = free_usage(read_requests(db, midnight), args.free_daily_limit)
+    except sqlite3.Error as exc:
+        raise CliError(f"--db: {args.db}: {exc}") from None
+    finally:
+        db.close()
+    print(render(lines, total, args.by, args.format, free))
+    return 0
