@@ -35,6 +35,11 @@ _FILL = (
 )
 
 
+def _fixed(amount: Decimal) -> str:
+    # Fixed point like the recorder writes it: str() gives '1E-7', which the rollup cannot sum.
+    return format(amount, "f")
+
+
 def _coalesce(had: int | None, filled: int | None) -> int | None:
     return had if had is not None else filled
 
@@ -169,7 +174,7 @@ class Backfill:
                 fallback,
             )
             if rec.cost_usd is None and job.estimate is not None:
-                self._recorder.record(Statement(_ESTIMATE, (str(job.estimate), records.COST_ESTIMATED, rec.id)))
+                self._recorder.record(Statement(_ESTIMATE, (_fixed(job.estimate), records.COST_ESTIMATED, rec.id)))
                 self._on_filled(rec, dataclasses.replace(rec, cost_usd=job.estimate, cost_source=records.COST_ESTIMATED))
             if job.reservation is not None:
                 self._settle(job.reservation, fallback)
@@ -178,8 +183,8 @@ class Backfill:
             Statement(
                 _FILL,
                 (
-                    str(filled.cost),
-                    str(filled.cost),
+                    _fixed(filled.cost),
+                    _fixed(filled.cost),
                     records.COST_GENERATION,
                     filled.input_tokens,
                     filled.output_tokens,

@@ -1,0 +1,162 @@
+"""The hourly rollup: per hour and attribution, the counts, tokens and exact money of `requests`.
+
+SQLite triggers keep it, so every writer (the recorder's inserts, the /generation back-fill's
+UPDATEs, a user's own sqlite3 shell) updates it in the same transaction as the row. Deleting a row
+leaves its totals in place: that is what lets retention drop old raw rows while every report over
+any range stays exact.
+
+Money is summed as integers: each decimal TEXT amount is cut, in SQL, into whole pico-dollars
+(10^-12) and the next 12 digits (yocto-dollars, 10^-24), so sums are exact to 24 decimal places.
+An amount with more digits than that (or not in fixed-point form) is counted in `<money>_inexact`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from decimal import Context, Decimal
+
+TABLE = "spend_hourly"
+# Attribution kept per hour. NULL is stored as '' so the primary key (and upserts) can match it.
+DIMENSIONS = ("model", "provider", "project", "session", "key_fingerprint", "key_alias", "client", "endpoint")
+# Summed money columns of `requests`. Adding one (e.g. a BYOK upstream cost) is one entry here plus
+# a migration calling `create(db)` again (it rebuilds the triggers and re-sums every hour).
+MONEY = ("cost_usd",)
+TOKENS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
+
+PICO = 10**12
+
+
+def _blocked(r: str) -> str:
+    return f"({r}.outcome = 'blocked' OR {r}.status = 402)"
+
+
+def counters(r: str) -> dict[str, str]:
+    """Per counted column of the rollup, its value for one `requests` row named `r` in SQL."""
+    values = {
+        "requests": "1",
+        # A refusal (a budget's 402) is not an error: it has its own column.
+        "errors": f"({r}.outcome != 'ok' AND NOT {_blocked(r)})",
+        "blocked": _blocked(r),
+        "free_requests": f"COALESCE({r}.is_free, 0)",
+        **{name: f"COALESCE({r}.{name}, 0)" for name in TOKENS},
+        "cost_unknown": f"({r}.cost_usd IS NULL)",
+    }
+    for money in MONEY:
+        pico, yocto, inexact = _money_parts(f"{r}.{money}")
+        values[f"{money}_pico"] = pico
+        values[f"{money}_yocto"] = yocto
+        values[f"{money}_inexact"] = inexact
+    return values
+
+
+def _money_parts(x: str) -> tuple[str, str, str]:
+    """SQL for the exact integer parts of a fixed-point decimal TEXT `x` (0 for NULL)."""
+    odd = f"({x} GLOB '*[^0-9.]*' OR {x} GLOB '*.*.*')"
+    frac = f"(CASE WHEN instr({x}, '.') > 0 THEN substr({x}, instr({x}, '.') + 1) ELSE '' END)"
+    whole = f"(CASE WHEN instr({x}, '.') > 0 THEN substr({x}, 1, instr({x}, '.') - 1) ELSE {x} END)"
+    pico = (
+        f"(CASE WHEN {x} IS NULL OR {odd} THEN 0 ELSE CAST({whole} AS INTEGER) * {PICO}"
+        f" + CAST(substr({frac} || '000000000000', 1, 12) AS INTEGER) END)"
+    )
+    yocto = f"(CASE WHEN {x} IS NULL OR {odd} THEN 0 ELSE CAST(substr({frac} || '000000000000', 13, 12) AS INTEGER) END)"
+    inexact = f"(CASE WHEN {x} IS NULL THEN 0 WHEN {odd} OR length({frac}) > 24 THEN 1 ELSE 0 END)"
+    return pico, yocto, inexact
+
+
+# Wide enough that no sum of 64-bit pico and yocto parts is ever rounded.
+_WIDE = Context(prec=80)
+
+
+def money_value(pico: int | None, yocto: int | None) -> Decimal:
+    """The exact Decimal of summed parts, without trailing zeros."""
+    return _WIDE.normalize(Decimal((pico or 0) * PICO + (yocto or 0)).scaleb(-24, _WIDE))
+
+
+def dimension(r: str, name: str) -> str:
+    return f"COALESCE({r}.{name}, '')"
+
+
+def hour_of(r: str) -> str:
+    # started_at is ISO-8601 UTC text ('2026-11-20T13:04:05.000000Z'): its first 13 characters are the hour.
+    return f"substr({r}.started_at, 1, 13)"
+
+
+def _columns() -> list[str]:
+    return list(counters("r"))
+
+
+def _schema() -> str:
+    counted = ",\n    ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in _columns())
+    dims = ",\n    ".join(f"{name} TEXT NOT NULL DEFAULT ''" for name in DIMENSIONS)
+    return f"""
+CREATE TABLE {TABLE} (
+    hour TEXT NOT NULL,
+    {dims},
+    {counted},
+    first_at TEXT,
+    last_at TEXT,
+    PRIMARY KEY (hour, {", ".join(DIMENSIONS)})
+) WITHOUT ROWID
+"""
+
+
+def _upsert(r: str, sign: str) -> str:
+    """Add (sign '+') or take away (sign '-') row `r` in its hour's rollup row."""
+    names = ["hour", *DIMENSIONS, *_columns(), "first_at", "last_at"]
+    values = [hour_of(r), *(dimension(r, d) for d in DIMENSIONS), *(f"{sign}{v}" for v in counters(r).values())]
+    values += [f"{r}.started_at", f"{r}.started_at"]
+    sets = [f"{c} = {c} + excluded.{c}" for c in _columns()]
+    sets += ["first_at = min(first_at, excluded.first_at)", "last_at = max(last_at, excluded.last_at)"]
+    return (
+        f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES ({', '.join(values)})"
+        f" ON CONFLICT (hour, {', '.join(DIMENSIONS)}) DO UPDATE SET {', '.join(sets)};"
+    )
+
+
+def _watched() -> list[str]:
+    columns = {"started_at", "outcome", "status", "is_free", "cost_usd", *DIMENSIONS, *TOKENS, *MONEY}
+    return sorted(columns)
+
+
+def create(db: sqlite3.Connection) -> None:
+    """(Re)build the rollup and its triggers from every row in `requests`; run inside a migration.
+
+    Rows already deleted by retention are gone from `requests`, so a rebuild keeps their hours
+    (hours older than the oldest raw row) and re-sums the rest.
+    """
+    exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (TABLE,)).fetchone()
+    kept_before = None
+    if exists:
+        kept_before = db.execute("SELECT min(started_at) FROM requests").fetchone()[0]
+        db.execute(f"ALTER TABLE {TABLE} RENAME TO {TABLE}_old")
+    for trigger in ("insert", "update"):
+        db.execute(f"DROP TRIGGER IF EXISTS {TABLE}_{trigger}")
+    db.execute(_schema())
+    columns = _columns()
+    select = [hour_of("r"), *(dimension("r", d) for d in DIMENSIONS), *(f"SUM({v})" for v in counters("r").values())]
+    select += ["min(r.started_at)", "max(r.started_at)"]
+    db.execute(
+        f"INSERT INTO {TABLE} (hour, {', '.join(DIMENSIONS)}, {', '.join(columns)}, first_at, last_at) "
+        f"SELECT {', '.join(select)} FROM requests AS r GROUP BY 1, {', '.join(str(i + 2) for i in range(len(DIMENSIONS)))}"
+    )
+    if exists:
+        # Hours whose raw rows retention already dropped: keep their old totals (new columns start at 0).
+        old = {row[1] for row in db.execute(f"PRAGMA table_info({TABLE}_old)")}
+        shared = ["hour", *DIMENSIONS, *(c for c in columns if c in old), "first_at", "last_at"]
+        if kept_before is None:
+            db.execute(f"INSERT INTO {TABLE} ({', '.join(shared)}) SELECT {', '.join(shared)} FROM {TABLE}_old")
+        else:
+            db.execute(
+                f"INSERT INTO {TABLE} ({', '.join(shared)}) SELECT {', '.join(shared)} FROM {TABLE}_old WHERE hour < ?",
+                (kept_before[:13],),
+            )
+        db.execute(f"DROP TABLE {TABLE}_old")
+    db.execute(f"CREATE TRIGGER {TABLE}_insert AFTER INSERT ON requests BEGIN {_upsert('NEW', '+')} END")
+    # An update (a back-filled cost, an upsert of a row written twice) moves the row's old values
+    # out of its old group and its new values into the new one.
+    key = " AND ".join([f"hour = {hour_of('OLD')}", *(f"{d} = {dimension('OLD', d)}" for d in DIMENSIONS)])
+    db.execute(
+        f"CREATE TRIGGER {TABLE}_update AFTER UPDATE OF {', '.join(_watched())} ON requests BEGIN "
+        f"{_upsert('OLD', '-')} {_upsert('NEW', '+')} "
+        f"DELETE FROM {TABLE} WHERE {key} AND requests = 0; END"
+    )
