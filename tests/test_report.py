@@ -4,6 +4,8 @@ migration of an old database, retention, and the three output formats."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import dataclasses
 import io
@@ -25,8 +27,8 @@ from proxy.pricing.generation import _FILL
 from proxy.store import records, rollups
 from proxy.store.recorder import Recorder, Statement
 from proxy.store.records import UsageRecord
-from proxy.store.reports import GROUPINGS, TIME_GROUPINGS, Filters, Line, Report, as_document, report
-from proxy.store.sqlite import MIGRATIONS, encode_record, open_db, prepare, REQUEST_COLUMNS
+from proxy.store.reports import GROUPINGS, SUMMED, TIME_GROUPINGS, Filters, Line, Report, as_document, report
+from proxy.store.sqlite import MIGRATIONS, REQUEST_COLUMNS, encode_record, open_db, prepare, prune_raw
 from proxy.tables import money
 from tests.test_storage import make_record
 
@@ -391,12 +393,12 @@ async def test_a_database_from_an_earlier_version_keeps_every_row_and_its_totals
 
 def test_table_format_lines_up_and_time_groupings_get_a_bar() -> None:
     line = Line("2026-11-26")
-    line.counts["requests"] = 2
-    line.tokens["input_tokens"] = 1234567
-    line.pico["cost_usd"] = 100_000_000_000
+    line.sums[SUMMED.index("requests")] = 2
+    line.sums[SUMMED.index("input_tokens")] = 1234567
+    line.sums[SUMMED.index("cost_usd_pico")] = 100_000_000_000
     small = Line("2026-11-27")
-    small.counts["requests"] = 1
-    small.pico["cost_usd"] = 25_000_000_000
+    small.sums[SUMMED.index("requests")] = 1
+    small.sums[SUMMED.index("cost_usd_pico")] = 25_000_000_000
     total = Line("total")
     total.merge(line)
     total.merge(small)
@@ -438,3 +440,60 @@ def test_empty_report(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("amount", "text"), [("0", "$0.00"), ("0.01", "$0.01"), ("0.1", "$0.10"), ("1234.5", "$1,234.50")])
 def test_money_to_the_cent(amount: str, text: str) -> None:
     assert money(Decimal(amount)) == text
+
+
+# -- retention ----------------------------------------------------------------------------------
+
+
+async def test_retention_deletes_raw_rows_yet_every_report_stays_equal(known: tuple[Path, list[UsageRecord]]) -> None:
+    path, recs = known
+    with reader(path) as db:
+        before = {by: as_document(report(db, by)) for by in GROUPINGS}
+    cutoff = T0 + timedelta(days=2, minutes=30)
+    db = await open_db(path)
+    try:
+        deleted = await prune_raw(db, cutoff)
+    finally:
+        await db.close()
+    pruned = [r for r in recs if r.started_at < cutoff.replace(minute=0)]
+    assert deleted == len(pruned) > 100
+    with reader(path) as db:
+        assert db.execute("SELECT count(*) FROM requests").fetchone()[0] == len(recs) - deleted
+        for by in GROUPINGS:
+            assert as_document(report(db, by)) == before[by]
+        # Whole hours and ranges starting after the cut are exact as before.
+        since = datetime(2026, 11, 25, 3, tzinfo=UTC)
+        assert_equal(report(db, "model", since=since), expected(recs, ["model"], keep=lambda r: r.started_at >= since))
+        late = cutoff + timedelta(hours=2, minutes=7)
+        assert_equal(report(db, "day", since=late), expected(recs, ["day"], keep=lambda r: r.started_at >= late))
+        # A range starting inside a pruned hour reads that whole hour, and says so.
+        inside = datetime(2026, 11, 25, 3, 20, tzinfo=UTC)
+        result = report(db, "model", since=inside)
+        assert_equal(result, expected(recs, ["model"], keep=lambda r: r.started_at >= since))
+        assert result.notes and "pruned" in result.notes[0]
+
+
+async def test_the_writer_prunes_by_raw_days(tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    recs = known_records(60)
+    await write(path, recs)
+    db = await open_db(path)
+    try:
+        recorder = Recorder(db, raw_days=1, clock=lambda: T0 + timedelta(days=1, hours=3))
+        task = asyncio.create_task(recorder.run())
+        recorder.record(make_record(1000, started_at=T0 + timedelta(days=1, hours=3)))
+        for _ in range(200):
+            if recorder.written:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await recorder.drain()
+    finally:
+        await db.close()
+    kept = [r for r in recs if r.started_at >= T0.replace(minute=0) + timedelta(hours=3)]
+    assert recorder.pruned == len(recs) - len(kept) > 0
+    with reader(path) as db:
+        assert db.execute("SELECT count(*) FROM requests").fetchone()[0] == len(kept) + 1
+        assert_equal(report(db, "model"), expected([*recs, make_record(1000, started_at=T0 + timedelta(days=1, hours=3))], ["model"]))

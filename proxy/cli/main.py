@@ -49,10 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from proxy.cli import calculator as calculator_cli
     from proxy.cli import report as report_cli
+    from proxy.cli import vacuum as vacuum_cli
 
     calculator_cli.add_commands(commands)  # type: ignore[arg-type]
     budgets_cli.add_commands(commands)
     report_cli.add_commands(commands)
+    vacuum_cli.add_commands(commands)
     return parser
 
 

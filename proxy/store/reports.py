@@ -9,6 +9,7 @@ exact Decimals and memory stays flat however many rows there are.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,63 +40,63 @@ class Filters:
     keys: tuple[str, ...] = ()
 
 
+# The summed columns, in the order every query returns them (after the group keys).
+SUMMED = tuple(rollups.counters("r"))
+_AT = {name: index for index, name in enumerate(SUMMED)}
+
+
 @dataclass(slots=True)
 class Line:
     group: str
     breakdown: str | None = None
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTS, 0))
-    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_FIELDS, 0))
-    cost_unknown: int = 0
-    # Exact money as integer pico- and yocto-dollars until read (see rollups).
-    pico: dict[str, int] = field(default_factory=lambda: dict.fromkeys(rollups.MONEY, 0))
-    yocto: dict[str, int] = field(default_factory=lambda: dict.fromkeys(rollups.MONEY, 0))
-    inexact: int = 0
+    # Positional, in SUMMED order (counts, tokens, cost_unknown, money as pico/yocto parts): adding
+    # a query row is then one zip, which matters when a session report merges 100,000 of them.
+    sums: list[int] = field(default_factory=lambda: [0] * len(SUMMED))
     first_at: str | None = None
     last_at: str | None = None
     models: set[str] = field(default_factory=set)
     projects: set[str] = field(default_factory=set)
     clients: set[str] = field(default_factory=set)
 
+    def value(self, name: str) -> int:
+        return self.sums[_AT[name]]
+
     @property
     def requests(self) -> int:
-        return self.counts["requests"]
+        return self.sums[0]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {name: self.value(name) for name in COUNTS}
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        return {name: self.value(name) for name in TOKEN_FIELDS}
+
+    @property
+    def cost_unknown(self) -> int:
+        return self.value("cost_unknown")
+
+    @property
+    def inexact(self) -> int:
+        return sum(self.value(f"{name}_inexact") for name in rollups.MONEY)
 
     def money(self, name: str) -> Decimal:
-        return rollups.money_value(self.pico[name], self.yocto[name])
+        return rollups.money_value(self.value(f"{name}_pico"), self.value(f"{name}_yocto"))
 
     @property
     def cost_usd(self) -> Decimal:
         return self.money("cost_usd")
 
-    def add(self, row: sqlite3.Row) -> None:
-        for name in COUNTS:
-            self.counts[name] += row[name]
-        for name in TOKEN_FIELDS:
-            self.tokens[name] += row[name]
-        self.cost_unknown += row["cost_unknown"]
-        for name in rollups.MONEY:
-            self.pico[name] += row[f"{name}_pico"]
-            self.yocto[name] += row[f"{name}_yocto"]
-            self.inexact += row[f"{name}_inexact"]
-        if row["first_at"] is not None and (self.first_at is None or row["first_at"] < self.first_at):
-            self.first_at = row["first_at"]
-        if row["last_at"] is not None and (self.last_at is None or row["last_at"] > self.last_at):
-            self.last_at = row["last_at"]
+    def add(self, sums: Iterable[int], first_at: str | None, last_at: str | None) -> None:
+        self.sums = [a + (b or 0) for a, b in zip(self.sums, sums)]
+        if first_at is not None and (self.first_at is None or first_at < self.first_at):
+            self.first_at = first_at
+        if last_at is not None and (self.last_at is None or last_at > self.last_at):
+            self.last_at = last_at
 
     def merge(self, other: Line) -> None:
-        for name in COUNTS:
-            self.counts[name] += other.counts[name]
-        for name in TOKEN_FIELDS:
-            self.tokens[name] += other.tokens[name]
-        self.cost_unknown += other.cost_unknown
-        self.inexact += other.inexact
-        for name in rollups.MONEY:
-            self.pico[name] += other.pico[name]
-            self.yocto[name] += other.yocto[name]
-        for moment in (other.first_at, other.last_at):
-            if moment is not None:
-                self.first_at = moment if self.first_at is None else min(self.first_at, moment)
-                self.last_at = moment if self.last_at is None else max(self.last_at, moment)
+        self.add(other.sums, other.first_at, other.last_at)
 
     def as_dict(self, session: bool = False) -> dict[str, Any]:
         document: dict[str, Any] = {"group": self.group}
@@ -181,16 +182,13 @@ class _Source:
             return f"(CASE WHEN {self.dim('key_alias')} != '' THEN {self.dim('key_alias')} ELSE {self.dim('key_fingerprint')} END)"
         return self.dim(by)
 
-    def sums(self) -> list[str]:
+    def sums(self, extras: Iterable[str]) -> list[str]:
         if self.raw:
-            return [f"SUM({expr}) AS {name}" for name, expr in rollups.counters("r").items()] + [
-                "min(r.started_at) AS first_at",
-                "max(r.started_at) AS last_at",
-            ]
-        return [f"SUM(h.{name}) AS {name}" for name in rollups.counters("r")] + [
-            "min(h.first_at) AS first_at",
-            "max(h.last_at) AS last_at",
-        ]
+            sums = [f"SUM({expr})" for expr in rollups.counters("r").values()] + ["min(r.started_at)", "max(r.started_at)"]
+        else:
+            sums = [f"SUM(h.{name})" for name in SUMMED] + ["min(h.first_at)", "max(h.last_at)"]
+        # The distinct values of each extra, as one JSON array per group.
+        return sums + [f"json_group_array(DISTINCT {self.dim(name)})" for name in extras]
 
     def table(self) -> str:
         return "requests AS r" if self.raw else f"{rollups.TABLE} AS h"
@@ -224,22 +222,23 @@ def _query(
     db: sqlite3.Connection,
     source: _Source,
     levels: list[str],
+    extras: tuple[str, ...],
     start: datetime | None,
     end: datetime | None,
     filters: Filters,
-) -> Iterable[sqlite3.Row]:
+) -> Iterable[tuple[Any, ...]]:
     keys = [source.level(level) for level in levels]
     range_clauses, range_params = source.time_range(start, end)
     filter_clauses, filter_params = source.filters(filters)
     where = range_clauses + filter_clauses
-    select = [f"{key} AS k{i}" for i, key in enumerate(keys)] + source.sums()
+    select = [f"{key} AS k{i}" for i, key in enumerate(keys)] + source.sums(extras)
     sql = f"SELECT {', '.join(select)} FROM {source.table()}"
     if where:
         sql += " WHERE " + " AND ".join(where)
     if keys:
         sql += " GROUP BY " + ", ".join(f"k{i}" for i in range(len(keys)))
     cursor = db.execute(sql, [*range_params, *filter_params])
-    cursor.row_factory = sqlite3.Row  # type: ignore[assignment]
+    cursor.row_factory = None
     return cursor
 
 
@@ -323,8 +322,7 @@ def report(
     if breakdown is not None and (breakdown not in GROUPINGS or breakdown == by):
         raise ValueError(f"unknown breakdown {breakdown!r}")
     levels = [by] + ([breakdown] if breakdown else [])
-    if by == "session":
-        levels += list(_SESSION_EXTRAS)
+    extras = _SESSION_EXTRAS if by == "session" else ()
     timed = [level for level in levels if level in TIME_GROUPINGS]
     whole_hours = not timed or _whole_hour_offsets(tz, since, until)
     # A database not yet migrated by `serve` (opened read-only here) is summed from raw rows: slower, as exact.
@@ -333,22 +331,24 @@ def report(
 
     lines: dict[tuple[str, str | None], Line] = {}
     total = Line("total")
+    width = len(levels)
+    summed = slice(width, width + len(SUMMED))
     for raw, start, end in pieces:
         source = _Source(raw, minute=not whole_hours)
-        for row in _query(db, source, levels, start, end, filters):
-            keys = [row[f"k{i}"] for i in range(len(levels))]
-            names = [labels[level](key) if level in labels else (key or NONE) for level, key in zip(levels, keys)]
+        for row in _query(db, source, levels, extras, start, end, filters):
+            names = [labels[level](key) if level in labels else (key or NONE) for level, key in zip(levels, row)]
             group, sub = names[0], (names[1] if breakdown else None)
             line = lines.get((group, sub))
             if line is None:
                 line = lines[(group, sub)] = Line(group, sub)
-            line.add(row)
-            total.add(row)
-            if by == "session":
-                model, project, client = keys[-3:]
-                for values, value in ((line.models, model), (line.projects, project), (line.clients, client)):
-                    if value:
-                        values.add(value)
+            first_at, last_at = row[summed.stop], row[summed.stop + 1]
+            line.add(row[summed], first_at, last_at)
+            total.add(row[summed], first_at, last_at)
+            if extras:
+                models, projects, clients = (json.loads(text) for text in row[summed.stop + 2 :])
+                line.models.update(m for m in models if m)
+                line.projects.update(p for p in projects if p)
+                line.clients.update(c for c in clients if c)
     if total.inexact:
         notes.append(f"{total.inexact} amounts are not fixed-point decimals of at most 24 places and are not in the totals")
     return Report(by, breakdown, since, until, _ordered(list(lines.values()), by, breakdown), total, tuple(notes))

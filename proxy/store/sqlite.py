@@ -288,6 +288,40 @@ async def rollback(db: aiosqlite.Connection) -> None:
         pass
 
 
+# Rows deleted per transaction by retention, so the writer never holds the database for long.
+_PRUNE_CHUNK = 5_000
+
+
+async def prune_raw(db: aiosqlite.Connection, before: datetime) -> int:
+    """Delete raw rows started before `before` (floored to the hour); their totals stay in the rollup.
+
+    Only the writer calls this. `meta.raw_kept_from` records the bound, so a report whose range
+    starts inside a pruned hour knows to read that whole hour from the rollup instead.
+    """
+    cutoff = encode_time(before.astimezone(UTC).replace(minute=0, second=0, microsecond=0))
+    deleted = 0
+    while True:
+        try:
+            await db.execute("BEGIN")
+            cursor = await db.execute(
+                "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests WHERE started_at < ? LIMIT ?)",
+                (cutoff, _PRUNE_CHUNK),
+            )
+            count = cursor.rowcount
+            await db.execute(
+                "INSERT INTO meta (key, value) VALUES ('raw_kept_from', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                (cutoff,),
+            )
+            await db.execute("COMMIT")
+        except BaseException:
+            await rollback(db)
+            raise
+        deleted += count
+        if count < _PRUNE_CHUNK:
+            return deleted
+
+
 def connect_readonly(path: Path) -> sqlite3.Connection:
     if not path.exists():
         raise FileNotFoundError(path)
