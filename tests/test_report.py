@@ -329,18 +329,19 @@ async def test_by_session_shows_first_and_last_seen_models_project_and_client(tm
 
 
 def rollup_equals_raw(path: Path) -> None:
-    """Every hour and attribution of the rollup equals the sums of its raw rows."""
+    """Every period and attribution of each rollup equals the sums of its raw rows."""
     with reader(path) as db:
         counters = rollups.counters("r")
-        dims = ", ".join(rollups.dimension("r", d) for d in rollups.DIMENSIONS)
-        raw = db.execute(
-            f"SELECT {rollups.hour_of('r')}, {dims}, {', '.join(f'SUM({v})' for v in counters.values())} "
-            f"FROM requests AS r GROUP BY 1, {', '.join(str(i + 2) for i in range(len(rollups.DIMENSIONS)))}"
-        ).fetchall()
-        kept = db.execute(
-            f"SELECT hour, {', '.join(rollups.DIMENSIONS)}, {', '.join(counters)} FROM {rollups.TABLE} WHERE requests != 0"
-        ).fetchall()
-    assert sorted(map(tuple, raw)) == sorted(map(tuple, kept))
+        for rollup in rollups.ROLLUPS:
+            dims = ", ".join(rollups.dimension("r", d) for d in rollup.dims)
+            raw = db.execute(
+                f"SELECT {rollup.period_of('r')}, {dims}, {', '.join(f'SUM({v})' for v in counters.values())} "
+                f"FROM requests AS r GROUP BY 1, {', '.join(str(i + 2) for i in range(len(rollup.dims)))}"
+            ).fetchall()
+            kept = db.execute(
+                f"SELECT period, {', '.join(rollup.dims)}, {', '.join(counters)} FROM {rollup.table} WHERE requests != 0"
+            ).fetchall()
+            assert sorted(map(tuple, raw)) == sorted(map(tuple, kept)), rollup.table
 
 
 async def test_rollup_follows_backfill_updates_and_rewritten_rows(tmp_path: Path) -> None:

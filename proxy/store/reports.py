@@ -156,45 +156,58 @@ def _time_text(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
-def _whole_hour_offsets(tz: ZoneInfo, since: datetime | None, until: datetime | None) -> bool:
-    """Local days start on a UTC hour (true for all but a few zones such as Asia/Kolkata)."""
-    probes = [since or datetime(2000, 1, 1, tzinfo=UTC), until or datetime.now(UTC)]
-    probes += [probes[0] + timedelta(days=182), probes[0] + timedelta(days=91)]
-    return all((tz.utcoffset(p.replace(tzinfo=None)) or timedelta()).total_seconds() % 3600 == 0 for p in probes)
+def _offsets(tz: ZoneInfo, since: datetime | None, until: datetime | None) -> set[float]:
+    """The UTC offsets (seconds) `tz` has over the range, probed monthly."""
+    start = since or datetime(2000, 1, 1, tzinfo=UTC)
+    end = until or datetime.now(UTC)
+    if end - start > timedelta(days=800):
+        start = end - timedelta(days=800)  # DST rules repeat; two years of probes see them all
+    probes, moment = [], start
+    while moment <= end:
+        probes.append(moment)
+        moment += timedelta(days=15)
+    probes.append(end)
+    return {(p.astimezone(tz).utcoffset() or timedelta()).total_seconds() for p in probes}
 
 
 class _Source:
-    """How one grouping, filter or sum is spelt over the rollup ('h') or over raw rows ('r')."""
+    """How one grouping, filter or sum is spelt over a rollup ('h') or over raw rows ('r')."""
 
-    def __init__(self, raw: bool, minute: bool = False) -> None:
-        self.raw = raw
+    def __init__(self, rollup: rollups.Rollup | None, minute: bool = False) -> None:
+        self.rollup = rollup
         self.minute = minute
 
     def dim(self, name: str) -> str:
-        return rollups.dimension("r", name) if self.raw else f"h.{name}"
+        return rollups.dimension("r", name) if self.rollup is None else f"h.{name}"
 
     def level(self, by: str) -> str:
         if by in TIME_GROUPINGS:
-            if not self.raw:
-                return "h.hour"
+            if self.rollup is not None:
+                return "h.period"
             return f"substr(r.started_at, 1, {16 if self.minute else 13})"
         if by == "key":
             return f"(CASE WHEN {self.dim('key_alias')} != '' THEN {self.dim('key_alias')} ELSE {self.dim('key_fingerprint')} END)"
         return self.dim(by)
 
-    def sums(self, extras: Iterable[str]) -> list[str]:
-        if self.raw:
-            sums = [f"SUM({expr})" for expr in rollups.counters("r").values()] + ["min(r.started_at)", "max(r.started_at)"]
+    def sums(self, seen: bool) -> list[str]:
+        if self.rollup is None:
+            sums = [f"SUM({expr})" for expr in rollups.counters("r").values()]
+            first_last = ["min(r.started_at)", "max(r.started_at)"]
         else:
-            sums = [f"SUM(h.{name})" for name in SUMMED] + ["min(h.first_at)", "max(h.last_at)"]
-        # The distinct values of each extra, as one JSON array per group.
-        return sums + [f"json_group_array(DISTINCT {self.dim(name)})" for name in extras]
+            sums = [f"SUM(h.{name})" for name in SUMMED]
+            first_last = ["min(h.first_at)", "max(h.last_at)"]
+        # First and last seen cost string comparisons on every row: only sessions show them.
+        return sums + (first_last if seen else ["NULL", "NULL"])
 
     def table(self) -> str:
-        return "requests AS r" if self.raw else f"{rollups.TABLE} AS h"
+        return "requests AS r" if self.rollup is None else f"{self.rollup.table} AS h"
 
     def time_range(self, start: datetime | None, end: datetime | None) -> tuple[list[str], list[str]]:
-        column, encode = ("r.started_at", _time_text) if self.raw else ("h.hour", _hour_text)
+        if self.rollup is None:
+            column, encode = "r.started_at", _time_text
+        else:
+            width = self.rollup.width
+            column, encode = "h.period", lambda moment: _hour_text(moment)[:width]
         clauses, params = [], []
         if start is not None:
             clauses.append(f"{column} >= ?")
@@ -217,27 +230,31 @@ class _Source:
             params += [glob for glob in filters.keys for _ in (0, 1)]
         return clauses, params
 
+    def where(self, start: datetime | None, end: datetime | None, filters: Filters) -> tuple[str, list[str]]:
+        range_clauses, range_params = self.time_range(start, end)
+        filter_clauses, filter_params = self.filters(filters)
+        clauses = range_clauses + filter_clauses
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), [*range_params, *filter_params]
+
 
 def _query(
-    db: sqlite3.Connection,
-    source: _Source,
-    levels: list[str],
-    extras: tuple[str, ...],
-    start: datetime | None,
-    end: datetime | None,
-    filters: Filters,
+    db: sqlite3.Connection, source: _Source, levels: list[str], seen: bool, where: tuple[str, list[str]]
 ) -> Iterable[tuple[Any, ...]]:
     keys = [source.level(level) for level in levels]
-    range_clauses, range_params = source.time_range(start, end)
-    filter_clauses, filter_params = source.filters(filters)
-    where = range_clauses + filter_clauses
-    select = [f"{key} AS k{i}" for i, key in enumerate(keys)] + source.sums(extras)
-    sql = f"SELECT {', '.join(select)} FROM {source.table()}"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
+    select = [f"{key} AS k{i}" for i, key in enumerate(keys)] + source.sums(seen)
+    sql = f"SELECT {', '.join(select)} FROM {source.table()}{where[0]}"
     if keys:
         sql += " GROUP BY " + ", ".join(f"k{i}" for i in range(len(keys)))
-    cursor = db.execute(sql, [*range_params, *filter_params])
+    cursor = db.execute(sql, where[1])
+    cursor.row_factory = None
+    return cursor
+
+
+def _distinct(
+    db: sqlite3.Connection, source: _Source, levels: list[str], extra: str, where: tuple[str, list[str]]
+) -> Iterable[tuple[Any, ...]]:
+    keys = [source.level(level) for level in levels] + [source.dim(extra)]
+    cursor = db.execute(f"SELECT DISTINCT {', '.join(keys)} FROM {source.table()}{where[0]}", where[1])
     cursor.row_factory = None
     return cursor
 
@@ -248,8 +265,9 @@ def _time_label(by: str, tz: ZoneInfo) -> Any:
     def label(utc_text: str) -> str:
         found = cache.get(utc_text)
         if found is None:
-            moment = datetime.fromisoformat(utc_text + (":00" if len(utc_text) == 13 else "")).replace(tzinfo=UTC)
-            local = moment.astimezone(tz)
+            # An hour ('2026-11-20T13'), a minute ('...T13:04') or a UTC day ('2026-11-20').
+            text = utc_text + ":00" if len(utc_text) == 13 else utc_text
+            local = datetime.fromisoformat(text).replace(tzinfo=UTC).astimezone(tz)
             if by == "hour":
                 found = local.strftime("%Y-%m-%d %H:00")
             elif by == "day":
@@ -264,18 +282,33 @@ def _time_label(by: str, tz: ZoneInfo) -> Any:
     return label
 
 
+Piece = tuple[rollups.Rollup | None, datetime | None, datetime | None]
+
+
+def _floor_day(moment: datetime) -> datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _ceil_day(moment: datetime) -> datetime:
+    floor = _floor_day(moment)
+    return floor if floor == moment else floor + timedelta(days=1)
+
+
 def _windows(
-    db: sqlite3.Connection, since: datetime | None, until: datetime | None, use_rollup: bool
-) -> tuple[list[tuple[bool, datetime | None, datetime | None]], list[str]]:
-    """The (raw?, start, end) pieces a range is read from: whole hours from the rollup, edges raw."""
-    if not use_rollup:
-        return [(True, since, until)], []
+    db: sqlite3.Connection, since: datetime | None, until: datetime | None, rollup: rollups.Rollup | None
+) -> tuple[list[Piece], list[str]]:
+    """The (source, start, end) pieces a range is read from: whole UTC days from the daily rollup
+    (when allowed), whole hours from the hourly one, the partial hours at the edges from raw rows."""
+    if rollup is None:
+        return [(None, since, until)], []
+    since = None if since is None else since.astimezone(UTC)
+    until = None if until is None else until.astimezone(UTC)
     notes = []
     first = None if since is None else _ceil_hour(since)
     last = None if until is None else _floor_hour(until)
     if first is not None and last is not None and first >= last:
-        return [(True, since, until)], []
-    pieces: list[tuple[bool, datetime | None, datetime | None]] = []
+        return [(None, since, until)], []
+    pieces: list[Piece] = []
     kept = _raw_kept_from(db)
     if since is not None and first is not None and first != since:
         if kept is not None and since < kept:
@@ -283,19 +316,29 @@ def _windows(
             first = _floor_hour(since)
             notes.append(f"since rounded to {_hour_text(first)}:00 UTC: raw rows before {_hour_text(kept)}:00 were pruned")
         else:
-            pieces.append((True, since, first))
+            pieces.append((None, since, first))
     if until is not None and last is not None and last != until:
         if kept is not None and last < kept:
             last = _ceil_hour(until)
             notes.append(f"until rounded to {_hour_text(last)}:00 UTC: raw rows before {_hour_text(kept)}:00 were pruned")
         else:
-            pieces.append((True, last, until))
-    pieces.append((False, first, last))
-    return pieces, notes
+            pieces.append((None, last, until))
+    if rollup is rollups.HOURLY:
+        return [*pieces, (rollups.HOURLY, first, last)], notes
+    day_first = None if first is None else _ceil_day(first)
+    day_last = None if last is None else _floor_day(last)
+    if day_first is not None and day_last is not None and day_first >= day_last:
+        return [*pieces, (rollups.HOURLY, first, last)], notes
+    if first is not None and day_first != first:
+        pieces.append((rollups.HOURLY, first, day_first))
+    if last is not None and day_last != last:
+        pieces.append((rollups.HOURLY, day_last, last))
+    return [*pieces, (rollups.DAILY, day_first, day_last)], notes
 
 
 def _has_rollup(db: sqlite3.Connection) -> bool:
-    return db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (rollups.TABLE,)).fetchone() is not None
+    found = db.execute("SELECT count(*) FROM sqlite_master WHERE name IN (?, ?)", (rollups.HOURLY.table, rollups.DAILY.table))
+    return bool(found.fetchone()[0] == 2)
 
 
 def _raw_kept_from(db: sqlite3.Connection) -> datetime | None:
@@ -304,6 +347,23 @@ def _raw_kept_from(db: sqlite3.Connection) -> datetime | None:
     except sqlite3.OperationalError:
         return None
     return None if row is None else _parse_time(row[0])
+
+
+def _best_rollup(db: sqlite3.Connection, levels: list[str], filters: Filters, offsets: set[float]) -> rollups.Rollup | None:
+    """The coarsest rollup that can answer exactly, or None to read raw rows."""
+    if not _has_rollup(db):
+        # A database not yet migrated by `serve` (opened read-only here): raw rows, slower, as exact.
+        return None
+    timed = [level for level in levels if level in TIME_GROUPINGS]
+    if timed and any(offset % 3600 for offset in offsets):
+        return None  # local hours start mid-UTC-hour (Asia/Kolkata): read raw rows by the minute
+    daily_ok = (
+        "session" not in levels
+        and not filters.sessions
+        and "hour" not in levels
+        and (not timed or offsets == {0.0})
+    )
+    return rollups.DAILY if daily_ok else rollups.HOURLY
 
 
 def report(
@@ -322,33 +382,38 @@ def report(
     if breakdown is not None and (breakdown not in GROUPINGS or breakdown == by):
         raise ValueError(f"unknown breakdown {breakdown!r}")
     levels = [by] + ([breakdown] if breakdown else [])
-    extras = _SESSION_EXTRAS if by == "session" else ()
+    session = by == "session"
     timed = [level for level in levels if level in TIME_GROUPINGS]
-    whole_hours = not timed or _whole_hour_offsets(tz, since, until)
-    # A database not yet migrated by `serve` (opened read-only here) is summed from raw rows: slower, as exact.
-    pieces, notes = _windows(db, since, until, whole_hours and _has_rollup(db))
+    offsets = _offsets(tz, since, until) if timed else {0.0}
+    rollup = _best_rollup(db, levels, filters, offsets)
+    minute = bool(timed) and any(offset % 3600 for offset in offsets)
+    pieces, notes = _windows(db, since, until, rollup)
     labels = {level: _time_label(level, tz) for level in timed}
 
+    def names(keys: Iterable[Any]) -> tuple[str, str | None]:
+        named = [labels[level](key) if level in labels else (key or NONE) for level, key in zip(levels, keys)]
+        return named[0], (named[1] if breakdown else None)
+
     lines: dict[tuple[str, str | None], Line] = {}
-    total = Line("total")
     width = len(levels)
     summed = slice(width, width + len(SUMMED))
-    for raw, start, end in pieces:
-        source = _Source(raw, minute=not whole_hours)
-        for row in _query(db, source, levels, extras, start, end, filters):
-            names = [labels[level](key) if level in labels else (key or NONE) for level, key in zip(levels, row)]
-            group, sub = names[0], (names[1] if breakdown else None)
-            line = lines.get((group, sub))
+    for source_rollup, start, end in pieces:
+        source = _Source(source_rollup, minute)
+        where = source.where(start, end, filters)
+        for row in _query(db, source, levels, session, where):
+            key = names(row)
+            line = lines.get(key)
             if line is None:
-                line = lines[(group, sub)] = Line(group, sub)
-            first_at, last_at = row[summed.stop], row[summed.stop + 1]
-            line.add(row[summed], first_at, last_at)
-            total.add(row[summed], first_at, last_at)
-            if extras:
-                models, projects, clients = (json.loads(text) for text in row[summed.stop + 2 :])
-                line.models.update(m for m in models if m)
-                line.projects.update(p for p in projects if p)
-                line.clients.update(c for c in clients if c)
+                line = lines[key] = Line(*key)
+            line.add(row[summed], row[summed.stop], row[summed.stop + 1])
+        if session:
+            for extra, attribute in zip(_SESSION_EXTRAS, ("models", "projects", "clients")):
+                for row in _distinct(db, source, levels, extra, where):
+                    if row[-1]:
+                        getattr(lines[names(row)], attribute).add(row[-1])
+    total = Line("total")
+    for line in lines.values():
+        total.merge(line)
     if total.inexact:
         notes.append(f"{total.inexact} amounts are not fixed-point decimals of at most 24 places and are not in the totals")
     return Report(by, breakdown, since, until, _ordered(list(lines.values()), by, breakdown), total, tuple(notes))

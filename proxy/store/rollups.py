@@ -1,4 +1,4 @@
-"""The hourly rollup: per hour and attribution, the counts, tokens and exact money of `requests`.
+"""The rollups: per hour (and per UTC day) and attribution, the counts, tokens and exact money of `requests`.
 
 SQLite triggers keep it, so every writer (the recorder's inserts, the /generation back-fill's
 UPDATEs, a user's own sqlite3 shell) updates it in the same transaction as the row. Deleting a row
@@ -13,9 +13,9 @@ An amount with more digits than that (or not in fixed-point form) is counted in 
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from decimal import Context, Decimal
 
-TABLE = "spend_hourly"
 # Attribution kept per hour. NULL is stored as '' so the primary key (and upserts) can match it.
 DIMENSIONS = ("model", "provider", "project", "session", "key_fingerprint", "key_alias", "client", "endpoint")
 # Summed money columns of `requests`. Adding one (e.g. a BYOK upstream cost) is one entry here plus
@@ -76,40 +76,62 @@ def dimension(r: str, name: str) -> str:
     return f"COALESCE({r}.{name}, '')"
 
 
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    """One summary table: per `period` (the first `width` characters of started_at) and `dims`."""
+
+    table: str
+    width: int
+    dims: tuple[str, ...]
+
+    def period_of(self, r: str) -> str:
+        # started_at is ISO-8601 UTC text ('2026-11-20T13:04:05.000000Z'): its first 13 characters
+        # are the hour, its first 10 the day.
+        return f"substr({r}.started_at, 1, {self.width})"
+
+
+# Hourly, with every attribution: the edges of a range, sessions, time zones other than UTC.
+HOURLY = Rollup("spend_hourly", 13, DIMENSIONS)
+# Daily (UTC days), without sessions: about half the rows (far fewer with real traffic), so the
+# common reports over months read little.
+DAILY = Rollup("spend_daily", 10, tuple(d for d in DIMENSIONS if d != "session"))
+ROLLUPS = (HOURLY, DAILY)
+TABLE = HOURLY.table
+
+
 def hour_of(r: str) -> str:
-    # started_at is ISO-8601 UTC text ('2026-11-20T13:04:05.000000Z'): its first 13 characters are the hour.
-    return f"substr({r}.started_at, 1, 13)"
+    return HOURLY.period_of(r)
 
 
 def _columns() -> list[str]:
     return list(counters("r"))
 
 
-def _schema() -> str:
+def _schema(rollup: Rollup) -> str:
     counted = ",\n    ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in _columns())
-    dims = ",\n    ".join(f"{name} TEXT NOT NULL DEFAULT ''" for name in DIMENSIONS)
+    dims = ",\n    ".join(f"{name} TEXT NOT NULL DEFAULT ''" for name in rollup.dims)
     return f"""
-CREATE TABLE {TABLE} (
-    hour TEXT NOT NULL,
+CREATE TABLE {rollup.table} (
+    period TEXT NOT NULL,
     {dims},
     {counted},
     first_at TEXT,
     last_at TEXT,
-    PRIMARY KEY (hour, {", ".join(DIMENSIONS)})
+    PRIMARY KEY (period, {", ".join(rollup.dims)})
 ) WITHOUT ROWID
 """
 
 
-def _upsert(r: str, sign: str) -> str:
-    """Add (sign '+') or take away (sign '-') row `r` in its hour's rollup row."""
-    names = ["hour", *DIMENSIONS, *_columns(), "first_at", "last_at"]
-    values = [hour_of(r), *(dimension(r, d) for d in DIMENSIONS), *(f"{sign}{v}" for v in counters(r).values())]
+def _upsert(rollup: Rollup, r: str, sign: str) -> str:
+    """Add (sign '+') or take away (sign '-') row `r` in its period's rollup row."""
+    names = ["period", *rollup.dims, *_columns(), "first_at", "last_at"]
+    values = [rollup.period_of(r), *(dimension(r, d) for d in rollup.dims), *(f"{sign}{v}" for v in counters(r).values())]
     values += [f"{r}.started_at", f"{r}.started_at"]
     sets = [f"{c} = {c} + excluded.{c}" for c in _columns()]
     sets += ["first_at = min(first_at, excluded.first_at)", "last_at = max(last_at, excluded.last_at)"]
     return (
-        f"INSERT INTO {TABLE} ({', '.join(names)}) VALUES ({', '.join(values)})"
-        f" ON CONFLICT (hour, {', '.join(DIMENSIONS)}) DO UPDATE SET {', '.join(sets)};"
+        f"INSERT INTO {rollup.table} ({', '.join(names)}) VALUES ({', '.join(values)})"
+        f" ON CONFLICT (period, {', '.join(rollup.dims)}) DO UPDATE SET {', '.join(sets)};"
     )
 
 
@@ -119,44 +141,60 @@ def _watched() -> list[str]:
 
 
 def create(db: sqlite3.Connection) -> None:
-    """(Re)build the rollup and its triggers from every row in `requests`; run inside a migration.
+    """(Re)build the rollups and their triggers from every row in `requests`; run inside a migration.
 
-    Rows already deleted by retention are gone from `requests`, so a rebuild keeps their hours
-    (hours older than the oldest raw row) and re-sums the rest.
+    Rows already deleted by retention are gone from `requests`, so a rebuild keeps the totals of
+    periods older than the oldest raw row and re-sums the rest.
     """
-    exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (TABLE,)).fetchone()
-    kept_before = None
-    if exists:
-        kept_before = db.execute("SELECT min(started_at) FROM requests").fetchone()[0]
-        db.execute(f"ALTER TABLE {TABLE} RENAME TO {TABLE}_old")
+    kept_before = db.execute("SELECT min(started_at) FROM requests").fetchone()[0]
     for trigger in ("insert", "update"):
-        db.execute(f"DROP TRIGGER IF EXISTS {TABLE}_{trigger}")
-    db.execute(_schema())
-    columns = _columns()
-    select = [hour_of("r"), *(dimension("r", d) for d in DIMENSIONS), *(f"SUM({v})" for v in counters("r").values())]
-    select += ["min(r.started_at)", "max(r.started_at)"]
+        db.execute(f"DROP TRIGGER IF EXISTS spend_rollups_{trigger}")
+    _rebuild_hourly(db, kept_before)
+    _rebuild_daily(db)
     db.execute(
-        f"INSERT INTO {TABLE} (hour, {', '.join(DIMENSIONS)}, {', '.join(columns)}, first_at, last_at) "
-        f"SELECT {', '.join(select)} FROM requests AS r GROUP BY 1, {', '.join(str(i + 2) for i in range(len(DIMENSIONS)))}"
+        "CREATE TRIGGER spend_rollups_insert AFTER INSERT ON requests BEGIN "
+        + " ".join(_upsert(rollup, "NEW", "+") for rollup in ROLLUPS)
+        + " END"
     )
-    if exists:
-        # Hours whose raw rows retention already dropped: keep their old totals (new columns start at 0).
-        old = {row[1] for row in db.execute(f"PRAGMA table_info({TABLE}_old)")}
-        shared = ["hour", *DIMENSIONS, *(c for c in columns if c in old), "first_at", "last_at"]
-        if kept_before is None:
-            db.execute(f"INSERT INTO {TABLE} ({', '.join(shared)}) SELECT {', '.join(shared)} FROM {TABLE}_old")
-        else:
-            db.execute(
-                f"INSERT INTO {TABLE} ({', '.join(shared)}) SELECT {', '.join(shared)} FROM {TABLE}_old WHERE hour < ?",
-                (kept_before[:13],),
-            )
-        db.execute(f"DROP TABLE {TABLE}_old")
-    db.execute(f"CREATE TRIGGER {TABLE}_insert AFTER INSERT ON requests BEGIN {_upsert('NEW', '+')} END")
     # An update (a back-filled cost, an upsert of a row written twice) moves the row's old values
     # out of its old group and its new values into the new one.
-    key = " AND ".join([f"hour = {hour_of('OLD')}", *(f"{d} = {dimension('OLD', d)}" for d in DIMENSIONS)])
+    body = []
+    for rollup in ROLLUPS:
+        key = " AND ".join([f"period = {rollup.period_of('OLD')}", *(f"{d} = {dimension('OLD', d)}" for d in rollup.dims)])
+        body += [_upsert(rollup, "OLD", "-"), _upsert(rollup, "NEW", "+"), f"DELETE FROM {rollup.table} WHERE {key} AND requests = 0;"]
+    db.execute(f"CREATE TRIGGER spend_rollups_update AFTER UPDATE OF {', '.join(_watched())} ON requests BEGIN {' '.join(body)} END")
+
+
+def _rebuild_hourly(db: sqlite3.Connection, kept_before: str | None) -> None:
+    rollup = HOURLY
+    exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (rollup.table,)).fetchone()
+    if exists:
+        db.execute(f"ALTER TABLE {rollup.table} RENAME TO {rollup.table}_old")
+    db.execute(_schema(rollup))
+    columns = _columns()
+    select = [rollup.period_of("r"), *(dimension("r", d) for d in rollup.dims), *(f"SUM({v})" for v in counters("r").values())]
+    select += ["min(r.started_at)", "max(r.started_at)"]
     db.execute(
-        f"CREATE TRIGGER {TABLE}_update AFTER UPDATE OF {', '.join(_watched())} ON requests BEGIN "
-        f"{_upsert('OLD', '-')} {_upsert('NEW', '+')} "
-        f"DELETE FROM {TABLE} WHERE {key} AND requests = 0; END"
+        f"INSERT INTO {rollup.table} (period, {', '.join(rollup.dims)}, {', '.join(columns)}, first_at, last_at) "
+        f"SELECT {', '.join(select)} FROM requests AS r GROUP BY {', '.join(str(i + 1) for i in range(len(rollup.dims) + 1))}"
+    )
+    if exists:
+        # Hours whose raw rows retention already dropped (it drops whole hours) keep their old
+        # totals; a column added since starts at 0 there.
+        old = {row[1] for row in db.execute(f"PRAGMA table_info({rollup.table}_old)")}
+        shared = ["period", *rollup.dims, *(c for c in columns if c in old), "first_at", "last_at"]
+        where, params = ("", ()) if kept_before is None else (" WHERE period < ?", (kept_before[: rollup.width],))
+        db.execute(f"INSERT INTO {rollup.table} ({', '.join(shared)}) SELECT {', '.join(shared)} FROM {rollup.table}_old{where}", params)
+        db.execute(f"DROP TABLE {rollup.table}_old")
+
+
+def _rebuild_daily(db: sqlite3.Connection) -> None:
+    # From the hourly rollup, not the raw rows: it still holds the hours retention pruned.
+    db.execute(f"DROP TABLE IF EXISTS {DAILY.table}")
+    db.execute(_schema(DAILY))
+    columns = _columns()
+    db.execute(
+        f"INSERT INTO {DAILY.table} (period, {', '.join(DAILY.dims)}, {', '.join(columns)}, first_at, last_at) "
+        f"SELECT substr(period, 1, {DAILY.width}), {', '.join(DAILY.dims)}, {', '.join(f'SUM({c})' for c in columns)}, "
+        f"min(first_at), max(last_at) FROM {HOURLY.table} GROUP BY {', '.join(str(i + 1) for i in range(len(DAILY.dims) + 1))}"
     )
