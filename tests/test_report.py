@@ -259,9 +259,15 @@ async def test_breakdowns_equal_the_rows(known: tuple[Path, list[UsageRecord]], 
 )
 async def test_filters(known: tuple[Path, list[UsageRecord]], filters: Filters, keep: Callable[[UsageRecord], bool]) -> None:
     path, recs = known
+    since = T0 + timedelta(hours=20, minutes=3)
+
+    def keep_since(r: UsageRecord) -> bool:
+        return keep(r) and r.started_at >= since
+
     with reader(path) as db:
-        for by in ("model", "day"):
+        for by in ("model", "day", "session"):
             assert_equal(report(db, by, filters=filters), expected(recs, [by], keep=keep))
+            assert_equal(report(db, by, filters=filters, since=since), expected(recs, [by], keep=keep_since))
 
 
 @pytest.mark.parametrize(
@@ -333,13 +339,13 @@ def rollup_equals_raw(path: Path) -> None:
     with reader(path) as db:
         counters = rollups.counters("r")
         for rollup in rollups.ROLLUPS:
-            dims = ", ".join(rollups.dimension("r", d) for d in rollup.dims)
+            keys = rollup.key_values("r")
             raw = db.execute(
-                f"SELECT {rollup.period_of('r')}, {dims}, {', '.join(f'SUM({v})' for v in counters.values())} "
-                f"FROM requests AS r GROUP BY 1, {', '.join(str(i + 2) for i in range(len(rollup.dims)))}"
+                f"SELECT {', '.join(keys)}, {', '.join(f'SUM({v})' for v in counters.values())} "
+                f"FROM requests AS r GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}"
             ).fetchall()
             kept = db.execute(
-                f"SELECT period, {', '.join(rollup.dims)}, {', '.join(counters)} FROM {rollup.table} WHERE requests != 0"
+                f"SELECT {', '.join(rollup.keys)}, {', '.join(counters)} FROM {rollup.table} WHERE requests != 0"
             ).fetchall()
             assert sorted(map(tuple, raw)) == sorted(map(tuple, kept)), rollup.table
 
@@ -498,3 +504,22 @@ async def test_the_writer_prunes_by_raw_days(tmp_path: Path) -> None:
     with reader(path) as db:
         assert db.execute("SELECT count(*) FROM requests").fetchone()[0] == len(kept) + 1
         assert_equal(report(db, "model"), expected([*recs, make_record(1000, started_at=T0 + timedelta(days=1, hours=3))], ["model"]))
+
+
+async def test_short_sessions_inside_and_straddling_a_range(tmp_path: Path) -> None:
+    # Sessions of 5 requests 7 minutes apart: most lie wholly inside the range (read from the
+    # per-session rollup), a few straddle its ends (read from the hourly rollup and raw rows).
+    path = tmp_path / "u.db"
+    recs = [
+        make_record(n, session=f"t{n // 5}", started_at=T0 + timedelta(minutes=7 * n), model=MODELS[n % 3], cost_usd=Decimal(COSTS[n % 3]))
+        for n in range(300)
+    ]
+    await write(path, recs)
+    since, until = T0 + timedelta(hours=3, minutes=50), T0 + timedelta(hours=27, minutes=10)
+    with reader(path) as db:
+        for breakdown in (None, "model"):
+            levels = ["session"] + ([breakdown] if breakdown else [])
+            result = report(db, "session", breakdown=breakdown, since=since, until=until)
+            assert_equal(result, expected(recs, levels, keep=lambda r: since <= r.started_at < until))
+        line = next(line for line in report(db, "session", since=since, until=until).lines if line.group == "t6")
+        assert line.first_at == "2026-11-25T02:08:03.000000Z" and line.requests == 2  # only its rows in range

@@ -2,8 +2,8 @@
 
 `report()` is the one query the CLI (`openrouter-spend report`) and the web page's `/-/report` call;
 it returns plain data and `as_document()` its JSON form, so both print the same keys and totals.
-Whole hours are read from the hourly rollup (`rollups.TABLE`); only the partial hours at the edges
-of a range read raw rows. Both are summed in SQL over integer pico/yocto-dollars, so totals are
+Whole UTC days are read from the daily rollup, whole hours from the hourly one, sessions from the
+per-session one (see proxy/store/rollups.py); only the partial hours at the edges of a range read raw rows. Both are summed in SQL over integer pico/yocto-dollars, so totals are
 exact Decimals and memory stays flat however many rows there are.
 """
 
@@ -43,6 +43,7 @@ class Filters:
 # The summed columns, in the order every query returns them (after the group keys).
 SUMMED = tuple(rollups.counters("r"))
 _AT = {name: index for index, name in enumerate(SUMMED)}
+_PICO, _YOCTO = _AT["cost_usd_pico"], _AT["cost_usd_yocto"]
 
 
 @dataclass(slots=True)
@@ -80,6 +81,10 @@ class Line:
     @property
     def inexact(self) -> int:
         return sum(self.value(f"{name}_inexact") for name in rollups.MONEY)
+
+    def cost_key(self) -> int:
+        """The cost in yocto-dollars, to sort by without building Decimals."""
+        return self.sums[_PICO] * rollups.PICO + self.sums[_YOCTO]
 
     def money(self, name: str) -> Decimal:
         return rollups.money_value(self.value(f"{name}_pico"), self.value(f"{name}_yocto"))
@@ -203,6 +208,16 @@ class _Source:
         return "requests AS r" if self.rollup is None else f"{self.rollup.table} AS h"
 
     def time_range(self, start: datetime | None, end: datetime | None) -> tuple[list[str], list[str]]:
+        if self.rollup is rollups.SESSIONS:
+            # Only (session, attribution) groups wholly inside the range; see _session_pieces.
+            clauses, params = [], []
+            if start is not None:
+                clauses.append("h.first_at >= ?")
+                params.append(_time_text(start))
+            if end is not None:
+                clauses.append("h.last_at < ?")
+                params.append(_time_text(end))
+            return clauses, params
         if self.rollup is None:
             column, encode = "r.started_at", _time_text
         else:
@@ -230,11 +245,18 @@ class _Source:
             params += [glob for glob in filters.keys for _ in (0, 1)]
         return clauses, params
 
-    def where(self, start: datetime | None, end: datetime | None, filters: Filters) -> tuple[str, list[str]]:
+    def where(
+        self, start: datetime | None, end: datetime | None, filters: Filters, sessions: tuple[str, str] | None = None
+    ) -> tuple[str, list[str]]:
+        """`sessions` is ('IN' or 'NOT IN', a JSON array of session values)."""
         range_clauses, range_params = self.time_range(start, end)
         filter_clauses, filter_params = self.filters(filters)
         clauses = range_clauses + filter_clauses
-        return (" WHERE " + " AND ".join(clauses) if clauses else ""), [*range_params, *filter_params]
+        params = [*range_params, *filter_params]
+        if sessions is not None:
+            clauses.append(f"{self.dim('session')} {sessions[0]} (SELECT value FROM json_each(?))")
+            params.append(sessions[1])
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
 def _query(
@@ -251,9 +273,9 @@ def _query(
 
 
 def _distinct(
-    db: sqlite3.Connection, source: _Source, levels: list[str], extra: str, where: tuple[str, list[str]]
+    db: sqlite3.Connection, source: _Source, levels: list[str], extras: Iterable[str], where: tuple[str, list[str]]
 ) -> Iterable[tuple[Any, ...]]:
-    keys = [source.level(level) for level in levels] + [source.dim(extra)]
+    keys = [source.level(level) for level in levels] + [source.dim(extra) for extra in extras]
     cursor = db.execute(f"SELECT DISTINCT {', '.join(keys)} FROM {source.table()}{where[0]}", where[1])
     cursor.row_factory = None
     return cursor
@@ -282,7 +304,7 @@ def _time_label(by: str, tz: ZoneInfo) -> Any:
     return label
 
 
-Piece = tuple[rollups.Rollup | None, datetime | None, datetime | None]
+Piece = tuple[rollups.Rollup | None, datetime | None, datetime | None, tuple[str, str] | None]
 
 
 def _floor_day(moment: datetime) -> datetime:
@@ -299,6 +321,33 @@ def _windows(
 ) -> tuple[list[Piece], list[str]]:
     """The (source, start, end) pieces a range is read from: whole UTC days from the daily rollup
     (when allowed), whole hours from the hourly one, the partial hours at the edges from raw rows."""
+    pieces, notes = _time_windows(db, since, until, rollup)
+    return [(source, start, end, None) for source, start, end in pieces], notes
+
+
+def _session_pieces(
+    db: sqlite3.Connection, since: datetime | None, until: datetime | None
+) -> tuple[list[Piece], list[str]]:
+    """A report by session: groups wholly inside the range from the per-session rollup; the
+    sessions that straddle an end of the range (few: those active at that moment) from the hourly
+    rollup and raw rows, within the range."""
+    if since is None and until is None:
+        return [(rollups.SESSIONS, None, None, None)], []
+    clauses, params = [], []
+    for moment in (since, until):
+        if moment is not None:
+            clauses.append("(first_at < ? AND last_at >= ?)")
+            params += [_time_text(moment)] * 2
+    found = db.execute(f"SELECT DISTINCT session FROM {rollups.SESSIONS.table} WHERE {' OR '.join(clauses)}", params)
+    straddling = json.dumps([row[0] for row in found])
+    pieces, notes = _time_windows(db, since, until, rollups.HOURLY)
+    inside: Piece = (rollups.SESSIONS, since, until, ("NOT IN", straddling))
+    return [inside, *((source, start, end, ("IN", straddling)) for source, start, end in pieces)], notes
+
+
+def _time_windows(
+    db: sqlite3.Connection, since: datetime | None, until: datetime | None, rollup: rollups.Rollup | None
+) -> tuple[list[tuple[rollups.Rollup | None, datetime | None, datetime | None]], list[str]]:
     if rollup is None:
         return [(None, since, until)], []
     since = None if since is None else since.astimezone(UTC)
@@ -308,7 +357,7 @@ def _windows(
     last = None if until is None else _floor_hour(until)
     if first is not None and last is not None and first >= last:
         return [(None, since, until)], []
-    pieces: list[Piece] = []
+    pieces: list[tuple[rollups.Rollup | None, datetime | None, datetime | None]] = []
     kept = _raw_kept_from(db)
     if since is not None and first is not None and first != since:
         if kept is not None and since < kept:
@@ -337,8 +386,9 @@ def _windows(
 
 
 def _has_rollup(db: sqlite3.Connection) -> bool:
-    found = db.execute("SELECT count(*) FROM sqlite_master WHERE name IN (?, ?)", (rollups.HOURLY.table, rollups.DAILY.table))
-    return bool(found.fetchone()[0] == 2)
+    names = [rollup.table for rollup in rollups.ROLLUPS]
+    found = db.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' for _ in names)})", names)
+    return bool(found.fetchone()[0] == len(names))
 
 
 def _raw_kept_from(db: sqlite3.Connection) -> datetime | None:
@@ -387,19 +437,24 @@ def report(
     offsets = _offsets(tz, since, until) if timed else {0.0}
     rollup = _best_rollup(db, levels, filters, offsets)
     minute = bool(timed) and any(offset % 3600 for offset in offsets)
-    pieces, notes = _windows(db, since, until, rollup)
+    if session and not timed and rollup is not None:
+        pieces, notes = _session_pieces(db, since, until)
+    else:
+        pieces, notes = _windows(db, since, until, rollup)
     labels = {level: _time_label(level, tz) for level in timed}
 
-    def names(keys: Iterable[Any]) -> tuple[str, str | None]:
+    def names(keys: tuple[Any, ...]) -> tuple[str, str | None]:
+        if not labels:
+            return keys[0] or NONE, ((keys[1] or NONE) if breakdown else None)
         named = [labels[level](key) if level in labels else (key or NONE) for level, key in zip(levels, keys)]
         return named[0], (named[1] if breakdown else None)
 
     lines: dict[tuple[str, str | None], Line] = {}
     width = len(levels)
     summed = slice(width, width + len(SUMMED))
-    for source_rollup, start, end in pieces:
+    for source_rollup, start, end, sessions in pieces:
         source = _Source(source_rollup, minute)
-        where = source.where(start, end, filters)
+        where = source.where(start, end, filters, sessions)
         for row in _query(db, source, levels, session, where):
             key = names(row)
             line = lines.get(key)
@@ -407,30 +462,38 @@ def report(
                 line = lines[key] = Line(*key)
             line.add(row[summed], row[summed.stop], row[summed.stop + 1])
         if session:
-            for extra, attribute in zip(_SESSION_EXTRAS, ("models", "projects", "clients")):
-                for row in _distinct(db, source, levels, extra, where):
-                    if row[-1]:
-                        getattr(lines[names(row)], attribute).add(row[-1])
+            for row in _distinct(db, source, levels, _SESSION_EXTRAS, where):
+                line = lines[names(row)]
+                model, project, client = row[width:]
+                if model:
+                    line.models.add(model)
+                if project:
+                    line.projects.add(project)
+                if client:
+                    line.clients.add(client)
     total = Line("total")
-    for line in lines.values():
-        total.merge(line)
+    if lines:
+        total.sums = [sum(column) for column in zip(*(line.sums for line in lines.values()))]
+        seen = [line for line in lines.values() if line.first_at is not None]
+        total.first_at = min((line.first_at for line in seen if line.first_at), default=None)
+        total.last_at = max((line.last_at for line in seen if line.last_at), default=None)
     if total.inexact:
         notes.append(f"{total.inexact} amounts are not fixed-point decimals of at most 24 places and are not in the totals")
     return Report(by, breakdown, since, until, _ordered(list(lines.values()), by, breakdown), total, tuple(notes))
 
 
 def _ordered(lines: list[Line], by: str, breakdown: str | None) -> list[Line]:
-    def order(level: str | None, key: str | None, cost: Decimal) -> tuple[Any, ...]:
+    def order(level: str | None, key: str | None, cost: int) -> tuple[Any, ...]:
         return (key or "",) if level in TIME_GROUPINGS else (-cost, key or "")
 
-    group_cost: dict[str, Decimal] = {}
+    group_cost: dict[str, int] = {}
     for line in lines:
-        group_cost[line.group] = group_cost.get(line.group, Decimal(0)) + line.cost_usd
+        group_cost[line.group] = group_cost.get(line.group, 0) + line.cost_key()
     return sorted(
         lines,
         key=lambda line: (
             order(by, line.group, group_cost[line.group]),
-            order(breakdown, line.breakdown, line.cost_usd) if breakdown else (),
+            order(breakdown, line.breakdown, line.cost_key()) if breakdown else (),
         ),
     )
 

@@ -89,14 +89,25 @@ class Rollup:
         # are the hour, its first 10 the day.
         return f"substr({r}.started_at, 1, {self.width})"
 
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return ("period", *self.dims) if self.width else self.dims
+
+    def key_values(self, r: str) -> list[str]:
+        values = [dimension(r, d) for d in self.dims]
+        return [self.period_of(r), *values] if self.width else values
+
 
 # Hourly, with every attribution: the edges of a range, sessions, time zones other than UTC.
 HOURLY = Rollup("spend_hourly", 13, DIMENSIONS)
 # Daily (UTC days), without sessions: about half the rows (far fewer with real traffic), so the
 # common reports over months read little.
 DAILY = Rollup("spend_daily", 10, tuple(d for d in DIMENSIONS if d != "session"))
-ROLLUPS = (HOURLY, DAILY)
-TABLE = HOURLY.table
+# Per session (and attribution) over all time, no period: sessions are short, so a report by
+# session reads this for every session wholly inside its range, and the hourly rollup only for
+# the few that straddle an end of the range.
+SESSIONS = Rollup("spend_sessions", 0, ("session", *(d for d in DIMENSIONS if d != "session")))
+ROLLUPS = (HOURLY, DAILY, SESSIONS)
 
 
 def hour_of(r: str) -> str:
@@ -110,28 +121,28 @@ def _columns() -> list[str]:
 def _schema(rollup: Rollup) -> str:
     counted = ",\n    ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in _columns())
     dims = ",\n    ".join(f"{name} TEXT NOT NULL DEFAULT ''" for name in rollup.dims)
+    period = "period TEXT NOT NULL,\n    " if rollup.width else ""
     return f"""
 CREATE TABLE {rollup.table} (
-    period TEXT NOT NULL,
-    {dims},
+    {period}{dims},
     {counted},
     first_at TEXT,
     last_at TEXT,
-    PRIMARY KEY (period, {", ".join(rollup.dims)})
+    PRIMARY KEY ({", ".join(rollup.keys)})
 ) WITHOUT ROWID
 """
 
 
 def _upsert(rollup: Rollup, r: str, sign: str) -> str:
     """Add (sign '+') or take away (sign '-') row `r` in its period's rollup row."""
-    names = ["period", *rollup.dims, *_columns(), "first_at", "last_at"]
-    values = [rollup.period_of(r), *(dimension(r, d) for d in rollup.dims), *(f"{sign}{v}" for v in counters(r).values())]
+    names = [*rollup.keys, *_columns(), "first_at", "last_at"]
+    values = [*rollup.key_values(r), *(f"{sign}{v}" for v in counters(r).values())]
     values += [f"{r}.started_at", f"{r}.started_at"]
     sets = [f"{c} = {c} + excluded.{c}" for c in _columns()]
     sets += ["first_at = min(first_at, excluded.first_at)", "last_at = max(last_at, excluded.last_at)"]
     return (
         f"INSERT INTO {rollup.table} ({', '.join(names)}) VALUES ({', '.join(values)})"
-        f" ON CONFLICT (period, {', '.join(rollup.dims)}) DO UPDATE SET {', '.join(sets)};"
+        f" ON CONFLICT ({', '.join(rollup.keys)}) DO UPDATE SET {', '.join(sets)};"
     )
 
 
@@ -150,7 +161,8 @@ def create(db: sqlite3.Connection) -> None:
     for trigger in ("insert", "update"):
         db.execute(f"DROP TRIGGER IF EXISTS spend_rollups_{trigger}")
     _rebuild_hourly(db, kept_before)
-    _rebuild_daily(db)
+    _rebuild_from_hourly(db, DAILY)
+    _rebuild_from_hourly(db, SESSIONS)
     db.execute(
         "CREATE TRIGGER spend_rollups_insert AFTER INSERT ON requests BEGIN "
         + " ".join(_upsert(rollup, "NEW", "+") for rollup in ROLLUPS)
@@ -160,7 +172,7 @@ def create(db: sqlite3.Connection) -> None:
     # out of its old group and its new values into the new one.
     body = []
     for rollup in ROLLUPS:
-        key = " AND ".join([f"period = {rollup.period_of('OLD')}", *(f"{d} = {dimension('OLD', d)}" for d in rollup.dims)])
+        key = " AND ".join(f"{k} = {v}" for k, v in zip(rollup.keys, rollup.key_values("OLD")))
         body += [_upsert(rollup, "OLD", "-"), _upsert(rollup, "NEW", "+"), f"DELETE FROM {rollup.table} WHERE {key} AND requests = 0;"]
     db.execute(f"CREATE TRIGGER spend_rollups_update AFTER UPDATE OF {', '.join(_watched())} ON requests BEGIN {' '.join(body)} END")
 
@@ -188,13 +200,14 @@ def _rebuild_hourly(db: sqlite3.Connection, kept_before: str | None) -> None:
         db.execute(f"DROP TABLE {rollup.table}_old")
 
 
-def _rebuild_daily(db: sqlite3.Connection) -> None:
+def _rebuild_from_hourly(db: sqlite3.Connection, rollup: Rollup) -> None:
     # From the hourly rollup, not the raw rows: it still holds the hours retention pruned.
-    db.execute(f"DROP TABLE IF EXISTS {DAILY.table}")
-    db.execute(_schema(DAILY))
+    db.execute(f"DROP TABLE IF EXISTS {rollup.table}")
+    db.execute(_schema(rollup))
     columns = _columns()
+    period = [f"substr(period, 1, {rollup.width})"] if rollup.width else []
     db.execute(
-        f"INSERT INTO {DAILY.table} (period, {', '.join(DAILY.dims)}, {', '.join(columns)}, first_at, last_at) "
-        f"SELECT substr(period, 1, {DAILY.width}), {', '.join(DAILY.dims)}, {', '.join(f'SUM({c})' for c in columns)}, "
-        f"min(first_at), max(last_at) FROM {HOURLY.table} GROUP BY {', '.join(str(i + 1) for i in range(len(DAILY.dims) + 1))}"
+        f"INSERT INTO {rollup.table} ({', '.join(rollup.keys)}, {', '.join(columns)}, first_at, last_at) "
+        f"SELECT {', '.join([*period, *rollup.dims])}, {', '.join(f'SUM({c})' for c in columns)}, "
+        f"min(first_at), max(last_at) FROM {HOURLY.table} GROUP BY {', '.join(str(i + 1) for i in range(len(rollup.keys)))}"
     )
