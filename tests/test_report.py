@@ -297,11 +297,19 @@ async def test_ranges_read_edge_hours_from_raw_rows(
 async def test_time_groupings_follow_the_time_zone(known: tuple[Path, list[UsageRecord]], zone: str) -> None:
     path, recs = known
     tz = ZoneInfo(zone)
-    since = T0 + timedelta(hours=3, minutes=31)
-    with reader(path) as db:
-        for by in TIME_GROUPINGS:
-            want = expected(recs, [by], tz, keep=lambda r: r.started_at >= since)
-            assert_equal(report(db, by, tz=tz, since=since), want)
+    for since, until in (
+        (None, None),
+        (T0 + timedelta(hours=3, minutes=31), None),
+        (T0 + timedelta(hours=1, minutes=53), T0 + timedelta(hours=50, minutes=12)),
+        (T0 + timedelta(hours=2, minutes=13), T0 + timedelta(hours=50, minutes=42)),
+    ):
+        def keep(r: UsageRecord) -> bool:
+            return (since is None or r.started_at >= since) and (until is None or r.started_at < until)
+
+        with reader(path) as db:
+            for by in TIME_GROUPINGS:
+                assert_equal(report(db, by, tz=tz, since=since, until=until), expected(recs, [by], tz, keep=keep))
+            assert_equal(report(db, "model", breakdown="day", tz=tz, since=since), expected(recs, ["model", "day"], tz, keep=lambda r: since is None or r.started_at >= since))
 
 
 async def test_blocked_is_its_own_column_not_an_error(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import json
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -246,16 +246,17 @@ class _Source:
         return clauses, params
 
     def where(
-        self, start: datetime | None, end: datetime | None, filters: Filters, sessions: tuple[str, str] | None = None
+        self, start: datetime | None, end: datetime | None, filters: Filters, sessions: tuple[str, str, str] | None = None
     ) -> tuple[str, list[str]]:
-        """`sessions` is ('IN' or 'NOT IN', a JSON array of session values)."""
+        """`sessions` is (column, 'IN' or 'NOT IN', a JSON array of values): a session or a period."""
         range_clauses, range_params = self.time_range(start, end)
         filter_clauses, filter_params = self.filters(filters)
         clauses = range_clauses + filter_clauses
         params = [*range_params, *filter_params]
         if sessions is not None:
-            clauses.append(f"{self.dim('session')} {sessions[0]} (SELECT value FROM json_each(?))")
-            params.append(sessions[1])
+            column, op, values = sessions
+            clauses.append(f"{'h.period' if column == 'period' else self.dim(column)} {op} (SELECT value FROM json_each(?))")
+            params.append(values)
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
@@ -304,7 +305,7 @@ def _time_label(by: str, tz: ZoneInfo) -> Any:
     return label
 
 
-Piece = tuple[rollups.Rollup | None, datetime | None, datetime | None, tuple[str, str] | None]
+Piece = tuple[rollups.Rollup | None, datetime | None, datetime | None, tuple[str, str, str] | None]
 
 
 def _floor_day(moment: datetime) -> datetime:
@@ -341,8 +342,49 @@ def _session_pieces(
     found = db.execute(f"SELECT DISTINCT session FROM {rollups.SESSIONS.table} WHERE {' OR '.join(clauses)}", params)
     straddling = json.dumps([row[0] for row in found])
     pieces, notes = _time_windows(db, since, until, rollups.HOURLY)
-    inside: Piece = (rollups.SESSIONS, since, until, ("NOT IN", straddling))
-    return [inside, *((source, start, end, ("IN", straddling)) for source, start, end in pieces)], notes
+    inside: Piece = (rollups.SESSIONS, since, until, ("session", "NOT IN", straddling))
+    return [inside, *((source, start, end, ("session", "IN", straddling)) for source, start, end in pieces)], notes
+
+
+def _half_hour_pieces(
+    db: sqlite3.Connection, since: datetime | None, until: datetime | None, tz: ZoneInfo
+) -> tuple[list[Piece], list[str]]:
+    """Days, weeks and months in a zone whose midnight falls mid-UTC-hour (Asia/Kolkata): the hourly
+    rollup for every hour but the one holding each local midnight, and raw rows, by the minute, for those."""
+    pieces, notes = _time_windows(db, since, until, rollups.HOURLY)
+    bounds = db.execute(f"SELECT min(period), max(period) FROM {rollups.HOURLY.table}").fetchone()
+    if bounds[0] is None:
+        return [(source, start, end, None) for source, start, end in pieces], notes
+    low = max(since, _parse_hour(bounds[0])) if since is not None else _parse_hour(bounds[0])
+    high = min(until, _parse_hour(bounds[1]) + timedelta(hours=1)) if until is not None else _parse_hour(bounds[1]) + timedelta(hours=1)
+    split: list[datetime] = []
+    day = low.astimezone(tz).date()
+    while True:
+        midnight = datetime.combine(day, time(), tz).astimezone(UTC)
+        if midnight >= high:
+            break
+        if midnight > low and midnight.minute:
+            split.append(_floor_hour(midnight))
+        day += timedelta(days=1)
+    hours = json.dumps([_hour_text(hour) for hour in split])
+    out: list[Piece] = [
+        (source, start, end, ("period", "NOT IN", hours) if source is not None else None) for source, start, end in pieces
+    ]
+    for hour in split:
+        start = hour if since is None else max(hour, since)
+        end = hour + timedelta(hours=1) if until is None else min(hour + timedelta(hours=1), until)
+        # Raw rows inside the range's own raw edges are already read by those pieces.
+        for source, edge_start, edge_end in pieces:
+            if source is None and edge_start is not None and edge_end is not None:
+                if edge_start < end and start < edge_end:
+                    start, end = (edge_end, end) if edge_start <= start else (start, edge_start)
+        if start < end:
+            out.append((None, start, end, None))
+    return out, notes
+
+
+def _parse_hour(text: str) -> datetime:
+    return datetime.fromisoformat(text + ":00").replace(tzinfo=UTC)
 
 
 def _time_windows(
@@ -406,7 +448,9 @@ def _best_rollup(db: sqlite3.Connection, levels: list[str], filters: Filters, of
         return None
     timed = [level for level in levels if level in TIME_GROUPINGS]
     if timed and any(offset % 3600 for offset in offsets):
-        return None  # local hours start mid-UTC-hour (Asia/Kolkata): read raw rows by the minute
+        # Local hours start mid-UTC-hour (Asia/Kolkata): local days from hours plus raw minutes
+        # (see _half_hour_pieces), local hours from raw rows by the minute.
+        return None if "hour" in levels else rollups.HOURLY
     daily_ok = (
         "session" not in levels
         and not filters.sessions
@@ -439,6 +483,8 @@ def report(
     minute = bool(timed) and any(offset % 3600 for offset in offsets)
     if session and not timed and rollup is not None:
         pieces, notes = _session_pieces(db, since, until)
+    elif minute and rollup is not None:
+        pieces, notes = _half_hour_pieces(db, since, until, tz)
     else:
         pieces, notes = _windows(db, since, until, rollup)
     labels = {level: _time_label(level, tz) for level in timed}
