@@ -531,3 +531,20 @@ async def test_short_sessions_inside_and_straddling_a_range(tmp_path: Path) -> N
             assert_equal(result, expected(recs, levels, keep=lambda r: since <= r.started_at < until))
         line = next(line for line in report(db, "session", since=since, until=until).lines if line.group == "t6")
         assert line.first_at == "2026-11-25T02:08:03.000000Z" and line.requests == 2  # only its rows in range
+
+
+async def test_limit_keeps_the_costliest_groups_and_the_whole_total(known: tuple[Path, list[UsageRecord]]) -> None:
+    path, recs = known
+    with reader(path) as db:
+        full = report(db, "model")
+        top = report(db, "model", limit=2)
+        days = report(db, "day", limit=2)
+    assert [line.group for line in top.lines] == [line.group for line in full.lines[:2]]
+    assert top.total.sums == full.total.sums
+    assert top.notes[-1] == f"2 of {len(full.lines)} model groups shown; the total covers all"
+    assert [line.group for line in days.lines] == [line.group for line in report_days(path)[-2:]]
+
+
+def report_days(path: Path) -> list[Line]:
+    with reader(path) as db:
+        return report(db, "day").lines

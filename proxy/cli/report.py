@@ -105,6 +105,7 @@ def add_commands(commands: Any) -> None:
     report.add_argument("--until", help="the same forms as --since; the range ends before it")
     for flag, what in (("project", "project"), ("model", "model"), ("session", "session"), ("key", "key alias or fingerprint")):
         report.add_argument(f"--{flag}", action="append", default=[], metavar="GLOB", help=f"only this {what} (a glob; repeatable)")
+    report.add_argument("--limit", type=int, metavar="N", help="only the N costliest groups (time groupings: the latest N); the total covers all")
     report.add_argument("--tz", default="UTC", help="time zone for hours, days, weeks, months and dates (default UTC)")
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.add_argument("--free-daily-limit", type=int, default=50, help="OpenRouter's :free limit per day (1000 once you bought credits)")
@@ -125,13 +126,15 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--breakdown: {args.breakdown} is already --by")
     if args.free_daily_limit < 0:
         raise CliError("--free-daily-limit: expected a whole number >= 0")
+    if args.limit is not None and args.limit < 1:
+        raise CliError("--limit: expected a whole number >= 1")
     filters = Filters(tuple(args.project), tuple(args.model), tuple(args.session), tuple(args.key))
     try:
         db = connect_readonly(args.db)
     except FileNotFoundError:
         raise CliError(f"--db: {args.db} does not exist (start the proxy first, or pass --db)") from None
     try:
-        result = report(db, args.by, breakdown=args.breakdown, since=since, until=until, filters=filters, tz=tz)
+        result = report(db, args.by, breakdown=args.breakdown, since=since, until=until, filters=filters, tz=tz, limit=args.limit)
         free = free_usage(db, now, args.free_daily_limit)
     except sqlite3.Error as exc:
         raise CliError(f"--db: {args.db}: {exc}") from None

@@ -469,8 +469,12 @@ def report(
     until: datetime | None = None,
     filters: Filters = Filters(),
     tz: ZoneInfo = ZoneInfo("UTC"),
+    limit: int | None = None,
 ) -> Report:
-    """Totals per `by` group (and per `breakdown` group within it) of the requests started in [since, until)."""
+    """Totals per `by` group (and per `breakdown` group within it) of the requests started in [since, until).
+
+    `limit` keeps the costliest `limit` groups (for time groupings the latest); the total still covers all.
+    """
     if by not in GROUPINGS:
         raise ValueError(f"unknown grouping {by!r}")
     if breakdown is not None and (breakdown not in GROUPINGS or breakdown == by):
@@ -525,7 +529,14 @@ def report(
         total.last_at = max((line.last_at for line in seen if line.last_at), default=None)
     if total.inexact:
         notes.append(f"{total.inexact} amounts are not fixed-point decimals of at most 24 places and are not in the totals")
-    return Report(by, breakdown, since, until, _ordered(list(lines.values()), by, breakdown), total, tuple(notes))
+    ordered = _ordered(list(lines.values()), by, breakdown)
+    if limit is not None:
+        groups = list(dict.fromkeys(line.group for line in ordered))
+        if len(groups) > limit:
+            kept = set(groups[-limit:] if by in TIME_GROUPINGS else groups[:limit]) if limit else set()
+            ordered = [line for line in ordered if line.group in kept]
+            notes.append(f"{limit} of {len(groups)} {by} groups shown; the total covers all")
+    return Report(by, breakdown, since, until, ordered, total, tuple(notes))
 
 
 def _ordered(lines: list[Line], by: str, breakdown: str | None) -> list[Line]:
