@@ -5,7 +5,7 @@
 
 The log is written through the real schema, migrations and rollup triggers (the rows go in with the
 writer's upsert, as the recorder does), with a realistic mix: weighted models and providers, a few
-projects, keys and clients, sessions of 5-400 requests over minutes to hours, 3% blocked, 5% errors,
+projects, keys and clients, sessions of 5-1,000 requests over minutes to hours, 3% blocked, 5% errors,
 a few % cost unknown. Timings are the median of 3 runs of `proxy.store.reports.report()` on a
 read-only connection, plus `openrouter-spend report` as a subprocess (start-up included) and its peak RSS.
 """
@@ -71,7 +71,8 @@ def build(path: Path, rows: int, days: int, now: datetime, seed: int = 1) -> Non
     db.execute("BEGIN")
     while written < rows:
         session_no += 1
-        size = min(rows - written, int(rng.paretovariate(1.2) * 5) if rng.random() < 0.95 else rng.randrange(100, 400))
+        # Most sessions are short, a few run to hundreds of requests (a heavy tail, capped at 1,000).
+        size = min(rows - written, 1_000, int(rng.paretovariate(1.2) * 5) if rng.random() < 0.95 else rng.randrange(100, 400))
         # Sessions start evenly over the span; a session lasts up to a few hours.
         at = start + timedelta(seconds=rng.random() * span)
         project = rng.choice(PROJECTS)

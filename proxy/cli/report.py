@@ -162,6 +162,15 @@ def _duration(seconds: float | None) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds % 60):02d}s"
 
 
+def _some(values: set[str], shown: int = 2) -> str:
+    """A few values for a table cell; the JSON and CSV forms list them all."""
+    names = sorted(values)
+    if not names:
+        return "-"
+    more = f" +{len(names) - shown}" if len(names) > shown else ""
+    return " ".join(names[:shown]) + more
+
+
 def _seen(text: str | None) -> str:
     return "-" if text is None else text[:16].replace("T", " ")
 
@@ -215,9 +224,9 @@ def _table(result: Report, free: FreeUsage | None) -> str:
                     _duration(line.as_dict(True)["duration_s"]),
                     f"{line.requests:,}",
                     f"{line.counts['blocked']:,}",
-                    " ".join(sorted(line.models)) or "-",
-                    " ".join(sorted(line.projects)) or "-",
-                    " ".join(sorted(line.clients)) or "-",
+                    _some(line.models),
+                    _some(line.projects),
+                    _some(line.clients),
                     cost,
                 ]
         else:
