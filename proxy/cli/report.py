@@ -10,98 +10,36 @@ import argparse
 import csv
 import io
 import json
-import re
 import sqlite3
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from proxy.errors import CliError
 from proxy.store.reports import (
+    WHEN_FORMS,
     GROUPINGS,
     TIME_GROUPINGS,
     FreeUsage,
     Line,
     Report,
     as_document,
+    calendar_period,
+    parse_range,
+    parse_since,
+    parse_when,
 )
 from proxy.tables import format_table, money
 
-__all__ = ["FreeUsage", "add_commands", "parse_range", "parse_since", "render", "run"]
-
-_SPANS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-CALENDAR_WORDS = ("today", "yesterday", "this-week", "last-week", "this-month", "last-month")
-_EXPECTED = "30m, 12h, 7d, 2w, 1mo, today, yesterday, this-week, last-week, this-month, last-month or a date like 2026-11-01"
-
-
-def _month_start(day: date, months_back: int = 0) -> date:
-    index = day.year * 12 + day.month - 1 - months_back
-    return date(index // 12, index % 12 + 1, 1)
-
-
-def calendar_period(word: str, now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
-    """The [start, end) of a calendar word, in `tz`'s days, weeks (from Monday) and months."""
-    today = now.astimezone(tz).date()
-    monday = today - timedelta(days=today.weekday())
-    first, last = {
-        "today": (today, today + timedelta(days=1)),
-        "yesterday": (today - timedelta(days=1), today),
-        "this-week": (monday, monday + timedelta(days=7)),
-        "last-week": (monday - timedelta(days=7), monday),
-        "this-month": (_month_start(today), _month_start(today, -1)),
-        "last-month": (_month_start(today, 1), _month_start(today)),
-    }[word]
-    return datetime.combine(first, time(), tz), datetime.combine(last, time(), tz)
-
-
-def parse_when(text: str, now: datetime, flag: str, tz: ZoneInfo = ZoneInfo("UTC")) -> datetime:
-    """`30m`, `12h`, `7d`, `2w`, `1mo` back from `now`, a calendar word's start, or an ISO date/time (in `tz` unless it says)."""
-    given, text = text, text.strip()
-    if text in CALENDAR_WORDS:
-        return calendar_period(text, now, tz)[0]
-    match = re.fullmatch(r"(\d+)(mo|[mhdw])", text)
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        if unit == "mo":
-            local = now.astimezone(tz)
-            start = _month_start(local.date(), amount)
-            day = min(local.day, (_month_start(start, -1) - timedelta(days=1)).day)
-            return local.replace(year=start.year, month=start.month, day=day)
-        return now - timedelta(**{_SPANS[unit]: amount})
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise CliError(f"{flag}: expected {_EXPECTED}, got {given!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=tz)
-
-
-def parse_since(text: str | None, now: datetime) -> datetime | None:
-    """The one `--since` for every command (`report`, `whatif`); no text means no lower bound."""
-    if not text:
-        return None
-    return parse_when(text, now, "--since")
-
-
-def parse_range(
-    since: str | None, until: str | None, now: datetime, tz: ZoneInfo
-) -> tuple[datetime | None, datetime | None]:
-    """`--since WORD` alone covers that calendar period (`--since yesterday` is yesterday only)."""
-    start = parse_when(since, now, "--since", tz) if since else None
-    end = parse_when(until, now, "--until", tz) if until else None
-    if since and not until and since.strip() in CALENDAR_WORDS:
-        end = calendar_period(since.strip(), now, tz)[1]
-    if start is not None and end is not None and end < start:
-        raise CliError(f"--until: {until!r} is before --since {since!r}")
-    return start, end
-
+__all__ = ["FreeUsage", "add_commands", "calendar_period", "parse_range", "parse_since", "parse_when", "render", "run"]
 
 def add_commands(commands: Any) -> None:
     report = commands.add_parser("report", help="spend and tokens from the request log")
     report.add_argument("--db", type=Path, default=Path("openrouter-spend.db"))
     report.add_argument("--by", choices=GROUPINGS, default="model")
     report.add_argument("--breakdown", choices=GROUPINGS, help="a second level within each group, e.g. --by day --breakdown model")
-    report.add_argument("--since", help=f"{_EXPECTED}; a calendar word alone means just that period")
+    report.add_argument("--since", help=f"{WHEN_FORMS}; a calendar word alone means just that period")
     report.add_argument("--until", help="the same forms as --since; the range ends before it")
     for flag, what in (("project", "project"), ("model", "model"), ("session", "session"), ("key", "key alias or fingerprint")):
         report.add_argument(f"--{flag}", action="append", default=[], metavar="GLOB", help=f"only this {what} (a glob; repeatable)")
@@ -177,10 +115,7 @@ def _seen(text: str | None) -> str:
 
 def render(result: Report, fmt: str, free: FreeUsage | None = None) -> str:
     if fmt == "json":
-        document = as_document(result)
-        if free is not None:
-            document["free"] = free.as_dict()
-        return json.dumps(document, indent=2)
+        return json.dumps(as_document(result, free), indent=2)
     session = result.by == "session"
     if fmt == "csv":
         buffer = io.StringIO()

@@ -2,22 +2,26 @@
 
 `report()` is the one query the CLI (`openrouter-spend report`) and the web page's `/-/report` call;
 it returns plain data and `as_document()` its JSON form, so both print the same keys and totals.
+`parse_range()` reads `since`/`until` (7d, 1mo, today, last-month, dates) for both as well.
 Whole UTC days are read from the daily rollup, whole hours from the hourly one, sessions from the
-per-session one (see proxy/store/rollups.py); only the partial hours at the edges of a range read raw rows. Both are summed in SQL over integer pico/yocto-dollars, so totals are
-exact Decimals and memory stays flat however many rows there are.
+per-session one (see proxy/store/rollups.py); only the partial hours at the edges of a range read
+raw rows. All are summed in SQL over integer pico/yocto-dollars, so totals are exact Decimals and
+memory stays flat however many rows there are.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from proxy.errors import CliError
 from proxy.store import rollups
 
 TIME_GROUPINGS = ("hour", "day", "week", "month")
@@ -138,6 +142,72 @@ def _duration_s(first: str | None, last: str | None) -> float | None:
     if first is None or last is None:
         return None
     return (_parse_time(last) - _parse_time(first)).total_seconds()
+
+
+_SPANS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+CALENDAR_WORDS = ("today", "yesterday", "this-week", "last-week", "this-month", "last-month")
+WHEN_FORMS = "30m, 12h, 7d, 2w, 1mo, today, yesterday, this-week, last-week, this-month, last-month or a date like 2026-11-01"
+
+
+def _month_start(day: date, months_back: int = 0) -> date:
+    index = day.year * 12 + day.month - 1 - months_back
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def calendar_period(word: str, now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """The [start, end) of a calendar word, in `tz`'s days, weeks (from Monday) and months."""
+    today = now.astimezone(tz).date()
+    monday = today - timedelta(days=today.weekday())
+    first, last = {
+        "today": (today, today + timedelta(days=1)),
+        "yesterday": (today - timedelta(days=1), today),
+        "this-week": (monday, monday + timedelta(days=7)),
+        "last-week": (monday - timedelta(days=7), monday),
+        "this-month": (_month_start(today), _month_start(today, -1)),
+        "last-month": (_month_start(today, 1), _month_start(today)),
+    }[word]
+    return datetime.combine(first, time(), tz), datetime.combine(last, time(), tz)
+
+
+def parse_when(text: str, now: datetime, flag: str, tz: ZoneInfo = ZoneInfo("UTC")) -> datetime:
+    """`30m`, `12h`, `7d`, `2w`, `1mo` back from `now`, a calendar word's start, or an ISO date/time (in `tz` unless it says)."""
+    given, text = text, text.strip()
+    if text in CALENDAR_WORDS:
+        return calendar_period(text, now, tz)[0]
+    match = re.fullmatch(r"(\d+)(mo|[mhdw])", text)
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        if unit == "mo":
+            local = now.astimezone(tz)
+            start = _month_start(local.date(), amount)
+            day = min(local.day, (_month_start(start, -1) - timedelta(days=1)).day)
+            return local.replace(year=start.year, month=start.month, day=day)
+        return now - timedelta(**{_SPANS[unit]: amount})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"{flag}: expected {WHEN_FORMS}, got {given!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=tz)
+
+
+def parse_since(text: str | None, now: datetime) -> datetime | None:
+    """The one `--since` for every command (`report`, `whatif`); no text means no lower bound."""
+    if not text:
+        return None
+    return parse_when(text, now, "--since")
+
+
+def parse_range(
+    since: str | None, until: str | None, now: datetime, tz: ZoneInfo
+) -> tuple[datetime | None, datetime | None]:
+    """`--since WORD` alone covers that calendar period (`--since yesterday` is yesterday only)."""
+    start = parse_when(since, now, "--since", tz) if since else None
+    end = parse_when(until, now, "--until", tz) if until else None
+    if since and not until and since.strip() in CALENDAR_WORDS:
+        end = calendar_period(since.strip(), now, tz)[1]
+    if start is not None and end is not None and end < start:
+        raise CliError(f"--until: {until!r} is before --since {since!r}")
+    return start, end
 
 
 def _parse_time(text: str) -> datetime:
@@ -555,10 +625,10 @@ def _ordered(lines: list[Line], by: str, breakdown: str | None) -> list[Line]:
     )
 
 
-def as_document(result: Report) -> dict[str, Any]:
+def as_document(result: Report, free: FreeUsage | None = None) -> dict[str, Any]:
     """The JSON form `report --format json` prints and `/-/report` returns."""
     session = result.by == "session"
-    return {
+    document = {
         "by": result.by,
         "breakdown": result.breakdown,
         "since": None if result.since is None else result.since.isoformat(),
@@ -567,6 +637,9 @@ def as_document(result: Report) -> dict[str, Any]:
         "total": result.total.as_dict(),
         "notes": list(result.notes),
     }
+    if free is not None:
+        document["free"] = free.as_dict()
+    return document
 
 
 @dataclass(frozen=True, slots=True)
