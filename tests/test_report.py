@@ -543,6 +543,11 @@ async def test_limit_keeps_the_costliest_groups_and_the_whole_total(known: tuple
     assert top.total.sums == full.total.sums
     assert top.notes[-1] == f"2 of {len(full.lines)} model groups shown; the total covers all"
     assert [line.group for line in days.lines] == [line.group for line in report_days(path)[-2:]]
+    with reader(path) as db:
+        sessions = report(db, "session", since=T0 + timedelta(hours=2, minutes=1))
+        top_sessions = report(db, "session", since=T0 + timedelta(hours=2, minutes=1), limit=2)
+    assert [line.as_dict(True) for line in top_sessions.lines] == [line.as_dict(True) for line in sessions.lines[:2]]
+    assert top_sessions.lines[0].models
 
 
 def report_days(path: Path) -> list[Line]:

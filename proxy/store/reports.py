@@ -316,15 +316,14 @@ class _Source:
         return clauses, params
 
     def where(
-        self, start: datetime | None, end: datetime | None, filters: Filters, sessions: tuple[str, str, str] | None = None
+        self, start: datetime | None, end: datetime | None, filters: Filters, *membership: tuple[str, str, str] | None
     ) -> tuple[str, list[str]]:
-        """`sessions` is (column, 'IN' or 'NOT IN', a JSON array of values): a session or a period."""
+        """Each `membership` is (column, 'IN' or 'NOT IN', a JSON array of values): of a session or a period."""
         range_clauses, range_params = self.time_range(start, end)
         filter_clauses, filter_params = self.filters(filters)
         clauses = range_clauses + filter_clauses
         params = [*range_params, *filter_params]
-        if sessions is not None:
-            column, op, values = sessions
+        for column, op, values in filter(None, membership):
             clauses.append(f"{'h.period' if column == 'period' else self.dim(column)} {op} (SELECT value FROM json_each(?))")
             params.append(values)
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
@@ -574,23 +573,12 @@ def report(
     summed = slice(width, width + len(SUMMED))
     for source_rollup, start, end, sessions in pieces:
         source = _Source(source_rollup, minute)
-        where = source.where(start, end, filters, sessions)
-        for row in _query(db, source, levels, session, where):
+        for row in _query(db, source, levels, session, source.where(start, end, filters, sessions)):
             key = names(row)
             line = lines.get(key)
             if line is None:
                 line = lines[key] = Line(*key)
             line.add(row[summed], row[summed.stop], row[summed.stop + 1])
-        if session:
-            for row in _distinct(db, source, levels, _SESSION_EXTRAS, where):
-                line = lines[names(row)]
-                model, project, client = row[width:]
-                if model:
-                    line.models.add(model)
-                if project:
-                    line.projects.add(project)
-                if client:
-                    line.clients.add(client)
     total = Line("total")
     if lines:
         total.sums = [sum(column) for column in zip(*(line.sums for line in lines.values()))]
@@ -606,6 +594,23 @@ def report(
             kept = set(groups[-limit:] if by in TIME_GROUPINGS else groups[:limit]) if limit else set()
             ordered = [line for line in ordered if line.group in kept]
             notes.append(f"{limit} of {len(groups)} {by} groups shown; the total covers all")
+    if session:
+        # Models, projects and clients only for the sessions shown (all of them without a limit).
+        groups_shown = {line.group for line in ordered} | ({""} if any(line.group == NONE for line in ordered) else set())
+        shown = None if limit is None else ("session", "IN", json.dumps(sorted(groups_shown)))
+        for source_rollup, start, end, sessions in pieces:
+            source = _Source(source_rollup, minute)
+            for row in _distinct(db, source, levels, _SESSION_EXTRAS, source.where(start, end, filters, sessions, shown)):
+                found = lines.get(names(row))
+                if found is None:
+                    continue
+                model, project, client = row[width:]
+                if model:
+                    found.models.add(model)
+                if project:
+                    found.projects.add(project)
+                if client:
+                    found.clients.add(client)
     return Report(by, breakdown, since, until, ordered, total, tuple(notes))
 
 
