@@ -18,8 +18,9 @@ from decimal import Context, Decimal
 
 # Attribution kept per hour. NULL is stored as '' so the primary key (and upserts) can match it.
 DIMENSIONS = ("model", "provider", "project", "session", "key_fingerprint", "key_alias", "client", "endpoint")
-# Summed money columns of `requests`. Adding one (e.g. a BYOK upstream cost) is one entry here plus
-# a migration calling `create(db)` again (it rebuilds the triggers and re-sums every hour).
+# Summed money columns of `requests`, reported as-is by name. Adding one (e.g. a BYOK upstream cost)
+# is one entry here, plus a migration that adds the column and calls `create(db)` again (it rebuilds
+# the tables and triggers and re-sums every hour; hours retention already pruned get 0 for it).
 MONEY = ("cost_usd",)
 TOKENS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
 
@@ -30,7 +31,7 @@ def _blocked(r: str) -> str:
     return f"({r}.outcome = 'blocked' OR {r}.status = 402)"
 
 
-def counters(r: str) -> dict[str, str]:
+def counters(r: str, money_columns: tuple[str, ...] = MONEY) -> dict[str, str]:
     """Per counted column of the rollup, its value for one `requests` row named `r` in SQL."""
     values = {
         "requests": "1",
@@ -41,7 +42,7 @@ def counters(r: str) -> dict[str, str]:
         **{name: f"COALESCE({r}.{name}, 0)" for name in TOKENS},
         "cost_unknown": f"({r}.cost_usd IS NULL)",
     }
-    for money in MONEY:
+    for money in money_columns:
         pico, yocto, inexact = _money_parts(f"{r}.{money}")
         values[f"{money}_pico"] = pico
         values[f"{money}_yocto"] = yocto
@@ -114,12 +115,12 @@ def hour_of(r: str) -> str:
     return HOURLY.period_of(r)
 
 
-def _columns() -> list[str]:
-    return list(counters("r"))
+def _columns(money: tuple[str, ...]) -> list[str]:
+    return list(counters("r", money))
 
 
-def _schema(rollup: Rollup) -> str:
-    counted = ",\n    ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in _columns())
+def _schema(rollup: Rollup, money: tuple[str, ...]) -> str:
+    counted = ",\n    ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in _columns(money))
     dims = ",\n    ".join(f"{name} TEXT NOT NULL DEFAULT ''" for name in rollup.dims)
     period = "period TEXT NOT NULL,\n    " if rollup.width else ""
     return f"""
@@ -133,12 +134,12 @@ CREATE TABLE {rollup.table} (
 """
 
 
-def _upsert(rollup: Rollup, r: str, sign: str) -> str:
+def _upsert(rollup: Rollup, r: str, sign: str, money: tuple[str, ...]) -> str:
     """Add (sign '+') or take away (sign '-') row `r` in its period's rollup row."""
-    names = [*rollup.keys, *_columns(), "first_at", "last_at"]
-    values = [*rollup.key_values(r), *(f"{sign}{v}" for v in counters(r).values())]
+    names = [*rollup.keys, *_columns(money), "first_at", "last_at"]
+    values = [*rollup.key_values(r), *(f"{sign}{v}" for v in counters(r, money).values())]
     values += [f"{r}.started_at", f"{r}.started_at"]
-    sets = [f"{c} = {c} + excluded.{c}" for c in _columns()]
+    sets = [f"{c} = {c} + excluded.{c}" for c in _columns(money)]
     sets += ["first_at = min(first_at, excluded.first_at)", "last_at = max(last_at, excluded.last_at)"]
     return (
         f"INSERT INTO {rollup.table} ({', '.join(names)}) VALUES ({', '.join(values)})"
@@ -146,13 +147,16 @@ def _upsert(rollup: Rollup, r: str, sign: str) -> str:
     )
 
 
-def _watched() -> list[str]:
-    columns = {"started_at", "outcome", "status", "is_free", "cost_usd", *DIMENSIONS, *TOKENS, *MONEY}
+def _watched(money: tuple[str, ...]) -> list[str]:
+    columns = {"started_at", "outcome", "status", "is_free", "cost_usd", *DIMENSIONS, *TOKENS, *money}
     return sorted(columns)
 
 
-def create(db: sqlite3.Connection) -> None:
+def create(db: sqlite3.Connection, money: tuple[str, ...] = MONEY) -> None:
     """(Re)build the rollups and their triggers from every row in `requests`; run inside a migration.
+
+    A migration passes the money columns `requests` has at that point (migration 6: cost_usd), so a
+    later one that adds a column and calls create() again still finds the database as it expects.
 
     Rows already deleted by retention are gone from `requests`, so a rebuild keeps the totals of
     periods older than the oldest raw row and re-sums the rest.
@@ -160,12 +164,12 @@ def create(db: sqlite3.Connection) -> None:
     kept_before = db.execute("SELECT min(started_at) FROM requests").fetchone()[0]
     for trigger in ("insert", "update"):
         db.execute(f"DROP TRIGGER IF EXISTS spend_rollups_{trigger}")
-    _rebuild_hourly(db, kept_before)
-    _rebuild_from_hourly(db, DAILY)
-    _rebuild_from_hourly(db, SESSIONS)
+    _rebuild_hourly(db, kept_before, money)
+    _rebuild_from_hourly(db, DAILY, money)
+    _rebuild_from_hourly(db, SESSIONS, money)
     db.execute(
         "CREATE TRIGGER spend_rollups_insert AFTER INSERT ON requests BEGIN "
-        + " ".join(_upsert(rollup, "NEW", "+") for rollup in ROLLUPS)
+        + " ".join(_upsert(rollup, "NEW", "+", money) for rollup in ROLLUPS)
         + " END"
     )
     # An update (a back-filled cost, an upsert of a row written twice) moves the row's old values
@@ -173,18 +177,18 @@ def create(db: sqlite3.Connection) -> None:
     body = []
     for rollup in ROLLUPS:
         key = " AND ".join(f"{k} = {v}" for k, v in zip(rollup.keys, rollup.key_values("OLD")))
-        body += [_upsert(rollup, "OLD", "-"), _upsert(rollup, "NEW", "+"), f"DELETE FROM {rollup.table} WHERE {key} AND requests = 0;"]
-    db.execute(f"CREATE TRIGGER spend_rollups_update AFTER UPDATE OF {', '.join(_watched())} ON requests BEGIN {' '.join(body)} END")
+        body += [_upsert(rollup, "OLD", "-", money), _upsert(rollup, "NEW", "+", money), f"DELETE FROM {rollup.table} WHERE {key} AND requests = 0;"]
+    db.execute(f"CREATE TRIGGER spend_rollups_update AFTER UPDATE OF {', '.join(_watched(money))} ON requests BEGIN {' '.join(body)} END")
 
 
-def _rebuild_hourly(db: sqlite3.Connection, kept_before: str | None) -> None:
+def _rebuild_hourly(db: sqlite3.Connection, kept_before: str | None, money: tuple[str, ...]) -> None:
     rollup = HOURLY
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (rollup.table,)).fetchone()
     if exists:
         db.execute(f"ALTER TABLE {rollup.table} RENAME TO {rollup.table}_old")
-    db.execute(_schema(rollup))
-    columns = _columns()
-    select = [rollup.period_of("r"), *(dimension("r", d) for d in rollup.dims), *(f"SUM({v})" for v in counters("r").values())]
+    db.execute(_schema(rollup, money))
+    columns = _columns(money)
+    select = [rollup.period_of("r"), *(dimension("r", d) for d in rollup.dims), *(f"SUM({v})" for v in counters("r", money).values())]
     select += ["min(r.started_at)", "max(r.started_at)"]
     db.execute(
         f"INSERT INTO {rollup.table} (period, {', '.join(rollup.dims)}, {', '.join(columns)}, first_at, last_at) "
@@ -200,11 +204,11 @@ def _rebuild_hourly(db: sqlite3.Connection, kept_before: str | None) -> None:
         db.execute(f"DROP TABLE {rollup.table}_old")
 
 
-def _rebuild_from_hourly(db: sqlite3.Connection, rollup: Rollup) -> None:
+def _rebuild_from_hourly(db: sqlite3.Connection, rollup: Rollup, money: tuple[str, ...]) -> None:
     # From the hourly rollup, not the raw rows: it still holds the hours retention pruned.
     db.execute(f"DROP TABLE IF EXISTS {rollup.table}")
-    db.execute(_schema(rollup))
-    columns = _columns()
+    db.execute(_schema(rollup, money))
+    columns = _columns(money)
     period = [f"substr(period, 1, {rollup.width})"] if rollup.width else []
     db.execute(
         f"INSERT INTO {rollup.table} ({', '.join(rollup.keys)}, {', '.join(columns)}, first_at, last_at) "

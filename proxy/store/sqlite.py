@@ -145,11 +145,11 @@ def _m006_hourly_rollup(db: sqlite3.Connection) -> None:
     # Reports read per-hour totals kept by triggers instead of every row (20 s -> well under a
     # second on a million rows). Money the old back-fill wrote as '1E-7' is rewritten fixed-point
     # first, so the rollup's exact integer sums can read it.
-    for money in rollups.MONEY:
+    for money in ("cost_usd",):
         odd = db.execute(f"SELECT id, {money} FROM requests WHERE {money} GLOB '*[eE]*'").fetchall()
         for row_id, value in odd:
             db.execute(f"UPDATE requests SET {money} = ? WHERE id = ?", (_money(Decimal(value)), row_id))
-    rollups.create(db)
+    rollups.create(db, ("cost_usd",))
 
 
 # Append only: a migration that has run on someone's database is never edited.
