@@ -142,7 +142,7 @@ async def test_report_json_totals_equal_the_rows(tmp_path: Path) -> None:
     await _write_rows(path)
     count, cost, input_tokens, output_tokens = _sum_rows(path)
     assert count == 30
-    for by in ("model", "session", "day", "key", "project"):
+    for by in ("model", "provider", "session", "day", "key", "project"):
         result = cli("report", "--db", str(path), "--by", by, "--format", "json", "--since", "2026-01-01")
         assert result.returncode == 0, result.stderr
         data = json.loads(result.stdout)
@@ -296,3 +296,31 @@ async def test_vacuum_shrinks_and_into_writes_a_copy_with_the_same_report(tmp_pa
     assert path.stat().st_size < size
     assert cli("report", "--db", str(path), "--by", "model", "--format", "json").stdout == before.stdout
     one_line_error(cli("vacuum", "--db", str(path), "--into", str(copy)), "--into", "already exists")
+
+
+@pytest.mark.parametrize("word", ["today", "yesterday", "this-week", "last-week", "this-month", "last-month"])
+async def test_report_calendar_words(tmp_path: Path, word: str) -> None:
+    from datetime import timedelta
+
+    from proxy.store.reports import calendar_period
+    from tests.test_report import write
+    from tests.test_storage import make_record
+
+    now = datetime.now(UTC)
+    # One row in the middle of each calendar period (up to now), with a cost naming the period.
+    words = ["today", "yesterday", "this-week", "last-week", "this-month", "last-month"]
+    recs = []
+    for n, name in enumerate(words):
+        start, end = calendar_period(name, now, ZoneInfo("UTC"))
+        recs.append(make_record(n, started_at=start + (min(end, now) - start) / 2, cost_usd=Decimal(10) ** -n))
+    await write(tmp_path / "u.db", recs)
+    start, end = calendar_period(word, now, ZoneInfo("UTC"))
+    if end - timedelta(seconds=5) < now < end:
+        pytest.skip("the period ends as the test runs")
+    result = cli("report", "--db", str(tmp_path / "u.db"), "--since", word, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    inside = [r for r in recs if start <= r.started_at < end]
+    assert word in [words[int(r.id[-6:])] for r in inside]
+    assert data["total"]["requests"] == len(inside)
+    assert Decimal(data["total"]["cost_usd"]) == sum((r.cost_usd for r in inside), Decimal(0))
