@@ -97,6 +97,9 @@ class Config:
     # /healthz) answer to while it listens on loopback without a metrics token: anything else is a
     # DNS-rebinding page that resolved its own name to 127.0.0.1.
     allowed_hosts: tuple[str, ...] = ()
+    # retention.raw_days: raw request rows older than this are deleted (their totals stay in the
+    # hourly rollup, so reports stay exact); None keeps every row.
+    retention_raw_days: int | None = None
     # Waits before each GET /generation for a stream cut before its usage (not a YAML key:
     # OpenRouter's lag sets them; tests shorten them).
     backfill_delays_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -153,6 +156,7 @@ def parse_config(raw: Any) -> Config:
         log_level=_choice(data.get("log_level", "info"), "log_level", ("debug", "info", "warning", "error")),
         reconcile=_reconcile(data.get("reconcile", {})),
         allowed_hosts=_hosts(data.get("allowed_hosts", [])),
+        retention_raw_days=_retention(data.get("retention", {})),
     )
     if config.managed_key_env and not any(k.key_env or k.key_sha256 for k in config.keys):
         raise ConfigError("managed_key_env: managed-key mode needs proxy keys under `keys:` (key_env or key_sha256)")
@@ -179,7 +183,15 @@ _TOP_KEYS = {
     "log_level",
     "reconcile",
     "allowed_hosts",
+    "retention",
 }
+
+
+def _retention(raw: Any) -> int | None:
+    section = _section(raw, "retention", {"raw_days"})
+    if section.get("raw_days") is None:
+        return None
+    return _integer(section["raw_days"], "retention.raw_days", minimum=1)
 
 
 def _with_budgets_and_alerts(config: Config, data: dict[str, Any]) -> Config:

@@ -226,3 +226,21 @@ def test_allowed_hosts() -> None:
     ):
         with pytest.raises(ConfigError, match=message):
             parse_config({"allowed_hosts": bad})
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"retention": {"raw_days": 0}}, "retention.raw_days: expected a whole number >= 1"),
+        ({"retention": {"raw_days": "90"}}, "retention.raw_days: expected a whole number"),
+        ({"retention": {"days": 90}}, "retention.days: unknown key"),
+        ({"retention": 90}, "retention: expected a mapping"),
+    ],
+)
+def test_bad_retention(raw: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw)
+
+
+def test_retention_is_off_by_default_and_read() -> None:
+    assert parse_config({}).retention_raw_days is None
+    assert parse_config({"retention": {"raw_days": None}}).retention_raw_days is None
+    assert parse_config({"retention": {"raw_days": 90}}).retention_raw_days == 90

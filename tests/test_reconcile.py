@@ -125,6 +125,8 @@ def _db(tmp_path: Path, *, upstream_column: bool) -> sqlite3.Connection:
     prepare(path)
     db = sqlite3.connect(path)
     if not upstream_column:  # a database an earlier version wrote, not yet migrated by `serve`
+        for trigger in ("insert", "update"):  # the later rollup migration's triggers name the column
+            db.execute(f"DROP TRIGGER spend_rollups_{trigger}")
         db.execute("ALTER TABLE requests DROP COLUMN upstream_cost_usd")
     return db
 

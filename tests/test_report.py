@@ -1,46 +1,39 @@
-"""report: the one --since parser (report and whatif), grouping, exact Decimal totals, unknown costs, and the three output formats."""
+"""report: --since/--until words, every grouping, breakdown and filter against known rows (exact
+Decimal totals equal to the rows), the hourly rollup following inserts, back-fills and upserts,
+migration of an old database, retention, and the three output formats."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
+import dataclasses
 import io
 import json
+import random
+import sqlite3
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from proxy.cli.report import calendar_period, parse_range, parse_since, render
 from proxy.errors import CliError
-from proxy.cli.report import TOKEN_FIELDS, group_of, parse_since, render, summarise
+from proxy.pricing.generation import _FILL
+from proxy.store import records, rollups
+from proxy.store.recorder import Recorder, Statement
+from proxy.store.records import UsageRecord
+from proxy.store.reports import GROUPINGS, SUMMED, TIME_GROUPINGS, Filters, Line, Report, as_document, report
+from proxy.store.sqlite import MIGRATIONS, REQUEST_COLUMNS, encode_record, open_db, prepare, prune_raw
 from proxy.tables import money
+from tests.test_storage import make_record
 
 NOW = datetime(2026, 11, 27, 10, 0, tzinfo=UTC)
-
-
-def row(**changes: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "started_at": "2026-11-26T23:30:00.000000Z",
-        "model": "openai/gpt-4o",
-        "provider": "OpenAI",
-        "project": "acme",
-        "session": "s1",
-        "client": "aider",
-        "endpoint": "chat/completions",
-        "key_alias": None,
-        "key_fingerprint": "0123456789abcdef",
-        "outcome": "ok",
-        "is_free": 0,
-        "input_tokens": 100,
-        "output_tokens": 10,
-        "cached_tokens": 50,
-        "cache_write_tokens": None,
-        "reasoning_tokens": 5,
-        "cost_usd": "0.1",
-    }
-    base.update(changes)
-    return base
+T0 = datetime(2026, 11, 24, 22, 17, 3, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(
@@ -51,28 +44,25 @@ def row(**changes: Any) -> dict[str, Any]:
         ("30m", NOW - timedelta(minutes=30)),
         ("12h", NOW - timedelta(hours=12)),
         ("7d", NOW - timedelta(days=7)),
-        ("30d", NOW - timedelta(days=30)),
         ("2w", NOW - timedelta(days=14)),
-        ("7w", NOW - timedelta(weeks=7)),
         (" 1d ", NOW - timedelta(days=1)),
         ("0d", NOW),
-        ("90m", NOW - timedelta(hours=1, minutes=30)),
+        ("1mo", datetime(2026, 10, 27, 10, 0, tzinfo=UTC)),
+        ("today", datetime(2026, 11, 27, tzinfo=UTC)),
+        ("yesterday", datetime(2026, 11, 26, tzinfo=UTC)),
+        ("this-week", datetime(2026, 11, 23, tzinfo=UTC)),
+        ("this-month", datetime(2026, 11, 1, tzinfo=UTC)),
+        ("last-month", datetime(2026, 10, 1, tzinfo=UTC)),
         ("2026-11-01", datetime(2026, 11, 1, tzinfo=UTC)),
-        ("2026-11-01T08:30:00", datetime(2026, 11, 1, 8, 30, tzinfo=UTC)),
         ("2026-11-01 08:30", datetime(2026, 11, 1, 8, 30, tzinfo=UTC)),
-        ("2026-11-01T08:30:00+02:00", datetime(2026, 11, 1, 8, 30, tzinfo=timezone(timedelta(hours=2)))),
         ("2026-11-01T05:00+02:00", datetime(2026, 11, 1, 3, tzinfo=UTC)),
-        ("2026-11-01T05:00Z", datetime(2026, 11, 1, 5, tzinfo=UTC)),
     ],
 )
 def test_parse_since(text: str | None, expected: datetime | None) -> None:
     assert parse_since(text, NOW) == expected
 
 
-@pytest.mark.parametrize(
-    "text",
-    ["yesterday", "7", "d7", "-7d", "-3d", "7 d", "30 days", "1.5d", "7y", "7s", "7D", "2026-13-01", " "],
-)
+@pytest.mark.parametrize("text", ["someday", "7", "-7d", "7 d", "30 days", "1.5d", "7y", "7D", "2026-13-01", " "])
 def test_parse_since_rejects_with_one_line(text: str) -> None:
     with pytest.raises(CliError) as caught:
         parse_since(text, NOW)
@@ -80,95 +70,392 @@ def test_parse_since_rejects_with_one_line(text: str) -> None:
     assert repr(text) in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_one_month_back_from_the_31st_is_the_last_day_of_the_shorter_month() -> None:
+    assert parse_since("1mo", datetime(2026, 3, 31, 12, tzinfo=UTC)) == datetime(2026, 2, 28, 12, tzinfo=UTC)
+
+
 @pytest.mark.parametrize(
-    ("by", "changes", "group"),
+    ("word", "start", "end"),
     [
-        ("model", {}, "openai/gpt-4o"),
-        ("model", {"model": None}, "(none)"),
-        ("provider", {}, "OpenAI"),
-        ("project", {"project": None}, "(none)"),
-        ("session", {}, "s1"),
-        ("client", {}, "aider"),
-        ("endpoint", {}, "chat/completions"),
-        ("key", {}, "0123456789abcdef"),
-        ("key", {"key_alias": "ci"}, "ci"),
-        ("key", {"key_fingerprint": None}, "(none)"),
-        ("day", {}, "2026-11-26"),
+        ("today", "2026-11-27", "2026-11-28"),
+        ("yesterday", "2026-11-26", "2026-11-27"),
+        ("this-week", "2026-11-23", "2026-11-30"),
+        ("last-week", "2026-11-16", "2026-11-23"),
+        ("this-month", "2026-11-01", "2026-12-01"),
+        ("last-month", "2026-10-01", "2026-11-01"),
     ],
 )
-def test_group_of(by: str, changes: dict[str, Any], group: str) -> None:
-    assert group_of(row(**changes), by, ZoneInfo("UTC")) == group
+def test_calendar_words_are_periods_in_the_time_zone(word: str, start: str, end: str) -> None:
+    tz = ZoneInfo("America/New_York")
+    first, last = calendar_period(word, NOW, tz)
+    assert (first, last) == (datetime.fromisoformat(start).replace(tzinfo=tz), datetime.fromisoformat(end).replace(tzinfo=tz))
+    # --since WORD alone is that period; --until gives its own bound.
+    assert parse_range(word, None, NOW, tz) == (first, last)
+    assert parse_range(word, "2027-01-01", NOW, tz)[1] == datetime(2027, 1, 1, tzinfo=tz)
 
 
-def test_day_follows_the_time_zone() -> None:
-    assert group_of(row(), "day", ZoneInfo("Europe/Berlin")) == "2026-11-27"
-    assert group_of(row(), "day", ZoneInfo("America/New_York")) == "2026-11-26"
+def test_until_before_since_is_refused() -> None:
+    with pytest.raises(CliError, match="--until"):
+        parse_range("today", "2026-01-01", NOW, ZoneInfo("UTC"))
 
 
-def test_summarise_totals_are_exact_sums() -> None:
-    rows = [row(cost_usd="0.1")] * 3 + [row(model="b", cost_usd="0.2", outcome="aborted", is_free=1,
-                                            input_tokens=None, cache_write_tokens=7)]
-    lines, total = summarise(rows, "model")
-    assert [line.group for line in lines] == ["openai/gpt-4o", "b"]  # most expensive first
-    assert lines[0].cost_usd == Decimal("0.3")  # not 0.30000000000000004
-    assert total.cost_usd == Decimal("0.5")
-    assert total.requests == 4 and total.errors == 1 and total.free_requests == 1
-    assert total.tokens["input_tokens"] == 300  # an unknown count adds nothing
-    assert total.tokens["cache_write_tokens"] == 7
-    for name in TOKEN_FIELDS:
-        assert total.tokens[name] == sum(line.tokens[name] for line in lines)
+# -- known rows --------------------------------------------------------------------------------
+
+MODELS = ["openai/gpt-4o", "anthropic/claude-sonnet-4.5", "google/gemini-2.5-flash", None]
+COSTS = ["0.1", "0.2", "0.000001", None, "1.5", "0.0000005", "0.000000000000000000000001", "0.00001234567891"]
 
 
-def test_unknown_cost_is_counted_not_zeroed() -> None:
-    lines, total = summarise([row(cost_usd=None), row(cost_usd="0.01")], "model")
-    assert total.cost_unknown == 1 and total.cost_usd == Decimal("0.01")
-    text = render(lines, total, "model", "table")
-    assert "$0.01*" in text and "no known cost" in text
+def known_records(count: int = 240, seed: int = 7) -> list[UsageRecord]:
+    rng = random.Random(seed)
+    out = []
+    for n in range(count):
+        started = T0 + timedelta(minutes=n * 23 + rng.randrange(20), seconds=rng.randrange(60))
+        blocked = n % 17 == 0
+        cost = rng.choice(COSTS)
+        out.append(
+            make_record(
+                n,
+                started_at=started,
+                finished_at=started + timedelta(seconds=2),
+                model=rng.choice(MODELS),
+                provider=rng.choice(["OpenAI", "Anthropic", None]),
+                project=rng.choice(["acme", "web", None]),
+                session=f"s{rng.randrange(6)}",
+                client=rng.choice(["claude-code", "aider", None]),
+                endpoint=rng.choice(["chat/completions", "messages"]),
+                key_alias=rng.choice(["ci", None]),
+                key_fingerprint=rng.choice(["0123456789abcdef", "fedcba9876543210", None]),
+                status=402 if blocked else rng.choice([200, 200, 200, 500]),
+                outcome=records.BLOCKED if blocked else rng.choice([records.OK, records.OK, records.ABORTED]),
+                is_free=n % 5 == 0,
+                input_tokens=None if n % 7 == 0 else rng.randrange(100_000),
+                output_tokens=rng.randrange(5_000),
+                cache_write_tokens=rng.choice([None, 64]),
+                cost_usd=None if blocked or cost is None else Decimal(cost),
+            )
+        )
+    return out
 
 
-def test_days_sort_by_date() -> None:
-    rows = [row(started_at="2026-11-27T01:00:00.000000Z", cost_usd="9"), row(started_at="2026-11-25T01:00:00.000000Z")]
-    lines, _ = summarise(rows, "day")
-    assert [line.group for line in lines] == ["2026-11-25", "2026-11-27"]
+async def write(path: Path, recs: Iterable[UsageRecord | Statement]) -> None:
+    db = await open_db(path)
+    try:
+        recorder = Recorder(db)
+        for rec in recs:
+            recorder.record(rec)
+        await recorder.drain()
+    finally:
+        await db.close()
 
 
-def test_json_format() -> None:
-    lines, total = summarise([row(), row(model="x", cost_usd="0.000001")], "model")
-    data = json.loads(render(lines, total, "model", "json"))
-    assert data["by"] == "model"
-    assert [r["group"] for r in data["rows"]] == ["openai/gpt-4o", "x"]
-    assert data["total"]["cost_usd"] == "0.100001"
-    assert data["total"]["requests"] == 2 == sum(r["requests"] for r in data["rows"])
+def reader(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    db.row_factory = sqlite3.Row
+    return db
 
 
-def test_csv_format() -> None:
-    lines, total = summarise([row(), row(session="s2")], "session")
-    parsed = list(csv.DictReader(io.StringIO(render(lines, total, "session", "csv"))))
-    assert [r["group"] for r in parsed] == ["s1", "s2"]
-    assert parsed[0]["cost_usd"] == "0.1" and parsed[0]["input_tokens"] == "100"
+def key_of(rec: UsageRecord) -> str:
+    return rec.key_alias or rec.key_fingerprint or "(none)"
 
 
-def test_csv_quotes_hostile_group_names() -> None:
-    lines, total = summarise([row(session='a,"b"\nc')], "session")
-    parsed = list(csv.DictReader(io.StringIO(render(lines, total, "session", "csv"))))
+def label(rec: UsageRecord, by: str, tz: ZoneInfo) -> str:
+    local = rec.started_at.astimezone(tz)
+    if by == "hour":
+        return local.strftime("%Y-%m-%d %H:00")
+    if by == "day":
+        return local.date().isoformat()
+    if by == "week":
+        return (local.date() - timedelta(days=local.weekday())).isoformat()
+    if by == "month":
+        return local.strftime("%Y-%m")
+    if by == "key":
+        return key_of(rec)
+    return getattr(rec, by) or "(none)"
+
+
+def expected(
+    recs: list[UsageRecord], levels: list[str], tz: ZoneInfo = ZoneInfo("UTC"), keep: Callable[[UsageRecord], bool] = lambda r: True
+) -> dict[tuple[str, ...], dict[str, Any]]:
+    """The reference: plain Python over the records, one by one."""
+    out: dict[tuple[str, ...], dict[str, Any]] = {}
+    for rec in recs:
+        if not keep(rec):
+            continue
+        key = tuple(label(rec, level, tz) for level in levels)
+        acc = out.setdefault(key, {"requests": 0, "errors": 0, "blocked": 0, "free": 0, "input": 0, "cost": Decimal(0), "unknown": 0})
+        acc["requests"] += 1
+        blocked = rec.outcome == records.BLOCKED or rec.status == 402
+        acc["blocked"] += blocked
+        acc["errors"] += rec.outcome != records.OK and not blocked
+        acc["free"] += rec.is_free
+        acc["input"] += rec.input_tokens or 0
+        if rec.cost_usd is None:
+            acc["unknown"] += 1
+        else:
+            acc["cost"] += rec.cost_usd
+    return out
+
+
+def got(result: Report) -> dict[tuple[str, ...], dict[str, Any]]:
+    out = {}
+    for line in result.lines:
+        key = (line.group,) + ((line.breakdown,) if result.breakdown else ())
+        out[key] = {
+            "requests": line.requests,
+            "errors": line.counts["errors"],
+            "blocked": line.counts["blocked"],
+            "free": line.counts["free_requests"],
+            "input": line.tokens["input_tokens"],
+            "cost": line.cost_usd,
+            "unknown": line.cost_unknown,
+        }
+    return out
+
+
+def assert_equal(result: Report, want: dict[tuple[str, ...], dict[str, Any]]) -> None:
+    assert got(result) == want
+    assert result.total.requests == sum(v["requests"] for v in want.values())
+    assert result.total.cost_usd == sum((v["cost"] for v in want.values()), Decimal(0))
+
+
+@pytest.fixture
+async def known(tmp_path: Path) -> tuple[Path, list[UsageRecord]]:
+    recs = known_records()
+    path = tmp_path / "usage.db"
+    await write(path, recs)
+    return path, recs
+
+
+@pytest.mark.parametrize("by", GROUPINGS)
+async def test_every_grouping_equals_the_rows(known: tuple[Path, list[UsageRecord]], by: str) -> None:
+    path, recs = known
+    with reader(path) as db:
+        result = report(db, by)
+    assert_equal(result, expected(recs, [by]))
+    # Exact to the last digit: 0.1 + 0.2 is 0.3, and a yocto-dollar is not lost.
+    assert result.total.cost_usd == sum((r.cost_usd for r in recs if r.cost_usd is not None), Decimal(0))
+    assert "E" not in as_document(result)["total"]["cost_usd"]
+
+
+@pytest.mark.parametrize(("by", "breakdown"), [("day", "model"), ("model", "day"), ("project", "key"), ("hour", "client"), ("session", "endpoint")])
+async def test_breakdowns_equal_the_rows(known: tuple[Path, list[UsageRecord]], by: str, breakdown: str) -> None:
+    path, recs = known
+    with reader(path) as db:
+        result = report(db, by, breakdown=breakdown)
+    assert_equal(result, expected(recs, [by, breakdown]))
+
+
+@pytest.mark.parametrize(
+    ("filters", "keep"),
+    [
+        (Filters(models=("openai/*",)), lambda r: (r.model or "").startswith("openai/")),
+        (Filters(models=("openai/*", "google/*")), lambda r: (r.model or "").startswith(("openai/", "google/"))),
+        (Filters(projects=("acme",)), lambda r: r.project == "acme"),
+        (Filters(sessions=("s1", "s2")), lambda r: r.session in ("s1", "s2")),
+        (Filters(keys=("ci",)), lambda r: r.key_alias == "ci"),
+        (Filters(keys=("fedcba98*",)), lambda r: (r.key_fingerprint or "").startswith("fedcba98")),
+        (Filters(projects=("web",), models=("anthropic/*",)), lambda r: r.project == "web" and (r.model or "").startswith("anthropic/")),
+    ],
+)
+async def test_filters(known: tuple[Path, list[UsageRecord]], filters: Filters, keep: Callable[[UsageRecord], bool]) -> None:
+    path, recs = known
+    since = T0 + timedelta(hours=20, minutes=3)
+
+    def keep_since(r: UsageRecord) -> bool:
+        return keep(r) and r.started_at >= since
+
+    with reader(path) as db:
+        for by in ("model", "day", "session"):
+            assert_equal(report(db, by, filters=filters), expected(recs, [by], keep=keep))
+            assert_equal(report(db, by, filters=filters, since=since), expected(recs, [by], keep=keep_since))
+
+
+@pytest.mark.parametrize(
+    ("since", "until"),
+    [
+        (T0 + timedelta(hours=5, minutes=13, seconds=7), None),
+        (None, T0 + timedelta(hours=30, minutes=1)),
+        (T0 + timedelta(hours=5, minutes=13), T0 + timedelta(hours=40, minutes=59, microseconds=1)),
+        (T0 + timedelta(hours=7, minutes=10), T0 + timedelta(hours=7, minutes=40)),  # inside one hour
+        (datetime(2026, 11, 25, tzinfo=UTC), datetime(2026, 11, 26, tzinfo=UTC)),  # whole hours only
+    ],
+)
+async def test_ranges_read_edge_hours_from_raw_rows(
+    known: tuple[Path, list[UsageRecord]], since: datetime | None, until: datetime | None
+) -> None:
+    path, recs = known
+
+    def keep(r: UsageRecord) -> bool:
+        return (since is None or r.started_at >= since) and (until is None or r.started_at < until)
+
+    with reader(path) as db:
+        for by in ("model", "hour", "session"):
+            assert_equal(report(db, by, since=since, until=until), expected(recs, [by], keep=keep))
+
+
+@pytest.mark.parametrize("zone", ["America/New_York", "Asia/Kolkata", "Europe/Berlin"])
+async def test_time_groupings_follow_the_time_zone(known: tuple[Path, list[UsageRecord]], zone: str) -> None:
+    path, recs = known
+    tz = ZoneInfo(zone)
+    for since, until in (
+        (None, None),
+        (T0 + timedelta(hours=3, minutes=31), None),
+        (T0 + timedelta(hours=1, minutes=53), T0 + timedelta(hours=50, minutes=12)),
+        (T0 + timedelta(hours=2, minutes=13), T0 + timedelta(hours=50, minutes=42)),
+    ):
+        def keep(r: UsageRecord) -> bool:
+            return (since is None or r.started_at >= since) and (until is None or r.started_at < until)
+
+        with reader(path) as db:
+            for by in TIME_GROUPINGS:
+                assert_equal(report(db, by, tz=tz, since=since, until=until), expected(recs, [by], tz, keep=keep))
+            assert_equal(report(db, "model", breakdown="day", tz=tz, since=since), expected(recs, ["model", "day"], tz, keep=lambda r: since is None or r.started_at >= since))
+
+
+async def test_blocked_is_its_own_column_not_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    await write(path, [make_record(0), make_record(1, status=402, outcome=records.BLOCKED, cost_usd=None), make_record(2, outcome=records.ABORTED)])
+    with reader(path) as db:
+        total = report(db, "model").total
+    assert (total.requests, total.counts["blocked"], total.counts["errors"]) == (3, 1, 1)
+
+
+async def test_by_session_shows_first_and_last_seen_models_project_and_client(tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    base = datetime(2026, 11, 20, 9, 58, tzinfo=UTC)
+    recs = [
+        make_record(0, session="fix-bug", started_at=base, model="a/x", project="acme", client="claude-code"),
+        make_record(1, session="fix-bug", started_at=base + timedelta(minutes=75), model="b/y", project="acme", client="claude-code"),
+        make_record(2, session="other", started_at=base, model="a/x"),
+    ]
+    await write(path, recs)
+    with reader(path) as db:
+        result = report(db, "session")
+    row = next(r for r in as_document(result)["rows"] if r["group"] == "fix-bug")
+    assert row["first_seen"] == "2026-11-20T09:58:00.000000Z" and row["last_seen"] == "2026-11-20T11:13:00.000000Z"
+    assert row["duration_s"] == 75 * 60 and row["requests"] == 2
+    assert row["models"] == ["a/x", "b/y"] and row["projects"] == ["acme"] and row["clients"] == ["claude-code"]
+    table = render(result, "table")
+    assert "fix-bug" in table and "1h15m" in table and "a/x b/y" in table
+
+
+# -- the rollup follows every write -------------------------------------------------------------
+
+
+def rollup_equals_raw(path: Path) -> None:
+    """Every period and attribution of each rollup equals the sums of its raw rows."""
+    with reader(path) as db:
+        counters = rollups.counters("r")
+        for rollup in rollups.ROLLUPS:
+            keys = rollup.key_values("r")
+            raw = db.execute(
+                f"SELECT {', '.join(keys)}, {', '.join(f'SUM({v})' for v in counters.values())} "
+                f"FROM requests AS r GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}"
+            ).fetchall()
+            kept = db.execute(
+                f"SELECT {', '.join(rollup.keys)}, {', '.join(counters)} FROM {rollup.table} WHERE requests != 0"
+            ).fetchall()
+            assert sorted(map(tuple, raw)) == sorted(map(tuple, kept)), rollup.table
+
+
+async def test_rollup_follows_backfill_updates_and_rewritten_rows(tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    recs = known_records(120)
+    await write(path, recs)
+    # A /generation back-fill (the statement generation.py runs) and a row written a second time.
+    cut = make_record(500, started_at=T0, cost_usd=None, provider=None, input_tokens=None)
+    # Parameters: reported, cost, source, upstream, is_byok, then input, output, cached, reasoning and
+    # web search counts, provider, id.
+    fill = Statement(_FILL, ("0.00731", "0.00731", records.COST_GENERATION, None, None, 900, 12, None, None, None, "Anthropic", cut.id))
+    again = dataclasses.replace(recs[3], model="z/rewritten", cost_usd=Decimal("2.5"))
+    await write(path, [cut, fill, again])
+    rollup_equals_raw(path)
+    final = [again if r.id == again.id else r for r in recs] + [
+        dataclasses.replace(cut, cost_usd=Decimal("0.00731"), provider="Anthropic", input_tokens=900)
+    ]
+    with reader(path) as db:
+        assert db.execute("SELECT count(*) FROM requests").fetchone()[0] == 121
+        for by in ("model", "provider", "hour"):
+            assert_equal(report(db, by), expected(final, [by]))
+
+
+async def test_a_database_from_an_earlier_version_keeps_every_row_and_its_totals(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    recs = known_records(150)
+    # Migrations 1-5 only, rows written as version 5 wrote them, one cost in the old back-fill's '1E-7' form.
+    old = sqlite3.connect(path, isolation_level=None)
+    for number, migration in enumerate(MIGRATIONS[:5], start=1):
+        migration(old)
+        old.execute(f"PRAGMA user_version = {number}")
+    v5 = [i for i, name in enumerate(REQUEST_COLUMNS) if name != "upstream_cost_usd"]  # added by migration 6
+    placeholders = ", ".join("?" for _ in v5)
+    old.executemany(
+        f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS[i] for i in v5)}) VALUES ({placeholders})",
+        ([encode_record(r)[i] for i in v5] for r in recs),
+    )
+    old.execute("UPDATE requests SET cost_usd = '1E-7' WHERE id = ?", (recs[1].id,))
+    old.close()
+    recs[1] = dataclasses.replace(recs[1], cost_usd=Decimal("1E-7"))
+    with reader(path) as db:
+        before = report(db, "model")  # not migrated yet: summed from raw rows, '1E-7' left out and said so
+    unread = [dataclasses.replace(r, cost_usd=Decimal(0)) if r.id == recs[1].id else r for r in recs]
+    assert_equal(before, expected(unread, ["model"]))
+    assert before.notes == ("1 amounts are not fixed-point decimals of at most 24 places and are not in the totals",)
+    prepare(path)
+    rollup_equals_raw(path)
+    with reader(path) as db:
+        assert db.execute("SELECT count(*) FROM requests").fetchone()[0] == 150
+        for by in ("model", "day", "session"):
+            assert_equal(report(db, by), expected(recs, [by]))
+
+
+# -- formats ------------------------------------------------------------------------------------
+
+
+def test_table_format_lines_up_and_time_groupings_get_a_bar() -> None:
+    line = Line("2026-11-26")
+    line.sums[SUMMED.index("requests")] = 2
+    line.sums[SUMMED.index("input_tokens")] = 1234567
+    line.sums[SUMMED.index("cost_usd_pico")] = 100_000_000_000
+    small = Line("2026-11-27")
+    small.sums[SUMMED.index("requests")] = 1
+    small.sums[SUMMED.index("cost_usd_pico")] = 25_000_000_000
+    total = Line("total")
+    total.merge(line)
+    total.merge(small)
+    text = render(Report("day", None, None, None, [line, small], total), "table").splitlines()
+    assert text[0].split() == ["day", "requests", "errors", "blocked", "input", "output", "cached", "reasoning", "cost_usd"]
+    assert text[2].split()[:2] == ["2026-11-26", "2"] and "1,234,567" in text[2] and "$0.10" in text[2]
+    assert text[2].endswith("█" * 16) and text[3].endswith("████")
+    assert text[-1].split()[0] == "total" and "$0.125" in text[-1]
+
+
+async def test_json_and_csv(known: tuple[Path, list[UsageRecord]]) -> None:
+    path, recs = known
+    with reader(path) as db:
+        result = report(db, "day", breakdown="model")
+    data = json.loads(render(result, "json"))
+    assert data["by"] == "day" and data["breakdown"] == "model"
+    assert Decimal(data["total"]["cost_usd"]) == sum((Decimal(r["cost_usd"]) for r in data["rows"]), Decimal(0))
+    parsed = list(csv.DictReader(io.StringIO(render(result, "csv"))))
+    assert [(r["group"], r["breakdown"]) for r in parsed] == [(r["group"], r["breakdown"]) for r in data["rows"]]
+
+
+async def test_csv_quotes_hostile_group_names(tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    await write(path, [make_record(0, session='a,"b"\nc')])
+    with reader(path) as db:
+        parsed = list(csv.DictReader(io.StringIO(render(report(db, "session"), "csv"))))
     assert parsed[0]["group"] == 'a,"b"\nc'
 
 
-def test_table_format() -> None:
-    lines, total = summarise([row(input_tokens=1234567)], "model")
-    text = render(lines, total, "model", "table").splitlines()
-    assert text[0].split() == ["model", "requests", "errors", "input", "output", "cached", "reasoning", "cost_usd"]
-    assert set(text[1]) <= {"-", " "}
-    assert text[2].split() == ["openai/gpt-4o", "1", "0", "1,234,567", "10", "50", "5", "$0.10"]
-    assert text[-1].split()[0] == "total"
-    assert len({len(line) for line in text}) == 1  # columns line up
-
-
-def test_empty_report() -> None:
-    lines, total = summarise([], "model")
-    assert lines == [] and total.requests == 0
-    assert json.loads(render(lines, total, "model", "json"))["total"]["cost_usd"] == "0"
-    assert "total" in render(lines, total, "model", "table")
+def test_empty_report(tmp_path: Path) -> None:
+    prepare(tmp_path / "e.db")
+    with reader(tmp_path / "e.db") as db:
+        result = report(db, "model")
+    assert result.lines == [] and result.total.requests == 0
+    assert json.loads(render(result, "json"))["total"]["cost_usd"] == "0"
+    assert "total" in render(result, "table")
 
 
 @pytest.mark.parametrize(("amount", "text"), [("0", "$0.00"), ("0.01", "$0.01"), ("0.1", "$0.10"), ("1234.5", "$1,234.50")])
@@ -176,9 +463,99 @@ def test_money_to_the_cent(amount: str, text: str) -> None:
     assert money(Decimal(amount)) == text
 
 
-@pytest.mark.parametrize("amount", ["0.004", "0.005", "0.0062", "0.000123"])
-def test_money_below_a_cent_keeps_its_digits(amount: str) -> None:
-    # A single cheap call must not read as $0.00.
-    text = money(Decimal(amount))
-    assert text.startswith("$0.00")
-    assert Decimal(text[1:]) == Decimal(amount)
+# -- retention ----------------------------------------------------------------------------------
+
+
+async def test_retention_deletes_raw_rows_yet_every_report_stays_equal(known: tuple[Path, list[UsageRecord]]) -> None:
+    path, recs = known
+    with reader(path) as db:
+        before = {by: as_document(report(db, by)) for by in GROUPINGS}
+    cutoff = T0 + timedelta(days=2, minutes=30)
+    db = await open_db(path)
+    try:
+        deleted = await prune_raw(db, cutoff)
+    finally:
+        await db.close()
+    pruned = [r for r in recs if r.started_at < cutoff.replace(minute=0)]
+    assert deleted == len(pruned) > 100
+    with reader(path) as db:
+        assert db.execute("SELECT count(*) FROM requests").fetchone()[0] == len(recs) - deleted
+        for by in GROUPINGS:
+            assert as_document(report(db, by)) == before[by]
+        # Whole hours and ranges starting after the cut are exact as before.
+        since = datetime(2026, 11, 25, 3, tzinfo=UTC)
+        assert_equal(report(db, "model", since=since), expected(recs, ["model"], keep=lambda r: r.started_at >= since))
+        late = cutoff + timedelta(hours=2, minutes=7)
+        assert_equal(report(db, "day", since=late), expected(recs, ["day"], keep=lambda r: r.started_at >= late))
+        # A range starting inside a pruned hour reads that whole hour, and says so.
+        inside = datetime(2026, 11, 25, 3, 20, tzinfo=UTC)
+        result = report(db, "model", since=inside)
+        assert_equal(result, expected(recs, ["model"], keep=lambda r: r.started_at >= since))
+        assert result.notes and "pruned" in result.notes[0]
+
+
+async def test_the_writer_prunes_by_raw_days(tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    recs = known_records(60)
+    await write(path, recs)
+    db = await open_db(path)
+    try:
+        recorder = Recorder(db, raw_days=1, clock=lambda: T0 + timedelta(days=1, hours=3))
+        task = asyncio.create_task(recorder.run())
+        recorder.record(make_record(1000, started_at=T0 + timedelta(days=1, hours=3)))
+        for _ in range(200):
+            if recorder.written:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await recorder.drain()
+    finally:
+        await db.close()
+    kept = [r for r in recs if r.started_at >= T0.replace(minute=0) + timedelta(hours=3)]
+    assert recorder.pruned == len(recs) - len(kept) > 0
+    with reader(path) as db:
+        assert db.execute("SELECT count(*) FROM requests").fetchone()[0] == len(kept) + 1
+        assert_equal(report(db, "model"), expected([*recs, make_record(1000, started_at=T0 + timedelta(days=1, hours=3))], ["model"]))
+
+
+async def test_short_sessions_inside_and_straddling_a_range(tmp_path: Path) -> None:
+    # Sessions of 5 requests 7 minutes apart: most lie wholly inside the range (read from the
+    # per-session rollup), a few straddle its ends (read from the hourly rollup and raw rows).
+    path = tmp_path / "u.db"
+    recs = [
+        make_record(n, session=f"t{n // 5}", started_at=T0 + timedelta(minutes=7 * n), model=MODELS[n % 3], cost_usd=Decimal(COSTS[n % 3]))
+        for n in range(300)
+    ]
+    await write(path, recs)
+    since, until = T0 + timedelta(hours=3, minutes=50), T0 + timedelta(hours=27, minutes=10)
+    with reader(path) as db:
+        for breakdown in (None, "model"):
+            levels = ["session"] + ([breakdown] if breakdown else [])
+            result = report(db, "session", breakdown=breakdown, since=since, until=until)
+            assert_equal(result, expected(recs, levels, keep=lambda r: since <= r.started_at < until))
+        line = next(line for line in report(db, "session", since=since, until=until).lines if line.group == "t6")
+        assert line.first_at == "2026-11-25T02:08:03.000000Z" and line.requests == 2  # only its rows in range
+
+
+async def test_limit_keeps_the_costliest_groups_and_the_whole_total(known: tuple[Path, list[UsageRecord]]) -> None:
+    path, recs = known
+    with reader(path) as db:
+        full = report(db, "model")
+        top = report(db, "model", limit=2)
+        days = report(db, "day", limit=2)
+    assert [line.group for line in top.lines] == [line.group for line in full.lines[:2]]
+    assert top.total.sums == full.total.sums
+    assert top.notes[-1] == f"2 of {len(full.lines)} model groups shown; the total covers all"
+    assert [line.group for line in days.lines] == [line.group for line in report_days(path)[-2:]]
+    with reader(path) as db:
+        sessions = report(db, "session", since=T0 + timedelta(hours=2, minutes=1))
+        top_sessions = report(db, "session", since=T0 + timedelta(hours=2, minutes=1), limit=2)
+    assert [line.as_dict(True) for line in top_sessions.lines] == [line.as_dict(True) for line in sessions.lines[:2]]
+    assert top_sessions.lines[0].models
+
+
+def report_days(path: Path) -> list[Line]:
+    with reader(path) as db:
+        return report(db, "day").lines

@@ -12,10 +12,8 @@ import logging
 import sqlite3
 import sys
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from proxy import __version__
 from proxy.config import Config
@@ -47,23 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.set_defaults(func=_check_config)
 
-    report = commands.add_parser("report", help="spend and tokens from the request log")
-    report.add_argument("--db", type=Path, default=Path("openrouter-spend.db"))
-    report.add_argument("--by", choices=("day", "model", "provider", "project", "session", "key", "client", "endpoint"), default="model")
-    report.add_argument("--since", help="30m, 12h, 7d, 2w, or a date such as 2026-11-01")
-    report.add_argument("--tz", default="UTC", help="time zone for --by day (default UTC)")
-    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
-    report.add_argument("--free-daily-limit", type=int, default=50, help="OpenRouter's :free limit per day (1000 once you bought credits)")
-    report.set_defaults(func=_report)
-
     from proxy.cli import budgets as budgets_cli
 
     from proxy.cli import calculator as calculator_cli
+    from proxy.cli import report as report_cli
+    from proxy.cli import vacuum as vacuum_cli
 
     calculator_cli.add_commands(commands)  # type: ignore[arg-type]
     budgets_cli.add_commands(commands)
     from proxy.cli import reconcile as reconcile_cli
     reconcile_cli.add_commands(commands)
+    report_cli.add_commands(commands)
+    vacuum_cli.add_commands(commands)
     return parser
 
 
@@ -173,32 +166,4 @@ def _check_config(args: argparse.Namespace) -> int:
     config = load_config(args.file)
     _check_catalog_file(config)
     print(f"{args.file}: ok ({len(config.budgets)} budgets, {len(config.alerts)} alert channels)")
-    return 0
-
-
-def _report(args: argparse.Namespace) -> int:
-    from proxy.cli.report import free_usage, parse_since, render, summarise
-    from proxy.store.sqlite import connect_readonly, read_requests
-
-    try:
-        tz = ZoneInfo(args.tz)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise CliError(f"--tz: unknown time zone {args.tz!r}") from None
-    since = parse_since(args.since, datetime.now(UTC))
-    if args.free_daily_limit < 0:
-        raise CliError("--free-daily-limit: expected a whole number >= 0")
-    try:
-        db = connect_readonly(args.db)
-    except FileNotFoundError:
-        raise CliError(f"--db: {args.db} does not exist (start the proxy first, or pass --db)") from None
-    now = datetime.now(UTC)
-    try:
-        lines, total = summarise(read_requests(db, since), args.by, tz)
-        midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-        free = free_usage(read_requests(db, midnight), args.free_daily_limit)
-    except sqlite3.Error as exc:
-        raise CliError(f"--db: {args.db}: {exc}") from None
-    finally:
-        db.close()
-    print(render(lines, total, args.by, args.format, free))
     return 0

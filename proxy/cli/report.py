@@ -1,176 +1,188 @@
-"""What the request log says: spend and tokens grouped by day, model, provider, project, session or key.
+"""`openrouter-spend report`: spend and tokens sliced by time or attribution, as a table, JSON or CSV.
 
-Pure over rows (`summarise`), plus the formatting the CLI prints. Sums are exact Decimals.
+The query lives in proxy/store/reports.py (shared with the web page); this module parses the
+flags (`--since/--until` with durations, dates and calendar words) and formats the result.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
-import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from proxy.errors import CliError
+from proxy.store.reports import (
+    WHEN_FORMS,
+    GROUPINGS,
+    TIME_GROUPINGS,
+    FreeUsage,
+    Line,
+    Report,
+    as_document,
+    calendar_period,
+    parse_range,
+    parse_since,
+    parse_when,
+)
 from proxy.tables import format_table, money
 
-GROUPS = ("day", "model", "provider", "project", "session", "key", "client", "endpoint")
-TOKEN_FIELDS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
+__all__ = ["FreeUsage", "add_commands", "calendar_period", "parse_range", "parse_since", "parse_when", "render", "run"]
+
+def add_commands(commands: Any) -> None:
+    report = commands.add_parser("report", help="spend and tokens from the request log")
+    report.add_argument("--db", type=Path, default=Path("openrouter-spend.db"))
+    report.add_argument("--by", choices=GROUPINGS, default="model")
+    report.add_argument("--breakdown", choices=GROUPINGS, help="a second level within each group, e.g. --by day --breakdown model")
+    report.add_argument("--since", help=f"{WHEN_FORMS}; a calendar word alone means just that period")
+    report.add_argument("--until", help="the same forms as --since; the range ends before it")
+    for flag, what in (("project", "project"), ("model", "model"), ("session", "session"), ("key", "key alias or fingerprint")):
+        report.add_argument(f"--{flag}", action="append", default=[], metavar="GLOB", help=f"only this {what} (a glob; repeatable)")
+    report.add_argument("--limit", type=int, metavar="N", help="only the N costliest groups (time groupings: the latest N); the total covers all")
+    report.add_argument("--tz", default="UTC", help="time zone for hours, days, weeks, months and dates (default UTC)")
+    report.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    report.add_argument("--free-daily-limit", type=int, default=50, help="OpenRouter's :free limit per day (1000 once you bought credits)")
+    report.set_defaults(func=run)
 
 
-@dataclass(slots=True)
-class Line:
-    group: str
-    requests: int = 0
-    errors: int = 0
-    free_requests: int = 0
-    tokens: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TOKEN_FIELDS, 0))
-    cost_usd: Decimal = Decimal(0)
-    cost_unknown: int = 0
+def run(args: argparse.Namespace) -> int:
+    from proxy.store.reports import Filters, free_usage, report
+    from proxy.store.sqlite import connect_readonly
 
-    def add(self, row: Mapping[str, Any]) -> None:
-        self.requests += 1
-        if row["outcome"] != "ok":
-            self.errors += 1
-        if row["is_free"]:
-            self.free_requests += 1
-        for name in TOKEN_FIELDS:
-            value = row[name]
-            if value is not None:
-                self.tokens[name] += value
-        if row["cost_usd"] is None:
-            self.cost_unknown += 1
-        else:
-            self.cost_usd += Decimal(row["cost_usd"])
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "group": self.group,
-            "requests": self.requests,
-            "errors": self.errors,
-            "free_requests": self.free_requests,
-            **self.tokens,
-            "cost_usd": str(self.cost_usd),
-            "cost_unknown_requests": self.cost_unknown,
-        }
-
-
-_SPANS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_since(text: str | None, now: datetime) -> datetime | None:
-    """`30m`, `12h`, `7d`, `2w` back from `now`, or an ISO date / time (UTC unless it says otherwise).
-
-    The one `--since` for every command (`report`, `whatif`); no text means no lower bound.
-    """
-    if not text:
-        return None
-    match = re.fullmatch(r"(\d+)([mhdw])", text.strip())
-    if match:
-        return now - timedelta(**{_SPANS[match.group(2)]: int(match.group(1))})
     try:
-        moment = datetime.fromisoformat(text.strip())
-    except ValueError:
-        raise CliError(f"--since: expected 30m, 12h, 7d, 2w or a date like 2026-11-01, got {text!r}") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+        tz = ZoneInfo(args.tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise CliError(f"--tz: unknown time zone {args.tz!r}") from None
+    now = datetime.now(UTC)
+    since, until = parse_range(args.since, args.until, now, tz)
+    if args.breakdown == args.by:
+        raise CliError(f"--breakdown: {args.breakdown} is already --by")
+    if args.free_daily_limit < 0:
+        raise CliError("--free-daily-limit: expected a whole number >= 0")
+    if args.limit is not None and args.limit < 1:
+        raise CliError("--limit: expected a whole number >= 1")
+    filters = Filters(tuple(args.project), tuple(args.model), tuple(args.session), tuple(args.key))
+    try:
+        db = connect_readonly(args.db)
+    except FileNotFoundError:
+        raise CliError(f"--db: {args.db} does not exist (start the proxy first, or pass --db)") from None
+    try:
+        result = report(db, args.by, breakdown=args.breakdown, since=since, until=until, filters=filters, tz=tz, limit=args.limit)
+        free = free_usage(db, now, args.free_daily_limit)
+    except sqlite3.Error as exc:
+        raise CliError(f"--db: {args.db}: {exc}") from None
+    finally:
+        db.close()
+    print(render(result, args.format, free))
+    return 0
 
 
-def group_of(row: Mapping[str, Any], by: str, tz: ZoneInfo) -> str:
-    if by == "day":
-        return datetime.fromisoformat(row["started_at"]).astimezone(tz).date().isoformat()
-    if by == "key":
-        return row["key_alias"] or row["key_fingerprint"] or "(none)"
-    column = {"model": "model", "provider": "provider", "project": "project", "session": "session",
-              "client": "client", "endpoint": "endpoint"}[by]
-    return row[column] or "(none)"
+_BLOCKS = " ▏▎▍▌▋▊▉█"
 
 
-def summarise(rows: Iterable[Any], by: str, tz: ZoneInfo = ZoneInfo("UTC")) -> tuple[list[Line], Line]:
-    lines: dict[str, Line] = {}
-    total = Line("total")
-    for row in rows:
-        key = group_of(row, by, tz)
-        line = lines.get(key)
-        if line is None:
-            line = lines[key] = Line(key)
-        line.add(row)
-        total.add(row)
-    ordered = sorted(lines.values(), key=lambda line: line.group if by == "day" else (-line.cost_usd, line.group))
-    return ordered, total
+def bar(value: float, widest: float, width: int = 16) -> str:
+    """A horizontal bar in eighths of a character, `width` characters for the widest value."""
+    if widest <= 0 or value <= 0:
+        return ""
+    eighths = max(1, round(value / widest * width * 8))
+    return "█" * (eighths // 8) + (_BLOCKS[eighths % 8] if eighths % 8 else "")
 
 
-@dataclass(frozen=True, slots=True)
-class FreeUsage:
-    """Today's calls to :free models against OpenRouter's free limits (per UTC day, per minute)."""
-
-    today: int
-    daily_limit: int
-    busiest_minute: int
-    minute_limit: int = 20
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "requests_today": self.today,
-            "daily_limit": self.daily_limit,
-            "busiest_minute": self.busiest_minute,
-            "per_minute_limit": self.minute_limit,
-        }
-
-    def line(self) -> str:
-        share = f" ({self.today / self.daily_limit:.0%})" if self.daily_limit else ""
-        return (
-            f"free models today (UTC): {self.today} of {self.daily_limit} requests/day{share}; "
-            f"busiest minute {self.busiest_minute} of {self.minute_limit}/min"
-        )
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds % 60):02d}s"
 
 
-def free_usage(rows: Iterable[Any], daily_limit: int) -> FreeUsage:
-    """`rows` are today's (UTC) requests; blocked ones never reached OpenRouter and do not count."""
-    per_minute: dict[str, int] = {}
-    today = 0
-    for row in rows:
-        if row["is_free"] and row["outcome"] != "blocked":
-            today += 1
-            minute = row["started_at"][:16]
-            per_minute[minute] = per_minute.get(minute, 0) + 1
-    return FreeUsage(today, daily_limit, max(per_minute.values(), default=0))
+def _some(values: set[str], shown: int = 2) -> str:
+    """A few values for a table cell; the JSON and CSV forms list them all."""
+    names = sorted(values)
+    if not names:
+        return "-"
+    more = f" +{len(names) - shown}" if len(names) > shown else ""
+    return " ".join(names[:shown]) + more
 
 
-def render(lines: list[Line], total: Line, by: str, fmt: str, free: FreeUsage | None = None) -> str:
+def _seen(text: str | None) -> str:
+    return "-" if text is None else text[:16].replace("T", " ")
+
+
+def render(result: Report, fmt: str, free: FreeUsage | None = None) -> str:
     if fmt == "json":
-        document: dict[str, Any] = {"by": by, "rows": [line.as_dict() for line in lines], "total": total.as_dict()}
-        if free is not None:
-            document["free"] = free.as_dict()
-        return json.dumps(document, indent=2)
+        return json.dumps(as_document(result, free), indent=2)
+    session = result.by == "session"
     if fmt == "csv":
         buffer = io.StringIO()
-        dicts = [line.as_dict() for line in lines]
-        writer = csv.DictWriter(buffer, fieldnames=list(Line("x").as_dict()))
+        rows = [line.as_dict(session) for line in result.lines]
+        fields = list(Line("x", "" if result.breakdown else None).as_dict(session))
+        writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(dicts)
+        for row in rows:
+            writer.writerow({k: " ".join(v) if isinstance(v, list) else v for k, v in row.items()})
         return buffer.getvalue().rstrip("\n")
-    headers = (by, "requests", "errors", "input", "output", "cached", "reasoning", "cost_usd")
-    table = [
-        (
-            line.group,
-            f"{line.requests:,}",
-            f"{line.errors:,}",
-            f"{line.tokens['input_tokens']:,}",
-            f"{line.tokens['output_tokens']:,}",
-            f"{line.tokens['cached_tokens']:,}",
-            f"{line.tokens['reasoning_tokens']:,}",
-            money(line.cost_usd) + ("*" if line.cost_unknown else ""),
-        )
-        for line in [*lines, total]
-    ]
-    notes = []
-    if total.cost_unknown:
+    return _table(result, free)
+
+
+def _table(result: Report, free: FreeUsage | None) -> str:
+    session = result.by == "session"
+    headers = [result.by] + ([result.breakdown] if result.breakdown else [])
+    if session:
+        headers += ["first seen", "last seen", "duration", "requests", "blocked", "models", "project", "client", "cost_usd"]
+    else:
+        headers += ["requests", "errors", "blocked", "input", "output", "cached", "reasoning", "cost_usd"]
+    timed = result.by in TIME_GROUPINGS
+    if timed:
+        headers.append("")
+    widest = float(max((line.cost_usd for line in result.lines), default=0))
+    table = []
+    previous = None
+    for line in [*result.lines, result.total]:
+        cost = money(line.cost_usd) + ("*" if line.cost_unknown else "")
+        # With a breakdown, a group's name is shown on its first line only.
+        cells = [line.group if line.group != previous or line is result.total else ""]
+        previous = line.group
+        if result.breakdown:
+            cells.append(line.breakdown or "")
+        if session:
+            if line is result.total:
+                cells += ["", "", "", f"{line.requests:,}", f"{line.counts['blocked']:,}", "", "", "", cost]
+            else:
+                cells += [
+                    _seen(line.first_at),
+                    _seen(line.last_at),
+                    _duration(line.as_dict(True)["duration_s"]),
+                    f"{line.requests:,}",
+                    f"{line.counts['blocked']:,}",
+                    _some(line.models),
+                    _some(line.projects),
+                    _some(line.clients),
+                    cost,
+                ]
+        else:
+            cells += [
+                f"{line.requests:,}",
+                f"{line.counts['errors']:,}",
+                f"{line.counts['blocked']:,}",
+                f"{line.tokens['input_tokens']:,}",
+                f"{line.tokens['output_tokens']:,}",
+                f"{line.tokens['cached_tokens']:,}",
+                f"{line.tokens['reasoning_tokens']:,}",
+                cost,
+            ]
+        if timed:
+            cells.append("" if line is result.total else bar(float(line.cost_usd), widest))
+        table.append(cells)
+    numeric = ("requests", "errors", "blocked", "input", "output", "cached", "reasoning", "cost_usd", "duration")
+    right = [name in numeric for name in headers]
+    notes = list(result.notes)
+    if result.total.cost_unknown:
         notes.append("* some requests in this group have no known cost")
-    if free is not None and (free.today or total.free_requests):
+    if free is not None and (free.today or result.total.counts["free_requests"]):
         notes.append(free.line())
-    return "\n".join([format_table(headers, table, total=True), *notes])
+    return "\n".join([format_table(headers, table, right=right, total=True), *notes])

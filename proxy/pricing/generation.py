@@ -47,6 +47,11 @@ _FILL = _fill_sql(theirs_first=False)
 _FILL_ABORTED = _fill_sql(theirs_first=True)
 
 
+def _fixed(amount: Decimal) -> str:
+    # Fixed point like the recorder writes it: str() gives '1E-7', which the rollup cannot sum.
+    return format(amount, "f")
+
+
 def _coalesce(had: int | None, filled: int | None) -> int | None:
     return had if had is not None else filled
 
@@ -210,7 +215,7 @@ class Backfill:
                 fallback,
             )
             if rec.cost_usd is None and job.estimate is not None:
-                self._recorder.record(Statement(_ESTIMATE, (str(job.estimate), records.COST_ESTIMATED, rec.id)))
+                self._recorder.record(Statement(_ESTIMATE, (_fixed(job.estimate), records.COST_ESTIMATED, rec.id)))
                 self._on_filled(rec, dataclasses.replace(rec, cost_usd=job.estimate, cost_source=records.COST_ESTIMATED))
             if job.reservation is not None:
                 (job.settle or self._settle)(job.reservation, fallback)
@@ -222,10 +227,10 @@ class Backfill:
             Statement(
                 _FILL_ABORTED if theirs_first else _FILL,
                 (
-                    str(filled.reported),
-                    str(filled.cost),
+                    _fixed(filled.reported),
+                    _fixed(filled.cost),
                     records.COST_GENERATION,
-                    None if filled.upstream is None else str(filled.upstream),
+                    None if filled.upstream is None else _fixed(filled.upstream),
                     None if filled.is_byok is None else int(filled.is_byok),
                     *counts,
                     filled.provider,

@@ -169,6 +169,7 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
         on_dropped=metrics.recorder_dropped,
         on_write_error=metrics.recorder_write_error,
         on_rows=metrics.recorder_rows,
+        raw_days=app[CONFIG].retention_raw_days,
     )
     metrics.set_recorder_depth_source(recorder.depth)
     app[RECORDER] = recorder

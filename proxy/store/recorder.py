@@ -14,12 +14,13 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiosqlite
 
 from proxy.store.records import UsageRecord
-from proxy.store.sqlite import insert_requests, rollback
+from proxy.store.sqlite import insert_requests, prune_raw, rollback
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,9 @@ class Recorder:
         retry_base_s: float = 0.05,
         retry_max_s: float = 5.0,
         batch_wait_s: float = 0.05,
+        raw_days: float | None = None,
+        prune_every_s: float = 3600.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._db = db
         self._queue: asyncio.Queue[Item] = asyncio.Queue(max_queue)
@@ -63,6 +67,13 @@ class Recorder:
         self._retry_max_s = retry_max_s
         self._batch_wait_s = batch_wait_s
         self._inflight: list[Item] = []
+        # Retention: raw rows older than raw_days are deleted by this writer (their totals live on in
+        # the hourly rollup), checked at start and then at most every prune_every_s.
+        self._raw_days = raw_days
+        self._prune_every_s = prune_every_s
+        self._clock = clock
+        self._pruned_at: float | None = None
+        self.pruned = 0
         self.written = 0
         self.dropped = 0
 
@@ -82,6 +93,7 @@ class Recorder:
     async def run(self) -> None:
         """The writer task: runs until cancelled, then the cleanup context calls drain()."""
         backlogged = False
+        await self._maybe_prune()
         while True:
             # Held here, not in a local, until written: if shutdown cancels us mid-write or
             # mid-retry, drain() still has the batch.
@@ -95,6 +107,24 @@ class Recorder:
             backlogged = len(self._inflight) >= self._max_batch
             await self._write_with_retry(self._inflight)
             self._inflight = []
+            await self._maybe_prune()
+
+    async def _maybe_prune(self) -> None:
+        if self._raw_days is None:
+            return
+        now = asyncio.get_running_loop().time()
+        if self._pruned_at is not None and now - self._pruned_at < self._prune_every_s:
+            return
+        self._pruned_at = now
+        try:
+            deleted = await prune_raw(self._db, self._clock() - timedelta(days=self._raw_days))
+        except (sqlite3.Error, OSError) as exc:
+            # Not fatal: the rows stay until the next try.
+            log.warning("event=retention_failed error=%s", exc)
+            return
+        self.pruned += deleted
+        if deleted:
+            log.info("event=retention_pruned rows=%d raw_days=%s", deleted, self._raw_days)
 
     async def drain(self, deadline_s: float = 10.0) -> None:
         """Write everything still queued; used at shutdown after run() was cancelled."""

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiosqlite
 
+from proxy.store import rollups
 from proxy.store.records import UsageRecord
 
 REQUEST_COLUMNS = tuple(f.name for f in dataclasses.fields(UsageRecord))
@@ -42,9 +43,17 @@ def _chunk_sizes(count: int) -> Iterator[int]:
 @functools.lru_cache(maxsize=16)
 def _insert_rows(count: int) -> str:
     return (
-        f"INSERT OR REPLACE INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES "
+        f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES "
         + ", ".join([_ROW_PLACEHOLDERS] * count)
+        + _ON_CONFLICT
     )
+
+
+# A row written twice (a retried batch) replaces the first. An upsert, not INSERT OR REPLACE:
+# REPLACE deletes without firing triggers, so the hourly rollup would count the row twice.
+_ON_CONFLICT = " ON CONFLICT (id) DO UPDATE SET " + ", ".join(
+    f"{name} = excluded.{name}" for name in REQUEST_COLUMNS if name != "id"
+)
 
 
 def _m001_requests(db: sqlite3.Connection) -> None:
@@ -132,6 +141,27 @@ def _m005_cache_write_1h(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE requests ADD COLUMN cache_write_1h_tokens INTEGER")
 
 
+def _m006_upstream_cost(db: sqlite3.Connection) -> None:
+    # BYOK: the provider's charge to the user's own key, apart from OpenRouter's fee (both in cost_usd).
+    db.execute("ALTER TABLE requests ADD COLUMN upstream_cost_usd TEXT")
+
+
+def _m007_price_history(db: sqlite3.Connection) -> None:
+    # One row per price change, keyed by time: a price that returns to an earlier value (A -> B -> A)
+    # must be a new row, which the (model_id, pricing) key of migration 2 refused.
+    db.execute(
+        """
+        CREATE TABLE model_prices_new (
+            model_id TEXT NOT NULL,
+            pricing TEXT NOT NULL,
+            first_seen_at TEXT NOT NULL,
+            PRIMARY KEY (model_id, first_seen_at)
+        )
+        """
+    )
+    db.execute("INSERT OR IGNORE INTO model_prices_new SELECT model_id, pricing, first_seen_at FROM model_prices")
+    db.execute("DROP TABLE model_prices")
+    db.execute("ALTER TABLE model_prices_new RENAME TO model_prices")
 def _m008_imported_activity(db: sqlite3.Connection) -> None:
     # OpenRouter's own per-day figures (`import-activity`), so a new install shows the last 30 days.
     # One row per UTC day x model x provider endpoint, as /activity lists them; money as decimal text.
@@ -154,27 +184,17 @@ def _m008_imported_activity(db: sqlite3.Connection) -> None:
         )
         """
     )
-def _m006_upstream_cost(db: sqlite3.Connection) -> None:
-    # BYOK: the provider's charge to the user's own key, apart from OpenRouter's fee (both in cost_usd).
-    db.execute("ALTER TABLE requests ADD COLUMN upstream_cost_usd TEXT")
 
 
-def _m007_price_history(db: sqlite3.Connection) -> None:
-    # One row per price change, keyed by time: a price that returns to an earlier value (A -> B -> A)
-    # must be a new row, which the (model_id, pricing) key of migration 2 refused.
-    db.execute(
-        """
-        CREATE TABLE model_prices_new (
-            model_id TEXT NOT NULL,
-            pricing TEXT NOT NULL,
-            first_seen_at TEXT NOT NULL,
-            PRIMARY KEY (model_id, first_seen_at)
-        )
-        """
-    )
-    db.execute("INSERT OR IGNORE INTO model_prices_new SELECT model_id, pricing, first_seen_at FROM model_prices")
-    db.execute("DROP TABLE model_prices")
-    db.execute("ALTER TABLE model_prices_new RENAME TO model_prices")
+def _m009_hourly_rollup(db: sqlite3.Connection) -> None:
+    # Reports read per-hour totals kept by triggers instead of every row (20 s -> well under a
+    # second on a million rows). Money the old back-fill wrote as '1E-7' is rewritten fixed-point
+    # first, so the rollup's exact integer sums can read it.
+    for money in ("cost_usd", "upstream_cost_usd"):
+        odd = db.execute(f"SELECT id, {money} FROM requests WHERE {money} GLOB '*[eE]*'").fetchall()
+        for row_id, value in odd:
+            db.execute(f"UPDATE requests SET {money} = ? WHERE id = ?", (_money(Decimal(value)), row_id))
+    rollups.create(db, ("cost_usd", "upstream_cost_usd"))
 
 
 # Append only: a migration that has run on someone's database is never edited.
@@ -187,6 +207,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m006_upstream_cost,
     _m007_price_history,
     _m008_imported_activity,
+    _m009_hourly_rollup,
 )
 
 
@@ -314,6 +335,40 @@ async def rollback(db: aiosqlite.Connection) -> None:
         await db.execute("ROLLBACK")
     except sqlite3.Error:
         pass
+
+
+# Rows deleted per transaction by retention, so the writer never holds the database for long.
+_PRUNE_CHUNK = 5_000
+
+
+async def prune_raw(db: aiosqlite.Connection, before: datetime) -> int:
+    """Delete raw rows started before `before` (floored to the hour); their totals stay in the rollup.
+
+    Only the writer calls this. `meta.raw_kept_from` records the bound, so a report whose range
+    starts inside a pruned hour knows to read that whole hour from the rollup instead.
+    """
+    cutoff = encode_time(before.astimezone(UTC).replace(minute=0, second=0, microsecond=0))
+    deleted = 0
+    while True:
+        try:
+            await db.execute("BEGIN")
+            cursor = await db.execute(
+                "DELETE FROM requests WHERE rowid IN (SELECT rowid FROM requests WHERE started_at < ? LIMIT ?)",
+                (cutoff, _PRUNE_CHUNK),
+            )
+            count = cursor.rowcount
+            await db.execute(
+                "INSERT INTO meta (key, value) VALUES ('raw_kept_from', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                (cutoff,),
+            )
+            await db.execute("COMMIT")
+        except BaseException:
+            await rollback(db)
+            raise
+        deleted += count
+        if count < _PRUNE_CHUNK:
+            return deleted
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection:

@@ -1,0 +1,695 @@
+"""Report queries: spend grouped by time or attribution over any range, exact, in well under a second.
+
+`report()` is the one query the CLI (`openrouter-spend report`) and the web page's `/-/report` call;
+it returns plain data and `as_document()` its JSON form, so both print the same keys and totals.
+`parse_range()` reads `since`/`until` (7d, 1mo, today, last-month, dates) for both as well.
+Whole UTC days are read from the daily rollup, whole hours from the hourly one, sessions from the
+per-session one (see proxy/store/rollups.py); only the partial hours at the edges of a range read
+raw rows. All are summed in SQL over integer pico/yocto-dollars, so totals are exact Decimals and
+memory stays flat however many rows there are.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from proxy.errors import CliError
+from proxy.store import rollups
+
+TIME_GROUPINGS = ("hour", "day", "week", "month")
+GROUPINGS = (*TIME_GROUPINGS, "model", "provider", "project", "session", "key", "client", "endpoint")
+COUNTS = ("requests", "errors", "blocked", "free_requests")
+TOKEN_FIELDS = rollups.TOKENS
+NONE = "(none)"
+# What `--by session` shows besides the totals: the session's models, project(s) and client(s).
+_SESSION_EXTRAS = ("model", "project", "client")
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Each a tuple of globs (`openai/*`); a row passes when it matches one glob of every non-empty tuple."""
+
+    projects: tuple[str, ...] = ()
+    models: tuple[str, ...] = ()
+    sessions: tuple[str, ...] = ()
+    # Matched against a key's alias or its fingerprint.
+    keys: tuple[str, ...] = ()
+
+
+# The summed columns, in the order every query returns them (after the group keys).
+SUMMED = tuple(rollups.counters("r"))
+_AT = {name: index for index, name in enumerate(SUMMED)}
+_PICO, _YOCTO = _AT["cost_usd_pico"], _AT["cost_usd_yocto"]
+
+
+@dataclass(slots=True)
+class Line:
+    group: str
+    breakdown: str | None = None
+    # Positional, in SUMMED order (counts, tokens, cost_unknown, money as pico/yocto parts): adding
+    # a query row is then one zip, which matters when a session report merges 100,000 of them.
+    sums: list[int] = field(default_factory=lambda: [0] * len(SUMMED))
+    first_at: str | None = None
+    last_at: str | None = None
+    models: set[str] = field(default_factory=set)
+    projects: set[str] = field(default_factory=set)
+    clients: set[str] = field(default_factory=set)
+
+    def value(self, name: str) -> int:
+        return self.sums[_AT[name]]
+
+    @property
+    def requests(self) -> int:
+        return self.sums[0]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {name: self.value(name) for name in COUNTS}
+
+    @property
+    def tokens(self) -> dict[str, int]:
+        return {name: self.value(name) for name in TOKEN_FIELDS}
+
+    @property
+    def cost_unknown(self) -> int:
+        return self.value("cost_unknown")
+
+    @property
+    def inexact(self) -> int:
+        return sum(self.value(f"{name}_inexact") for name in rollups.MONEY)
+
+    def cost_key(self) -> int:
+        """The cost in yocto-dollars, to sort by without building Decimals."""
+        return self.sums[_PICO] * rollups.PICO + self.sums[_YOCTO]
+
+    def money(self, name: str) -> Decimal:
+        return rollups.money_value(self.value(f"{name}_pico"), self.value(f"{name}_yocto"))
+
+    @property
+    def cost_usd(self) -> Decimal:
+        return self.money("cost_usd")
+
+    def add(self, sums: Iterable[int], first_at: str | None, last_at: str | None) -> None:
+        self.sums = [a + (b or 0) for a, b in zip(self.sums, sums)]
+        if first_at is not None and (self.first_at is None or first_at < self.first_at):
+            self.first_at = first_at
+        if last_at is not None and (self.last_at is None or last_at > self.last_at):
+            self.last_at = last_at
+
+    def merge(self, other: Line) -> None:
+        self.add(other.sums, other.first_at, other.last_at)
+
+    def as_dict(self, session: bool = False) -> dict[str, Any]:
+        document: dict[str, Any] = {"group": self.group}
+        if self.breakdown is not None:
+            document["breakdown"] = self.breakdown
+        document.update(self.counts)
+        document.update(self.tokens)
+        document.update({name: format(self.money(name), "f") for name in rollups.MONEY})
+        document["cost_unknown_requests"] = self.cost_unknown
+        if session:
+            document.update(
+                first_seen=self.first_at,
+                last_seen=self.last_at,
+                duration_s=_duration_s(self.first_at, self.last_at),
+                models=sorted(self.models),
+                projects=sorted(self.projects),
+                clients=sorted(self.clients),
+            )
+        return document
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    by: str
+    breakdown: str | None
+    since: datetime | None
+    until: datetime | None
+    lines: list[Line]
+    total: Line
+    notes: tuple[str, ...] = ()
+
+
+def _duration_s(first: str | None, last: str | None) -> float | None:
+    if first is None or last is None:
+        return None
+    return (_parse_time(last) - _parse_time(first)).total_seconds()
+
+
+_SPANS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+CALENDAR_WORDS = ("today", "yesterday", "this-week", "last-week", "this-month", "last-month")
+WHEN_FORMS = "30m, 12h, 7d, 2w, 1mo, today, yesterday, this-week, last-week, this-month, last-month or a date like 2026-11-01"
+
+
+def _month_start(day: date, months_back: int = 0) -> date:
+    index = day.year * 12 + day.month - 1 - months_back
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def calendar_period(word: str, now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """The [start, end) of a calendar word, in `tz`'s days, weeks (from Monday) and months."""
+    today = now.astimezone(tz).date()
+    monday = today - timedelta(days=today.weekday())
+    first, last = {
+        "today": (today, today + timedelta(days=1)),
+        "yesterday": (today - timedelta(days=1), today),
+        "this-week": (monday, monday + timedelta(days=7)),
+        "last-week": (monday - timedelta(days=7), monday),
+        "this-month": (_month_start(today), _month_start(today, -1)),
+        "last-month": (_month_start(today, 1), _month_start(today)),
+    }[word]
+    return datetime.combine(first, time(), tz), datetime.combine(last, time(), tz)
+
+
+def parse_when(text: str, now: datetime, flag: str, tz: ZoneInfo = ZoneInfo("UTC")) -> datetime:
+    """`30m`, `12h`, `7d`, `2w`, `1mo` back from `now`, a calendar word's start, or an ISO date/time (in `tz` unless it says)."""
+    given, text = text, text.strip()
+    if text in CALENDAR_WORDS:
+        return calendar_period(text, now, tz)[0]
+    match = re.fullmatch(r"(\d+)(mo|[mhdw])", text)
+    if match:
+        amount, unit = int(match.group(1)), match.group(2)
+        if unit == "mo":
+            local = now.astimezone(tz)
+            start = _month_start(local.date(), amount)
+            day = min(local.day, (_month_start(start, -1) - timedelta(days=1)).day)
+            return local.replace(year=start.year, month=start.month, day=day)
+        return now - timedelta(**{_SPANS[unit]: amount})
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise CliError(f"{flag}: expected {WHEN_FORMS}, got {given!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=tz)
+
+
+def parse_since(text: str | None, now: datetime) -> datetime | None:
+    """The one `--since` for every command (`report`, `whatif`); no text means no lower bound."""
+    if not text:
+        return None
+    return parse_when(text, now, "--since")
+
+
+def parse_range(
+    since: str | None, until: str | None, now: datetime, tz: ZoneInfo
+) -> tuple[datetime | None, datetime | None]:
+    """`--since WORD` alone covers that calendar period (`--since yesterday` is yesterday only)."""
+    start = parse_when(since, now, "--since", tz) if since else None
+    end = parse_when(until, now, "--until", tz) if until else None
+    if since and not until and since.strip() in CALENDAR_WORDS:
+        end = calendar_period(since.strip(), now, tz)[1]
+    if start is not None and end is not None and end < start:
+        raise CliError(f"--until: {until!r} is before --since {since!r}")
+    return start, end
+
+
+def _parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.rstrip("Z")).replace(tzinfo=UTC)
+
+
+def _floor_hour(moment: datetime) -> datetime:
+    return moment.replace(minute=0, second=0, microsecond=0)
+
+
+def _ceil_hour(moment: datetime) -> datetime:
+    floor = _floor_hour(moment)
+    return floor if floor == moment else floor + timedelta(hours=1)
+
+
+def _hour_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H")
+
+
+def _time_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+
+
+def _offsets(tz: ZoneInfo, since: datetime | None, until: datetime | None) -> set[float]:
+    """The UTC offsets (seconds) `tz` has over the range, probed monthly."""
+    start = since or datetime(2000, 1, 1, tzinfo=UTC)
+    end = until or datetime.now(UTC)
+    if end - start > timedelta(days=800):
+        start = end - timedelta(days=800)  # DST rules repeat; two years of probes see them all
+    probes, moment = [], start
+    while moment <= end:
+        probes.append(moment)
+        moment += timedelta(days=15)
+    probes.append(end)
+    return {(p.astimezone(tz).utcoffset() or timedelta()).total_seconds() for p in probes}
+
+
+def _raw_table(db: sqlite3.Connection) -> str:
+    """`requests`, or for a database an earlier version wrote and `serve` has not migrated yet, the
+    same rows with the money columns it lacks as NULL: reports read it exactly all the same."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+    missing = [name for name in rollups.MONEY if name not in have]
+    if not missing:
+        return "requests"
+    return "(SELECT *, " + ", ".join(f"NULL AS {name}" for name in missing) + " FROM requests)"
+
+
+class _Source:
+    """How one grouping, filter or sum is spelt over a rollup ('h') or over raw rows ('r')."""
+
+    def __init__(self, rollup: rollups.Rollup | None, minute: bool = False, raw: str = "requests") -> None:
+        self.rollup = rollup
+        self.minute = minute
+        self.raw = raw
+
+    def dim(self, name: str) -> str:
+        return rollups.dimension("r", name) if self.rollup is None else f"h.{name}"
+
+    def level(self, by: str) -> str:
+        if by in TIME_GROUPINGS:
+            if self.rollup is not None:
+                return "h.period"
+            return f"substr(r.started_at, 1, {16 if self.minute else 13})"
+        if by == "key":
+            return f"(CASE WHEN {self.dim('key_alias')} != '' THEN {self.dim('key_alias')} ELSE {self.dim('key_fingerprint')} END)"
+        return self.dim(by)
+
+    def sums(self, seen: bool) -> list[str]:
+        if self.rollup is None:
+            sums = [f"SUM({expr})" for expr in rollups.counters("r").values()]
+            first_last = ["min(r.started_at)", "max(r.started_at)"]
+        else:
+            sums = [f"SUM(h.{name})" for name in SUMMED]
+            first_last = ["min(h.first_at)", "max(h.last_at)"]
+        # First and last seen cost string comparisons on every row: only sessions show them.
+        return sums + (first_last if seen else ["NULL", "NULL"])
+
+    def table(self) -> str:
+        return f"{self.raw} AS r" if self.rollup is None else f"{self.rollup.table} AS h"
+
+    def time_range(self, start: datetime | None, end: datetime | None) -> tuple[list[str], list[str]]:
+        if self.rollup is rollups.SESSIONS:
+            # Only (session, attribution) groups wholly inside the range; see _session_pieces.
+            clauses, params = [], []
+            if start is not None:
+                clauses.append("h.first_at >= ?")
+                params.append(_time_text(start))
+            if end is not None:
+                clauses.append("h.last_at < ?")
+                params.append(_time_text(end))
+            return clauses, params
+        if self.rollup is None:
+            column, encode = "r.started_at", _time_text
+        else:
+            width = self.rollup.width
+            column, encode = "h.period", lambda moment: _hour_text(moment)[:width]
+        clauses, params = [], []
+        if start is not None:
+            clauses.append(f"{column} >= ?")
+            params.append(encode(start))
+        if end is not None:
+            clauses.append(f"{column} < ?")
+            params.append(encode(end))
+        return clauses, params
+
+    def filters(self, filters: Filters) -> tuple[list[str], list[str]]:
+        clauses: list[str] = []
+        params: list[str] = []
+        for name, globs in (("project", filters.projects), ("model", filters.models), ("session", filters.sessions)):
+            if globs:
+                clauses.append("(" + " OR ".join(f"{self.dim(name)} GLOB ?" for _ in globs) + ")")
+                params += globs
+        if filters.keys:
+            match = f"({self.dim('key_alias')} GLOB ? OR {self.dim('key_fingerprint')} GLOB ?)"
+            clauses.append("(" + " OR ".join(match for _ in filters.keys) + ")")
+            params += [glob for glob in filters.keys for _ in (0, 1)]
+        return clauses, params
+
+    def where(
+        self, start: datetime | None, end: datetime | None, filters: Filters, *membership: tuple[str, str, str] | None
+    ) -> tuple[str, list[str]]:
+        """Each `membership` is (column, 'IN' or 'NOT IN', a JSON array of values): of a session or a period."""
+        range_clauses, range_params = self.time_range(start, end)
+        filter_clauses, filter_params = self.filters(filters)
+        clauses = range_clauses + filter_clauses
+        params = [*range_params, *filter_params]
+        for column, op, values in filter(None, membership):
+            clauses.append(f"{'h.period' if column == 'period' else self.dim(column)} {op} (SELECT value FROM json_each(?))")
+            params.append(values)
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _query(
+    db: sqlite3.Connection, source: _Source, levels: list[str], seen: bool, where: tuple[str, list[str]]
+) -> Iterable[tuple[Any, ...]]:
+    keys = [source.level(level) for level in levels]
+    select = [f"{key} AS k{i}" for i, key in enumerate(keys)] + source.sums(seen)
+    sql = f"SELECT {', '.join(select)} FROM {source.table()}{where[0]}"
+    if keys:
+        sql += " GROUP BY " + ", ".join(f"k{i}" for i in range(len(keys)))
+    cursor = db.execute(sql, where[1])
+    cursor.row_factory = None
+    return cursor
+
+
+def _distinct(
+    db: sqlite3.Connection, source: _Source, levels: list[str], extras: Iterable[str], where: tuple[str, list[str]]
+) -> Iterable[tuple[Any, ...]]:
+    keys = [source.level(level) for level in levels] + [source.dim(extra) for extra in extras]
+    cursor = db.execute(f"SELECT DISTINCT {', '.join(keys)} FROM {source.table()}{where[0]}", where[1])
+    cursor.row_factory = None
+    return cursor
+
+
+def _time_label(by: str, tz: ZoneInfo) -> Any:
+    cache: dict[str, str] = {}
+
+    def label(utc_text: str) -> str:
+        found = cache.get(utc_text)
+        if found is None:
+            # An hour ('2026-11-20T13'), a minute ('...T13:04') or a UTC day ('2026-11-20').
+            text = utc_text + ":00" if len(utc_text) == 13 else utc_text
+            local = datetime.fromisoformat(text).replace(tzinfo=UTC).astimezone(tz)
+            if by == "hour":
+                found = local.strftime("%Y-%m-%d %H:00")
+            elif by == "day":
+                found = local.date().isoformat()
+            elif by == "week":
+                found = (local.date() - timedelta(days=local.weekday())).isoformat()
+            else:
+                found = local.strftime("%Y-%m")
+            cache[utc_text] = found
+        return found
+
+    return label
+
+
+Piece = tuple[rollups.Rollup | None, datetime | None, datetime | None, tuple[str, str, str] | None]
+
+
+def _floor_day(moment: datetime) -> datetime:
+    return moment.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _ceil_day(moment: datetime) -> datetime:
+    floor = _floor_day(moment)
+    return floor if floor == moment else floor + timedelta(days=1)
+
+
+def _windows(
+    db: sqlite3.Connection, since: datetime | None, until: datetime | None, rollup: rollups.Rollup | None
+) -> tuple[list[Piece], list[str]]:
+    """The (source, start, end) pieces a range is read from: whole UTC days from the daily rollup
+    (when allowed), whole hours from the hourly one, the partial hours at the edges from raw rows."""
+    pieces, notes = _time_windows(db, since, until, rollup)
+    return [(source, start, end, None) for source, start, end in pieces], notes
+
+
+def _session_pieces(
+    db: sqlite3.Connection, since: datetime | None, until: datetime | None
+) -> tuple[list[Piece], list[str]]:
+    """A report by session: groups wholly inside the range from the per-session rollup; the
+    sessions that straddle an end of the range (few: those active at that moment) from the hourly
+    rollup and raw rows, within the range."""
+    if since is None and until is None:
+        return [(rollups.SESSIONS, None, None, None)], []
+    clauses, params = [], []
+    for moment in (since, until):
+        if moment is not None:
+            clauses.append("(first_at < ? AND last_at >= ?)")
+            params += [_time_text(moment)] * 2
+    found = db.execute(f"SELECT DISTINCT session FROM {rollups.SESSIONS.table} WHERE {' OR '.join(clauses)}", params)
+    straddling = json.dumps([row[0] for row in found])
+    pieces, notes = _time_windows(db, since, until, rollups.HOURLY)
+    inside: Piece = (rollups.SESSIONS, since, until, ("session", "NOT IN", straddling))
+    return [inside, *((source, start, end, ("session", "IN", straddling)) for source, start, end in pieces)], notes
+
+
+def _half_hour_pieces(
+    db: sqlite3.Connection, since: datetime | None, until: datetime | None, tz: ZoneInfo
+) -> tuple[list[Piece], list[str]]:
+    """Days, weeks and months in a zone whose midnight falls mid-UTC-hour (Asia/Kolkata): the hourly
+    rollup for every hour but the one holding each local midnight, and raw rows, by the minute, for those."""
+    pieces, notes = _time_windows(db, since, until, rollups.HOURLY)
+    bounds = db.execute(f"SELECT min(period), max(period) FROM {rollups.HOURLY.table}").fetchone()
+    if bounds[0] is None:
+        return [(source, start, end, None) for source, start, end in pieces], notes
+    low = max(since, _parse_hour(bounds[0])) if since is not None else _parse_hour(bounds[0])
+    high = min(until, _parse_hour(bounds[1]) + timedelta(hours=1)) if until is not None else _parse_hour(bounds[1]) + timedelta(hours=1)
+    split: list[datetime] = []
+    day = low.astimezone(tz).date()
+    while True:
+        midnight = datetime.combine(day, time(), tz).astimezone(UTC)
+        if midnight >= high:
+            break
+        if midnight > low and midnight.minute:
+            split.append(_floor_hour(midnight))
+        day += timedelta(days=1)
+    hours = json.dumps([_hour_text(hour) for hour in split])
+    out: list[Piece] = [
+        (source, start, end, ("period", "NOT IN", hours) if source is not None else None) for source, start, end in pieces
+    ]
+    for hour in split:
+        start = hour if since is None else max(hour, since)
+        end = hour + timedelta(hours=1) if until is None else min(hour + timedelta(hours=1), until)
+        # Raw rows inside the range's own raw edges are already read by those pieces.
+        for source, edge_start, edge_end in pieces:
+            if source is None and edge_start is not None and edge_end is not None:
+                if edge_start < end and start < edge_end:
+                    start, end = (edge_end, end) if edge_start <= start else (start, edge_start)
+        if start < end:
+            out.append((None, start, end, None))
+    return out, notes
+
+
+def _parse_hour(text: str) -> datetime:
+    return datetime.fromisoformat(text + ":00").replace(tzinfo=UTC)
+
+
+def _time_windows(
+    db: sqlite3.Connection, since: datetime | None, until: datetime | None, rollup: rollups.Rollup | None
+) -> tuple[list[tuple[rollups.Rollup | None, datetime | None, datetime | None]], list[str]]:
+    if rollup is None:
+        return [(None, since, until)], []
+    since = None if since is None else since.astimezone(UTC)
+    until = None if until is None else until.astimezone(UTC)
+    notes = []
+    first = None if since is None else _ceil_hour(since)
+    last = None if until is None else _floor_hour(until)
+    if first is not None and last is not None and first >= last:
+        return [(None, since, until)], []
+    pieces: list[tuple[rollups.Rollup | None, datetime | None, datetime | None]] = []
+    kept = _raw_kept_from(db)
+    if since is not None and first is not None and first != since:
+        if kept is not None and since < kept:
+            # Retention dropped those raw rows: the whole hour it began in is what remains.
+            first = _floor_hour(since)
+            notes.append(f"since rounded to {_hour_text(first)}:00 UTC: raw rows before {_hour_text(kept)}:00 were pruned")
+        else:
+            pieces.append((None, since, first))
+    if until is not None and last is not None and last != until:
+        if kept is not None and last < kept:
+            last = _ceil_hour(until)
+            notes.append(f"until rounded to {_hour_text(last)}:00 UTC: raw rows before {_hour_text(kept)}:00 were pruned")
+        else:
+            pieces.append((None, last, until))
+    if rollup is rollups.HOURLY:
+        return [*pieces, (rollups.HOURLY, first, last)], notes
+    day_first = None if first is None else _ceil_day(first)
+    day_last = None if last is None else _floor_day(last)
+    if day_first is not None and day_last is not None and day_first >= day_last:
+        return [*pieces, (rollups.HOURLY, first, last)], notes
+    if first is not None and day_first != first:
+        pieces.append((rollups.HOURLY, first, day_first))
+    if last is not None and day_last != last:
+        pieces.append((rollups.HOURLY, day_last, last))
+    return [*pieces, (rollups.DAILY, day_first, day_last)], notes
+
+
+def _has_rollup(db: sqlite3.Connection) -> bool:
+    names = [rollup.table for rollup in rollups.ROLLUPS]
+    found = db.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' for _ in names)})", names)
+    return bool(found.fetchone()[0] == len(names))
+
+
+def _raw_kept_from(db: sqlite3.Connection) -> datetime | None:
+    try:
+        row = db.execute("SELECT value FROM meta WHERE key = 'raw_kept_from'").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return None if row is None else _parse_time(row[0])
+
+
+def _best_rollup(db: sqlite3.Connection, levels: list[str], filters: Filters, offsets: set[float]) -> rollups.Rollup | None:
+    """The coarsest rollup that can answer exactly, or None to read raw rows."""
+    if not _has_rollup(db):
+        # A database not yet migrated by `serve` (opened read-only here): raw rows, slower, as exact.
+        return None
+    timed = [level for level in levels if level in TIME_GROUPINGS]
+    if timed and any(offset % 3600 for offset in offsets):
+        # Local hours start mid-UTC-hour (Asia/Kolkata): local days from hours plus raw minutes
+        # (see _half_hour_pieces), local hours from raw rows by the minute.
+        return None if "hour" in levels else rollups.HOURLY
+    daily_ok = (
+        "session" not in levels
+        and not filters.sessions
+        and "hour" not in levels
+        and (not timed or offsets == {0.0})
+    )
+    return rollups.DAILY if daily_ok else rollups.HOURLY
+
+
+def report(
+    db: sqlite3.Connection,
+    by: str,
+    *,
+    breakdown: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    filters: Filters = Filters(),
+    tz: ZoneInfo = ZoneInfo("UTC"),
+    limit: int | None = None,
+) -> Report:
+    """Totals per `by` group (and per `breakdown` group within it) of the requests started in [since, until).
+
+    `limit` keeps the costliest `limit` groups (for time groupings the latest); the total still covers all.
+    """
+    if by not in GROUPINGS:
+        raise ValueError(f"unknown grouping {by!r}")
+    if breakdown is not None and (breakdown not in GROUPINGS or breakdown == by):
+        raise ValueError(f"unknown breakdown {breakdown!r}")
+    levels = [by] + ([breakdown] if breakdown else [])
+    session = by == "session"
+    timed = [level for level in levels if level in TIME_GROUPINGS]
+    offsets = _offsets(tz, since, until) if timed else {0.0}
+    rollup = _best_rollup(db, levels, filters, offsets)
+    minute = bool(timed) and any(offset % 3600 for offset in offsets)
+    if session and not timed and rollup is not None:
+        pieces, notes = _session_pieces(db, since, until)
+    elif minute and rollup is not None:
+        pieces, notes = _half_hour_pieces(db, since, until, tz)
+    else:
+        pieces, notes = _windows(db, since, until, rollup)
+    labels = {level: _time_label(level, tz) for level in timed}
+    raw = _raw_table(db)
+
+    def names(keys: tuple[Any, ...]) -> tuple[str, str | None]:
+        if not labels:
+            return keys[0] or NONE, ((keys[1] or NONE) if breakdown else None)
+        named = [labels[level](key) if level in labels else (key or NONE) for level, key in zip(levels, keys)]
+        return named[0], (named[1] if breakdown else None)
+
+    lines: dict[tuple[str, str | None], Line] = {}
+    width = len(levels)
+    summed = slice(width, width + len(SUMMED))
+    for source_rollup, start, end, sessions in pieces:
+        source = _Source(source_rollup, minute, raw)
+        for row in _query(db, source, levels, session, source.where(start, end, filters, sessions)):
+            key = names(row)
+            line = lines.get(key)
+            if line is None:
+                line = lines[key] = Line(*key)
+            line.add(row[summed], row[summed.stop], row[summed.stop + 1])
+    total = Line("total")
+    if lines:
+        total.sums = [sum(column) for column in zip(*(line.sums for line in lines.values()))]
+        seen = [line for line in lines.values() if line.first_at is not None]
+        total.first_at = min((line.first_at for line in seen if line.first_at), default=None)
+        total.last_at = max((line.last_at for line in seen if line.last_at), default=None)
+    if total.inexact:
+        notes.append(f"{total.inexact} amounts are not fixed-point decimals of at most 24 places and are not in the totals")
+    ordered = _ordered(list(lines.values()), by, breakdown)
+    if limit is not None:
+        groups = list(dict.fromkeys(line.group for line in ordered))
+        if len(groups) > limit:
+            kept = set(groups[-limit:] if by in TIME_GROUPINGS else groups[:limit]) if limit else set()
+            ordered = [line for line in ordered if line.group in kept]
+            notes.append(f"{limit} of {len(groups)} {by} groups shown; the total covers all")
+    if session:
+        # Models, projects and clients only for the sessions shown (all of them without a limit).
+        groups_shown = {line.group for line in ordered} | ({""} if any(line.group == NONE for line in ordered) else set())
+        shown = None if limit is None else ("session", "IN", json.dumps(sorted(groups_shown)))
+        for source_rollup, start, end, sessions in pieces:
+            source = _Source(source_rollup, minute, raw)
+            for row in _distinct(db, source, levels, _SESSION_EXTRAS, source.where(start, end, filters, sessions, shown)):
+                found = lines.get(names(row))
+                if found is None:
+                    continue
+                model, project, client = row[width:]
+                if model:
+                    found.models.add(model)
+                if project:
+                    found.projects.add(project)
+                if client:
+                    found.clients.add(client)
+    return Report(by, breakdown, since, until, ordered, total, tuple(notes))
+
+
+def _ordered(lines: list[Line], by: str, breakdown: str | None) -> list[Line]:
+    def order(level: str | None, key: str | None, cost: int) -> tuple[Any, ...]:
+        return (key or "",) if level in TIME_GROUPINGS else (-cost, key or "")
+
+    group_cost: dict[str, int] = {}
+    for line in lines:
+        group_cost[line.group] = group_cost.get(line.group, 0) + line.cost_key()
+    return sorted(
+        lines,
+        key=lambda line: (
+            order(by, line.group, group_cost[line.group]),
+            order(breakdown, line.breakdown, line.cost_key()) if breakdown else (),
+        ),
+    )
+
+
+def as_document(result: Report, free: FreeUsage | None = None) -> dict[str, Any]:
+    """The JSON form `report --format json` prints and `/-/report` returns."""
+    session = result.by == "session"
+    document = {
+        "by": result.by,
+        "breakdown": result.breakdown,
+        "since": None if result.since is None else result.since.isoformat(),
+        "until": None if result.until is None else result.until.isoformat(),
+        "rows": [line.as_dict(session) for line in result.lines],
+        "total": result.total.as_dict(),
+        "notes": list(result.notes),
+    }
+    if free is not None:
+        document["free"] = free.as_dict()
+    return document
+
+
+@dataclass(frozen=True, slots=True)
+class FreeUsage:
+    """Today's calls to :free models against OpenRouter's free limits (per UTC day, per minute)."""
+
+    today: int
+    daily_limit: int
+    busiest_minute: int
+    minute_limit: int = 20
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "requests_today": self.today,
+            "daily_limit": self.daily_limit,
+            "busiest_minute": self.busiest_minute,
+            "per_minute_limit": self.minute_limit,
+        }
+
+    def line(self) -> str:
+        share = f" ({self.today / self.daily_limit:.0%})" if self.daily_limit else ""
+        return (
+            f"free models today (UTC): {self.today} of {self.daily_limit} requests/day{share}; "
+            f"busiest minute {self.busiest_minute} of {self.minute_limit}/min"
+        )
+
+
+def free_usage(db: sqlite3.Connection, now: datetime, daily_limit: int) -> FreeUsage:
+    """Today's (UTC) :free requests; blocked ones never reached OpenRouter and do not count."""
+    midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    rows = db.execute(
+        "SELECT substr(started_at, 1, 16), count(*) FROM requests "
+        "WHERE started_at >= ? AND is_free AND outcome != 'blocked' GROUP BY 1",
+        (_time_text(midnight),),
+    ).fetchall()
+    return FreeUsage(sum(n for _, n in rows), daily_limit, max((n for _, n in rows), default=0))

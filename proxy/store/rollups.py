@@ -1,0 +1,217 @@
+"""The rollups: per hour (and per UTC day) and attribution, the counts, tokens and exact money of `requests`.
+
+SQLite triggers keep it, so every writer (the recorder's inserts, the /generation back-fill's
+UPDATEs, a user's own sqlite3 shell) updates it in the same transaction as the row. Deleting a row
+leaves its totals in place: that is what lets retention drop old raw rows while every report over
+any range stays exact.
+
+Money is summed as integers: each decimal TEXT amount is cut, in SQL, into whole pico-dollars
+(10^-12) and the next 12 digits (yocto-dollars, 10^-24), so sums are exact to 24 decimal places.
+An amount with more digits than that (or not in fixed-point form) is counted in `<money>_inexact`.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from decimal import Context, Decimal
+
+# Attribution kept per hour. NULL is stored as '' so the primary key (and upserts) can match it.
+DIMENSIONS = ("model", "provider", "project", "session", "key_fingerprint", "key_alias", "client", "endpoint")
+# Summed money columns of `requests`, reported as-is by name. Adding one (e.g. a BYOK upstream cost)
+# is one entry here, plus a migration that adds the column and calls `create(db)` again (it rebuilds
+# the tables and triggers and re-sums every hour; hours retention already pruned get 0 for it).
+MONEY = ("cost_usd", "upstream_cost_usd")
+TOKENS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
+
+PICO = 10**12
+
+
+def _blocked(r: str) -> str:
+    return f"({r}.outcome = 'blocked' OR {r}.status = 402)"
+
+
+def counters(r: str, money_columns: tuple[str, ...] = MONEY) -> dict[str, str]:
+    """Per counted column of the rollup, its value for one `requests` row named `r` in SQL."""
+    values = {
+        "requests": "1",
+        # A refusal (a budget's 402) is not an error: it has its own column.
+        "errors": f"({r}.outcome != 'ok' AND NOT {_blocked(r)})",
+        "blocked": _blocked(r),
+        "free_requests": f"COALESCE({r}.is_free, 0)",
+        **{name: f"COALESCE({r}.{name}, 0)" for name in TOKENS},
+        "cost_unknown": f"({r}.cost_usd IS NULL)",
+    }
+    for money in money_columns:
+        pico, yocto, inexact = _money_parts(f"{r}.{money}")
+        values[f"{money}_pico"] = pico
+        values[f"{money}_yocto"] = yocto
+        values[f"{money}_inexact"] = inexact
+    return values
+
+
+def _money_parts(x: str) -> tuple[str, str, str]:
+    """SQL for the exact integer parts of a fixed-point decimal TEXT `x` (0 for NULL)."""
+    odd = f"({x} GLOB '*[^0-9.]*' OR {x} GLOB '*.*.*')"
+    frac = f"(CASE WHEN instr({x}, '.') > 0 THEN substr({x}, instr({x}, '.') + 1) ELSE '' END)"
+    whole = f"(CASE WHEN instr({x}, '.') > 0 THEN substr({x}, 1, instr({x}, '.') - 1) ELSE {x} END)"
+    pico = (
+        f"(CASE WHEN {x} IS NULL OR {odd} THEN 0 ELSE CAST({whole} AS INTEGER) * {PICO}"
+        f" + CAST(substr({frac} || '000000000000', 1, 12) AS INTEGER) END)"
+    )
+    yocto = f"(CASE WHEN {x} IS NULL OR {odd} THEN 0 ELSE CAST(substr({frac} || '000000000000', 13, 12) AS INTEGER) END)"
+    inexact = f"(CASE WHEN {x} IS NULL THEN 0 WHEN {odd} OR length({frac}) > 24 THEN 1 ELSE 0 END)"
+    return pico, yocto, inexact
+
+
+# Wide enough that no sum of 64-bit pico and yocto parts is ever rounded.
+_WIDE = Context(prec=80)
+
+
+def money_value(pico: int | None, yocto: int | None) -> Decimal:
+    """The exact Decimal of summed parts, without trailing zeros."""
+    return _WIDE.normalize(Decimal((pico or 0) * PICO + (yocto or 0)).scaleb(-24, _WIDE))
+
+
+def dimension(r: str, name: str) -> str:
+    return f"COALESCE({r}.{name}, '')"
+
+
+@dataclass(frozen=True, slots=True)
+class Rollup:
+    """One summary table: per `period` (the first `width` characters of started_at) and `dims`."""
+
+    table: str
+    width: int
+    dims: tuple[str, ...]
+
+    def period_of(self, r: str) -> str:
+        # started_at is ISO-8601 UTC text ('2026-11-20T13:04:05.000000Z'): its first 13 characters
+        # are the hour, its first 10 the day.
+        return f"substr({r}.started_at, 1, {self.width})"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return ("period", *self.dims) if self.width else self.dims
+
+    def key_values(self, r: str) -> list[str]:
+        values = [dimension(r, d) for d in self.dims]
+        return [self.period_of(r), *values] if self.width else values
+
+
+# Hourly, with every attribution: the edges of a range, sessions, time zones other than UTC.
+HOURLY = Rollup("spend_hourly", 13, DIMENSIONS)
+# Daily (UTC days), without sessions: about half the rows (far fewer with real traffic), so the
+# common reports over months read little.
+DAILY = Rollup("spend_daily", 10, tuple(d for d in DIMENSIONS if d != "session"))
+# Per session (and attribution) over all time, no period: sessions are short, so a report by
+# session reads this for every session wholly inside its range, and the hourly rollup only for
+# the few that straddle an end of the range.
+SESSIONS = Rollup("spend_sessions", 0, ("session", *(d for d in DIMENSIONS if d != "session")))
+ROLLUPS = (HOURLY, DAILY, SESSIONS)
+
+
+def hour_of(r: str) -> str:
+    return HOURLY.period_of(r)
+
+
+def _columns(money: tuple[str, ...]) -> list[str]:
+    return list(counters("r", money))
+
+
+def _schema(rollup: Rollup, money: tuple[str, ...]) -> str:
+    counted = ",\n    ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in _columns(money))
+    dims = ",\n    ".join(f"{name} TEXT NOT NULL DEFAULT ''" for name in rollup.dims)
+    period = "period TEXT NOT NULL,\n    " if rollup.width else ""
+    return f"""
+CREATE TABLE {rollup.table} (
+    {period}{dims},
+    {counted},
+    first_at TEXT,
+    last_at TEXT,
+    PRIMARY KEY ({", ".join(rollup.keys)})
+) WITHOUT ROWID
+"""
+
+
+def _upsert(rollup: Rollup, r: str, sign: str, money: tuple[str, ...]) -> str:
+    """Add (sign '+') or take away (sign '-') row `r` in its period's rollup row."""
+    names = [*rollup.keys, *_columns(money), "first_at", "last_at"]
+    values = [*rollup.key_values(r), *(f"{sign}{v}" for v in counters(r, money).values())]
+    values += [f"{r}.started_at", f"{r}.started_at"]
+    sets = [f"{c} = {c} + excluded.{c}" for c in _columns(money)]
+    sets += ["first_at = min(first_at, excluded.first_at)", "last_at = max(last_at, excluded.last_at)"]
+    return (
+        f"INSERT INTO {rollup.table} ({', '.join(names)}) VALUES ({', '.join(values)})"
+        f" ON CONFLICT ({', '.join(rollup.keys)}) DO UPDATE SET {', '.join(sets)};"
+    )
+
+
+def _watched(money: tuple[str, ...]) -> list[str]:
+    columns = {"started_at", "outcome", "status", "is_free", "cost_usd", *DIMENSIONS, *TOKENS, *money}
+    return sorted(columns)
+
+
+def create(db: sqlite3.Connection, money: tuple[str, ...] = MONEY) -> None:
+    """(Re)build the rollups and their triggers from every row in `requests`; run inside a migration.
+
+    A migration passes the money columns `requests` has at that point (migration 9: cost_usd, upstream_cost_usd), so a
+    later one that adds a column and calls create() again still finds the database as it expects.
+
+    Rows already deleted by retention are gone from `requests`, so a rebuild keeps the totals of
+    periods older than the oldest raw row and re-sums the rest.
+    """
+    kept_before = db.execute("SELECT min(started_at) FROM requests").fetchone()[0]
+    for trigger in ("insert", "update"):
+        db.execute(f"DROP TRIGGER IF EXISTS spend_rollups_{trigger}")
+    _rebuild_hourly(db, kept_before, money)
+    _rebuild_from_hourly(db, DAILY, money)
+    _rebuild_from_hourly(db, SESSIONS, money)
+    db.execute(
+        "CREATE TRIGGER spend_rollups_insert AFTER INSERT ON requests BEGIN "
+        + " ".join(_upsert(rollup, "NEW", "+", money) for rollup in ROLLUPS)
+        + " END"
+    )
+    # An update (a back-filled cost, an upsert of a row written twice) moves the row's old values
+    # out of its old group and its new values into the new one.
+    body = []
+    for rollup in ROLLUPS:
+        key = " AND ".join(f"{k} = {v}" for k, v in zip(rollup.keys, rollup.key_values("OLD")))
+        body += [_upsert(rollup, "OLD", "-", money), _upsert(rollup, "NEW", "+", money), f"DELETE FROM {rollup.table} WHERE {key} AND requests = 0;"]
+    db.execute(f"CREATE TRIGGER spend_rollups_update AFTER UPDATE OF {', '.join(_watched(money))} ON requests BEGIN {' '.join(body)} END")
+
+
+def _rebuild_hourly(db: sqlite3.Connection, kept_before: str | None, money: tuple[str, ...]) -> None:
+    rollup = HOURLY
+    exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (rollup.table,)).fetchone()
+    if exists:
+        db.execute(f"ALTER TABLE {rollup.table} RENAME TO {rollup.table}_old")
+    db.execute(_schema(rollup, money))
+    columns = _columns(money)
+    select = [rollup.period_of("r"), *(dimension("r", d) for d in rollup.dims), *(f"SUM({v})" for v in counters("r", money).values())]
+    select += ["min(r.started_at)", "max(r.started_at)"]
+    db.execute(
+        f"INSERT INTO {rollup.table} (period, {', '.join(rollup.dims)}, {', '.join(columns)}, first_at, last_at) "
+        f"SELECT {', '.join(select)} FROM requests AS r GROUP BY {', '.join(str(i + 1) for i in range(len(rollup.dims) + 1))}"
+    )
+    if exists:
+        # Hours whose raw rows retention already dropped (it drops whole hours) keep their old
+        # totals; a column added since starts at 0 there.
+        old = {row[1] for row in db.execute(f"PRAGMA table_info({rollup.table}_old)")}
+        shared = ["period", *rollup.dims, *(c for c in columns if c in old), "first_at", "last_at"]
+        where, params = ("", ()) if kept_before is None else (" WHERE period < ?", (kept_before[: rollup.width],))
+        db.execute(f"INSERT INTO {rollup.table} ({', '.join(shared)}) SELECT {', '.join(shared)} FROM {rollup.table}_old{where}", params)
+        db.execute(f"DROP TABLE {rollup.table}_old")
+
+
+def _rebuild_from_hourly(db: sqlite3.Connection, rollup: Rollup, money: tuple[str, ...]) -> None:
+    # From the hourly rollup, not the raw rows: it still holds the hours retention pruned.
+    db.execute(f"DROP TABLE IF EXISTS {rollup.table}")
+    db.execute(_schema(rollup, money))
+    columns = _columns(money)
+    period = [f"substr(period, 1, {rollup.width})"] if rollup.width else []
+    db.execute(
+        f"INSERT INTO {rollup.table} ({', '.join(rollup.keys)}, {', '.join(columns)}, first_at, last_at) "
+        f"SELECT {', '.join([*period, *rollup.dims])}, {', '.join(f'SUM({c})' for c in columns)}, "
+        f"min(first_at), max(last_at) FROM {HOURLY.table} GROUP BY {', '.join(str(i + 1) for i in range(len(rollup.keys)))}"
+    )
