@@ -16,7 +16,6 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from yarl import URL
 
 from proxy.errors import ConfigError, shown
 
@@ -224,8 +223,15 @@ def _choice(value: Any, path: str, choices: tuple[str, ...]) -> str:
 
 def _upstream(value: Any) -> str:
     text = _string(value, "upstream")
-    url = URL(text)
-    if url.scheme not in ("http", "https") or not url.host:
+    # urllib, not yarl: the config loader sits on `statusline`'s fast import path.
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(text)
+        scheme, host = url.scheme, url.hostname
+    except ValueError:  # e.g. an unclosed [IPv6 bracket
+        scheme, host = "", None
+    if scheme not in ("http", "https") or not host:
         raise ConfigError(f"upstream: expected an http(s) URL such as {DEFAULT_UPSTREAM}, got {shown(value)}")
     return text.rstrip("/")
 
