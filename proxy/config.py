@@ -52,6 +52,9 @@ class Config:
     port: int = 8787
     upstream: str = DEFAULT_UPSTREAM
     db: Path = Path("openrouter-spend.db")
+    # Whether the file or a flag named `db`: only then does it beat $OPENROUTER_SPEND_DB and the
+    # per-user default (proxy/cli/locate.py).
+    db_given: bool = False
     max_body_bytes: int = 64 * 1024 * 1024
     connect_timeout_s: float = 10.0
     # Reasoning models think for minutes before the first byte; clients wait 10 min.
@@ -101,6 +104,7 @@ def parse_config(raw: Any) -> Config:
         port=_port(data.get("port", defaults.port), "port"),
         upstream=_upstream(data.get("upstream", defaults.upstream)),
         db=Path(_string(data.get("db", str(defaults.db)), "db")),
+        db_given=data.get("db") is not None,
         max_body_bytes=int(_number(data.get("max_body_mb", 64), "max_body_mb", positive=True) * 1024 * 1024),
         connect_timeout_s=_number(timeouts.get("connect_s", defaults.connect_timeout_s), "timeouts.connect_s", positive=True),
         first_byte_timeout_s=_number(

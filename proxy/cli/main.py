@@ -60,12 +60,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     from proxy.cli import calculator as calculator_cli
 
+    # Dispatched in main() before this parser is built; listed here for --help.
+    commands.add_parser("statusline", help="one line for Claude Code's statusLine (reads its JSON on stdin)")
+
     calculator_cli.add_commands(commands)  # type: ignore[arg-type]
     budgets_cli.add_commands(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["statusline"]:
+        # proxy.cli.entry sends it on before importing this module; this is for callers of main().
+        from proxy.cli import statusline
+
+        return statusline.main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args))
