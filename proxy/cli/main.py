@@ -7,6 +7,7 @@ on stderr and exit status 2, with no traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import logging
 import sqlite3
@@ -18,6 +19,7 @@ from typing import NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from proxy import __version__
+from proxy.cli.locate import CONFIG_ENV, default_config, resolve_config, resolve_db
 from proxy.config import Config
 from proxy.errors import CliError, ConfigError
 
@@ -36,15 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", type=Path, help="YAML config file (optional)")
+    serve.add_argument("--config", type=Path, help="YAML config file (default: $OPENROUTER_SPEND_CONFIG, else ~/.config/openrouter-spend/config.yaml if present)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8787)")
     serve.add_argument("--upstream", help="OpenRouter API base (default https://openrouter.ai/api/v1)")
-    serve.add_argument("--db", help="SQLite file (default ./openrouter-spend.db)")
+    serve.add_argument("--db", help="SQLite file (default: $OPENROUTER_SPEND_DB, the config's db, else ~/.local/share/openrouter-spend/spend.db)")
     serve.set_defaults(func=_serve)
 
     check = commands.add_parser("check-config", help="validate a config file")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, nargs="?", help="default: $OPENROUTER_SPEND_CONFIG, else ~/.config/openrouter-spend/config.yaml")
     check.set_defaults(func=_check_config)
 
     report = commands.add_parser("report", help="spend and tokens from the request log")
@@ -70,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        # Bare `openrouter-spend`: the help, on stdout, exit 0 (asking what it does is no error).
+        build_parser().print_help()
+        return 0
     if argv[:1] == ["statusline"]:
         # proxy.cli.entry sends it on before importing this module; this is for callers of main().
         from proxy.cli import statusline
@@ -92,7 +98,9 @@ def _serve(args: argparse.Namespace) -> int:
     from proxy.config import load_config
 
     overrides = {"host": args.host, "port": args.port, "upstream": args.upstream, "db": args.db}
-    config = load_config(args.config, overrides)
+    config_path = resolve_config(args.config)
+    config = load_config(config_path, overrides)
+    config = dataclasses.replace(config, db=resolve_db(args.db, config))
     # Other libraries stay at INFO: aiosqlite at DEBUG logs every row it writes.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("proxy").setLevel(config.log_level.upper())
@@ -176,10 +184,15 @@ def _warn_if_exposed(config: Config) -> None:
 
 def _check_config(args: argparse.Namespace) -> int:
     from proxy.config import load_config
+    from proxy.server.app import check_environment
 
-    config = load_config(args.file)
+    path = resolve_config(args.file)
+    if path is None:
+        raise CliError(f"no config file: looked at ${CONFIG_ENV} and {default_config()} (pass a file to check)")
+    config = load_config(path)
+    check_environment(config)
     _check_catalog_file(config)
-    print(f"{args.file}: ok ({len(config.budgets)} budgets, {len(config.alerts)} alert channels)")
+    print(f"{path}: ok ({len(config.budgets)} budgets, {len(config.alerts)} alert channels)")
     return 0
 
 

@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 
 import aiohttp
@@ -49,6 +49,7 @@ MANAGED_KEY = web.AppKey("managed_key", str)
 
 def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
     registry = registry if registry is not None else CollectorRegistry()
+    check_environment(config)
     metrics_token = _metrics_token(config)
     managed_key = _managed_key(config)
     # The body limit is enforced by the forwarder with our own envelope; aiohttp's cap is a backstop.
@@ -69,6 +70,19 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app.router.add_get("/healthz", _health)
     app.router.add_route("*", "/{tail:.*}", _forward)
     return app
+
+
+def check_environment(config: Config, environ: Mapping[str, str] | None = None) -> None:
+    """What `serve` checks at start-up beyond the YAML (variables the config names must be set),
+    so `check-config` fails on the same configs with the same one-line message."""
+    environ = os.environ if environ is None else environ
+    _metrics_token(config)
+    _managed_key(config)
+    from proxy.budgets.alerts import resolve_url
+
+    for channel in config.alerts:
+        if channel.url_env is not None:
+            resolve_url(channel, environ)
 
 
 def _is_loopback(host: str) -> bool:
