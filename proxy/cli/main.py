@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     # Dispatched in main() before this parser is built; listed here for --help.
     commands.add_parser("statusline", help="one line for Claude Code's statusLine (reads its JSON on stdin)")
 
+    from proxy.cli import setup as setup_cli
+
+    setup_cli.add_commands(commands)
     calculator_cli.add_commands(commands)  # type: ignore[arg-type]
     budgets_cli.add_commands(commands)
     return parser
