@@ -73,6 +73,8 @@ class Config:
     budgets: tuple[Any, ...] = ()
     alerts: tuple[Any, ...] = ()
     log_level: str = "info"
+    # One line per finished request on stderr (`serve --quiet` turns it off too).
+    access_log: bool = True
     # Waits before each GET /generation for a stream cut before its usage (not a YAML key:
     # OpenRouter's lag sets them; tests shorten them).
     backfill_delays_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -120,6 +122,7 @@ def parse_config(raw: Any) -> Config:
         keys=_keys(data.get("keys", [])),
         managed_key_env=_string(data["managed_key_env"], "managed_key_env") if data.get("managed_key_env") is not None else None,
         log_level=_choice(data.get("log_level", "info"), "log_level", ("debug", "info", "warning", "error")),
+        access_log=_flag(data.get("access_log", True), "access_log"),
     )
     if config.managed_key_env and not any(k.key_env or k.key_sha256 for k in config.keys):
         raise ConfigError("managed_key_env: managed-key mode needs proxy keys under `keys:` (key_env or key_sha256)")
@@ -143,6 +146,7 @@ _TOP_KEYS = {
     "budgets",
     "alerts",
     "log_level",
+    "access_log",
 }
 
 
@@ -209,6 +213,12 @@ def _integer(value: Any, path: str, *, minimum: int = 0) -> int:
         raise ConfigError(f"{path}: expected a whole number, got {shown(value)}")
     if value < minimum:
         raise ConfigError(f"{path}: expected a whole number >= {minimum}, got {value}")
+    return value
+
+
+def _flag(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: expected true or false, got {shown(value)}")
     return value
 
 

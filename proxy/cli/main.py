@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8787)")
     serve.add_argument("--upstream", help="OpenRouter API base (default https://openrouter.ai/api/v1)")
+    serve.add_argument("--quiet", action="store_true", help="no start-up banner and no line per request")
     serve.add_argument("--db", help="SQLite file (default: $OPENROUTER_SPEND_DB, the config's db, else ~/.local/share/openrouter-spend/spend.db)")
     serve.set_defaults(func=_serve)
 
@@ -108,6 +109,8 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("proxy").setLevel(config.log_level.upper())
     logging.getLogger("aiohttp.access").setLevel(config.log_level.upper())
+    if args.quiet or not config.access_log:
+        logging.getLogger("proxy.access").setLevel(logging.WARNING)
     _check_catalog_file(config)
     _prepare_db(config)
     app = create_app(config)
@@ -120,6 +123,8 @@ def _serve(args: argparse.Namespace) -> int:
             "event=listening url=%s upstream=%s db=%s openai_base=%s/api/v1 anthropic_base=%s/api",
             base, config.upstream, config.db, base, base,
         )
+        if not args.quiet:
+            print(banner(config, config_path), file=sys.stderr, flush=True)
 
     try:
         web.run_app(
@@ -135,6 +140,34 @@ def _serve(args: argparse.Namespace) -> int:
         # Binding is the OSError a start can meet here (the database was opened above).
         raise CliError(f"port: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     return 0
+
+
+def banner(config: Config, config_path: Path | None) -> str:
+    """What a person needs after `serve`: the URLs to paste and where things are."""
+    host = config.host
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    base = f"http://{shown}:{config.port}"
+    metrics = config.metrics
+    if not metrics.enabled:
+        metrics_url = "off"
+    elif metrics.port is None:
+        metrics_url = f"{base}/metrics"
+    else:
+        metrics_url = f"http://{metrics.host or shown}:{metrics.port}/metrics"
+    rows = [
+        ("OpenAI-style clients", f"{base}/api/v1   (OPENAI_BASE_URL, OPENROUTER_API_BASE)"),
+        ("Anthropic-style clients", f"{base}/api      (ANTHROPIC_BASE_URL, e.g. Claude Code)"),
+        ("per project", f"{base}/p/<project>/api/v1"),
+        ("database", str(config.db)),
+        ("config", str(config_path) if config_path else "none (defaults)"),
+        ("metrics", metrics_url),
+        ("upstream", config.upstream),
+    ]
+    lines = [f"openrouter-spend {__version__} listening on http://{host}:{config.port}"]
+    lines += [f"  {name + ':':<25}{value}" for name, value in rows]
+    lines.append("  set up an agent:         openrouter-spend setup claude-code|codex|opencode|aider|goose|cline")
+    lines.append("  watch it live:           openrouter-spend watch   (--quiet: no banner, no line per request)")
+    return "\n".join(lines)
 
 
 def _check_catalog_file(config: Config) -> None:

@@ -32,10 +32,22 @@ from proxy.pricing.generation import Backfill, needs_backfill
 from proxy.server.guard import BudgetGuard, retry_after
 from proxy.metrics import Metrics
 from proxy.store.recorder import Recorder
+from proxy.store.records import UsageRecord
+from proxy.server.throttle import Throttle
 from proxy.server.routing import BadPath, Route, client_headers, requested_model, resolve, upstream_headers
 from proxy.usage import BILLED_ENDPOINTS, Usage, UsageParser, parser_for
 
 log = logging.getLogger(__name__)
+# One line per finished request (`serve --quiet` or `access_log: false` turns it off).
+_access = logging.getLogger("proxy.access")
+
+
+def access_line(rec: UsageRecord) -> str:
+    """method, endpoint, model, status, tokens, cost, ms: never a key, a prompt or a header."""
+    tokens = "-" if rec.input_tokens is None and rec.output_tokens is None else f"{rec.input_tokens or 0}+{rec.output_tokens or 0}tok"
+    cost = "-" if rec.cost_usd is None else f"${rec.cost_usd:.6f}"
+    outcome = "" if rec.outcome == records.OK else f" {rec.outcome}"
+    return f"{rec.method} /{rec.endpoint.lstrip('/')} {rec.model or rec.model_requested or '-'} {rec.status}{outcome} {tokens} {cost} {rec.duration_ms:.0f}ms"
 
 # A non-streamed reply up to this size is read whole and sent with a Content-Length.
 _WHOLE_BODY_LIMIT = 8 * 1024 * 1024
@@ -74,6 +86,7 @@ class Forwarder:
         self._guard = guard
         self._backfill = backfill
         self._managed_key = managed_key
+        self._drift_log = Throttle(log)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.perf_counter()
@@ -197,8 +210,12 @@ class Forwarder:
                 output_cost_usd=(cost.output + cost.reasoning) if cost else None,
                 drift=accounted.drift,
             )
+            if _access.isEnabledFor(logging.INFO):
+                _access.info(access_line(rec))
             if accounted.drift:
-                log.warning(
+                # Once a minute per model: a stale price drifts on every request until the refresh.
+                self._drift_log.warning(
+                    rec.model,
                     "event=cost_drift request_id=%s model=%s reported_usd=%s catalog_usd=%s",
                     request_id,
                     rec.model,
