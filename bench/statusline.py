@@ -47,7 +47,7 @@ def build(path: Path, rows: int, now: datetime) -> None:
         values = dict.fromkeys(REQUEST_COLUMNS)
         values.update(
             id=f"r{n:08d}", started_at=encode_time(started), finished_at=encode_time(started + timedelta(seconds=2)),
-            method="POST", endpoint="/api/v1/messages", model=MODELS[n % 4], model_requested=MODELS[n % 4],
+            method="POST", endpoint="messages", model=MODELS[n % 4], model_requested=MODELS[n % 4],
             provider="Anthropic", project=f"p{n % 7}", session=f"sess-{(n // 500) % 2000:04d}", client="claude-code",
             streamed=1, status=200, outcome="ok", input_tokens=20_000, output_tokens=500, cost_usd=cost,
             cost_reported_usd=cost, cost_source="reported", is_free=0, duration_ms=2000.0,

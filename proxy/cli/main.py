@@ -67,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("statusline", help="one line for Claude Code's statusLine (reads its JSON on stdin)")
 
     from proxy.cli import setup as setup_cli
+    from proxy.cli import watch as watch_cli
 
     setup_cli.add_commands(commands)
+    watch_cli.add_commands(commands)
     calculator_cli.add_commands(commands)  # type: ignore[arg-type]
     budgets_cli.add_commands(commands)
     return parser
