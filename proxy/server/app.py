@@ -156,7 +156,8 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
         connector=connector,
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
-        trust_env=False,
+        # HTTP(S)_PROXY and NO_PROXY from the environment, as curl and pip honour them (a corporate proxy).
+        trust_env=True,
     )
     app[SESSION] = session
     try:
