@@ -60,6 +60,13 @@ def _catalog(args: argparse.Namespace) -> Catalog:
         raise CliError(f"--catalog {path}: {e}") from None
 
 
+def _as_of(args: argparse.Namespace, catalog: Catalog) -> str:
+    """Which prices these are: people compare them with the website and need to know their age."""
+    when = catalog.fetched_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if catalog.fetched_at else "an unknown date (the listing has no fetchedAt)"
+    source = str(args.catalog) if args.catalog is not None else "built-in snapshot; `serve` refreshes its own copy from OpenRouter"
+    return f"prices as of {when} ({source})"
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     if not path.exists():
         raise CliError(f"--db {path}: no such file (start the proxy first, or pass --db)")
@@ -89,10 +96,11 @@ def _cmd_models(args: argparse.Namespace) -> int:
         history = _read_table(args.db, "SELECT model_id, pricing, first_seen_at FROM model_prices")
         _emit(price_changes([(r[0], r[1], r[2]) for r in history], args.search), args.format)
         return 0
+    catalog = _catalog(args)
     rows = model_rows(
-        _catalog(args), search=args.search, free=args.free, max_input_price=args.max_input_price, sort=args.sort
+        catalog, search=args.search, free=args.free, max_input_price=args.max_input_price, sort=args.sort
     )
-    _emit(rows, args.format, f"{len(rows)} models; prices in USD per 1M tokens")
+    _emit(rows, args.format, f"{len(rows)} models; prices in USD per 1M tokens; {_as_of(args, catalog)}")
     return 0
 
 
@@ -109,7 +117,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         calls=args.calls,
         per=args.per,
     )
-    _emit(rows, args.format, summary_line(rows))
+    summary = summary_line(rows)
+    _emit(rows, args.format, (summary + "\n" if summary else "") + _as_of(args, catalog))
     return 0
 
 
@@ -148,11 +157,20 @@ def _decimal_arg(text: str) -> Decimal:
     return d
 
 
+_SUFFIXES = {"k": 1_000, "m": 1_000_000}
+
+
 def _count_arg(text: str) -> int:
+    """A token or call count: 1000, 1,000, 1k, 1.5k, 2M."""
+    plain = text.strip().replace(",", "").replace("_", "")
+    scale = _SUFFIXES.get(plain[-1:].lower(), 1)
     try:
-        n = int(text.replace(",", "").replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        value = Decimal(plain[:-1] if scale != 1 else plain) * scale
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r} (e.g. 1500, 1.5k, 2M)") from None
+    if not value.is_finite() or value != value.to_integral_value():
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r} (e.g. 1500, 1.5k, 2M)")
+    n = int(value)
     if n < 0:
         raise argparse.ArgumentTypeError(f"cannot be negative: {text!r}")
     return n

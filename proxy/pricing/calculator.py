@@ -194,7 +194,10 @@ def estimate_rows(
         entries += _cheapest(catalog, usage, at, cheapest if cheapest is not None else 10, {e.id for e in entries})
     reference: Decimal | None = None
     if vs is not None:
-        vs_cost = price(usage, resolve(catalog, vs).pricing, at)
+        vs_entry = resolve(catalog, vs)
+        if all(e.id != vs_entry.id for e in entries):
+            entries.append(vs_entry)  # the reference's own row, so its cost is on the page
+        vs_cost = price(usage, vs_entry.pricing, at)
         if vs_cost is None:
             raise CliError(f"--vs {vs}: the model has a variable price")
         reference = vs_cost.total
