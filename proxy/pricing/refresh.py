@@ -23,6 +23,8 @@ from proxy.store.sqlite import encode_time
 log = logging.getLogger(__name__)
 
 _RECORD_PRICE = "INSERT OR IGNORE INTO model_prices (model_id, pricing, first_seen_at) VALUES (?, ?, ?)"
+# The last good listing, so `models` and `estimate` price with what the proxy last fetched.
+_STORE_LISTING = "INSERT OR REPLACE INTO meta (key, value) VALUES ('catalog_listing', ?)"
 
 
 class CatalogHolder:
@@ -73,6 +75,8 @@ async def refresh_once(
     holder.current, holder.source, holder.updated_at = catalog, upstream, time.time()
     metrics.set_catalog(len(catalog), holder.updated_at)
     record_prices(catalog, recorder, datetime.now(UTC))
+    listing = {"fetchedAt": catalog.fetched_at.isoformat() if catalog.fetched_at else None, "data": payload.get("data")}
+    recorder.record(Statement(_STORE_LISTING, (json.dumps(listing, separators=(",", ":")),)))
     log.info("event=catalog_refreshed models=%d", len(catalog))
     return True
 

@@ -172,9 +172,15 @@ async def _catalog(app: web.Application) -> AsyncIterator[None]:
     app[CATALOG] = holder
     metrics = app[METRICS]
     metrics.set_catalog(len(holder.current), holder.updated_at)
-    record_prices(holder.current, app[RECORDER], datetime.now(UTC))
+    refreshing = config.catalog_refresh_s > 0 and config.catalog_file is None
+    async with app[DB].execute("SELECT 1 FROM model_prices LIMIT 1") as cursor:
+        has_history = await cursor.fetchone() is not None
+    if not refreshing or has_history:
+        # With a refresh coming, a first start leaves the built-in snapshot out of the price
+        # history: its differences from the live listing are not price changes (`models --changes`).
+        record_prices(holder.current, app[RECORDER], datetime.now(UTC))
     task = None
-    if config.catalog_refresh_s > 0 and config.catalog_file is None:
+    if refreshing:
         task = asyncio.create_task(
             refresh_loop(holder, app[SESSION], config.upstream, app[RECORDER], metrics, config.catalog_refresh_s),
             name="catalog-refresh",
