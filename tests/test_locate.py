@@ -111,3 +111,31 @@ def test_check_config_fails_where_serve_fails(tmp_path: Path, text: str, needle:
     assert "Traceback" not in served.stderr + checked.stderr
     assert checked.stderr.strip() == serve_line, (checked.stderr, served.stderr)
     assert needle in serve_line
+
+
+def test_readers_find_db_and_config_without_flags(tmp_path: Path) -> None:
+    """`budgets` and `watch --once` with no flags: the user's config, its db; and say where they looked."""
+    none = _run(["watch", "--once"], tmp_path)
+    assert none.returncode == 2 and "looked at --db, $OPENROUTER_SPEND_DB" in none.stderr, none
+    import sqlite3
+
+    from proxy.store.sqlite import prepare
+
+    db = tmp_path / "elsewhere.db"
+    prepare(db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO requests (id, started_at, finished_at, method, endpoint, streamed, status, outcome, cost_usd,"
+                     " cost_source, is_free, duration_ms) VALUES ('r1', strftime('%Y-%m-%dT%H:%M:%fZ','now'),"
+                     " strftime('%Y-%m-%dT%H:%M:%fZ','now'), 'POST', 'chat/completions', 0, 200, 'ok', '1.25', 'reported', 0, 5)")
+    user = tmp_path / ".config/openrouter-spend/config.yaml"
+    user.parent.mkdir(parents=True)
+    user.write_text(f"db: {db}\nbudgets:\n  - {{name: daily, limit_usd: 5, period: day}}\n")
+    budgets = _run(["budgets", "--format", "json"], tmp_path)
+    assert budgets.returncode == 0, budgets.stderr
+    assert '"spent_usd": "1.25"' in budgets.stdout
+    watch = _run(["watch", "--once"], tmp_path)
+    assert watch.returncode == 0 and "today $1.25" in watch.stdout, watch
+    # The environment beats the config's db.
+    empty = tmp_path / "empty.db"
+    prepare(empty)
+    assert "today $0.00" in _run(["watch", "--once"], tmp_path, OPENROUTER_SPEND_DB=str(empty)).stdout
