@@ -140,6 +140,12 @@ async def test_tightest_budget_share_left(tmp_path: Path) -> None:
                                    env={"OPENROUTER_SPEND_CONFIG": str(config)}))
     assert coloured == "\x1b[33mper-session 25% left\x1b[0m"
 
+    # The settings are cached between runs; an edited config is read again.
+    assert (tmp_path / ".cache/openrouter-spend/statusline-config.json").is_file()
+    config.write_text(config.read_text().replace("limit_usd: 4,", "limit_usd: 30,"))
+    line = one_line(statusline("--config", str(config), "--format", "{budget}", stdin=claude_code_input(), home=tmp_path))
+    assert line == "app 70% left"
+
 
 def test_no_database_yet_is_a_neutral_line(tmp_path: Path) -> None:
     line = one_line(statusline(stdin=claude_code_input(), home=tmp_path))

@@ -12,10 +12,17 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from proxy.config import Config
+
+class HasDb(Protocol):
+    """What discovery needs of a config (a Config, or statusline's cached settings)."""
+
+    @property
+    def db(self) -> Path: ...
+
+    @property
+    def db_given(self) -> bool: ...
 
 DB_ENV = "OPENROUTER_SPEND_DB"
 CONFIG_ENV = "OPENROUTER_SPEND_CONFIG"
@@ -54,7 +61,7 @@ def resolve_config(args_config: Path | str | None, env: Mapping[str, str] | None
 
 def resolve_db(
     args_db: Path | str | None,
-    config: Config | None,
+    config: HasDb | None,
     env: Mapping[str, str] | None = None,
     *,
     cwd: Path | None = None,
@@ -82,7 +89,7 @@ def resolve_db(
     return default
 
 
-def looked_for_db(args_db: Path | str | None, config: Config | None, env: Mapping[str, str] | None = None) -> str:
+def looked_for_db(args_db: Path | str | None, config: HasDb | None, env: Mapping[str, str] | None = None) -> str:
     """Where resolve_db looked, for the message a command prints when there is no database."""
     env = os.environ if env is None else env
     given = "--db" if args_db else f"${DB_ENV}" if env.get(DB_ENV) else "the config's db" if config is not None and config.db_given else None
@@ -91,5 +98,5 @@ def looked_for_db(args_db: Path | str | None, config: Config | None, env: Mappin
     return f"looked at --db, ${DB_ENV}, the config's db, ./{LEGACY_DB} and {default_db(env)}"
 
 
-def missing_db(path: Path, args_db: Path | str | None, config: Config | None) -> str:
+def missing_db(path: Path, args_db: Path | str | None, config: HasDb | None) -> str:
     return f"no database at {path} ({looked_for_db(args_db, config)}); start `openrouter-spend serve` first, or pass --db"
