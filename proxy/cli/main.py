@@ -1,4 +1,4 @@
-"""openrouter-spend serve | report | check-config | models | estimate | whatif.
+"""openrouter-spend serve | check-config | report | statusline | setup | watch | models | estimate | whatif | budgets.
 
 The only module that configures logging or exits: a ConfigError or CliError becomes one line
 on stderr and exit status 2, with no traceback.
