@@ -12,7 +12,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -177,10 +177,19 @@ def _values(db: sqlite3.Connection, session: str | None, config: Settings | None
 
     tz = ZoneInfo(config.timezone) if config is not None else ZoneInfo("UTC")
     midnight = now.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0)
+    memo: dict[tuple[datetime, str | None], Decimal] = {}
+
+    def spend(since: datetime, project: str | None = None) -> Decimal:
+        # A day budget's window is today's: one query answers both.
+        key = (since, project)
+        if key not in memo:
+            memo[key] = live.spend_since(db, since, project=project)
+        return memo[key]
+
     spent = live.session_spend(db, session) if session else None
-    today = live.spend_since(db, midnight)
-    burn = live.spend_since(db, now - timedelta(hours=1))
-    tightest = _tightest(db, config, session, spent.project if spent else None, now) if config else None
+    today = spend(midnight)
+    burn = spend(now - timedelta(hours=1))
+    tightest = _tightest(db, config, session, spent.project if spent else None, now, spend) if config else None
     model = data.get("model")
     return {
         "session_cost": _money(spent.cost_usd) if spent and spent.requests else "-",
@@ -192,7 +201,14 @@ def _values(db: sqlite3.Connection, session: str | None, config: Settings | None
     }
 
 
-def _tightest(db: sqlite3.Connection, config: Settings, session: str | None, project: str | None, now: datetime) -> Tightest | None:
+def _tightest(
+    db: sqlite3.Connection,
+    config: Settings,
+    session: str | None,
+    project: str | None,
+    now: datetime,
+    spend: Callable[[datetime, str | None], Decimal],
+) -> Tightest | None:
     """The budget with the smallest share left among those this session counts against: total,
     session and project budgets (key and model budgets need what only the proxy sees)."""
     from proxy.budgets.spec import window
@@ -204,11 +220,11 @@ def _tightest(db: sqlite3.Connection, config: Settings, session: str | None, pro
             continue
         start, _ = window(spec, now, config.tz)
         if spec.scope == "total":
-            spent = live.spend_since(db, start)
+            spent = spend(start, None)
         elif spec.scope == "session" and session:
             spent = live.session_spend(db, session, since=start).cost_usd
         elif spec.scope == "project" and project:
-            spent = live.spend_since(db, start, project=project)
+            spent = spend(start, project)
         else:
             continue
         left = 1 - spent / spec.limit_usd

@@ -2,7 +2,8 @@
 range, active sessions, the last requests. Standard library only, so `statusline` starts fast.
 
 Each query walks an index (requests_session or requests_started_at) and reads only the rows in
-range. Money is summed in Python as Decimal from the stored decimal text, so totals are exact.
+range. Sums over a time range are done by SQLite in integer pico-dollars (each stored decimal
+rounded to 1e-12, which no price reaches below), so they are exact without a Python loop per row.
 The connection is read-only: it never blocks the proxy's writer (WAL) and never creates a file.
 """
 
@@ -71,17 +72,26 @@ def session_spend(db: sqlite3.Connection, session: str, since: datetime | None =
     )
 
 
+# A REAL holds a cost below $4,500 times 1e12 exactly as an integer, so ROUND recovers the stored
+# decimal's pico-dollars; SUM over INTEGERs is exact (it raises on overflow, past $9 million).
+_SUM_PICO = "SUM(CAST(ROUND(CAST(cost_usd AS REAL) * 1e12) AS INTEGER))"
+
+
 def spend_since(db: sqlite3.Connection, since: datetime, until: datetime | None = None, *, project: str | None = None) -> Decimal:
     if project is not None:
-        query = "SELECT cost_usd FROM requests INDEXED BY requests_project WHERE project = ? AND started_at >= ?"
+        where = "FROM requests INDEXED BY requests_project WHERE project = ? AND started_at >= ?"
         params: list[str] = [project, encode_time(since)]
     else:
-        query = "SELECT cost_usd FROM requests INDEXED BY requests_started_at WHERE started_at >= ?"
+        where = "FROM requests INDEXED BY requests_started_at WHERE started_at >= ?"
         params = [encode_time(since)]
     if until is not None:
-        query += " AND started_at < ?"
+        where += " AND started_at < ?"
         params.append(encode_time(until))
-    return _total(db.execute(query, params))
+    try:
+        (pico,) = db.execute(f"SELECT {_SUM_PICO} {where}", params).fetchone()
+    except sqlite3.OperationalError:  # integer overflow: add up in Python instead
+        return _total(db.execute(f"SELECT cost_usd {where}", params))
+    return _ZERO if pico is None else Decimal(pico).scaleb(-12)
 
 
 class ActiveSession(NamedTuple):
