@@ -113,3 +113,12 @@ async def test_cost_drift_on_every_request_logs_once(proxy: Any, caplog: pytest.
     drift = [r.getMessage() for r in caplog.records if "event=cost_drift" in r.getMessage()]
     assert len(drift) == 1, drift
     assert len(proxy.rows()) == 4
+
+
+def test_access_log_key_is_checked() -> None:
+    from proxy.config import parse_config
+    from proxy.errors import ConfigError
+
+    assert parse_config({}).access_log is True and parse_config({"access_log": False}).access_log is False
+    with pytest.raises(ConfigError, match="access_log: expected true or false, got 'no'"):
+        parse_config({"access_log": "no"})
