@@ -178,3 +178,21 @@ def test_render_template_fields() -> None:
     assert render(values, "{model} {session_cost} {budget_left}") == "Opus $1.00 0%"
     assert render(values, "{today}\nsecond line") == "$2.00"
     assert render({**values, "tightest": None}, "{session_cost}{budget_part}") == "$1.00"
+
+
+def test_cached_calendar_windows_roll_over(tmp_path: Path, monkeypatch: Any) -> None:
+    from proxy.cli.statusline import settings_of
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    config = tmp_path / "c.yaml"
+    config.write_text("timezone: Europe/Berlin\nbudgets:\n  - {name: d, limit_usd: 5, period: day}\n"
+                      "  - {name: r, limit_usd: 5, period: rolling:5h}\n")
+    noon = datetime(2026, 3, 28, 12, 0, tzinfo=UTC)
+    first = settings_of(config, noon)
+    assert first.budgets[0].start == datetime(2026, 3, 27, 23, 0, tzinfo=UTC)  # Berlin midnight, UTC+1
+    assert first.budgets[1].start is None and first.budgets[1].rolling_seconds == 5 * 3600
+    assert settings_of(config, noon + timedelta(hours=5)) == first  # from the cache, same window
+    # Past the window's end (and across the DST change) the window is computed again.
+    nextday = settings_of(config, datetime(2026, 3, 29, 1, 0, tzinfo=UTC))
+    assert nextday.budgets[0].start == datetime(2026, 3, 28, 23, 0, tzinfo=UTC)
+    assert nextday.budgets[0].end == datetime(2026, 3, 29, 22, 0, tzinfo=UTC)  # a 23-hour day

@@ -22,8 +22,6 @@ from zoneinfo import ZoneInfo
 if TYPE_CHECKING:
     import sqlite3
 
-    from proxy.budgets.spec import BudgetSpec
-
 DEFAULT_FORMAT = "{session_cost} session · {today} today{budget_part} · {burn}/h"
 NEUTRAL = "openrouter-spend: no spend recorded yet"
 _GREEN, _YELLOW, _RED, _DIM, _RESET = "\x1b[32m", "\x1b[33m", "\x1b[31m", "\x1b[2m", "\x1b[0m"
@@ -44,14 +42,29 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+class Budget(NamedTuple):
+    """A budget as the status line needs it; `start`/`end` is the calendar window it was last
+    computed for (None for rolling windows, which need no calendar)."""
+
+    name: str
+    limit_usd: Decimal
+    period: str
+    rolling_seconds: int | None
+    scope: str
+    match: tuple[tuple[str, str], ...]
+    start: datetime | None = None
+    end: datetime | None = None
+
+
 class Settings(NamedTuple):
-    """What the status line needs from the config: cached as JSON keyed by the file's path, size
-    and mtime, so a run skips YAML and the config loader (a third of its time)."""
+    """What the status line needs from the config, cached as JSON keyed by the file's path, size
+    and mtime (and our version), so a run skips YAML, the config loader and, until a calendar
+    window ends, the budget module: together most of its start-up time."""
 
     db: Path
     db_given: bool
     timezone: str
-    budgets: tuple[BudgetSpec, ...]
+    budgets: tuple[Budget, ...]
 
     @property
     def tz(self) -> ZoneInfo:
@@ -64,26 +77,32 @@ def _cache_file() -> Path:
     return root / "openrouter-spend" / "statusline-config.json"
 
 
-def settings_of(config_path: Path) -> Settings:
+def settings_of(config_path: Path, now: datetime) -> Settings:
     try:
-        st = config_path.stat()
         from proxy import __version__
 
-        key = [__version__, str(config_path.resolve()), st.st_mtime_ns, st.st_size]
+        st = config_path.stat()
+        key: list[Any] | None = [__version__, str(config_path.resolve()), st.st_mtime_ns, st.st_size]
     except OSError:
         key = None
     cache = _cache_file()
+    settings = None
     if key is not None:
         try:
             data = json.loads(cache.read_text(encoding="utf-8"))
             if data["key"] == key:
-                return _from_json(data)
+                settings = _from_json(data)
         except (OSError, ValueError, KeyError, TypeError):
             pass
-    from proxy.config import load_config
+    if settings is not None and all(b.end is None or now < b.end for b in settings.budgets if b.rolling_seconds is None):
+        return settings
+    if settings is None:
+        from proxy.config import load_config
 
-    config = load_config(config_path)  # raises the one-line ConfigError on a bad file
-    settings = Settings(config.db, config.db_given, config.timezone, config.budgets)
+        config = load_config(config_path)  # raises the one-line ConfigError on a bad file
+        budgets = tuple(Budget(b.name, b.limit_usd, b.period, b.rolling_seconds, b.scope, b.match) for b in config.budgets)
+        settings = Settings(config.db, config.db_given, config.timezone, budgets)
+    settings = settings._replace(budgets=_windows(settings, now))
     if key is not None:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +114,22 @@ def settings_of(config_path: Path) -> Settings:
     return settings
 
 
+def _windows(settings: Settings, now: datetime) -> tuple[Budget, ...]:
+    """Each calendar budget's current window, by the budget module's own rules (time zone, DST)."""
+    if all(b.rolling_seconds is not None for b in settings.budgets):
+        return settings.budgets
+    from proxy.budgets.spec import BudgetSpec, window
+
+    out = []
+    for b in settings.budgets:
+        if b.rolling_seconds is None:
+            spec = BudgetSpec(name=b.name, limit_usd=b.limit_usd, period=b.period, scope=b.scope, match=b.match)
+            start, end = window(spec, now, settings.tz)
+            b = b._replace(start=start, end=end)
+        out.append(b)
+    return tuple(out)
+
+
 def _to_json(s: Settings) -> dict[str, Any]:
     return {
         "db": str(s.db),
@@ -102,22 +137,23 @@ def _to_json(s: Settings) -> dict[str, Any]:
         "timezone": s.timezone,
         "budgets": [
             {"name": b.name, "limit_usd": str(b.limit_usd), "period": b.period, "rolling_seconds": b.rolling_seconds,
-             "scope": b.scope, "match": [list(m) for m in b.match]}
+             "scope": b.scope, "match": [list(m) for m in b.match],
+             "start": b.start.isoformat() if b.start else None, "end": b.end.isoformat() if b.end else None}
             for b in s.budgets
         ],
     }
 
 
 def _from_json(data: dict[str, Any]) -> Settings:
-    budgets: tuple[BudgetSpec, ...] = ()
-    if data["budgets"]:
-        from proxy.budgets.spec import BudgetSpec
-
-        budgets = tuple(
-            BudgetSpec(name=b["name"], limit_usd=Decimal(b["limit_usd"]), period=b["period"],
-                       rolling_seconds=b["rolling_seconds"], scope=b["scope"], match=tuple(tuple(m) for m in b["match"]))
-            for b in data["budgets"]
+    budgets = tuple(
+        Budget(
+            str(b["name"]), Decimal(b["limit_usd"]), str(b["period"]), b["rolling_seconds"], str(b["scope"]),
+            tuple((str(k), str(v)) for k, v in b["match"]),
+            datetime.fromisoformat(b["start"]) if b["start"] else None,
+            datetime.fromisoformat(b["end"]) if b["end"] else None,
         )
+        for b in data["budgets"]
+    )
     return Settings(Path(data["db"]), bool(data["db_given"]), str(data["timezone"]), budgets)
 
 
@@ -158,7 +194,8 @@ def _line(argv: list[str], stdin: Any) -> str:
     session = args.session or data.get("session_id")
     session = session if isinstance(session, str) and session else None
     config_path = resolve_config(args.config)
-    config = settings_of(config_path) if config_path is not None else None
+    now = datetime.now(UTC)
+    config = settings_of(config_path, now) if config_path is not None else None
     path = resolve_db(args.db, config, notice=False)
     from proxy.store import live
 
@@ -166,7 +203,7 @@ def _line(argv: list[str], stdin: Any) -> str:
     if db is None:
         return NEUTRAL
     try:
-        values = _values(db, session, config, datetime.now(UTC), data)
+        values = _values(db, session, config, now, data)
     finally:
         db.close()
     return render(values, args.format, color=args.color)
@@ -211,14 +248,18 @@ def _tightest(
 ) -> Tightest | None:
     """The budget with the smallest share left among those this session counts against: total,
     session and project budgets (key and model budgets need what only the proxy sees)."""
-    from proxy.budgets.spec import window
     from proxy.store import live
 
     best: Tightest | None = None
     for spec in config.budgets:
         if spec.match or spec.limit_usd <= 0:
             continue
-        start, _ = window(spec, now, config.tz)
+        if spec.rolling_seconds is not None:
+            start = now - timedelta(seconds=spec.rolling_seconds)
+        elif spec.start is not None:
+            start = spec.start
+        else:
+            continue
         if spec.scope == "total":
             spent = spend(start, None)
         elif spec.scope == "session" and session:
