@@ -1,3 +1,3 @@
-from proxy.cli.main import main
+from proxy.cli.entry import main
 
 raise SystemExit(main())

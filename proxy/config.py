@@ -17,7 +17,6 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from yarl import URL
 
 from proxy.errors import ConfigError, shown
 from proxy.pricing.hints import WEB_RESULT_USD
@@ -73,6 +72,9 @@ class Config:
     # body_min_rate (bytes/s) once this grace has passed; else 408 and the connection is closed.
     body_idle_timeout_s: float = 10.0
     body_min_rate: float = 64 * 1024
+    # Whether the file or a flag named `db`: only then does it beat $OPENROUTER_SPEND_DB and the
+    # per-user default (proxy/cli/locate.py).
+    db_given: bool = False
     connect_timeout_s: float = 10.0
     # Reasoning models think for minutes before the first byte; clients wait 10 min.
     first_byte_timeout_s: float = 900.0
@@ -100,6 +102,8 @@ class Config:
     # retention.raw_days: raw request rows older than this are deleted (their totals stay in the
     # hourly rollup, so reports stay exact); None keeps every row.
     retention_raw_days: int | None = None
+    # One line per finished request on stderr (`serve --quiet` turns it off too).
+    access_log: bool = True
     # Waits before each GET /generation for a stream cut before its usage (not a YAML key:
     # OpenRouter's lag sets them; tests shorten them).
     backfill_delays_s: tuple[float, ...] = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -137,6 +141,7 @@ def parse_config(raw: Any) -> Config:
         max_buffered_bytes=int(_number(data.get("max_buffered_mb", 256), "max_buffered_mb", positive=True) * 1024 * 1024),
         body_idle_timeout_s=_number(timeouts.get("body_idle_s", defaults.body_idle_timeout_s), "timeouts.body_idle_s", positive=True),
         body_min_rate=_number(timeouts.get("body_min_kib_s", 64), "timeouts.body_min_kib_s", positive=True) * 1024,
+        db_given=data.get("db") is not None,
         connect_timeout_s=_number(timeouts.get("connect_s", defaults.connect_timeout_s), "timeouts.connect_s", positive=True),
         first_byte_timeout_s=_number(
             timeouts.get("first_byte_s", defaults.first_byte_timeout_s), "timeouts.first_byte_s", positive=True
@@ -157,6 +162,7 @@ def parse_config(raw: Any) -> Config:
         reconcile=_reconcile(data.get("reconcile", {})),
         allowed_hosts=_hosts(data.get("allowed_hosts", [])),
         retention_raw_days=_retention(data.get("retention", {})),
+        access_log=_flag(data.get("access_log", True), "access_log"),
     )
     if config.managed_key_env and not any(k.key_env or k.key_sha256 for k in config.keys):
         raise ConfigError("managed_key_env: managed-key mode needs proxy keys under `keys:` (key_env or key_sha256)")
@@ -184,6 +190,7 @@ _TOP_KEYS = {
     "reconcile",
     "allowed_hosts",
     "retention",
+    "access_log",
 }
 
 
@@ -260,6 +267,12 @@ def _integer(value: Any, path: str, *, minimum: int = 0) -> int:
     return value
 
 
+def _flag(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: expected true or false, got {shown(value)}")
+    return value
+
+
 def _port(value: Any, path: str) -> int:
     port = _integer(value, path, minimum=0)
     if port > 65535:
@@ -275,8 +288,15 @@ def _choice(value: Any, path: str, choices: tuple[str, ...]) -> str:
 
 def _upstream(value: Any) -> str:
     text = _string(value, "upstream")
-    url = URL(text)
-    if url.scheme not in ("http", "https") or not url.host:
+    # urllib, not yarl: the config loader sits on `statusline`'s fast import path.
+    from urllib.parse import urlsplit
+
+    try:
+        url = urlsplit(text)
+        scheme, host = url.scheme, url.hostname
+    except ValueError:  # e.g. an unclosed [IPv6 bracket
+        scheme, host = "", None
+    if scheme not in ("http", "https") or not host:
         raise ConfigError(f"upstream: expected an http(s) URL such as {DEFAULT_UPSTREAM}, got {shown(value)}")
     return text.rstrip("/")
 

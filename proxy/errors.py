@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+if TYPE_CHECKING:
+    # Imported where a response is built: the config loader and `statusline` import this module,
+    # and aiohttp costs ~150 ms to import.
+    from aiohttp import web
 
 
 class ConfigError(Exception):
@@ -44,6 +47,8 @@ def error_response(
     metadata: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> web.Response:
+    from aiohttp import web
+
     return web.Response(
         status=status,
         body=error_body(status, message, anthropic=anthropic, metadata=metadata),

@@ -62,7 +62,8 @@ def test_acceptance_estimate_on_the_2025_listing(capsys: pytest.CaptureFixture[s
     gpt = next(line for line in lines if line.startswith("openai/gpt-4o "))
     assert llama.split()[-2:] == ["$0.000035", "$35.00"]
     assert gpt.split()[-2:] == ["$0.0075", "$7,500.00"]
-    assert lines[-1] == "meta-llama/llama-3.1-8b-instruct is about 214 times cheaper than openai/gpt-4o"
+    assert lines[-2] == "meta-llama/llama-3.1-8b-instruct is about 214 times cheaper than openai/gpt-4o"
+    assert lines[-1].startswith("prices as of ")
 
 
 def test_acceptance_figures_are_exact() -> None:
@@ -135,6 +136,9 @@ def test_estimate_variable_and_served_names() -> None:
          "vs openai/gpt-4o": "variable price"},
         {"model": "anthropic/claude-sonnet-4.5", "name": "Anthropic: Claude Sonnet 4.5", "per_call": D("0.0105"),
          "per_month": D("0.105"), "vs openai/gpt-4o": "1.4 times dearer"},
+        # The reference's own row, added when it is not among the models asked for.
+        {"model": "openai/gpt-4o", "name": "OpenAI: GPT-4o", "per_call": D("0.0075"), "per_month": D("0.075"),
+         "vs openai/gpt-4o": "same"},
     ]
 
 
@@ -236,7 +240,7 @@ def test_models_cli_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert lines[0].split()[:4] == ["model", "name", "context", "input_per_1m"]
     assert lines[1].startswith("meta-llama/llama-3.1-8b-instruct:free ")
     assert "$0.02" in lines[2] and "$0.03" in lines[2]
-    assert lines[-1] == "2 models; prices in USD per 1M tokens"
+    assert lines[-1].startswith("2 models; prices in USD per 1M tokens; prices as of ")
 
 
 # ---------------------------------------------------------------- price history

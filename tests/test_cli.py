@@ -86,15 +86,42 @@ def test_check_config_example() -> None:
         (("report", "--format", "xml"), ("--format", "xml")),
         (("report", "--tz", "Mars/Base"), ("--tz",)),
         (("nonsense",), ("nonsense",)),
-        ((), ("command",)),
     ],
 )
 def test_bad_flags_are_one_line_and_exit_2(tmp_path: Path, args: tuple[str, ...], needles: tuple[str, ...]) -> None:
     one_line_error(cli(*args, cwd=tmp_path), *needles)
 
 
+def test_bare_command_prints_help_and_exits_0(tmp_path: Path) -> None:
+    result = cli(cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith("usage: openrouter-spend") and "statusline" in result.stdout and "setup" in result.stdout
+
+
+def test_version() -> None:
+    from proxy import __version__
+
+    result = cli("--version")
+    assert (result.returncode, result.stdout.strip()) == (0, f"openrouter-spend {__version__}")
+
+
+def test_output_piped_into_head_ends_quietly(tmp_path: Path) -> None:
+    """`openrouter-spend models | head -1`: the reader goes away; no BrokenPipeError traceback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "proxy", "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=tmp_path, env=env)
+    with proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.readline()
+        proc.stdout.close()  # what `head -1` does after its line
+        stderr = proc.stderr.read().decode()
+        proc.wait(timeout=60)
+    assert "Traceback" not in stderr and "BrokenPipe" not in stderr, stderr
+    assert proc.returncode in (0, 141), proc.returncode
+
+
 def test_report_on_a_missing_db(tmp_path: Path) -> None:
-    one_line_error(cli("report", "--db", str(tmp_path / "none.db")), "--db", "does not exist")
+    one_line_error(cli("report", "--db", str(tmp_path / "none.db")), "--db", "no database at")
     assert not (tmp_path / "none.db").exists()
 
 

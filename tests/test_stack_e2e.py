@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestServer
 
 
 from . import stack
+from .fake_openrouter import KEYS
 
 KEY_A = "sk-or-v1-stack-" + "ab" * 24  # aliased `default` by config/proxy.docker.yaml (OPENROUTER_API_KEY)
 KEY_B = "sk-or-v1-stack-" + "cd" * 24  # no alias: its metrics label is a salted fingerprint
@@ -132,6 +133,8 @@ def proxy_config(now: datetime) -> dict[str, Any]:
     cfg["timezone"] = early_morning_zone(now)
     cfg["shutdown_grace_s"] = 2
     cfg["catalog"] = {"refresh_hours": 0}  # the embedded snapshot; the fake's listing is a trimmed fixture
+    # Compare with the fake's books every 3 s, so the reconcile gauge, panel and rule have data.
+    cfg["reconcile"] = {"interval_minutes": 0.05, "key_env": "OPENROUTER_API_KEY"}
     cfg["budgets"] = [
         *cfg["budgets"],
         {"name": "watched", "limit_usd": 0.01, "period": "day", "scope": "project", "match": {"project": "watched"},
@@ -370,6 +373,7 @@ async def test_stack_end_to_end(upstream: TestServer, aiohttp_server: Any, tmp_p
     receiver = await aiohttp_server(receiver_app, host="127.0.0.1")
     port = stack.free_port()
     env = {"OPENROUTER_API_KEY": KEY_A, "OPENROUTER_SPEND_METRICS_TOKEN": METRICS_TOKEN}
+    upstream.app[KEYS].add(KEY_A)  # so GET /key answers the proxy's periodic reconcile
 
     async with stack.alertmanager(tmp_path / "am", f"http://127.0.0.1:{receiver.port}/hook") as am, \
             stack.prometheus(tmp_path / "prom", [f"127.0.0.1:{port}"], token=METRICS_TOKEN,
@@ -385,6 +389,7 @@ async def test_stack_end_to_end(upstream: TestServer, aiohttp_server: Any, tmp_p
 
                 await send_round(client, proxy.url)
                 await prom.wait_for_samples(f"sum(openrouter_proxy_requests_total) >= {len(MIXED) + 1}")
+                await prom.wait_for_samples("openrouter_proxy_reconcile_gap_usd")
                 # The second round after that scrape, so series born in the first one increase too. It
                 # runs while SQLite is locked: rows queue up, the writer fails (a write error) and retries.
                 await hold_write_lock(proxy.db, 6.0, lambda: send_round(client, proxy.url))

@@ -19,21 +19,26 @@ from proxy.tables import format_table, money
 
 def add_commands(commands: Any) -> None:
     budgets = commands.add_parser("budgets", help="spend against each configured budget")
-    budgets.add_argument("--config", type=Path, help="YAML config with `budgets:`")
-    budgets.add_argument("--db", type=Path, help="SQLite file (default: the config's, else ./openrouter-spend.db)")
+    budgets.add_argument("--config", type=Path, help="YAML config with `budgets:` (default: found as `serve` finds it)")
+    budgets.add_argument("--db", type=Path, help="SQLite file (default: $OPENROUTER_SPEND_DB, the config's db, else the per-user data dir)")
     budgets.add_argument("--format", choices=("table", "json"), default="table")
     budgets.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
+    from proxy.cli.locate import CONFIG_ENV, default_config, missing_db, resolve_config, resolve_db
+
+    config_path = resolve_config(args.config)
+    if config_path is None:
+        raise CliError(f"--config: no config file (looked at ${CONFIG_ENV} and {default_config()}); budgets live in one")
+    config = load_config(config_path)
     if not config.budgets:
-        raise CliError("--config: no budgets configured (see config/proxy.example.yaml)")
-    db_path = args.db or config.db
+        raise CliError(f"--config: no budgets configured in {config_path} (see config/proxy.example.yaml)")
+    db_path = resolve_db(args.db, config)
     try:
         db = connect_readonly(db_path)
     except FileNotFoundError:
-        raise CliError(f"--db: {db_path} does not exist") from None
+        raise CliError(f"--db: {missing_db(db_path, args.db, config)}") from None
     now = datetime.now(UTC)
     budgets = Budgets(config.budgets, config.tz)
     try:

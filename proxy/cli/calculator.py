@@ -28,9 +28,6 @@ from proxy.errors import CliError
 from proxy.cli.report import parse_since
 from proxy.tables import Row, render
 
-DEFAULT_DB = "openrouter-spend.db"
-
-
 def parse_route(text: str) -> Route:
     parts: dict[str, str] = {}
     for item in text.split(","):
@@ -52,7 +49,8 @@ def parse_route(text: str) -> Route:
 def _catalog(args: argparse.Namespace) -> Catalog:
     path: Path | None = args.catalog
     if path is None:
-        return load_embedded()
+        stored = _stored_catalog(args)
+        return stored if stored is not None else load_embedded()
     try:
         payload = json.loads(path.read_text(encoding="utf-8"))
         return parse_models(payload)
@@ -60,9 +58,48 @@ def _catalog(args: argparse.Namespace) -> Catalog:
         raise CliError(f"--catalog {path}: {e}") from None
 
 
+def _stored_catalog(args: argparse.Namespace) -> Catalog | None:
+    """The listing `serve` last fetched, kept in its database; None when there is none (yet)."""
+    from proxy.cli.locate import resolve_db
+
+    path = resolve_db(args.db, None, notice=False)
+    args.stored_in = None
+    if not path.is_file():
+        return None
+    try:
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'catalog_listing'").fetchone()
+        finally:
+            db.close()
+        if row is None:
+            return None
+        catalog = parse_models(json.loads(row[0]))
+    except (sqlite3.Error, ValueError):
+        return None  # an older or foreign database: the built-in snapshot still answers
+    if len(catalog) == 0:
+        return None
+    args.stored_in = path
+    return catalog
+
+
+def _as_of(args: argparse.Namespace, catalog: Catalog) -> str:
+    """Which prices these are: people compare them with the website and need to know their age."""
+    when = catalog.fetched_at.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if catalog.fetched_at else "an unknown date (the listing has no fetchedAt)"
+    if args.catalog is not None:
+        source = str(args.catalog)
+    elif getattr(args, "stored_in", None) is not None:
+        source = f"stored by the proxy in {args.stored_in}"
+    else:
+        source = "built-in snapshot; `serve` refreshes its own copy from OpenRouter"
+    return f"prices as of {when} ({source})"
+
+
 def _connect(path: Path) -> sqlite3.Connection:
     if not path.exists():
-        raise CliError(f"--db {path}: no such file (start the proxy first, or pass --db)")
+        from proxy.cli.locate import looked_for_db
+
+        raise CliError(f"--db {path}: no such file ({looked_for_db(None, None)}); start the proxy first, or pass --db")
     db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     db.row_factory = sqlite3.Row
     return db
@@ -84,15 +121,23 @@ def _emit(rows: Sequence[Row], fmt: str, footer: str | None = None) -> None:
         sys.stdout.write(footer + "\n")
 
 
+def _db_of(args: argparse.Namespace) -> Path:
+    from proxy.cli.locate import resolve_db
+
+    return resolve_db(args.db, None)
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     if args.changes:
+        args.db = _db_of(args)
         history = _read_table(args.db, "SELECT model_id, pricing, first_seen_at FROM model_prices")
         _emit(price_changes([(r[0], r[1], r[2]) for r in history], args.search), args.format)
         return 0
+    catalog = _catalog(args)
     rows = model_rows(
-        _catalog(args), search=args.search, free=args.free, max_input_price=args.max_input_price, sort=args.sort
+        catalog, search=args.search, free=args.free, max_input_price=args.max_input_price, sort=args.sort
     )
-    _emit(rows, args.format, f"{len(rows)} models; prices in USD per 1M tokens")
+    _emit(rows, args.format, f"{len(rows)} models; prices in USD per 1M tokens; {_as_of(args, catalog)}")
     return 0
 
 
@@ -109,7 +154,8 @@ def _cmd_estimate(args: argparse.Namespace) -> int:
         calls=args.calls,
         per=args.per,
     )
-    _emit(rows, args.format, summary_line(rows))
+    summary = summary_line(rows)
+    _emit(rows, args.format, (summary + "\n" if summary else "") + _as_of(args, catalog))
     return 0
 
 
@@ -119,6 +165,7 @@ def _cmd_whatif(args: argparse.Namespace) -> int:
     if not args.model and route is None:
         raise CliError("whatif: give at least one --model ID or a --route")
     since = parse_since(args.since, datetime.now(timezone.utc))
+    args.db = _db_of(args)
     clauses, params = [], []
     for column in ("project", "session"):
         if getattr(args, column) is not None:
@@ -148,11 +195,20 @@ def _decimal_arg(text: str) -> Decimal:
     return d
 
 
+_SUFFIXES = {"k": 1_000, "m": 1_000_000}
+
+
 def _count_arg(text: str) -> int:
+    """A token or call count: 1000, 1,000, 1k, 1.5k, 2M."""
+    plain = text.strip().replace(",", "").replace("_", "")
+    scale = _SUFFIXES.get(plain[-1:].lower(), 1)
     try:
-        n = int(text.replace(",", "").replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        value = Decimal(plain[:-1] if scale != 1 else plain) * scale
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r} (e.g. 1500, 1.5k, 2M)") from None
+    if not value.is_finite() or value != value.to_integral_value():
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r} (e.g. 1500, 1.5k, 2M)")
+    n = int(value)
     if n < 0:
         raise argparse.ArgumentTypeError(f"cannot be negative: {text!r}")
     return n
@@ -173,7 +229,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--sort", choices=("input", "output", "blended", "context"), default="input",
                    help="blended = (3 x input + output) / 4")
     p.add_argument("--changes", action="store_true", help="list price changes recorded in --db")
-    p.add_argument("--db", type=Path, default=Path(DEFAULT_DB), metavar="PATH")
+    p.add_argument("--db", type=Path, metavar="PATH", help="the proxy's database (default: found as every command finds it)")
     p.set_defaults(func=_cmd_models)
 
     p = subparsers.add_parser("estimate", help="cost per call and per period on each model")
@@ -187,11 +243,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--model", action="append", metavar="ID", help="repeatable")
     p.add_argument("--cheapest", type=_count_arg, metavar="N", help="add the N cheapest paid models")
     p.add_argument("--vs", metavar="ID", help="compare every row with this model")
+    p.add_argument("--db", type=Path, metavar="PATH", help="the proxy's database, for the listing it last fetched")
     p.set_defaults(func=_cmd_estimate)
 
     p = subparsers.add_parser("whatif", help="re-price logged traffic on other models")
     _common(p)
-    p.add_argument("--db", type=Path, default=Path(DEFAULT_DB), metavar="PATH")
+    p.add_argument("--db", type=Path, metavar="PATH", help="the proxy's database (default: found as every command finds it)")
     p.add_argument("--since", metavar="30d|DATE", help="30m, 12h, 7d, 2w, or a date such as 2026-11-01")
     p.add_argument("--project", metavar="P")
     p.add_argument("--session", metavar="S")

@@ -1,4 +1,4 @@
-"""openrouter-spend serve | report | check-config | models | estimate | whatif.
+"""openrouter-spend serve | check-config | report | statusline | setup | watch | models | estimate | whatif | budgets.
 
 The only module that configures logging or exits: a ConfigError or CliError becomes one line
 on stderr and exit status 2, with no traceback.
@@ -7,6 +7,7 @@ on stderr and exit status 2, with no traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import logging
 import sqlite3
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from proxy import __version__
+from proxy.cli.locate import CONFIG_ENV, default_config, resolve_config, resolve_db
 from proxy.config import Config
 from proxy.errors import CliError, ConfigError
 
@@ -34,15 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     serve = commands.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", type=Path, help="YAML config file (optional)")
+    serve.add_argument("--config", type=Path, help="YAML config file (default: $OPENROUTER_SPEND_CONFIG, else ~/.config/openrouter-spend/config.yaml if present)")
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8787)")
     serve.add_argument("--upstream", help="OpenRouter API base (default https://openrouter.ai/api/v1)")
-    serve.add_argument("--db", help="SQLite file (default ./openrouter-spend.db)")
+    serve.add_argument("--quiet", action="store_true", help="no start-up banner and no line per request")
+    serve.add_argument("--db", help="SQLite file (default: $OPENROUTER_SPEND_DB, the config's db, else ~/.local/share/openrouter-spend/spend.db)")
     serve.set_defaults(func=_serve)
 
     check = commands.add_parser("check-config", help="validate a config file")
-    check.add_argument("file", type=Path)
+    check.add_argument("file", type=Path, nargs="?", help="default: $OPENROUTER_SPEND_CONFIG, else ~/.config/openrouter-spend/config.yaml")
     check.set_defaults(func=_check_config)
 
     from proxy.cli import budgets as budgets_cli
@@ -51,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     from proxy.cli import report as report_cli
     from proxy.cli import vacuum as vacuum_cli
 
+    # Dispatched in main() before this parser is built; listed here for --help.
+    commands.add_parser("statusline", help="one line for Claude Code's statusLine (reads its JSON on stdin)")
+
+    from proxy.cli import setup as setup_cli
+    from proxy.cli import watch as watch_cli
+
+    setup_cli.add_commands(commands)
+    watch_cli.add_commands(commands)
     calculator_cli.add_commands(commands)  # type: ignore[arg-type]
     budgets_cli.add_commands(commands)
     from proxy.cli import reconcile as reconcile_cli
@@ -61,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        # Bare `openrouter-spend`: the help, on stdout, exit 0 (asking what it does is no error).
+        build_parser().print_help()
+        return 0
+    if argv[:1] == ["statusline"]:
+        # proxy.cli.entry sends it on before importing this module; this is for callers of main().
+        from proxy.cli import statusline
+
+        return statusline.main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args))
@@ -78,11 +99,15 @@ def _serve(args: argparse.Namespace) -> int:
     from proxy.config import load_config
 
     overrides = {"host": args.host, "port": args.port, "upstream": args.upstream, "db": args.db}
-    config = load_config(args.config, overrides)
+    config_path = resolve_config(args.config)
+    config = load_config(config_path, overrides)
+    config = dataclasses.replace(config, db=resolve_db(args.db, config))
     # Other libraries stay at INFO: aiosqlite at DEBUG logs every row it writes.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("proxy").setLevel(config.log_level.upper())
     logging.getLogger("aiohttp.access").setLevel(config.log_level.upper())
+    if args.quiet or not config.access_log:
+        logging.getLogger("proxy.access").setLevel(logging.WARNING)
     _check_catalog_file(config)
     _prepare_db(config)
     app = create_app(config)
@@ -95,6 +120,8 @@ def _serve(args: argparse.Namespace) -> int:
             "event=listening url=%s upstream=%s db=%s openai_base=%s/api/v1 anthropic_base=%s/api",
             base, config.upstream, config.db, base, base,
         )
+        if not args.quiet:
+            print(banner(config, config_path), file=sys.stderr, flush=True)
 
     try:
         web.run_app(
@@ -110,6 +137,34 @@ def _serve(args: argparse.Namespace) -> int:
         # Binding is the OSError a start can meet here (the database was opened above).
         raise CliError(f"port: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     return 0
+
+
+def banner(config: Config, config_path: Path | None) -> str:
+    """What a person needs after `serve`: the URLs to paste and where things are."""
+    host = config.host
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else f"[{host}]" if ":" in host else host
+    base = f"http://{shown}:{config.port}"
+    metrics = config.metrics
+    if not metrics.enabled:
+        metrics_url = "off"
+    elif metrics.port is None:
+        metrics_url = f"{base}/metrics"
+    else:
+        metrics_url = f"http://{metrics.host or shown}:{metrics.port}/metrics"
+    rows = [
+        ("OpenAI-style clients", f"{base}/api/v1   (OPENAI_BASE_URL, OPENROUTER_API_BASE)"),
+        ("Anthropic-style clients", f"{base}/api      (ANTHROPIC_BASE_URL, e.g. Claude Code)"),
+        ("per project", f"{base}/p/<project>/api/v1"),
+        ("database", str(config.db)),
+        ("config", str(config_path) if config_path else "none (defaults)"),
+        ("metrics", metrics_url),
+        ("upstream", config.upstream),
+    ]
+    lines = [f"openrouter-spend {__version__} listening on http://{host}:{config.port}"]
+    lines += [f"  {name + ':':<25}{value}" for name, value in rows]
+    lines.append("  set up an agent:         openrouter-spend setup claude-code|codex|opencode|aider|goose|cline")
+    lines.append("  watch it live:           openrouter-spend watch   (--quiet: no banner, no line per request)")
+    return "\n".join(lines)
 
 
 def _check_catalog_file(config: Config) -> None:
@@ -162,8 +217,13 @@ def _warn_if_exposed(config: Config) -> None:
 
 def _check_config(args: argparse.Namespace) -> int:
     from proxy.config import load_config
+    from proxy.server.app import check_environment
 
-    config = load_config(args.file)
+    path = resolve_config(args.file)
+    if path is None:
+        raise CliError(f"no config file: looked at ${CONFIG_ENV} and {default_config()} (pass a file to check)")
+    config = load_config(path)
+    check_environment(config)
     _check_catalog_file(config)
-    print(f"{args.file}: ok ({len(config.budgets)} budgets, {len(config.alerts)} alert channels)")
+    print(f"{path}: ok ({len(config.budgets)} budgets, {len(config.alerts)} alert channels)")
     return 0

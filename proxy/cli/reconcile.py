@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+from proxy.cli.locate import missing_db
 from proxy.config import DEFAULT_UPSTREAM, Config, load_config
 from proxy.errors import CliError
 
@@ -41,7 +42,7 @@ def add_commands(commands: Any) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--management-key-env", help="variable holding a management key, for GET /activity")
     parser.add_argument("--config", type=Path, help="YAML config (for db, upstream and the managed key)")
-    parser.add_argument("--db", type=Path, help="SQLite file (default: the config's, else ./openrouter-spend.db)")
+    parser.add_argument("--db", type=Path, help="the database (default: $OPENROUTER_SPEND_DB, the config's db, or the per-user one)")
     parser.add_argument("--upstream", help=f"OpenRouter API base (default: the config's, else {DEFAULT_UPSTREAM})")
 
 
@@ -76,8 +77,8 @@ def run_reconcile(args: argparse.Namespace) -> int:
     from proxy.store.activity import recorded_by_day_model
     from proxy.store.sqlite import connect_readonly
 
-    config = load_config(args.config)
-    db_path, upstream = args.db or config.db, args.upstream or config.upstream
+    config, db_path = _config_and_db(args)
+    upstream = args.upstream or config.upstream
     try:
         tolerance = parse_tolerance(args.tolerance)
     except ValueError as exc:
@@ -87,7 +88,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
     key, key_env, every_row = _key_to_check(args, config)
     management = _env_key(args.management_key_env, "--management-key-env") if args.management_key_env else None
     if not db_path.exists():
-        raise CliError(f"--db: {db_path} does not exist (start the proxy first, or pass --db)")
+        raise CliError(f"--db: {missing_db(db_path, args.db, config)}")
 
     async def fetch(session: Any) -> tuple[Any, Any]:
         key_usage = await books.fetch_key(session, upstream, key, key_env) if key else None
@@ -114,6 +115,14 @@ def run_reconcile(args: argparse.Namespace) -> int:
         raise CliError(f"--db: {db_path}: {exc}") from None
     print(_render(lines, args.format, tolerance))
     return 0 if all(line.within for line in lines) else 1
+
+
+def _config_and_db(args: argparse.Namespace) -> tuple[Config, Path]:
+    from proxy.cli.locate import resolve_config, resolve_db
+
+    config_path = resolve_config(args.config)
+    config = load_config(config_path) if config_path is not None else Config()
+    return config, resolve_db(args.db, config if config_path is not None else None)
 
 
 def _key_to_check(args: argparse.Namespace, config: Config) -> tuple[str | None, str, bool]:
@@ -158,8 +167,8 @@ def run_import(args: argparse.Namespace) -> int:
     from proxy.store.activity import store_activity
     from proxy.store.sqlite import prepare
 
-    config = load_config(args.config)
-    db_path, upstream = args.db or config.db, args.upstream or config.upstream
+    config, db_path = _config_and_db(args)
+    upstream = args.upstream or config.upstream
     if not args.management_key_env:
         raise CliError("--management-key-env: import-activity needs a management key (GET /activity)")
     management = _env_key(args.management_key_env, "--management-key-env")

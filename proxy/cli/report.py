@@ -36,7 +36,8 @@ __all__ = ["FreeUsage", "add_commands", "calendar_period", "parse_range", "parse
 
 def add_commands(commands: Any) -> None:
     report = commands.add_parser("report", help="spend and tokens from the request log")
-    report.add_argument("--db", type=Path, default=Path("openrouter-spend.db"))
+    report.add_argument("--db", type=Path, help="the database (default: $OPENROUTER_SPEND_DB, the config's db, or the per-user one)")
+    report.add_argument("--config", type=Path, help="YAML config, for its db (default: $OPENROUTER_SPEND_CONFIG or the per-user one)")
     report.add_argument("--by", choices=GROUPINGS, default="model")
     report.add_argument("--breakdown", choices=GROUPINGS, help="a second level within each group, e.g. --by day --breakdown model")
     report.add_argument("--since", help=f"{WHEN_FORMS}; a calendar word alone means just that period")
@@ -67,15 +68,18 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise CliError("--limit: expected a whole number >= 1")
     filters = Filters(tuple(args.project), tuple(args.model), tuple(args.session), tuple(args.key))
+    from proxy.cli.locate import find_db, missing_db
+
+    db_path, config = find_db(args.db, args.config)
     try:
-        db = connect_readonly(args.db)
+        db = connect_readonly(db_path)
     except FileNotFoundError:
-        raise CliError(f"--db: {args.db} does not exist (start the proxy first, or pass --db)") from None
+        raise CliError(f"--db: {missing_db(db_path, args.db, config)}") from None  # type: ignore[arg-type]
     try:
         result = report(db, args.by, breakdown=args.breakdown, since=since, until=until, filters=filters, tz=tz, limit=args.limit)
         free = free_usage(db, now, args.free_daily_limit)
     except sqlite3.Error as exc:
-        raise CliError(f"--db: {args.db}: {exc}") from None
+        raise CliError(f"--db: {db_path}: {exc}") from None
     finally:
         db.close()
     print(render(result, args.format, free))

@@ -195,6 +195,8 @@ def estimate_rows(
     reference: Decimal | None = None
     if vs is not None:
         vs_entry = resolve(catalog, vs)
+        if all(e.id != vs_entry.id for e in entries):
+            entries.append(vs_entry)  # the reference's own row, so its cost is on the page
         vs_cost = price(usage, vs_entry.pricing, at, vs_entry.id)
         if vs_cost is None:
             raise CliError(f"--vs {vs}: the model has a variable price")

@@ -32,7 +32,8 @@ _RECORD_PRICE = (
 # what a broken or hostile upstream can make the proxy hold (counted after decompression).
 MAX_LISTING_BYTES = 16 * 1024 * 1024
 MAX_MODELS = 20_000
-
+# The last good listing, so `models` and `estimate` price with what the proxy last fetched.
+_STORE_LISTING = "INSERT OR REPLACE INTO meta (key, value) VALUES ('catalog_listing', ?)"
 
 
 class CatalogHolder:
@@ -98,6 +99,8 @@ async def refresh_once(
     holder.current, holder.source, holder.updated_at = catalog, upstream, time.time()
     metrics.set_catalog(len(catalog), holder.updated_at)
     record_prices(catalog, recorder, datetime.now(UTC))
+    listing = {"fetchedAt": catalog.fetched_at.isoformat() if catalog.fetched_at else None, "data": payload.get("data")}
+    recorder.record(Statement(_STORE_LISTING, (json.dumps(listing, separators=(",", ":")),)))
     log.info("event=catalog_refreshed models=%d", len(catalog))
     return True
 

@@ -11,10 +11,11 @@ import asyncio
 import ipaddress
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
 import aiohttp
+import yarl
 import aiosqlite
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -57,6 +58,7 @@ INTAKE = web.AppKey("intake", Intake)
 
 def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
     registry = registry if registry is not None else CollectorRegistry()
+    check_environment(config)
     metrics_token = _metrics_token(config)
     managed_key = _managed_key(config)
     # The body limit is enforced by the forwarder with our own envelope; aiohttp's cap is a backstop.
@@ -80,6 +82,19 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app.router.add_get("/healthz", _only_hosts(_health, _own_hosts(config, config.host, metrics_token)))
     app.router.add_route("*", "/{tail:.*}", _forward)
     return app
+
+
+def check_environment(config: Config, environ: Mapping[str, str] | None = None) -> None:
+    """What `serve` checks at start-up beyond the YAML (variables the config names must be set),
+    so `check-config` fails on the same configs with the same one-line message."""
+    environ = os.environ if environ is None else environ
+    _metrics_token(config)
+    _managed_key(config)
+    from proxy.budgets.alerts import resolve_url
+
+    for channel in config.alerts:
+        if channel.url_env is not None:
+            resolve_url(channel, environ)
 
 
 def _is_loopback(host: str) -> bool:
@@ -174,6 +189,7 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
     metrics.set_recorder_depth_source(recorder.depth)
     app[RECORDER] = recorder
     task = asyncio.create_task(recorder.run(), name="recorder-writer")
+    task.add_done_callback(_writer_ended)
     yield
     task.cancel()
     try:
@@ -183,18 +199,30 @@ async def _recorder(app: web.Application) -> AsyncIterator[None]:
     await recorder.drain()
 
 
+def _writer_ended(task: asyncio.Task[None]) -> None:
+    # The one writer dying would silently stop every row: say so at once, loudly.
+    if not task.cancelled() and task.exception() is not None:
+        log.critical("event=recorder_writer_died error=%r", task.exception(), exc_info=task.exception())
+
+
 async def _http_session(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     # No total timeout: it would cut long reasoning streams. limit=0: a thousand concurrent
     # agent streams must not queue behind a connection pool.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s, sock_read=config.read_timeout_s)
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+    proxy, proxy_auth = _env_proxy(config.upstream)
     session = aiohttp.ClientSession(
         timeout=timeout,
         connector=connector,
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
+        # trust_env=True would look up the proxy and ~/.netrc in a thread on every request (two
+        # executor hops on the hot path; under load they starved the writer task): the upstream is
+        # one URL, so its proxy is looked up once here instead.
         trust_env=False,
+        proxy=proxy,
+        proxy_auth=proxy_auth,
     )
     app[SESSION] = session
     try:
@@ -203,15 +231,32 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
         await session.close()
 
 
+def _env_proxy(upstream: str) -> tuple[yarl.URL | None, aiohttp.BasicAuth | None]:
+    """The proxy HTTPS_PROXY / HTTP_PROXY (minus NO_PROXY) name for the upstream, as curl and pip
+    honour them behind a corporate proxy; (None, None) when there is none."""
+    from aiohttp.helpers import get_env_proxy_for_url
+
+    try:
+        return get_env_proxy_for_url(yarl.URL(upstream))
+    except LookupError:
+        return None, None
+
+
 async def _catalog(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     holder = initial_catalog(config.catalog_file)
     app[CATALOG] = holder
     metrics = app[METRICS]
     metrics.set_catalog(len(holder.current), holder.updated_at)
-    record_prices(holder.current, app[RECORDER], datetime.now(UTC))
+    refreshing = config.catalog_refresh_s > 0 and config.catalog_file is None
+    async with app[DB].execute("SELECT 1 FROM model_prices LIMIT 1") as cursor:
+        has_history = await cursor.fetchone() is not None
+    if not refreshing or has_history:
+        # With a refresh coming, a first start leaves the built-in snapshot out of the price
+        # history: its differences from the live listing are not price changes (`models --changes`).
+        record_prices(holder.current, app[RECORDER], datetime.now(UTC))
     task = None
-    if config.catalog_refresh_s > 0 and config.catalog_file is None:
+    if refreshing:
         task = asyncio.create_task(
             refresh_loop(holder, app[SESSION], config.upstream, app[RECORDER], metrics, config.catalog_refresh_s),
             name="catalog-refresh",

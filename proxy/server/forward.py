@@ -51,9 +51,21 @@ from proxy.server.routing import (
     resolve,
     upstream_headers,
 )
+from proxy.store.records import UsageRecord
+from proxy.server.throttle import Throttle
 from proxy.usage import BILLED_ENDPOINTS, Usage, UsageParser, parser_for
 
 log = logging.getLogger(__name__)
+# One line per finished request (`serve --quiet` or `access_log: false` turns it off).
+_access = logging.getLogger("proxy.access")
+
+
+def access_line(rec: UsageRecord) -> str:
+    """method, endpoint, model, status, tokens, cost, ms: never a key, a prompt or a header."""
+    tokens = "-" if rec.input_tokens is None and rec.output_tokens is None else f"{rec.input_tokens or 0}+{rec.output_tokens or 0}tok"
+    cost = "-" if rec.cost_usd is None else f"${rec.cost_usd:.6f}"
+    outcome = "" if rec.outcome == records.OK else f" {rec.outcome}"
+    return f"{rec.method} /{rec.endpoint.lstrip('/')} {rec.model or rec.model_requested or '-'} {rec.status}{outcome} {tokens} {cost} {rec.duration_ms:.0f}ms"
 
 # A non-streamed reply up to this size is read whole and sent with a Content-Length.
 _WHOLE_BODY_LIMIT = 8 * 1024 * 1024
@@ -104,6 +116,7 @@ class Forwarder:
         )
         # Managed mode: generation id -> fingerprint of the proxy key whose request made it.
         self._generations: OrderedDict[str, str] = OrderedDict()
+        self._drift_log = Throttle(log)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         received = time.perf_counter()
@@ -297,8 +310,12 @@ class Forwarder:
                 output_cost_usd=(cost.output + cost.reasoning) if cost else None,
                 drift=accounted.drift,
             )
+            if _access.isEnabledFor(logging.INFO):
+                _access.info(access_line(rec))
             if accounted.drift:
-                log.warning(
+                # Once a minute per model: a stale price drifts on every request until the refresh.
+                self._drift_log.warning(
+                    rec.model,
                     "event=cost_drift request_id=%s model=%s reported_usd=%s catalog_usd=%s",
                     request_id,
                     rec.model,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import logging
+import re
 import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -24,6 +25,9 @@ from proxy.budgets.ledger import AlertEvent, BudgetStatus, Budgets, Decision, Re
 from proxy.metrics import Metrics
 from proxy.store.recorder import Recorder, Statement
 from proxy.store.sqlite import encode_time
+from proxy.server.throttle import Throttle
+
+_MASK_NUMBERS = re.compile(r"[0-9][0-9.,]*")
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,7 @@ class BudgetGuard:
         self._recorder = recorder
         self._notifier = notifier
         self._metrics = metrics
+        self._warn_log = Throttle(log)
         for spec in budgets.specs:
             if spec.warn_at:
                 metrics.set_budget_warn_ratio(spec.name, float(min(spec.warn_at)))
@@ -107,7 +112,8 @@ class BudgetGuard:
         if not decision.allowed and decision.blocking is not None:
             self._metrics.budget_blocked(decision.blocking.name)
         for warning in decision.warnings:
-            log.warning("event=budget_spent_warn_only message=%r", warning)
+            # Once a minute per budget (the message with its amounts masked), not once per request.
+            self._warn_log.warning(_MASK_NUMBERS.sub("#", warning), "event=budget_spent_warn_only message=%r", warning)
         return decision
 
     def settle(self, reservation: Reservation, cost: Decimal | None) -> None:
