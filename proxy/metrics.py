@@ -19,7 +19,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from proxy import __version__
 from proxy.pricing.accounting import drifted as cost_drifted
 from proxy.errors import error_response
-from proxy.metric_tables import CounterTable, GaugeValue, HistogramTable
+from proxy.metric_tables import CounterTable, GaugeValue, HistogramTable, prometheus_scrape
 from proxy.store.records import BLOCKED, UsageRecord
 
 PREFIX = "openrouter_proxy_"
@@ -32,6 +32,7 @@ UPSTREAM_ERROR_REASONS = ("connect", "timeout", "http_4xx", "http_5xx", "stream_
 
 # LLM calls take from tens of milliseconds (a cached short reply) to many minutes (long reasoning).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+SCRAPE_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
@@ -409,7 +410,15 @@ class Metrics:
 
 def metrics_handler(registry: CollectorRegistry, token: str | None) -> Callable[[web.Request], Any]:
     """The /metrics handler; with a token, only `Authorization: Bearer <token>` is answered."""
-    inner = make_aiohttp_handler(registry)
+    render = make_aiohttp_handler(registry)
+
+    async def inner(request: web.Request) -> web.StreamResponse:
+        # Prometheus sends this header with every scrape (so do agents built on its scrape code).
+        if SCRAPE_HEADER in request.headers:
+            with prometheus_scrape():
+                return await render(request)
+        return await render(request)
+
     if token is None:
         return inner
     expected = f"Bearer {token}".encode()
