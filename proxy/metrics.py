@@ -8,9 +8,11 @@ import functools
 import hmac
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -21,6 +23,7 @@ from proxy.pricing.accounting import drifted as cost_drifted
 from proxy.errors import error_response
 from proxy.metric_tables import CounterTable, GaugeValue, HistogramTable, prometheus_scrape
 from proxy.store.records import BLOCKED, UsageRecord
+from proxy.window_spend import WindowSpend
 
 PREFIX = "openrouter_proxy_"
 OTHER = "other"
@@ -111,6 +114,7 @@ class Metrics:
         budget_scope_cap: int = 50,
         label_min_idle_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        tz: ZoneInfo = ZoneInfo("UTC"),
     ) -> None:
         self._clock = clock
         self._sessions = LabelCap(session_cap, label_min_idle_s)
@@ -193,6 +197,10 @@ class Metrics:
             ("model", "direction"),
         )
         self.free_requests = table("free_requests", "Requests to free (:free) models.", ("model",))
+        self.window_spend = WindowSpend(
+            registry, PREFIX + "spend_usd",
+            "Spend in the current calendar day, week or month (the budgets' windows and time zone).", tz,
+        )
         self.free_daily_limit = gauge(
             "free_daily_limit", "OpenRouter's daily request limit for free models on this account."
         )
@@ -299,6 +307,7 @@ class Metrics:
             self._cost_by_session.setdefault(session, set()).add(labels)
             self._cost_by_project.setdefault(project, set()).add(labels)
         self.cost.inc(labels, float(rec.cost_usd))
+        self.window_spend.add((model, key, project, session), rec.cost_usd, rec.started_at.timestamp())
 
     def _evict_cost(
         self,
@@ -333,6 +342,15 @@ class Metrics:
         extra = (after.cost_usd or Decimal(0)) - (before.cost_usd or Decimal(0))
         if extra > 0:
             self._add_cost(dataclasses.replace(after, cost_usd=extra), model, provider, now)
+
+    def load_window_spend(self, rows: Iterable[tuple[datetime, Decimal, str | None, str | None, str | None,
+                                                     str | None]]) -> None:
+        """Seeds spend today/this week/this month from logged (started_at, cost, model, key, project,
+        session) rows, labelled as observe() labels them."""
+        self.window_spend.load(
+            (at.timestamp(), cost, (model or NONE, key or NONE, project or NONE, session or NONE))
+            for at, cost, model, key, project, session in rows
+        )
 
     def observe_overhead(self, seconds: float) -> None:
         self.overhead.observe((), seconds)

@@ -1,8 +1,8 @@
 """create_app(config, registry) -> web.Application: typed app keys, routes, and cleanup contexts in order.
 
 create_app does no I/O. Everything that must be closed opens in a cleanup context, in dependency
-order: database -> recorder -> HTTP session -> catalog refresh -> forwarder. aiohttp unwinds only the
-ones that started, in reverse, so the recorder drains before the database closes.
+order: database -> window spend -> recorder -> HTTP session -> catalog refresh -> forwarder. aiohttp
+unwinds only the ones that started, in reverse, so the recorder drains before the database closes.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from proxy.server.guard import BudgetGuard, load_spend, publish_loop
 from proxy.metrics import Metrics, metrics_handler
 from proxy.store.recorder import Recorder
 from proxy.pricing.refresh import CatalogHolder, initial_catalog, record_prices, refresh_loop
-from proxy.store.sqlite import open_db, salt
+from proxy.store.sqlite import open_db, salt, spend_since
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,12 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app[CONFIG] = config
     app[MANAGED_KEY] = managed_key or ""
     app[METRICS] = Metrics(
-        registry, session_cap=config.metrics.session_cap, project_cap=config.metrics.project_cap
+        registry, session_cap=config.metrics.session_cap, project_cap=config.metrics.project_cap, tz=config.tz
     )
     app[METRICS].set_free_daily_limit(config.free_daily_limit)
-    app.cleanup_ctx.extend([_database, _recorder, _http_session, _catalog, _budgets, _backfill, _forwarder])
+    app.cleanup_ctx.extend(
+        [_database, _window_spend, _recorder, _http_session, _catalog, _budgets, _backfill, _forwarder]
+    )
     if config.metrics.enabled and config.metrics.port is None:
         app.router.add_get("/metrics", metrics_handler(registry, metrics_token))
     elif config.metrics.enabled:
@@ -109,6 +111,13 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await db.close()
+
+
+async def _window_spend(app: web.Application) -> AsyncIterator[None]:
+    """Seeds spend today/this week/this month from the log, so a restart does not zero those gauges."""
+    metrics = app[METRICS]
+    metrics.load_window_spend(await spend_since(app[DB], metrics.window_spend.earliest_start))
+    yield
 
 
 async def _recorder(app: web.Application) -> AsyncIterator[None]:

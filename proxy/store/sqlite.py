@@ -288,3 +288,24 @@ def read_requests(db: sqlite3.Connection, since: datetime | None = None, until: 
     if clauses:
         query += " WHERE " + " AND ".join(clauses)
     yield from db.execute(query + " ORDER BY started_at", params)
+
+
+SpendRow = tuple[datetime, Decimal, str | None, str | None, str | None, str | None]
+
+
+async def spend_since(db: aiosqlite.Connection, since: datetime) -> list[SpendRow]:
+    """(started_at, cost, model, key, project, session) of every request with a cost since `since`,
+    labelled as the metrics label them: the model served, else asked for; the key's alias, else its
+    fingerprint."""
+    async with db.execute(
+        "SELECT started_at, cost_usd, COALESCE(model, model_requested), COALESCE(key_alias, key_fingerprint), "
+        "project, session FROM requests WHERE started_at >= ? AND cost_usd IS NOT NULL",
+        (encode_time(since),),
+    ) as cursor:
+        rows = await cursor.fetchall()
+    out: list[SpendRow] = []
+    for started_at, cost, model, key, project, session in rows:
+        amount = Decimal(cost)
+        if amount:
+            out.append((datetime.fromisoformat(started_at), amount, model, key, project, session))
+    return out
