@@ -340,7 +340,8 @@ def panel_expr(title: str) -> str:
     return expr
 
 
-def sqlite_window_spend(db: Path, tz: str, now: datetime, selection: dict[str, str] | None = None) -> dict[str, Decimal]:
+def sqlite_window_spend(db: Path, tz: str, now: datetime,
+                        selection: dict[str, str] | None = None) -> dict[str, Decimal]:
     """Spend per calendar window (in the proxy's time zone, as budgets count it) straight from the rows,
     optionally only rows matching the dashboard selection (regexes, as Grafana sends them)."""
     starts = {p: window(BudgetSpec("w", Decimal(1), period=p), now, ZoneInfo(tz))[0] for p in WINDOW_PANELS}
@@ -462,8 +463,8 @@ async def test_stack_end_to_end(upstream: TestServer, aiohttp_server: Any, tmp_p
 
                 await send_round(client, proxy.url)
                 await prom.wait_for_samples(f"sum(openrouter_proxy_requests_total) >= {len(MIXED) + 1}")
-                # The second round after that scrape, so series born in the first one increase too. It
-                # runs while SQLite is locked: rows queue up, the writer fails (a write error) and retries.
+                # The second round runs while SQLite is locked: rows queue up, the writer fails (a write
+                # error) and retries. Its CAPPED calls below create new series after Prometheus' scrapes.
                 await hold_write_lock(proxy.db, 6.0, lambda: send_round(client, proxy.url))
 
                 early = drain(received)

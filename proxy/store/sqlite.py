@@ -298,8 +298,9 @@ async def spend_since(db: aiosqlite.Connection, since: datetime) -> list[SpendRo
     labelled as the metrics label them: the model served, else asked for; the key's alias, else its
     fingerprint."""
     async with db.execute(
-        "SELECT started_at, cost_usd, COALESCE(model, model_requested), COALESCE(key_alias, key_fingerprint), "
-        "project, session FROM requests WHERE started_at >= ? AND cost_usd IS NOT NULL",
+        "SELECT started_at, cost_usd, COALESCE(model, model_requested), "
+        "COALESCE(key_alias, key_fingerprint), project, session "
+        "FROM requests WHERE started_at >= ? AND cost_usd IS NOT NULL",
         (encode_time(since),),
     ) as cursor:
         rows = await cursor.fetchall()
