@@ -307,7 +307,7 @@ class Metrics:
             self._cost_by_session.setdefault(session, set()).add(labels)
             self._cost_by_project.setdefault(project, set()).add(labels)
         self.cost.inc(labels, float(rec.cost_usd))
-        self.window_spend.add((model, key, project, session), rec.cost_usd, rec.started_at.timestamp())
+        self.window_spend.add((model, key, project, session), rec.cost_usd, rec.started_at)
 
     def _evict_cost(
         self,
@@ -348,7 +348,7 @@ class Metrics:
         """Seeds spend today/this week/this month from logged (started_at, cost, model, key, project,
         session) rows, labelled as observe() labels them."""
         self.window_spend.load(
-            (at.timestamp(), cost, (model or NONE, key or NONE, project or NONE, session or NONE))
+            (at, cost, (model or NONE, key or NONE, project or NONE, session or NONE))
             for at, cost, model, key, project, session in rows
         )
 

@@ -26,6 +26,7 @@ OTHER = "other"
 
 Labels = tuple[str, str, str, str]
 _ZERO = Decimal(0)
+_FOLD_EVERY = 1024
 _SPECS = tuple(BudgetSpec(name=p, limit_usd=Decimal(1), period=p) for p in WINDOWS)
 
 
@@ -35,12 +36,12 @@ def bounds(now: datetime, tz: ZoneInfo) -> list[tuple[float, float]]:
 
 
 class WindowSpend:
-    """Per-window Decimal sums keyed by label tuple; rolled over when a window ends (checked on add and
-    on scrape, so a quiet midnight still resets the day). Each window holds at most `cap` label sets with
-    their own session, up to `2 * cap` more with the session folded into `other`, then one all-`other`
-    set: totals stay exact whatever the clients send."""
+    """Decimal sums per label tuple for the day, week and month, rolled over when a window ends (checked
+    when requests are summed and on scrape, so a quiet midnight still resets the day). At most `cap`
+    label sets keep their own session, up to `cap` more have the session folded into `other`, then
+    one all-`other` set takes the rest: totals stay exact whatever the clients send."""
 
-    __slots__ = ("_cap", "_clock", "_next_end", "_starts", "_totals", "_tz", "doc", "name")
+    __slots__ = ("_cap", "_clock", "_next_end", "_pending", "_starts", "_totals", "_tz", "doc", "name")
 
     def __init__(
         self,
@@ -58,8 +59,12 @@ class WindowSpend:
         self._cap = cap
         self._clock = clock
         self._starts = [math.inf] * len(WINDOWS)
-        self._totals: list[dict[Labels, Decimal]] = [{} for _ in WINDOWS]
+        # One entry per label set, its spend in [day, week, month]: one lookup per request.
+        self._totals: dict[Labels, list[Decimal]] = {}
         self._next_end = -math.inf
+        # The request path only appends here; requests are summed in batches, at scrape time or every
+        # _FOLD_EVERY requests (so nothing grows while nobody scrapes).
+        self._pending: list[tuple[Labels, Decimal, datetime]] = []
         self._roll(clock())
         if registry is not None:
             registry.register(self)
@@ -67,33 +72,63 @@ class WindowSpend:
     @property
     def earliest_start(self) -> datetime:
         """Where the longest of the current windows starts (a week may begin in the previous month)."""
-        self._roll(self._clock())
+        self._update()
         return datetime.fromtimestamp(min(self._starts), UTC)
 
-    def add(self, labels: Labels, amount: Decimal, at: float) -> None:
-        """`amount` spent by a request that started at unix time `at`."""
-        if at >= self._next_end:
-            self._roll(at)
-        for start, totals in zip(self._starts, self._totals):
-            if at >= start:
-                key = self._key(labels, totals)
-                totals[key] = totals.get(key, _ZERO) + amount
+    def add(self, labels: Labels, amount: Decimal, started_at: datetime) -> None:
+        """`amount` spent by a request that started at `started_at` (aware)."""
+        pending = self._pending
+        pending.append((labels, amount, started_at))
+        if len(pending) >= _FOLD_EVERY:
+            self._fold()
 
-    def load(self, rows: Iterable[tuple[float, Decimal, Labels]]) -> None:
+    def load(self, rows: Iterable[tuple[datetime, Decimal, Labels]]) -> None:
         """Seeds the windows from the log (started_at, cost, labels), so a restart does not zero them."""
-        self._roll(self._clock())
-        for at, amount, labels in rows:
-            self.add(labels, amount, at)
+        for started_at, amount, labels in rows:
+            self.add(labels, amount, started_at)
+        self._update()
 
     def totals(self, window_name: str) -> dict[Labels, Decimal]:
-        self._roll(self._clock())
-        return dict(self._totals[WINDOWS.index(window_name)])
+        self._update()
+        i = WINDOWS.index(window_name)
+        return {labels: sums[i] for labels, sums in self._totals.items() if sums[i]}
 
-    def _key(self, labels: Labels, totals: dict[Labels, Decimal]) -> Labels:
-        if labels in totals or len(totals) < self._cap:
+    def _update(self) -> None:
+        self._fold()
+        self._roll(self._clock())
+
+    def _fold(self) -> None:
+        pending, self._pending = self._pending, []
+        totals = self._totals
+        day, week, month = self._starts
+        oldest = min(week, month)
+        for labels, amount, started_at in pending:
+            at = started_at.timestamp()
+            if at >= self._next_end:
+                self._roll(at)
+                day, week, month = self._starts
+                oldest = min(week, month)
+            if at < oldest:
+                continue
+            sums = totals.get(labels)
+            if sums is None:
+                key = self._key(labels)
+                sums = totals.get(key)
+                if sums is None:
+                    sums = totals[key] = [_ZERO, _ZERO, _ZERO]
+            if at >= day:
+                sums[0] += amount
+            if at >= week:
+                sums[1] += amount
+            if at >= month:
+                sums[2] += amount
+
+    def _key(self, labels: Labels) -> Labels:
+        totals = self._totals
+        if len(totals) < self._cap:
             return labels
         folded: Labels = (labels[0], labels[1], labels[2], OTHER)
-        if folded in totals or len(totals) < 3 * self._cap:
+        if folded in totals or len(totals) < 2 * self._cap:
             return folded
         return (OTHER, OTHER, OTHER, OTHER)
 
@@ -101,19 +136,23 @@ class WindowSpend:
         if now < self._next_end:
             return
         current = bounds(datetime.fromtimestamp(now, UTC), self._tz)
-        for i, (start, _end) in enumerate(current):
-            if start != self._starts[i]:
-                self._starts[i] = start
-                self._totals[i] = {}
+        ended = [i for i, (start, _end) in enumerate(current) if start != self._starts[i]]
+        for i in ended:
+            self._starts[i] = current[i][0]
+            for sums in self._totals.values():
+                sums[i] = _ZERO
+        if ended:
+            self._totals = {labels: sums for labels, sums in self._totals.items() if any(sums)}
         self._next_end = min(end for _start, end in current)
 
     def describe(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(self.name, self.doc, labels=("window", *LABELS))
 
     def collect(self) -> Iterator[Metric]:
-        self._roll(self._clock())
+        self._update()
         fam = GaugeMetricFamily(self.name, self.doc, labels=("window", *LABELS))
-        for name, totals in zip(WINDOWS, self._totals):
-            for labels, amount in totals.items():
-                fam.add_metric((name, *labels), float(amount))
+        for i, name in enumerate(WINDOWS):
+            for labels, sums in self._totals.items():
+                if sums[i]:
+                    fam.add_metric((name, *labels), float(sums[i]))
         yield fam
