@@ -116,7 +116,8 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 async def _window_spend(app: web.Application) -> AsyncIterator[None]:
     """Seeds spend today/this week/this month from the log, so a restart does not zero those gauges."""
     metrics = app[METRICS]
-    metrics.load_window_spend(await spend_since(app[DB], metrics.window_spend.earliest_start))
+    if app[CONFIG].metrics.enabled:  # nobody could read them otherwise; a month of rows takes a moment
+        metrics.load_window_spend(await spend_since(app[DB], metrics.window_spend.earliest_start))
     yield
 
 
