@@ -343,13 +343,17 @@ class Metrics:
         if extra > 0:
             self._add_cost(dataclasses.replace(after, cost_usd=extra), model, provider, now)
 
-    def load_window_spend(self, rows: Iterable[tuple[datetime, Decimal, str | None, str | None, str | None,
-                                                     str | None]]) -> None:
-        """Seeds spend today/this week/this month from logged (started_at, cost, model, key, project,
-        session) rows, labelled as observe() labels them."""
+    def load_window_spend(
+        self,
+        rows: Iterable[tuple[str | None, str | None, str | None, str | None, tuple[bool, ...], Decimal]],
+        starts: tuple[datetime, ...],
+    ) -> None:
+        """Seeds spend today/this week/this month from the log's (model, key, project, session, in which
+        windows, cost) sums for the windows starting at `starts`, labelled as observe() labels them."""
         self.window_spend.load(
-            (at, cost, (model or NONE, key or NONE, project or NONE, session or NONE))
-            for at, cost, model, key, project, session in rows
+            (((model or NONE, key or NONE, project or NONE, session or NONE), within, cost)
+             for model, key, project, session, within, cost in rows),
+            starts,
         )
 
     def observe_overhead(self, seconds: float) -> None:

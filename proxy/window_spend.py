@@ -70,10 +70,10 @@ class WindowSpend:
             registry.register(self)
 
     @property
-    def earliest_start(self) -> datetime:
-        """Where the longest of the current windows starts (a week may begin in the previous month)."""
+    def starts(self) -> tuple[datetime, ...]:
+        """Where the current day, week and month start."""
         self._update()
-        return datetime.fromtimestamp(min(self._starts), UTC)
+        return tuple(datetime.fromtimestamp(s, UTC) for s in self._starts)
 
     def add(self, labels: Labels, amount: Decimal, started_at: datetime) -> None:
         """`amount` spent by a request that started at `started_at` (aware)."""
@@ -82,11 +82,21 @@ class WindowSpend:
         if len(pending) >= _FOLD_EVERY:
             self._fold()
 
-    def load(self, rows: Iterable[tuple[datetime, Decimal, Labels]]) -> None:
-        """Seeds the windows from the log (started_at, cost, labels), so a restart does not zero them."""
-        for started_at, amount, labels in rows:
-            self.add(labels, amount, started_at)
+    def load(self, rows: Iterable[tuple[Labels, tuple[bool, ...], Decimal]],
+             starts: tuple[datetime, ...]) -> None:
+        """Seeds the windows from the log, so a restart does not zero them: (labels, in which of the
+        windows starting at `starts`, cost) sums, as store.sqlite.spend_by_window returns them."""
         self._update()
+        # A window that has ended since `starts` was read keeps nothing from it.
+        current = [datetime.fromtimestamp(s, UTC) == start for s, start in zip(self._starts, starts, strict=True)]
+        totals = self._totals
+        for labels, within, amount in rows:
+            windows = [i for i, inside in enumerate(within) if inside and current[i]]
+            if windows:
+                key = labels if labels in totals else self._key(labels)
+                sums = totals.setdefault(key, [_ZERO, _ZERO, _ZERO])
+                for i in windows:
+                    sums[i] += amount
 
     def totals(self, window_name: str) -> dict[Labels, Decimal]:
         self._update()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -96,15 +97,23 @@ def test_label_sets_are_capped_and_folded_without_losing_a_cent() -> None:
     assert ("m0", "k", "p", "s0") in day and ("m2", "k", "p", OTHER) in day and (OTHER, OTHER, OTHER, OTHER) in day
 
 
-def test_load_seeds_from_the_log_and_earliest_start_covers_every_window() -> None:
+def test_load_seeds_sums_from_the_log_for_windows_still_current() -> None:
     clock = Clock(NOW)
     w = spend(clock)
-    assert w.earliest_start == datetime(2026, 10, 31, 23, 0, tzinfo=UTC)  # Nov 1st, 00:00 in Berlin
-    w.load([(NOW - timedelta(hours=1), Decimal("0.5"), A), (NOW - timedelta(days=40), Decimal("9"), A)])
-    assert w.totals("day") == {A: Decimal("0.5")} and w.totals("month") == {A: Decimal("0.5")}
+    starts = w.starts
+    assert starts == (datetime(2026, 11, 3, 23, tzinfo=UTC), datetime(2026, 11, 1, 23, tzinfo=UTC),
+                      datetime(2026, 10, 31, 23, tzinfo=UTC))  # midnights in Berlin: today, Monday, the 1st
+    w.load([(A, (True, True, True), Decimal("0.5")), (B, (False, False, True), Decimal("0.25")),
+            (B, (False, False, False), Decimal("9"))], starts)
+    assert w.totals("day") == {A: Decimal("0.5")} and w.totals("month") == {A: Decimal("0.5"), B: Decimal("0.25")}
+    # The day ended between reading `starts` and loading: only the week and month take the sums.
+    late = spend(clock)
+    clock.t = datetime(2026, 11, 5, 0, 1, tzinfo=BERLIN).timestamp()
+    late.load([(A, (True, True, True), Decimal("0.5"))], starts)
+    assert late.totals("day") == {} and late.totals("week") == {A: Decimal("0.5")}
     # On Tuesday December 1st the week began on Monday November 30th, before the month did.
     clock.t = datetime(2026, 12, 1, 9, tzinfo=BERLIN).timestamp()
-    assert w.earliest_start == datetime(2026, 11, 29, 23, 0, tzinfo=UTC)
+    assert w.starts[1] == datetime(2026, 11, 29, 23, tzinfo=UTC) < w.starts[2]
 
 
 # -- fed by Metrics, seeded from SQLite on start ------------------------------------------------------
@@ -135,6 +144,37 @@ def test_metrics_observe_and_backfill_feed_the_windows() -> None:
     assert reg.get_sample_value("openrouter_proxy_spend_usd", labels) == 0.01
 
 
+async def test_spend_by_window_sums_the_log_per_label_set_and_window(tmp_path: Any) -> None:
+    from proxy.store.sqlite import insert_requests, open_db, spend_by_window
+    from tests.test_metrics import rec
+
+    starts = (datetime(2026, 11, 3, 23, tzinfo=UTC), datetime(2026, 11, 1, 23, tzinfo=UTC),
+              datetime(2026, 10, 31, 23, tzinfo=UTC))
+    at_today, at_week, at_month = (s + timedelta(minutes=5) for s in starts)
+    records = [
+        rec(id="1", started_at=at_today, cost_usd=Decimal("0.1")),
+        rec(id="2", started_at=at_today, cost_usd=Decimal("0.0000000003")),
+        rec(id="3", started_at=at_week, cost_usd=Decimal("0.2")),
+        rec(id="4", started_at=at_month, cost_usd=Decimal("0.4"), model=None, key_alias="laptop", session=None),
+        rec(id="5", started_at=starts[2] - timedelta(seconds=1), cost_usd=Decimal("8")),  # last month
+        rec(id="6", started_at=at_today, cost_usd=None),
+        rec(id="7", started_at=at_today, cost_usd=Decimal("0"), session="s-free"),
+        rec(id="8", started_at=at_today + timedelta(minutes=1), cost_usd=Decimal("1")),  # counted live
+    ]
+    db = await open_db(tmp_path / "u.db")
+    try:
+        await insert_requests(db, records)
+        rows = await spend_by_window(db, starts, at_today + timedelta(minutes=1))
+    finally:
+        await db.close()
+    model = "anthropic/claude-sonnet-4"
+    assert sorted(rows, key=str) == sorted([
+        (model, "fp-abc", "acme", "s1", (True, True, True), Decimal("0.1000000003")),
+        (model, "fp-abc", "acme", "s1", (False, True, True), Decimal("0.2")),
+        (model, "laptop", "acme", None, (False, False, True), Decimal("0.4")),
+    ], key=str)
+
+
 async def test_a_restart_seeds_the_windows_from_sqlite(start_proxy: Any, make_config: Any) -> None:
     import aiohttp
 
@@ -152,6 +192,10 @@ async def test_a_restart_seeds_the_windows_from_sqlite(start_proxy: Any, make_co
     await proxy.client.close()
 
     again = await start_proxy(config)
+    for _ in range(200):  # seeded beside serving; a few milliseconds for three rows
+        if _day_by_session(again.registry):
+            break
+        await asyncio.sleep(0.01)
     assert _day_by_session(again.registry) == {"s-1": 0.005, "s-2": 0.0005}
     text = await again.metrics_text()
     assert 'openrouter_proxy_spend_usd{key="' in text and 'window="week"' in text

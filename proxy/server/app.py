@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
@@ -31,7 +32,7 @@ from proxy.server.guard import BudgetGuard, load_spend, publish_loop
 from proxy.metrics import Metrics, metrics_handler
 from proxy.store.recorder import Recorder
 from proxy.pricing.refresh import CatalogHolder, initial_catalog, record_prices, refresh_loop
-from proxy.store.sqlite import open_db, salt, spend_since
+from proxy.store.sqlite import open_db, salt, spend_by_window
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +115,28 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _window_spend(app: web.Application) -> AsyncIterator[None]:
-    """Seeds spend today/this week/this month from the log, so a restart does not zero those gauges."""
-    metrics = app[METRICS]
-    if app[CONFIG].metrics.enabled:  # nobody could read them otherwise; a month of rows takes a moment
-        metrics.load_window_spend(await spend_since(app[DB], metrics.window_spend.earliest_start))
+    """Seeds spend today/this week/this month from the log, so a restart does not zero those gauges.
+
+    A month of a busy log takes seconds to read, so it runs beside serving: only rows started before
+    now are read, and requests from now on are counted as they end, so nothing counts twice."""
+    if not app[CONFIG].metrics.enabled:
+        yield
+        return
+    task = asyncio.create_task(_seed_window_spend(app[DB], app[METRICS], datetime.now(UTC)), name="window-spend-seed")
     yield
+    task.cancel()
+    await asyncio.wait([task])
+
+
+async def _seed_window_spend(db: aiosqlite.Connection, metrics: Metrics, until: datetime) -> None:
+    starts = metrics.window_spend.starts
+    try:
+        rows = await spend_by_window(db, starts, until)
+    except sqlite3.Error as e:
+        log.warning("event=window_spend_seed_failed error=%s", e)
+        return
+    metrics.load_window_spend(rows, starts)
+    log.info("event=window_spend_seeded groups=%d", len(rows))
 
 
 async def _recorder(app: web.Application) -> AsyncIterator[None]:
