@@ -41,7 +41,7 @@ class WindowSpend:
     label sets keep their own session, up to `cap` more have the session folded into `other`, then
     one all-`other` set takes the rest: totals stay exact whatever the clients send."""
 
-    __slots__ = ("_cap", "_clock", "_next_end", "_pending", "_starts", "_totals", "_tz", "doc", "name")
+    __slots__ = ("_bounds", "_cap", "_clock", "_next_end", "_pending", "_starts", "_totals", "_tz", "doc", "name")
 
     def __init__(
         self,
@@ -62,6 +62,9 @@ class WindowSpend:
         # One entry per label set, its spend in [day, week, month]: one lookup per request.
         self._totals: dict[Labels, list[Decimal]] = {}
         self._next_end = -math.inf
+        # The same as aware UTC datetimes: day, week, month start and the next end. Comparing datetimes
+        # that share a tzinfo is ~20 times cheaper than datetime.timestamp().
+        self._bounds: tuple[datetime, ...] = ()
         # The request path only appends here; requests are summed in batches, at scrape time or every
         # _FOLD_EVERY requests (so nothing grows while nobody scrapes).
         self._pending: list[tuple[Labels, Decimal, datetime]] = []
@@ -110,13 +113,12 @@ class WindowSpend:
     def _fold(self) -> None:
         pending, self._pending = self._pending, []
         totals = self._totals
-        day, week, month = self._starts
+        day, week, month, next_end = self._bounds
         oldest = min(week, month)
-        for labels, amount, started_at in pending:
-            at = started_at.timestamp()
-            if at >= self._next_end:
-                self._roll(at)
-                day, week, month = self._starts
+        for labels, amount, at in pending:
+            if at >= next_end:
+                self._roll(at.timestamp())
+                day, week, month, next_end = self._bounds
                 oldest = min(week, month)
             if at < oldest:
                 continue
@@ -154,6 +156,7 @@ class WindowSpend:
         if ended:
             self._totals = {labels: sums for labels, sums in self._totals.items() if any(sums)}
         self._next_end = min(end for _start, end in current)
+        self._bounds = tuple(datetime.fromtimestamp(t, UTC) for t in (*self._starts, self._next_end))
 
     def describe(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(self.name, self.doc, labels=("window", *LABELS))
