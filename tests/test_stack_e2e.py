@@ -2,7 +2,9 @@
 shipped rules -> real Alertmanager -> a webhook, all on loopback.
 
 Every dashboard and rule expression must return data after mixed traffic, a block budget driven over its
-limit must reach the webhook as OpenRouterBudgetSpent, and the scraped counters must equal SQLite's sums.
+limit must reach the webhook as OpenRouterBudgetSpent, the scraped counters must equal SQLite's sums, and
+the spend panels must show SQLite's numbers: today/week/month to the cent, by model/project/session
+over the test window within 1%.
 """
 
 from __future__ import annotations
