@@ -20,6 +20,12 @@ SPEND = '{key=~"$key", project=~"$project", session=~"$session", model=~"$model"
 MODEL = '{model=~"$model"}'
 COST = f"openrouter_proxy_cost_usd_total{SPEND}"
 
+
+def window_spend(window: str) -> str:
+    """Exact spend in the proxy's current day/week/month: a gauge summed by the proxy, not increase()."""
+    return f'sum(openrouter_proxy_spend_usd{{window="{window}", {SPEND[1:]}) or vector(0)'
+
+
 # Seconds left in the current calendar month (UTC, which is what PromQL's date functions use).
 MONTH_LEFT = "scalar((days_in_month() - day_of_month()) * 86400 + 86400 - hour() * 3600 - minute() * 60)"
 
@@ -186,22 +192,22 @@ def _quantiles(metric: str, by: str, qs: tuple[float, ...], sel: str = MODEL) ->
 
 def panels() -> list[dict[str, Any]]:
     L = Layout()
-    spent_in_range = f"sum(increase({COST}[$__range])) or vector(0)"
     money_steps = _steps()
 
     L.row("Spend")
-    for title, tf, what in (("Spend today", "now/d", "since midnight"),
-                            ("Spend this week", "now/w", "since the start of the week"),
-                            ("Spend this month", "now/M", "since the first of the month")):
-        L.add(stat(title, f"Dollars spent through the proxy {what} (your browser's time zone), for the selected "
-                   "keys, projects, sessions and models.", "currencyUSD", spent_in_range, time_from=tf,
-                   thresholds=money_steps, decimals=2), 4, 4)
+    for title, window, what in (("Spend today", "day", "since midnight"),
+                                ("Spend this week", "week", "since Monday"),
+                                ("Spend this month", "month", "since the first of the month")):
+        L.add(stat(title, f"Dollars spent through the proxy {what} in the proxy's time zone (the windows its "
+                   "budgets use), for the selected keys, projects, sessions and models. Summed exactly by the "
+                   "proxy, restarts included, so it equals `openrouter-spend report`.", "currencyUSD",
+                   window_spend(window), thresholds=money_steps, decimals=2), 4, 4)
     L.add(stat("Burn rate ($/hour)", "Spend per hour averaged over the last hour.", "currencyUSD",
                f"sum(rate({COST}[1h])) * 3600 or vector(0)", decimals=2), 6, 4)
     L.add(stat("Projected spend at month end", "This month's spend so far plus the average burn rate of the last "
                "6 hours continued until the end of the month (UTC).", "currencyUSD",
-               f"(sum(increase({COST}[$__range])) or vector(0)) + (sum(rate({COST}[6h])) or vector(0)) * {MONTH_LEFT}",
-               time_from="now/M", decimals=2), 6, 4)
+               f"({window_spend('month')}) + (sum(rate({COST}[6h])) or vector(0)) * {MONTH_LEFT}",
+               decimals=2), 6, 4)
 
     L.row("Budgets")
     L.add(gauge("Budget used (share of limit)", "Spend in each budget's current window as a share of its limit. "
@@ -223,9 +229,12 @@ def panels() -> list[dict[str, Any]]:
                      "currencyUSD", [(_rate_per_hour("session", 10), "{{session}}")], stacked=True), 12, 8)
     L.add(bargauge("Top 10 sessions by spend (selected range)", "Total dollars per session over the dashboard's "
                    "time range.", "currencyUSD",
-                   f"topk(10, sum by (session) (increase({COST}[$__range])))", "{{session}}"), 12, 8)
+                   f"topk(10, sum by (session) (increase({COST}[$__range])))", "{{session}}"), 8, 8)
     L.add(bargauge("Spend by model (selected range)", "Total dollars per model over the dashboard's time range.",
-                   "currencyUSD", f"topk(15, sum by (model) (increase({COST}[$__range])))", "{{model}}"), 12, 8)
+                   "currencyUSD", f"topk(15, sum by (model) (increase({COST}[$__range])))", "{{model}}"), 8, 8)
+    L.add(bargauge("Spend by project (selected range)", "Total dollars per project over the dashboard's time "
+                   "range.", "currencyUSD", f"topk(15, sum by (project) (increase({COST}[$__range])))",
+                   "{{project}}"), 8, 8)
 
     L.row("Tokens and cache")
     tokens = f"openrouter_proxy_tokens_total{MODEL}"

@@ -8,9 +8,11 @@ import functools
 import hmac
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -19,8 +21,9 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from proxy import __version__
 from proxy.pricing.accounting import drifted as cost_drifted, provider_charge
 from proxy.errors import error_response
-from proxy.metric_tables import CounterTable, GaugeValue, HistogramTable
+from proxy.metric_tables import CounterTable, GaugeValue, HistogramTable, prometheus_scrape
 from proxy.store.records import BLOCKED, UsageRecord
+from proxy.window_spend import WindowSpend
 
 PREFIX = "openrouter_proxy_"
 OTHER = "other"
@@ -32,6 +35,7 @@ UPSTREAM_ERROR_REASONS = ("connect", "timeout", "http_4xx", "http_5xx", "stream_
 
 # LLM calls take from tens of milliseconds (a cached short reply) to many minutes (long reasoning).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+SCRAPE_HEADER = "X-Prometheus-Scrape-Timeout-Seconds"
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 
@@ -110,6 +114,7 @@ class Metrics:
         budget_scope_cap: int = 50,
         label_min_idle_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        tz: ZoneInfo = ZoneInfo("UTC"),
     ) -> None:
         self._clock = clock
         self._sessions = LabelCap(session_cap, label_min_idle_s)
@@ -192,6 +197,10 @@ class Metrics:
             ("model", "direction"),
         )
         self.free_requests = table("free_requests", "Requests to free (:free) models.", ("model",))
+        self.window_spend = WindowSpend(
+            registry, PREFIX + "spend_usd",
+            "Spend in the current calendar day, week or month (the budgets' windows and time zone).", tz,
+        )
         self.free_daily_limit = gauge(
             "free_daily_limit", "OpenRouter's daily request limit for free models on this account."
         )
@@ -300,6 +309,7 @@ class Metrics:
             self._cost_by_session.setdefault(session, set()).add(labels)
             self._cost_by_project.setdefault(project, set()).add(labels)
         self.cost.inc(labels, float(rec.cost_usd))
+        self.window_spend.add((model, key, project, session), rec.cost_usd, rec.started_at)
 
     def _evict_cost(
         self,
@@ -334,6 +344,19 @@ class Metrics:
         extra = (after.cost_usd or Decimal(0)) - (before.cost_usd or Decimal(0))
         if extra > 0:
             self._add_cost(dataclasses.replace(after, cost_usd=extra), model, provider, now)
+
+    def load_window_spend(
+        self,
+        rows: Iterable[tuple[str | None, str | None, str | None, str | None, tuple[bool, ...], Decimal]],
+        starts: tuple[datetime, ...],
+    ) -> None:
+        """Seeds spend today/this week/this month from the log's (model, key, project, session, in which
+        windows, cost) sums for the windows starting at `starts`, labelled as observe() labels them."""
+        self.window_spend.load(
+            (((model or NONE, key or NONE, project or NONE, session or NONE), within, cost)
+             for model, key, project, session, within, cost in rows),
+            starts,
+        )
 
     def observe_overhead(self, seconds: float) -> None:
         self.overhead.observe((), seconds)
@@ -445,7 +468,15 @@ class Metrics:
 
 def metrics_handler(registry: CollectorRegistry, token: str | None) -> Callable[[web.Request], Any]:
     """The /metrics handler; with a token, only `Authorization: Bearer <token>` is answered."""
-    inner = make_aiohttp_handler(registry)
+    render = make_aiohttp_handler(registry)
+
+    async def inner(request: web.Request) -> web.StreamResponse:
+        # Prometheus sends this header with every scrape (so do agents built on its scrape code).
+        if SCRAPE_HEADER in request.headers:
+            with prometheus_scrape():
+                return await render(request)
+        return await render(request)
+
     if token is None:
         return inner
     expected = f"Bearer {token}".encode()

@@ -117,9 +117,10 @@ class Prometheus:
             raise AssertionError(f"Prometheus {path} {params}: {body.get('errorType')}: {body.get('error')}")
         return body["data"]
 
-    async def query(self, expr: str) -> list[dict[str, Any]]:
-        """Instant query; raises AssertionError with Prometheus' message when the expression is bad."""
-        data = await self.api("query", query=expr)
+    async def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Instant query (at unix time `at`, default now); raises AssertionError with Prometheus' message
+        when the expression is bad."""
+        data = await (self.api("query", query=expr) if at is None else self.api("query", query=expr, time=str(at)))
         result = data["result"]
         if data["resultType"] == "scalar":
             return [{"metric": {}, "value": result}]

@@ -332,8 +332,9 @@ T0 = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
 
 
 def rec(i: int, **kw: Any) -> UsageRecord:
+    now = datetime.now(timezone.utc)  # today, so "Spend today" counts it
     base: dict[str, Any] = dict(
-        id=f"r{i}", started_at=T0, finished_at=T0, method="POST", endpoint="/api/v1/chat/completions",
+        id=f"r{i}", started_at=now, finished_at=now, method="POST", endpoint="/api/v1/chat/completions",
         model_requested="anthropic/claude-sonnet-4", model="anthropic/claude-sonnet-4", provider="Anthropic",
         generation_id=f"gen-{i}", key_fingerprint="fp-abc", key_alias="laptop", project="acme",
         session=f"s{i % 3}", client="claude-code", streamed=True, status=200, outcome=OK, error=None,
@@ -415,7 +416,8 @@ async def test_every_dashboard_and_rule_query_runs_on_real_prometheus(aiohttp_se
         assert not empty, f"panels without data: {empty}"
 
         spent = await prom.query(stack.substitute(stack.dashboard_exprs(load_dashboard())[0][1]))
-        assert 0.4 < float(spent[0]["value"][1]) < 3  # increase() extrapolates; 40 requests × ~$0.032
+        # Spend today is the proxy's exact sum: 40 requests at $0.0123 and 40 at $0.02.
+        assert abs(float(spent[0]["value"][1]) - 40 * (0.0123 + 0.02)) < 1e-9
 
         narrowed = stack.substitute(
             'sum by (session) (increase(openrouter_proxy_cost_usd_total{session=~"$session"}[$__range]))',

@@ -142,7 +142,7 @@ CONTRACT = {
     "cost_drift": "counter", "cost_drift_usd": "counter", "free_requests": "counter",
     "free_daily_limit": "gauge", "budget_spent_usd": "gauge", "budget_limit_usd": "gauge",
     "budget_window_end_timestamp_seconds": "gauge", "budget_projected_usd": "gauge",
-    "budget_warn_ratio": "gauge", "budget_blocked": "counter", "build_info": "gauge",
+    "budget_warn_ratio": "gauge", "budget_blocked": "counter", "build_info": "gauge", "spend_usd": "gauge",
 }
 # serve's periodic comparison with OpenRouter's GET /key (reconcile.interval_minutes)
 CONTRACT.update({"reconcile_gap_usd": "gauge", "reconcile_openrouter_usd": "gauge",

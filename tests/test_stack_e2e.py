@@ -2,7 +2,9 @@
 shipped rules -> real Alertmanager -> a webhook, all on loopback.
 
 Every dashboard and rule expression must return data after mixed traffic, a block budget driven over its
-limit must reach the webhook as OpenRouterBudgetSpent, and the scraped counters must equal SQLite's sums.
+limit must reach the webhook as OpenRouterBudgetSpent, the scraped counters must equal SQLite's sums, and
+the spend panels must show SQLite's numbers: today/week/month to the cent, by model/project/session
+over the test window within 1%.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
 import yaml
 from aiohttp.test_utils import TestServer
 
+
+from proxy.budgets.spec import BudgetSpec, window
 
 from . import stack
 from .fake_openrouter import KEYS
@@ -252,20 +257,21 @@ def sqlite_sums(db: Path) -> dict[str, Any]:
     try:
         rows = conn.execute(
             "SELECT status, COALESCE(model, model_requested), COALESCE(key_alias, key_fingerprint), project, "
-            "cost_usd, input_tokens, output_tokens, cached_tokens, reasoning_tokens FROM requests"
+            "session, cost_usd, input_tokens, output_tokens, cached_tokens, reasoning_tokens FROM requests"
         ).fetchall()
     finally:
         conn.close()
     by_status: dict[str, int] = {}
-    cost_by: dict[str, dict[str, Decimal]] = {"model": {}, "key": {}, "project": {}}
+    cost_by: dict[str, dict[str, Decimal]] = {"model": {}, "key": {}, "project": {}, "session": {}}
     tokens = {"input": 0, "output": 0, "cached": 0, "reasoning": 0}
     total = Decimal(0)
-    for status, model, key, project, cost, inp, out, cached, reasoning in rows:
+    for status, model, key, project, session, cost, inp, out, cached, reasoning in rows:
         by_status[str(status)] = by_status.get(str(status), 0) + 1
         c = Decimal(cost) if cost is not None else Decimal(0)
         total += c
         if c:
-            for label, value in (("model", model), ("key", key), ("project", project or "none")):
+            for label, value in (("model", model), ("key", key), ("project", project or "none"),
+                                 ("session", session or "none")):
                 cost_by[label][value] = cost_by[label].get(value, Decimal(0)) + c
         for kind, n in (("input", inp), ("output", out), ("cached", cached), ("reasoning", reasoning)):
             tokens[kind] += n or 0
@@ -285,7 +291,7 @@ async def prometheus_sums(prom: stack.Prometheus) -> dict[str, Any]:
         "by_status": await by("sum by (status) (openrouter_proxy_requests_total)", "status"),
         "cost": await one("sum(openrouter_proxy_cost_usd_total)"),
         "cost_by": {label: await by(f"sum by ({label}) (openrouter_proxy_cost_usd_total)", label)
-                    for label in ("model", "key", "project")},
+                    for label in ("model", "key", "project", "session")},
         "tokens": await by("sum by (kind) (openrouter_proxy_tokens_total)", "kind"),
     }
 
@@ -323,6 +329,76 @@ async def eventually_equal(proxy: stack.ProxyProcess, prom: stack.Prometheus, ti
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("Prometheus' counters differ from SQLite:\n  " + "\n  ".join(diffs))
         await asyncio.sleep(0.5)
+
+
+# -- the dashboard's numbers against SQLite (issue 12) ---------------------------------------------
+
+WINDOW_PANELS = {"day": "Spend today", "week": "Spend this week", "month": "Spend this month"}
+# Panel title -> the label its series are by.
+RANGE_PANELS = {"Spend by model (selected range)": "model", "Spend by project (selected range)": "project",
+                "Top 10 sessions by spend (selected range)": "session"}
+
+
+def panel_expr(title: str) -> str:
+    dashboard = json.loads((stack.ROOT / "dashboards" / "openrouter-spend.json").read_text())
+    (expr,) = [e for t, e in stack.dashboard_exprs(dashboard) if t == title]
+    return expr
+
+
+def sqlite_window_spend(db: Path, tz: str, now: datetime,
+                        selection: dict[str, str] | None = None) -> dict[str, Decimal]:
+    """Spend per calendar window (in the proxy's time zone, as budgets count it) straight from the rows,
+    optionally only rows matching the dashboard selection (regexes, as Grafana sends them)."""
+    starts = {p: window(BudgetSpec("w", Decimal(1), period=p), now, ZoneInfo(tz))[0] for p in WINDOW_PANELS}
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        rows = conn.execute(
+            "SELECT started_at, cost_usd, COALESCE(model, model_requested), COALESCE(key_alias, key_fingerprint), "
+            "project, session FROM requests WHERE cost_usd IS NOT NULL"
+        ).fetchall()
+    finally:
+        conn.close()
+    out = {p: Decimal(0) for p in WINDOW_PANELS}
+    for started_at, cost, model, key, project, session in rows:
+        values = {"model": model, "key": key, "project": project or "none", "session": session or "none"}
+        if selection and not all(re.fullmatch(rx, values[label]) for label, rx in selection.items()):
+            continue
+        at = datetime.fromisoformat(started_at)
+        for period, start in starts.items():
+            if at >= start:
+                out[period] += Decimal(cost)
+    return out
+
+
+async def check_window_panels(prom: stack.Prometheus, proxy: stack.ProxyProcess, tz: str) -> None:
+    """"Spend today / this week / this month" equal SQLite's sums to the cent, for All and for a selection."""
+    for variables in (None, SELECTION):
+        want = sqlite_window_spend(proxy.db, tz, datetime.now(UTC), variables)
+        got = {p: sum(Decimal(r["value"][1]) for r in
+                      await prom.query(stack.substitute(panel_expr(title), variables)))
+               for p, title in WINDOW_PANELS.items()}
+        assert all(w > 0 for w in want.values()), want
+        assert {p: round(v, 2) for p, v in got.items()} == {p: round(v, 2) for p, v in want.items()}, \
+            (variables, got, want)
+        assert all(abs(got[p] - want[p]) < Decimal("1e-9") for p in want), (variables, got, want)
+
+
+async def check_range_panels(prom: stack.Prometheus, sql: dict[str, Any], since: float) -> None:
+    """The by-model / by-project / by-session panels over the test window are within 1% of SQLite's sums.
+
+    Evaluated at the last scrape's timestamp: increase() extrapolates a series to the end of the range when
+    the last sample is older than that, which no exporter can help; at a scrape's own time it has nothing
+    to extrapolate, so what remains is what the exporter shows Prometheus."""
+    (last,) = await prom.query("timestamp(openrouter_proxy_build_info)")
+    at = float(last["value"][1])
+    range_ = f"{math.ceil(at - since) + 1}s"
+    for title, label in RANGE_PANELS.items():
+        result = await prom.query(stack.substitute(panel_expr(title), range_=range_), at=at)
+        got = {r["metric"][label]: Decimal(r["value"][1]) for r in result}
+        want = sql["cost_by"][label]
+        assert set(got) == set(want), (title, got, want)
+        off = {k: (got[k], want[k]) for k in want if abs(got[k] - want[k]) > want[k] / 100}
+        assert not off, f"{title}: Prometheus vs SQLite differ by more than 1%: {off}"
 
 
 # -- helpers ----------------------------------------------------------------------------------------
@@ -378,7 +454,8 @@ async def test_stack_end_to_end(upstream: TestServer, aiohttp_server: Any, tmp_p
     async with stack.alertmanager(tmp_path / "am", f"http://127.0.0.1:{receiver.port}/hook") as am, \
             stack.prometheus(tmp_path / "prom", [f"127.0.0.1:{port}"], token=METRICS_TOKEN,
                              alertmanager=am) as prom:
-        proxy_cm = stack.proxy_process(tmp_path / "proxy", proxy_config(datetime.now(UTC)), port=port,
+        config = proxy_config(datetime.now(UTC))
+        proxy_cm = stack.proxy_process(tmp_path / "proxy", config, port=port,
                                        upstream=str(upstream.make_url("/api/v1")), env=env)
         async with proxy_cm as proxy, aiohttp.ClientSession() as client:
             try:
@@ -386,12 +463,15 @@ async def test_stack_end_to_end(upstream: TestServer, aiohttp_server: Any, tmp_p
                 # Counters must be scraped before the traffic, or increase() has no start to count from.
                 await prom.wait_for_samples("openrouter_proxy_build_info")
                 await prom.wait_for_samples("openrouter_proxy_recorder_write_errors_total == 0")
+                # Every panel's range starts here, before any series but build_info exists.
+                (first,) = await prom.query("timestamp(openrouter_proxy_build_info)")
+                since = float(first["value"][1])
 
                 await send_round(client, proxy.url)
                 await prom.wait_for_samples(f"sum(openrouter_proxy_requests_total) >= {len(MIXED) + 1}")
                 await prom.wait_for_samples("openrouter_proxy_reconcile_gap_usd")
-                # The second round after that scrape, so series born in the first one increase too. It
-                # runs while SQLite is locked: rows queue up, the writer fails (a write error) and retries.
+                # The second round runs while SQLite is locked: rows queue up, the writer fails (a write
+                # error) and retries. Its CAPPED calls below create new series after Prometheus' scrapes.
                 await hold_write_lock(proxy.db, 6.0, lambda: send_round(client, proxy.url))
 
                 early = drain(received)
@@ -428,6 +508,9 @@ async def test_stack_end_to_end(upstream: TestServer, aiohttp_server: Any, tmp_p
                 sql = await eventually_equal(proxy, prom, timeout=15)
                 assert sql["requests"] == 2 * (len(MIXED) + 1) + 5
                 assert sql["by_status"] == {"200": 2 * (len(MIXED) + 1 - 2) + 3, "500": 2, "429": 2, "402": 2}
+                # Issue 12: what the dashboard shows equals SQLite.
+                await check_window_panels(prom, proxy, config["timezone"])
+                await check_range_panels(prom, sql, since)
                 # Both rounds' billed costs, the back-filled drops included.
                 assert sql["cost_by"]["project"]["capped"] == Decimal("0.012")
                 assert sql["cost_by"]["project"]["watched"] == Decimal("0.006")

@@ -1,8 +1,8 @@
 """create_app(config, registry) -> web.Application: typed app keys, routes, and cleanup contexts in order.
 
 create_app does no I/O. Everything that must be closed opens in a cleanup context, in dependency
-order: database -> recorder -> HTTP session -> catalog refresh -> forwarder. aiohttp unwinds only the
-ones that started, in reverse, so the recorder drains before the database closes.
+order: database -> window spend -> recorder -> HTTP session -> catalog refresh -> forwarder. aiohttp
+unwinds only the ones that started, in reverse, so the recorder drains before the database closes.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
@@ -35,7 +36,7 @@ from proxy.server.intake import Intake
 from proxy.metrics import Metrics, metrics_handler
 from proxy.store.recorder import Recorder
 from proxy.pricing.refresh import CatalogHolder, initial_catalog, record_prices, refresh_loop
-from proxy.store.sqlite import open_db, salt
+from proxy.store.sqlite import open_db, salt, spend_by_window
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +70,12 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app[MANAGED_KEY] = managed_key or ""
     app[INTAKE] = Intake(config.max_body_bytes, config.max_buffered_bytes, config.body_idle_timeout_s, config.body_min_rate)
     app[METRICS] = Metrics(
-        registry, session_cap=config.metrics.session_cap, project_cap=config.metrics.project_cap
+        registry, session_cap=config.metrics.session_cap, project_cap=config.metrics.project_cap, tz=config.tz
     )
     app[METRICS].set_free_daily_limit(config.free_daily_limit)
-    app.cleanup_ctx.extend([_database, _recorder, _http_session, _catalog, _provider_prices, _budgets, _backfill, _forwarder])
+    app.cleanup_ctx.extend(
+        [_database, _window_spend, _recorder, _http_session, _catalog, _provider_prices, _budgets, _backfill, _forwarder]
+    )
     if config.reconcile.interval_minutes:
         app.cleanup_ctx.append(_reconcile(config, managed_key, config.reconcile.interval_minutes * 60))
     if config.metrics.enabled and config.metrics.port is None:
@@ -175,6 +178,31 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await db.close()
+
+
+async def _window_spend(app: web.Application) -> AsyncIterator[None]:
+    """Seeds spend today/this week/this month from the log, so a restart does not zero those gauges.
+
+    A month of a busy log takes seconds to read, so it runs beside serving: only rows started before
+    now are read, and requests from now on are counted as they end, so nothing counts twice."""
+    if not app[CONFIG].metrics.enabled:
+        yield
+        return
+    task = asyncio.create_task(_seed_window_spend(app[DB], app[METRICS], datetime.now(UTC)), name="window-spend-seed")
+    yield
+    task.cancel()
+    await asyncio.wait([task])
+
+
+async def _seed_window_spend(db: aiosqlite.Connection, metrics: Metrics, until: datetime) -> None:
+    starts = metrics.window_spend.starts
+    try:
+        rows = await spend_by_window(db, starts, until)
+    except sqlite3.Error as e:
+        log.warning("event=window_spend_seed_failed error=%s", e)
+        return
+    metrics.load_window_spend(rows, starts)
+    log.info("event=window_spend_seeded groups=%d", len(rows))
 
 
 async def _recorder(app: web.Application) -> AsyncIterator[None]:
