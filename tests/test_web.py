@@ -242,3 +242,75 @@ async def test_ui_can_be_turned_off(start_proxy: Any) -> None:
     insert(proxy.db_path, known_rows())
     response = await proxy.client.get("/-/report")
     assert '"total"' not in await response.text()
+
+
+async def test_reader_runs_off_the_loop_read_only_and_coalesces(tmp_path: Path) -> None:
+    import asyncio
+    import threading
+
+    from proxy.store.sqlite import prepare
+    from proxy.web.routes import Reader
+
+    path = tmp_path / "u.db"
+    prepare(path)
+    reader = Reader(path, ttl_s=60)
+    calls: list[str] = []
+
+    def where(db: sqlite3.Connection) -> str:
+        calls.append(threading.current_thread().name)
+        return threading.current_thread().name
+
+    try:
+        names = await asyncio.gather(*(reader.read("k", where) for _ in range(5)))
+        assert len(calls) == 1 and names[0].startswith("web-read") and len(set(names)) == 1
+        assert await reader.read("k", where) == names[0] and len(calls) == 1
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await reader.read("w", lambda db: db.execute("INSERT INTO meta VALUES ('a', 'b')"))
+        # a failed read is not cached: the next one runs again
+        with pytest.raises(sqlite3.OperationalError):
+            await reader.read("w", lambda db: db.execute("INSERT INTO meta VALUES ('a', 'b')"))
+    finally:
+        reader.close()
+
+
+def test_ui_config_is_checked() -> None:
+    from proxy.config import parse_config
+    from proxy.errors import ConfigError
+
+    config = parse_config({"ui": {"token_env": "SPEND_UI_TOKEN", "hosts": ["Spend.LAN"]}})
+    assert config.ui == UiConfig(enabled=True, token_env="SPEND_UI_TOKEN", hosts=("spend.lan",))
+    assert parse_config({}).ui == UiConfig()
+    for raw, words in [
+        ({"ui": {"enabled": "yes"}}, "ui.enabled"),
+        ({"ui": {"hosts": "spend.lan"}}, "ui.hosts"),
+        ({"ui": {"colour": 1}}, "ui.colour: unknown key"),
+        ({"ui": []}, "ui: expected a mapping"),
+    ]:
+        with pytest.raises(ConfigError, match=words):
+            parse_config(raw)
+
+
+def test_a_missing_ui_token_stops_the_start(make_config: Any, monkeypatch: Any) -> None:
+    from proxy.errors import ConfigError
+    from proxy.server.app import create_app
+
+    monkeypatch.delenv("NO_SUCH_UI_TOKEN", raising=False)
+    with pytest.raises(ConfigError, match="ui.token_env: environment variable NO_SUCH_UI_TOKEN is not set"):
+        create_app(make_config(ui=UiConfig(token_env="NO_SUCH_UI_TOKEN")))
+
+
+async def test_managed_mode_proxy_keys_open_the_page(start_proxy: Any, monkeypatch: Any) -> None:
+    from proxy.config import KeyAlias
+
+    monkeypatch.setenv("OR_MANAGED", "sk-or-v1-" + "ee" * 20)
+    monkeypatch.setenv("TEAM_KEY", "team-" + "key-1")
+    proxy = await start_proxy(
+        host="0.0.0.0", metrics=MetricsConfig(enabled=False), managed_key_env="OR_MANAGED",
+        keys=(KeyAlias(alias="team", key_env="TEAM_KEY"),),
+    )
+    assert (await proxy.client.get("/-/budgets", headers={"Host": "10.0.0.5"})).status == 401
+    ok = await proxy.client.get("/-/budgets", headers={"Host": "10.0.0.5", "Authorization": "Bearer team-key-1"})
+    assert ok.status == 200
+    # the OpenRouter key itself is not a way in
+    upstream_key = await proxy.client.get("/-/budgets", headers={"Host": "10.0.0.5", "Authorization": f"Bearer {'sk-or-v1-' + 'ee' * 20}"})
+    assert upstream_key.status == 401

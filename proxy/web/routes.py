@@ -23,6 +23,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.budgets.ledger import Budgets
 from proxy.config import Config
 from proxy.errors import CliError, error_response
 from proxy.pricing.calculator import estimate_rows, estimate_usage, model_rows
@@ -85,16 +86,30 @@ class Reader:
 CONFIG = web.AppKey("web_config", Config)
 ACCESS = web.AppKey("web_access", access.Access)
 READER = web.AppKey("web_reader", Reader)
-CATALOG = web.AppKey("web_catalog", Callable[[], CatalogHolder])  # type: ignore[arg-type]
-BUDGETS = web.AppKey("web_budgets", Callable[[], Any])  # type: ignore[arg-type]
 
 
-def add_routes(app: web.Application, config: Config, catalog: Callable[[], CatalogHolder], budgets: Callable[[], Any]) -> None:
+@dataclasses.dataclass(frozen=True, slots=True)
+class Sources:
+    """What the page reads from the running proxy rather than the log; looked up per request,
+    because the catalog holder and the budget ledger exist only once their cleanup contexts run."""
+
+    catalog: Callable[[], CatalogHolder]
+    budgets: Callable[[], Budgets | None]
+
+
+SOURCES = web.AppKey("web_sources", Sources)
+
+
+def add_routes(
+    app: web.Application,
+    config: Config,
+    catalog: Callable[[], CatalogHolder],
+    budgets: Callable[[], Budgets | None],
+) -> None:
     """Mount before the proxy's catch-all: `/` and everything under `/-/` never reach the forwarder."""
     app[CONFIG] = config
     app[ACCESS] = access.policy(config)
-    app[CATALOG] = catalog
-    app[BUDGETS] = budgets
+    app[SOURCES] = Sources(catalog, budgets)
     app.cleanup_ctx.append(_reader)
     app.router.add_route("*", "/", _page)
     app.router.add_route("*", "/-/{tail:.*}", _dispatch)
@@ -218,7 +233,7 @@ async def _free(request: web.Request, query: Query) -> Any:
 
 
 async def _cache(request: web.Request, query: Query) -> Any:
-    catalog = request.app[CATALOG]().current
+    catalog = request.app[SOURCES].catalog().current
     return await request.app[READER].read(_key(request), reads.cache_and_drift, query, catalog)
 
 
@@ -230,13 +245,13 @@ async def _whatif(request: web.Request, query: Query) -> Any:
     targets = query.all("target")
     if not targets:
         raise BadQuery("target: give at least one model id to re-price your traffic on")
-    catalog = request.app[CATALOG]().current
+    catalog = request.app[SOURCES].catalog().current
     rows = await request.app[READER].read(_key(request), reads.whatif, query, catalog, targets)
     return {"rows": rows}
 
 
 async def _budgets(request: web.Request, query: Query) -> Any:
-    ledger = request.app[BUDGETS]()
+    ledger = request.app[SOURCES].budgets()
     if ledger is None:
         return {"configured": False, "budgets": []}
     statuses = ledger.snapshot(datetime.now(UTC))
@@ -263,7 +278,7 @@ def _budget(status: Any) -> dict[str, Any]:
 
 
 async def _models(request: web.Request, query: Query) -> Any:
-    catalog = request.app[CATALOG]().current
+    catalog = request.app[SOURCES].catalog().current
     count = _counts(query)
     if count is None:
         rows = model_rows(catalog, search=query.first("search"), free=query.first("free") in ("1", "true"))
