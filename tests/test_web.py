@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -244,9 +245,18 @@ async def test_ui_can_be_turned_off(start_proxy: Any) -> None:
     assert '"total"' not in await response.text()
 
 
-async def test_reader_runs_off_the_loop_read_only_and_coalesces(tmp_path: Path) -> None:
+def _where_am_i(db: sqlite3.Connection, marker: Path) -> int:
+    with marker.open("a") as out:
+        out.write("x")
+    return os.getpid()
+
+
+def _write(db: sqlite3.Connection) -> None:
+    db.execute("INSERT INTO meta VALUES ('a', 'b')")
+
+
+async def test_reader_runs_in_another_process_read_only_and_coalesces(tmp_path: Path) -> None:
     import asyncio
-    import threading
 
     from proxy.store.sqlite import prepare
     from proxy.web.routes import Reader
@@ -254,21 +264,17 @@ async def test_reader_runs_off_the_loop_read_only_and_coalesces(tmp_path: Path) 
     path = tmp_path / "u.db"
     prepare(path)
     reader = Reader(path, ttl_s=60)
-    calls: list[str] = []
-
-    def where(db: sqlite3.Connection) -> str:
-        calls.append(threading.current_thread().name)
-        return threading.current_thread().name
-
+    marker = tmp_path / "calls"
     try:
-        names = await asyncio.gather(*(reader.read("k", where) for _ in range(5)))
-        assert len(calls) == 1 and names[0].startswith("web-read") and len(set(names)) == 1
-        assert await reader.read("k", where) == names[0] and len(calls) == 1
+        pids = await asyncio.gather(*(reader.read("k", _where_am_i, marker) for _ in range(5)))
+        assert len(set(pids)) == 1 and pids[0] != os.getpid()
+        assert await reader.read("k", _where_am_i, marker) == pids[0]
+        assert marker.read_text() == "x"
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            await reader.read("w", lambda db: db.execute("INSERT INTO meta VALUES ('a', 'b')"))
+            await reader.read("w", _write)
         # a failed read is not cached: the next one runs again
         with pytest.raises(sqlite3.OperationalError):
-            await reader.read("w", lambda db: db.execute("INSERT INTO meta VALUES ('a', 'b')"))
+            await reader.read("w", _write)
     finally:
         reader.close()
 

@@ -1,8 +1,8 @@
 """`GET /`, `/-/static/*` and the `/-/` JSON endpoints, mounted on the proxy's own app by `add_routes`.
 
-Reads never run on the event loop: each one opens a read-only SQLite connection in a small thread
-pool of its own (so they never queue behind, or hold up, the loop's default executor), and answers
-are cached for a moment keyed by endpoint and query, so many open pages cost one query per key.
+Reads never run on the event loop: each one opens a read-only SQLite connection in a small pool
+of worker processes (see Reader), and answers are cached for a moment keyed by endpoint and query,
+so many open pages cost one query per key.
 """
 
 from __future__ import annotations
@@ -11,10 +11,12 @@ import asyncio
 import dataclasses
 import json
 import logging
+import multiprocessing
+import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -47,13 +49,25 @@ STATIC = {
 
 
 class Reader:
-    """Runs read functions on a fresh read-only connection in its own threads; caches answers briefly."""
+    """Runs read functions on a fresh read-only connection in worker processes; caches answers briefly.
 
-    def __init__(self, path: Path, ttl_s: float = CACHE_TTL_S, workers: int = 2) -> None:
+    Processes, not threads: a report over a big log is Python work, and in a thread it would hold
+    the GIL against the event loop (measured: 3 open pages cut proxied throughput by half and
+    tripled p50). The workers also run at a lower CPU priority, so on a busy core forwarding wins.
+    They start on the first read, from a fork server (never forked from a process with threads).
+    """
+
+    def __init__(self, path: Path, ttl_s: float = CACHE_TTL_S, workers: int = 2, pool: Executor | None = None) -> None:
         self._path = path
         self._ttl = ttl_s
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="web-read")
+        self._workers = workers
+        self._pool = pool
         self._cache: dict[Any, tuple[float, asyncio.Future[Any]]] = {}
+
+    def _executor(self) -> Executor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self._workers, mp_context=_context(), initializer=_background)
+        return self._pool
 
     async def read(self, key: Any, fn: Callable[..., Any], *args: Any) -> Any:
         now = time.monotonic()
@@ -63,7 +77,7 @@ class Reader:
         if len(self._cache) > 256:
             self._cache = {k: v for k, v in self._cache.items() if now < v[0]}
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, self._call, fn, args)
+        future = loop.run_in_executor(self._executor(), call, self._path, fn, args)
         self._cache[key] = (now + self._ttl, future)
         try:
             return await asyncio.shield(future)
@@ -71,16 +85,36 @@ class Reader:
             self._cache.pop(key, None)
             raise
 
-    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        db = connect_readonly(self._path)
-        try:
-            reads.prepare_connection(db)
-            return fn(db, *args)
-        finally:
-            db.close()
-
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    # forkserver: one clean server process (started once, with the read modules imported) forks
+    # each worker, so a new pool costs milliseconds, and nothing forks a process with threads.
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["proxy.web.routes"])
+        return context
+    return multiprocessing.get_context("spawn")
+
+
+def _background() -> None:
+    try:
+        os.nice(10)
+    except OSError:
+        pass
+
+
+def call(path: Path, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """In a worker: one read on its own read-only connection."""
+    db = connect_readonly(path)
+    try:
+        reads.prepare_connection(db)
+        return fn(db, *args)
+    finally:
+        db.close()
 
 
 CONFIG = web.AppKey("web_config", Config)
