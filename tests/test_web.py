@@ -279,6 +279,28 @@ async def test_reader_runs_in_another_process_read_only_and_coalesces(tmp_path: 
         reader.close()
 
 
+def _die(db: sqlite3.Connection) -> None:
+    os._exit(3)
+
+
+async def test_a_dead_worker_is_replaced(tmp_path: Path) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    from proxy.store.sqlite import prepare
+    from proxy.web.routes import Reader
+
+    path = tmp_path / "u.db"
+    prepare(path)
+    reader = Reader(path, ttl_s=60)
+    marker = tmp_path / "calls"
+    try:
+        with pytest.raises(BrokenProcessPool):
+            await reader.read("die", _die)
+        assert await reader.read("k", _where_am_i, marker) != os.getpid()
+    finally:
+        reader.close()
+
+
 def test_ui_config_is_checked() -> None:
     from proxy.config import parse_config
     from proxy.errors import ConfigError

@@ -17,6 +17,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from importlib import resources
@@ -54,7 +55,9 @@ class Reader:
     Processes, not threads: a report over a big log is Python work, and in a thread it would hold
     the GIL against the event loop (measured: 3 open pages cut proxied throughput by half and
     tripled p50). The workers run at idle CPU priority, so on a busy core forwarding wins.
-    They start on the first read, from a fork server (never forked from a process with threads).
+    They start on the first read, from a fork server (never forked from a process with threads);
+    as with any multiprocessing, a script that embeds the app must guard its start with
+    `if __name__ == "__main__":` (`python -m proxy` and the `openrouter-spend` script do).
     """
 
     def __init__(self, path: Path, ttl_s: float = CACHE_TTL_S, workers: int = 2, pool: Executor | None = None) -> None:
@@ -77,13 +80,29 @@ class Reader:
         if len(self._cache) > 256:
             self._cache = {k: v for k, v in self._cache.items() if now < v[0]}
         loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._executor(), call, self._path, fn, args)
+        pool = self._executor()
+        try:
+            future = loop.run_in_executor(pool, call, self._path, fn, args)
+        except BrokenProcessPool:
+            self._discard(pool)
+            raise
         self._cache[key] = (now + self._ttl, future)
         try:
             return await asyncio.shield(future)
+        except BrokenProcessPool:
+            # A worker died (killed, out of memory): start a new pool on the next read instead of
+            # failing every read until the proxy restarts.
+            self._cache.pop(key, None)
+            self._discard(pool)
+            raise
         except BaseException:
             self._cache.pop(key, None)
             raise
+
+    def _discard(self, pool: Executor) -> None:
+        if self._pool is pool:
+            self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -216,7 +235,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         body = await handler(request, query)
     except (BadQuery, CliError) as exc:
         return _secured(error_response(400, f"openrouter-spend: {exc}"))
-    except (sqlite3.Error, FileNotFoundError) as exc:
+    except (sqlite3.Error, FileNotFoundError, BrokenProcessPool) as exc:
         log.warning("event=web_read_failed path=%s error=%r", request.path, str(exc))
         return _secured(error_response(503, f"openrouter-spend: cannot read the request log: {exc}"))
     except Exception:
