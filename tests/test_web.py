@@ -342,3 +342,30 @@ async def test_managed_mode_proxy_keys_open_the_page(start_proxy: Any, monkeypat
     # the OpenRouter key itself is not a way in
     upstream_key = await proxy.client.get("/-/budgets", headers={"Host": "10.0.0.5", "Authorization": f"Bearer {'sk-or-v1-' + 'ee' * 20}"})
     assert upstream_key.status == 401
+
+
+async def test_budgets_equal_the_budgets_command(start_proxy: Any, tmp_path: Path, capsys: Any) -> None:
+    import yaml
+
+    from proxy.budgets.spec import parse_budgets
+
+    raw = [
+        {"name": "daily", "limit_usd": 1, "period": "day", "scope": "total"},
+        {"name": "per-project", "limit_usd": 5, "period": "month", "scope": "project", "action": "warn"},
+    ]
+    proxy = await start_proxy(budgets=parse_budgets(raw))
+    for project in ("acme", "beta", "acme"):
+        response = await proxy.client.post(
+            "/api/v1/chat/completions", json={"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {KEY}", "X-Spend-Project": project},
+        )
+        assert response.status == 200
+    await proxy.settle()
+    page = await _json(proxy, "/-/budgets")
+    config = tmp_path / "budgets.yaml"
+    config.write_text(yaml.safe_dump({"budgets": raw}))
+    assert main(["budgets", "--config", str(config), "--db", str(proxy.db_path), "--format", "json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    fields = ("budget", "scope", "scope_value", "spent_usd", "limit_usd", "share", "window_start", "window_end", "resets_at")
+    assert [{k: b[k] for k in fields} for b in page["budgets"]] == [{k: b[k] for k in fields} for b in cli]
+    assert len(cli) == 3 and Decimal(cli[0]["spent_usd"]) > 0
