@@ -39,7 +39,7 @@ SLOW = ("/-/timeseries?since=7d&step=day&by=model", "/-/report?since=7d&by=model
 BODY = json.dumps({"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode()
 
 
-def seed(db: Path, rows: int) -> None:
+def seed(db: Path, rows: int, days: int = 30) -> None:
     from proxy.store.sqlite import REQUEST_COLUMNS, encode_time, prepare
 
     prepare(db)
@@ -49,8 +49,10 @@ def seed(db: Path, rows: int) -> None:
     marks = ", ".join("?" for _ in REQUEST_COLUMNS)
     conn = sqlite3.connect(db)
     batch = []
-    for i in range(rows):
-        at = encode_time(now - timedelta(seconds=rng.uniform(0, 30 * 86400)))
+    # In time order, as a real log is written (random order would make every range scan seek).
+    offsets = sorted((rng.uniform(0, days * 86400) for _ in range(rows)), reverse=True)
+    for i, offset in enumerate(offsets):
+        at = encode_time(now - timedelta(seconds=offset))
         values: dict[str, Any] = dict.fromkeys(REQUEST_COLUMNS)
         values.update(
             id=f"seed-{i}", started_at=at, finished_at=at, method="POST", endpoint="chat/completions",

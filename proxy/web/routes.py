@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import logging
 import multiprocessing
@@ -186,7 +187,9 @@ def _secured(response: web.StreamResponse) -> web.StreamResponse:
     return response
 
 
+@functools.cache
 def _static(name: str) -> bytes:
+    # Read once: the files ship in the package and never change while it runs (no disk I/O on the loop).
     return resources.files("proxy.web").joinpath("static", name).read_bytes()
 
 
