@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.cli.main import main
 from proxy.config import MetricsConfig, UiConfig
@@ -160,11 +162,23 @@ async def test_sessions_have_first_last_seen_models_and_exact_cost(proxy: Any) -
     report = await _json(proxy, "/-/report?since=30d&by=session")
     by_report = {r["group"]: r for r in report["rows"]}
     for row in sessions["rows"]:
-        assert Decimal(row["cost_usd"]) == Decimal(by_report[row["group"]]["cost_usd"])
+        assert row["cost_usd"] == by_report[row["group"]]["cost_usd"]
         assert row["requests"] == by_report[row["group"]]["requests"]
         assert row["first_seen"] <= row["last_seen"]
     s0 = next(r for r in sessions["rows"] if r["group"] == "s0")
     assert s0["models"] == sorted({"openai/gpt-4o", "anthropic/claude-sonnet-4", "meta-llama/llama-3.1-8b-instruct"})
+
+
+@pytest.mark.parametrize("cost", ["0.0000000000001234", "12345.123456789", "999.999999999999", "8999.999999999999", "0", "7"])
+async def test_session_costs_stay_exact_past_twelve_decimals(proxy: Any, cost: str) -> None:
+    rows = known_rows()
+    rows.append(record(id="odd", session="s1", cost_usd=Decimal(cost)))
+    insert(proxy.db_path, rows)
+    sessions = await _json(proxy, "/-/sessions?since=30d&limit=100")
+    report = await _json(proxy, "/-/report?since=30d&by=session")
+    assert {r["group"]: r["cost_usd"] for r in sessions["rows"]} == {r["group"]: r["cost_usd"] for r in report["rows"]}
+    cache = await _json(proxy, "/-/cache?since=30d")
+    assert cache["billed_usd"]
 
 
 async def test_the_rest_of_the_endpoints_answer(proxy: Any) -> None:
@@ -369,3 +383,19 @@ async def test_budgets_equal_the_budgets_command(start_proxy: Any, tmp_path: Pat
     fields = ("budget", "scope", "scope_value", "spent_usd", "limit_usd", "share", "window_start", "window_end", "resets_at")
     assert [{k: b[k] for k in fields} for b in page["budgets"]] == [{k: b[k] for k in fields} for b in cli]
     assert len(cli) == 3 and Decimal(cli[0]["spent_usd"]) > 0
+
+
+@given(st.lists(st.decimals(min_value=0, max_value=Decimal("999.999999999999"), places=12), min_size=1, max_size=30))
+@settings(max_examples=200, deadline=None)
+def test_sql_money_sums_are_exact(values: list[Decimal]) -> None:
+    from proxy.web.reads import _exact_sum, _sum_text
+
+    texts = [format(v.normalize(), "f") if v else "0" for v in values]
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (cost TEXT)")
+    db.executemany("INSERT INTO t VALUES (?)", [(t,) for t in texts])
+    units, places = db.execute(f"SELECT {_exact_sum('cost')} FROM t").fetchone()
+    expected = Decimal(0)
+    for text in texts:
+        expected += Decimal(text)
+    assert _sum_text(units, places) == str(expected)

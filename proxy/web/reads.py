@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -53,6 +53,34 @@ class _DecimalSum:
 
 def prepare_connection(db: sqlite3.Connection) -> None:
     db.create_aggregate("decsum", 1, _DecimalSum)  # type: ignore[arg-type]
+
+
+# Exact sums without a Python call per row: money is fixed-point text, so a value with at most 12
+# decimals times 10^12 is an integer; below $1,000 a double's parse and multiply errors stay under
+# 0.13 of a unit, so ROUND recovers it exactly. SQLite sums the integers; the places column says when a value
+# had more decimals (or was too big), and the caller then sums with decsum instead.
+_PLACES = 12
+
+
+def _exact_sum(column: str) -> str:
+    return (
+        f"SUM(CAST(ROUND({column} * 1e{_PLACES}) AS INTEGER)),"
+        f" MAX(CASE WHEN ABS({column}) >= 1000 THEN 99"
+        f" WHEN instr({column}, '.') > 0 THEN length({column}) - instr({column}, '.') ELSE 0 END)"
+    )
+
+
+class _Inexact(Exception):
+    pass
+
+
+def _decimal(units: int | None, places: int | None) -> str | None:
+    """The exact sum as `report` would print it (Decimal addition keeps the most decimals seen)."""
+    if units is None:
+        return None
+    if places is None or places > _PLACES:
+        raise _Inexact
+    return str(Decimal(units).scaleb(-_PLACES).quantize(Decimal(1).scaleb(-places)))
 
 
 def _where(query: Query, *, since: datetime | None = None) -> tuple[str, list[Any]]:
@@ -169,36 +197,55 @@ def recent(db: sqlite3.Connection, query: Query) -> list[dict[str, Any]]:
 
 def groups(db: sqlite3.Connection, query: Query) -> list[dict[str, Any]]:
     """Top groups (sessions by default) with first and last seen, requests, models and exact cost."""
+    try:
+        return _groups(db, query, _exact_sum("cost_usd"))
+    except (_Inexact, sqlite3.OperationalError):  # more than 12 decimals, or past SQLite's integers
+        return _groups(db, query, "decsum(cost_usd), NULL")
+
+
+def _groups(db: sqlite3.Connection, query: Query, cost_sql: str) -> list[dict[str, Any]]:
     group = GROUP_SQL[query.by]
     where, params = _where(query)
     cursor = db.execute(
         f"SELECT {group} AS grp, MIN(started_at), MAX(started_at), COUNT(*),"
-        " SUM(outcome != 'ok'), GROUP_CONCAT(DISTINCT model), decsum(cost_usd)"
+        f" SUM(outcome != 'ok'), GROUP_CONCAT(DISTINCT model), {cost_sql}"
         f" FROM requests{where} GROUP BY grp ORDER BY TOTAL(cost_usd) DESC, grp LIMIT ?",
         [*params, query.limit],
     )
-    return [
-        {
-            "group": grp,
-            "first_seen": first,
-            "last_seen": last,
-            "requests": count,
-            "errors": errors,
-            "models": sorted(set((models or "").split(","))) if models else [],
-            "cost_usd": cost or "0",
-        }
-        for grp, first, last, count, errors, models, cost in cursor
-    ]
+    rows = []
+    for grp, first, last, count, errors, models, cost, places in cursor:
+        exact = _sum_text(cost, places)
+        rows.append(
+            {
+                "group": grp,
+                "first_seen": first,
+                "last_seen": last,
+                "requests": count,
+                "errors": errors,
+                "models": sorted(set(models.split(","))) if models else [],
+                "cost_usd": exact if exact is not None else "0",
+            }
+        )
+    return rows
 
 
 def cache_and_drift(db: sqlite3.Connection, query: Query, catalog: Catalog) -> dict[str, Any]:
     """Per model: cache reads and what they saved at today's catalog prices; billed vs catalog cost."""
+    try:
+        return _cache_and_drift(db, query, catalog, _exact_sum)
+    except (_Inexact, sqlite3.OperationalError):
+        return _cache_and_drift(db, query, catalog, lambda column: f"decsum({column}), NULL")
+
+
+def _cache_and_drift(
+    db: sqlite3.Connection, query: Query, catalog: Catalog, money_sum: Callable[[str], str]
+) -> dict[str, Any]:
     where, params = _where(query)
     cursor = db.execute(
         "SELECT COALESCE(model, '(none)'), COUNT(*), TOTAL(input_tokens), TOTAL(cached_tokens),"
         " TOTAL(cache_write_tokens),"
-        " decsum(CASE WHEN cost_catalog_usd IS NOT NULL THEN cost_reported_usd END),"
-        " decsum(CASE WHEN cost_reported_usd IS NOT NULL THEN cost_catalog_usd END),"
+        f" {money_sum('CASE WHEN cost_catalog_usd IS NOT NULL THEN cost_reported_usd END')},"
+        f" {money_sum('CASE WHEN cost_reported_usd IS NOT NULL THEN cost_catalog_usd END')},"
         " SUM(cost_reported_usd IS NOT NULL AND cost_catalog_usd IS NOT NULL)"
         f" FROM requests{where} GROUP BY 1",
         params,
@@ -207,7 +254,9 @@ def cache_and_drift(db: sqlite3.Connection, query: Query, catalog: Catalog) -> d
     saved_total = Decimal(0)
     billed_total = Decimal(0)
     catalog_total = Decimal(0)
-    for model, count, input_tokens, cached, written, billed, listed, compared in cursor:
+    for model, count, input_tokens, cached, written, billed_sum, billed_places, listed_sum, listed_places, compared in cursor:
+        billed = _sum_text(billed_sum, billed_places)
+        listed = _sum_text(listed_sum, listed_places)
         entry = catalog.get(model) if model != "(none)" else None
         saved: Decimal | None = None
         if entry is not None and cached:
@@ -243,6 +292,13 @@ def cache_and_drift(db: sqlite3.Connection, query: Query, catalog: Catalog) -> d
         "catalog_usd": str(catalog_total),
         "drift_usd": str(billed_total - catalog_total),
     }
+
+
+def _sum_text(value: Any, places: int | None) -> str | None:
+    """A money sum from either path: decsum's text, or the exact integer sum and its places."""
+    if value is None or isinstance(value, str):
+        return value
+    return _decimal(value, places)
 
 
 def _history(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
