@@ -5,7 +5,10 @@ else on the other, like bench.run) over a log seeded with --rows requests spread
 then alternates phases: no page open, then --pages pollers fetching what the page fetches at the
 page's own rates (spend cards, budgets, recent, free use every 3 s; chart, top lists, cache, price
 changes every 15 s), each phase --seconds long, --rounds times. The load is --conns connections of
-back-to-back chat completions; the table gives each phase's p50/p90/p99 (median over rounds).
+back-to-back chat completions (or --rate per second each: an agent's pace, which leaves the core
+idle between requests so the page's reads do run); the table gives each phase's p50/p90/p99
+(median over rounds) and how many polls were answered. The readers run at SCHED_IDLE, so under
+back-to-back load on the proxy's pinned core they wait: forwarding keeps the CPU.
 `--uncached` makes every poll ask a query nobody asked before (the cache never helps): the worst case.
 
     python -m bench.page_bench                      # about 2 minutes
@@ -24,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -101,12 +105,14 @@ async def _poller(session: aiohttp.ClientSession, base: str, uncached: bool, sto
             pass
 
 
-async def _load(base: str, conns: int, seconds: float) -> list[float]:
+async def _load(base: str, conns: int, seconds: float, rate: float = 0) -> list[float]:
     latencies: list[float] = []
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession() as session:
         async def worker() -> None:
             while time.monotonic() < deadline:
+                if rate:
+                    await asyncio.sleep(1 / rate)
                 start = time.perf_counter()
                 async with session.post(base + "/api/v1/chat/completions", data=BODY,
                                         headers={"Authorization": "Bearer bench-key", "Content-Type": "application/json"}) as r:
@@ -117,19 +123,34 @@ async def _load(base: str, conns: int, seconds: float) -> list[float]:
     return latencies
 
 
-async def _phase(base: str, pages: int, conns: int, seconds: float, uncached: bool) -> dict[str, float]:
+async def _poll(base: str, pages: int, seconds: float, uncached: bool) -> int:
+    """The open pages, in a process of their own so their work never skews the load's timings."""
     stop = asyncio.Event()
     polls = [0]
     async with aiohttp.ClientSession() as session:
         pollers = [asyncio.create_task(_poller(session, base, uncached, stop, polls), name=f"poller-{i}") for i in range(pages)]
-        try:
-            await asyncio.sleep(0.5 if pages else 0)
-            latencies = await _load(base, conns, seconds)
-        finally:
-            stop.set()
-            await asyncio.gather(*pollers)
+        await asyncio.sleep(seconds)
+        stop.set()
+        await asyncio.gather(*pollers)
+    return polls[0]
+
+
+async def _phase(base: str, pages: int, conns: int, seconds: float, uncached: bool, rate: float, core: str) -> dict[str, float]:
+    poller = None
+    if pages:
+        argv = ["taskset", "-c", core, sys.executable, "-m", "bench.page_bench", "--poll", base, "--pages", str(pages),
+                "--seconds", str(seconds + 0.5), *(["--uncached"] if uncached else [])]
+        poller = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE)
+        await asyncio.sleep(0.5)
+    try:
+        latencies = await _load(base, conns, seconds, rate)
+    finally:
+        polls = 0
+        if poller is not None:
+            out, _ = await asyncio.wait_for(poller.communicate(), seconds + 60)
+            polls = int(out.decode().strip() or 0)
     q = statistics.quantiles(latencies, n=100)
-    return {"requests": len(latencies), "p50": q[49], "p90": q[89], "p99": q[98], "polls": polls[0]}
+    return {"requests": len(latencies), "p50": q[49], "p90": q[89], "p99": q[98], "polls": polls}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--uncached", action="store_true")
+    parser.add_argument("--rate", type=float, default=0, help="requests/s per connection (0: back to back)")
+    parser.add_argument("--poll", metavar="URL", help=argparse.SUPPRESS)  # internal: be the open pages
     args = parser.parse_args(argv)
+    if args.poll:
+        print(asyncio.run(_poll(args.poll, args.pages, args.seconds, args.uncached)))
+        return 0
     server_core, load_core = cores()
     tmp = Path(tempfile.mkdtemp(prefix="page-bench-"))
     procs = Procs(tmp)
@@ -168,14 +194,18 @@ def main(argv: list[str] | None = None) -> int:
         wait_ready(port, "/healthz")
         base = f"http://127.0.0.1:{port}"
         asyncio.run(_load(base, args.conns, 2))  # warm-up
+        # Start the reader's worker pool (a one-time cost at the first page view) before measuring.
+        with urllib.request.urlopen(f"{base}/-/report?since=1h", timeout=60) as response:
+            response.read()
         results: dict[str, list[dict[str, float]]] = {"no page": [], f"{args.pages} pages polling": []}
         for index in range(args.rounds):
             for label, pages in (("no page", 0), (f"{args.pages} pages polling", args.pages)):
-                outcome = asyncio.run(_phase(base, pages, args.conns, args.seconds, args.uncached))
+                outcome = asyncio.run(_phase(base, pages, args.conns, args.seconds, args.uncached, args.rate, load_core))
                 results[label].append(outcome)
                 print(f"round {index + 1} {label:>18}: " + ", ".join(f"{k} {v:.3g}" for k, v in outcome.items()), flush=True)
         print()
-        print(f"proxied request latency, ms, c={args.conns}, {args.rows:,}-row log"
+        load = f"{args.rate:g} req/s per connection" if args.rate else "back to back"
+        print(f"proxied request latency, ms, c={args.conns} ({load}), {args.rows:,}-row log"
               f"{', uncached polls' if args.uncached else ''} (median of {args.rounds} rounds; min-max)")
         print(f"{'phase':<20} {'p50':>18} {'p90':>18} {'p99':>18} {'req/s':>8} {'polls/s':>8}")
         for label, rounds in results.items():

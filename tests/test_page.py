@@ -104,6 +104,14 @@ async def test_page_shows_the_reports_numbers(start_proxy: Any, tmp_path: Path, 
         shot = await page.screenshot(tmp_path / "page-1280.png")
         keep(shot)
 
+        # What if: the user's own traffic re-priced, through the form.
+        await page.evaluate(
+            "document.querySelector('#whatif-form [name=target]').value = 'openai/gpt-4o-mini';"
+            "document.querySelector('#whatif-form button').click()"
+        )
+        await page.wait_for("document.querySelectorAll('#table-whatif tbody tr').length > 1")
+        assert "openai/gpt-4o-mini" in " ".join(await texts(page, "#table-whatif td"))
+
         # A link reproduces the view: the filter in the hash narrows every number.
         await open_page(page, base + "#since=30d&project=acme&by=project&step=hour", 1280, 900)
         acme = await page.evaluate("document.getElementById('spend-range').dataset.value")
