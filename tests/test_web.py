@@ -88,6 +88,16 @@ async def test_report_equals_the_cli(proxy: Any, capsys: Any, by: str, since: st
     assert page["total"]["requests"] > 0
 
 
+async def test_report_days_follow_tz_as_the_cli_does(start_proxy: Any, capsys: Any) -> None:
+    proxy = await start_proxy(timezone="Pacific/Auckland")
+    insert(proxy.db_path, known_rows())
+    for tz in (None, "Pacific/Auckland"):
+        page = await _json(proxy, "/-/report?by=day&since=30d" + (f"&tz={tz}" if tz else ""))
+        assert main(["report", "--db", str(proxy.db_path), "--by", "day", "--since", "30d", "--format", "json",
+                     *(["--tz", tz] if tz else [])]) == 0
+        assert page == json.loads(capsys.readouterr().out)
+
+
 async def test_report_filters_narrow_the_rows(proxy: Any) -> None:
     insert(proxy.db_path, known_rows())
     everything = await _json(proxy, "/-/report?by=model&since=30d")

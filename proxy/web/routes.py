@@ -234,7 +234,9 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG]
     now = datetime.now(UTC)
     try:
-        query = parse_query(request.query.items(), allowed, now, default_tz=config.timezone)
+        # /-/report answers as `report` does, whose --tz defaults to UTC; the rest follow the config.
+        default_tz = "UTC" if tail == "report" else config.timezone
+        query = parse_query(request.query.items(), allowed, now, default_tz=default_tz)
         body = await handler(request, query)
     except (BadQuery, CliError) as exc:
         return _secured(error_response(400, f"openrouter-spend: {exc}"))
