@@ -14,6 +14,7 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -121,6 +122,8 @@ def _context() -> multiprocessing.context.BaseContext:
 
 
 def _background() -> None:
+    # Ctrl-C reaches the whole process group: the proxy shuts the pool down, workers must not die first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SCHED_IDLE: a worker runs only when a core would otherwise idle, so page reads never take CPU
     # from forwarding, even on a core they share; nice 19 where the policy does not exist.
     try:
