@@ -104,6 +104,18 @@ async def test_page_shows_the_reports_numbers(start_proxy: Any, tmp_path: Path, 
         shot = await page.screenshot(tmp_path / "page-1280.png")
         keep(shot)
 
+        # Live: a request made while the page is open shows up without a reload.
+        response = await proxy.client.post(
+            "/api/v1/chat/completions",
+            json={"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": f"Bearer {KEY}", "X-Spend-Session": "arrived-later"},
+        )
+        assert response.status == 200
+        await proxy.settle()
+        await page.wait_for(
+            "[...document.querySelectorAll('#table-recent tr.fresh td')].some(td => td.textContent === 'arrived-later')"
+        )
+
         # What if: the user's own traffic re-priced, through the form.
         await page.evaluate(
             "document.querySelector('#whatif-form [name=target]').value = 'openai/gpt-4o-mini';"
