@@ -54,6 +54,8 @@ class Page:
         self.exceptions: list[dict[str, Any]] = []
         self.log_entries: list[dict[str, Any]] = []
         self.requests: list[str] = []
+        # Requests held by Fetch.enable patterns, until a test continues them.
+        self.paused: list[dict[str, Any]] = []
         self._reader = asyncio.create_task(self._read(), name="cdp-reader")
 
     async def _read(self) -> None:
@@ -76,6 +78,8 @@ class Page:
                 self.exceptions.append(params)
             elif method == "Log.entryAdded":
                 self.log_entries.append(params["entry"])
+            elif method == "Fetch.requestPaused":
+                self.paused.append(params)
             elif method == "Network.requestWillBeSent":
                 self.requests.append(params["request"]["url"])
 

@@ -69,6 +69,14 @@
     document.getElementById("status").textContent = "";
   }
 
+  // An answer for a view the user has since left (filters changed while it was in flight) must
+  // not be drawn over the new one.
+  class Stale extends Error {}
+
+  function current(mine) {
+    if (mine !== generation) throw new Stale("stale");
+  }
+
   // ---- formatting -----------------------------------------------------------------------------
   function usd(text) {
     if (text === null || text === undefined) return "–";
@@ -160,12 +168,13 @@
   }
 
   // ---- views ----------------------------------------------------------------------------------
-  async function loadCards(s) {
+  async function loadCards(s, mine) {
     const w = windows();
     const ranges = [["today", w.today], ["week", w.week], ["month", w.month], ["range", s.since]];
     await Promise.all(ranges.map(async ([name, since]) => {
       const query = filterQuery(s, { by: "model", since: since }, false);
       const report = await get("/-/report", query);
+      current(mine);
       const spend = document.getElementById("spend-" + name);
       spend.textContent = usd(report.total.cost_usd);
       spend.dataset.value = report.total.cost_usd;
@@ -175,9 +184,10 @@
     }));
   }
 
-  async function loadBudgets() {
+  async function loadBudgets(mine) {
     const box = document.getElementById("budgets");
     const body = await get("/-/budgets");
+    current(mine);
     box.replaceChildren();
     if (!body.configured) {
       box.appendChild(el("p", "No budgets configured (see budgets: in the config).", "note"));
@@ -216,8 +226,9 @@
     }
   }
 
-  async function loadChart(s) {
+  async function loadChart(s, mine) {
     const series = await get("/-/timeseries", filterQuery(s, { step: s.step, by: s.by }));
+    current(mine);
     const datasets = series.series.map((line, i) => ({
       label: line.name,
       data: line.values,
@@ -263,12 +274,13 @@
     { label: "reasoning", value: (r) => count(r.reasoning_tokens), num: true },
   ];
 
-  async function loadTop(s) {
+  async function loadTop(s, mine) {
     const [models, projects, sessions] = await Promise.all([
       get("/-/report", filterQuery(s, { by: "model" })),
       get("/-/report", filterQuery(s, { by: "project" })),
       get("/-/sessions", filterQuery(s, { by: "session", limit: 20 })),
     ]);
+    current(mine);
     fillTable(document.getElementById("table-models"), reportColumns("model"), models.rows.slice(0, 15));
     fillTable(document.getElementById("table-projects"), reportColumns("project"), projects.rows.slice(0, 15));
     fillTable(document.getElementById("table-sessions"), [
@@ -281,8 +293,9 @@
     ], sessions.rows);
   }
 
-  async function loadRecent(s) {
+  async function loadRecent(s, mine) {
     const body = await get("/-/recent", filterQuery(s, { limit: 30 }));
+    current(mine);
     const fresh = new Set();
     for (const r of body.requests) if (seen.size && !seen.has(r.id)) fresh.add(r.id);
     body.requests.forEach((r) => seen.add(r.id));
@@ -305,8 +318,9 @@
     (r) => (r.outcome !== "ok" ? "error" : "") + (fresh.has(r.id) ? " fresh" : ""));
   }
 
-  async function loadFree() {
+  async function loadFree(mine) {
     const free = await get("/-/free-usage");
+    current(mine);
     const box = document.getElementById("free-usage");
     box.replaceChildren();
     const share = free.daily_limit ? free.requests_today / free.daily_limit : 0;
@@ -319,8 +333,9 @@
     box.appendChild(el("p", "busiest minute " + free.busiest_minute + " of " + free.per_minute_limit + " per minute", "note"));
   }
 
-  async function loadCache(s) {
+  async function loadCache(s, mine) {
     const body = await get("/-/cache", filterQuery(s));
+    current(mine);
     document.getElementById("cache-summary").textContent =
       "Cache reads saved " + usdRounded(body.saved_usd) + " at today's prices. Billed " + usdRounded(body.billed_usd) +
       " vs catalog " + usdRounded(body.catalog_usd) + " (drift " + usdRounded(body.drift_usd) + ").";
@@ -344,8 +359,9 @@
     }));
   }
 
-  async function loadChanges() {
+  async function loadChanges(mine) {
     const body = await get("/-/price-changes");
+    current(mine);
     fillTable(document.getElementById("table-changes"), dynamicColumns(body.changes), body.changes.slice(0, 20),
       "no price changes recorded yet");
   }
@@ -396,7 +412,7 @@
   async function run(tasks, mine) {
     const results = await Promise.allSettled(tasks);
     if (mine !== generation) return;
-    const failed = results.find((r) => r.status === "rejected");
+    const failed = results.find((r) => r.status === "rejected" && !(r.reason instanceof Stale));
     const live = document.getElementById("live");
     if (failed) {
       showError("refresh", failed.reason);
@@ -412,12 +428,14 @@
 
   function fast() {
     const s = state();
-    return run([loadCards(s), loadBudgets(), loadRecent(s), loadFree()], generation);
+    const mine = generation;
+    return run([loadCards(s, mine), loadBudgets(mine), loadRecent(s, mine), loadFree(mine)], mine);
   }
 
   function slow() {
     const s = state();
-    return run([loadChart(s), loadTop(s), loadCache(s), loadChanges()], generation);
+    const mine = generation;
+    return run([loadChart(s, mine), loadTop(s, mine), loadCache(s, mine), loadChanges(mine)], mine);
   }
 
   function syncForms() {
