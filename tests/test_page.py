@@ -51,6 +51,9 @@ def keep(shot: Path) -> None:
 
 async def open_page(page: Page, url: str, width: int, height: int) -> None:
     await page.size(width, height, mobile=width < 600)
+    # A hash change is handled in a later task: mark the page unready first, or the old view's
+    # "ready" could be read before the new one starts loading.
+    await page.evaluate("document.body && (document.body.dataset.ready = '0')")
     await page.goto(url)
     await page.wait_for("document.body && document.body.dataset.ready === '1'")
     await page.wait_for("document.querySelector('#table-estimate tbody tr td:not(.empty)') !== null")
