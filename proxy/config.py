@@ -58,6 +58,17 @@ class ReconcileConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UiConfig:
+    """The built-in page and its /-/ JSON endpoints."""
+
+    enabled: bool = True
+    # Off loopback the page needs this token (or the metrics token, or a proxy key in managed mode).
+    token_env: str | None = None
+    # Host names the page answers besides loopback names and IP literals (DNS rebinding).
+    hosts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = 8787
@@ -87,6 +98,7 @@ class Config:
     free_daily_limit: int = 50
     timezone: str = "UTC"
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
     keys: tuple[KeyAlias, ...] = ()
     # Managed-key mode: the proxy holds the OpenRouter key (read from this environment variable)
     # and clients must present one of `keys`; their own keys are never forwarded.
@@ -156,6 +168,7 @@ def parse_config(raw: Any) -> Config:
         free_daily_limit=_integer(data.get("free_daily_limit", defaults.free_daily_limit), "free_daily_limit", minimum=0),
         timezone=_timezone(data.get("timezone", defaults.timezone)),
         metrics=_metrics(data.get("metrics", {})),
+        ui=_ui(data.get("ui", {})),
         keys=_keys(data.get("keys", [])),
         managed_key_env=_string(data["managed_key_env"], "managed_key_env") if data.get("managed_key_env") is not None else None,
         log_level=_choice(data.get("log_level", "info"), "log_level", ("debug", "info", "warning", "error")),
@@ -182,6 +195,7 @@ _TOP_KEYS = {
     "free_daily_limit",
     "timezone",
     "metrics",
+    "ui",
     "keys",
     "managed_key_env",
     "budgets",
@@ -335,6 +349,21 @@ def _hosts(raw: Any) -> tuple[str, ...]:
             raise ConfigError(f"allowed_hosts[{index}]: expected a host name without port or scheme, got {shown(item)}")
         hosts.append(name.strip("[]"))
     return tuple(hosts)
+
+
+def _ui(raw: Any) -> UiConfig:
+    data = _section(raw, "ui", {"enabled", "token_env", "hosts"})
+    enabled = data.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"ui.enabled: expected true or false, got {shown(enabled)}")
+    hosts = data.get("hosts", [])
+    if not isinstance(hosts, list):
+        raise ConfigError(f"ui.hosts: expected a list of host names, got {shown(hosts)}")
+    return UiConfig(
+        enabled=enabled,
+        token_env=_string(data["token_env"], "ui.token_env") if data.get("token_env") is not None else None,
+        hosts=tuple(_string(h, f"ui.hosts[{i}]").lower() for i, h in enumerate(hosts)),
+    )
 
 
 def _keys(raw: Any) -> tuple[KeyAlias, ...]:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the tests need (Python packages; Prometheus and Alertmanager from Debian when
+# Installs what the tests need (Python packages; Prometheus, Alertmanager and Chromium from Debian when
 # they are missing and we may install them) and runs the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -7,12 +7,14 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
+# Headless Chromium drives the built-in page in tests/test_page.py (over the DevTools protocol).
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   else
-    echo "WARNING: ${need_apt[*]} not installed and cannot apt-get here: the Prometheus stack tests will say so" >&2
+    echo "WARNING: ${need_apt[*]} not installed and cannot apt-get here: the Prometheus stack and page tests will say so" >&2
   fi
 fi
 

@@ -37,6 +37,7 @@ from proxy.metrics import Metrics, metrics_handler
 from proxy.store.recorder import Recorder
 from proxy.pricing.refresh import CatalogHolder, initial_catalog, record_prices, refresh_loop
 from proxy.store.sqlite import open_db, salt, spend_by_window
+from proxy.web.routes import add_routes as add_web_routes
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,9 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     elif config.metrics.enabled:
         app.cleanup_ctx.append(_metrics_site(registry, metrics_token))
     app.router.add_get("/healthz", _only_hosts(_health, _own_hosts(config, config.host, metrics_token)))
+    if config.ui.enabled:
+        # The page and its /-/ endpoints: before the catch-all, so they are never forwarded.
+        add_web_routes(app, config, lambda: app[CATALOG], lambda: app[GUARD].budgets if GUARD in app else None)
     app.router.add_route("*", "/{tail:.*}", _forward)
     return app
 

@@ -42,6 +42,7 @@ class Filters:
     sessions: tuple[str, ...] = ()
     # Matched against a key's alias or its fingerprint.
     keys: tuple[str, ...] = ()
+    clients: tuple[str, ...] = ()
 
 
 # The summed columns, in the order every query returns them (after the group keys).
@@ -316,7 +317,9 @@ class _Source:
     def filters(self, filters: Filters) -> tuple[list[str], list[str]]:
         clauses: list[str] = []
         params: list[str] = []
-        for name, globs in (("project", filters.projects), ("model", filters.models), ("session", filters.sessions)):
+        for name, globs in (
+            ("project", filters.projects), ("model", filters.models), ("session", filters.sessions), ("client", filters.clients)
+        ):
             if globs:
                 clauses.append("(" + " OR ".join(f"{self.dim(name)} GLOB ?" for _ in globs) + ")")
                 params += globs
