@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port to listen on (default 8787)")
     serve.add_argument("--upstream", help="OpenRouter API base (default https://openrouter.ai/api/v1)")
-    serve.add_argument("--db", help="SQLite file (default ./openrouter-spend.db)")
+    serve.add_argument("--db", help="SQLite file (default ./openrouter-spend.db) or postgresql://user@host:port/dbname")
     serve.set_defaults(func=_serve)
 
     check = commands.add_parser("check-config", help="validate a config file")
@@ -100,7 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
     def listening(_: str) -> None:  # run_app calls this once the port is bound
         log.info(
             "event=listening url=%s upstream=%s db=%s openai_base=%s/api/v1 anthropic_base=%s/api",
-            base, config.upstream, config.db, base, base,
+            base, config.upstream, config.db_url or config.db, base, base,
         )
 
     try:
@@ -134,6 +134,9 @@ def _check_catalog_file(config: Config) -> None:
 
 
 def _prepare_db(config: Config) -> None:
+    if config.db_url:
+        _check_postgres(config.db_url, config.db_password_env)
+        return
     from proxy.store.sqlite import prepare
 
     try:
@@ -141,6 +144,23 @@ def _prepare_db(config: Config) -> None:
     except (OSError, sqlite3.Error) as exc:
         message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"db: cannot open {config.db}: {message}") from None
+
+
+def _check_postgres(url: str, password_env: str | None) -> None:
+    """Connect and migrate before the port opens, so a wrong URL is one line, not a traceback."""
+    import asyncio
+
+    from proxy.store.engine import open_store
+    from proxy.store.postgres import WRITE_ERRORS
+
+    async def check() -> None:
+        store = await open_store(url, password_env)
+        await store.close()
+
+    try:
+        asyncio.run(check())
+    except WRITE_ERRORS as exc:
+        raise ConfigError(f"db: cannot open {url}: {exc}") from None
 
 
 async def _settle_heap(app: object) -> None:

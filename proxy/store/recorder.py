@@ -1,9 +1,9 @@
-"""Recorder: a bounded queue and the single task that writes SQLite, in batched transactions.
+"""Recorder: a bounded queue and the single task that writes the store (SQLite or PostgreSQL), in batched transactions.
 
 Handlers call `record()`, which never blocks or awaits. The writer waits `batch_wait_s` (50 ms)
 after the first record of a batch, then writes everything queued in one transaction: a SIGKILL
 loses at most the rows of that window and of the transaction in flight (well under a second of
-traffic; the fault suite checks 0.5 s). A failed write (locked or full disk) keeps its
+traffic; the fault suite checks 0.5 s). A failed write (locked or full disk, Postgres restarting) keeps its
 batch and retries with backoff; new rows queue behind it up to the bound, then are counted as dropped.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 
 import aiosqlite
 
+from proxy.store.engine import Store, as_store
 from proxy.store.records import UsageRecord
-from proxy.store.sqlite import insert_requests, rollback
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def _nothing(*_: Any) -> None:
 class Recorder:
     def __init__(
         self,
-        db: aiosqlite.Connection,
+        db: Store | aiosqlite.Connection,
         *,
         max_queue: int = 100_000,
         max_batch: int = 2_000,
@@ -53,7 +53,8 @@ class Recorder:
         retry_max_s: float = 5.0,
         batch_wait_s: float = 0.05,
     ) -> None:
-        self._db = db
+        self._store = as_store(db)
+        self._write_errors = (sqlite3.Error, OSError, *self._store.write_errors)
         self._queue: asyncio.Queue[Item] = asyncio.Queue(max_queue)
         self._max_batch = max_batch
         self._on_dropped = on_dropped
@@ -125,7 +126,7 @@ class Recorder:
             try:
                 await self._write(batch)
                 return True
-            except (sqlite3.Error, OSError) as exc:
+            except self._write_errors as exc:
                 self._on_write_error()
                 log.warning(
                     "event=record_write_failed rows=%d queued=%d error=%s retry_in_s=%.2f",
@@ -143,16 +144,9 @@ class Recorder:
         records = [item for item in batch if isinstance(item, UsageRecord)]
         statements = [item for item in batch if isinstance(item, Statement)]
         if records:
-            await insert_requests(self._db, records)
+            await self._store.insert_requests(records)
         if statements:
             # Statements update rows inserted earlier in this or a previous batch.
-            try:
-                await self._db.execute("BEGIN")
-                for statement in statements:
-                    await self._db.execute(statement.sql, statement.params)
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await rollback(self._db)
-                raise
+            await self._store.run_statements([(s.sql, s.params) for s in statements])
         self.written += len(records)
         self._on_rows(len(records))

@@ -42,8 +42,11 @@ def _chunk_sizes(count: int) -> Iterator[int]:
 @functools.lru_cache(maxsize=16)
 def _insert_rows(count: int) -> str:
     return (
-        f"INSERT OR REPLACE INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES "
+        f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES "
         + ", ".join([_ROW_PLACEHOLDERS] * count)
+        # A row already there is kept, never replaced: a retried batch must not undo a back-fill,
+        # and PostgreSQL's writer means the same. (OR IGNORE would also skip NOT NULL violations.)
+        + " ON CONFLICT (id) DO NOTHING"
     )
 
 
