@@ -178,3 +178,17 @@ async def test_password_comes_from_the_named_variable_only(
     monkeypatch.setenv("PGPASSWORD", "pw-from-env")  # libpq's own variable works too
     store = await open_store(url)
     await store.close()
+
+
+def test_serve_on_an_unreachable_postgres_is_one_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from proxy.cli.main import main
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql://spend@127.0.0.1:{port}/spend"
+    assert main(["serve", "--db", url, "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"openrouter-spend: db: cannot open {url}: ") and err.count("\n") == 1

@@ -54,7 +54,7 @@ class Recorder:
         batch_wait_s: float = 0.05,
     ) -> None:
         self._store = as_store(db)
-        self._write_errors = (sqlite3.Error, OSError, *self._store.write_errors)
+        self._write_errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError, *self._store.write_errors)
         self._queue: asyncio.Queue[Item] = asyncio.Queue(max_queue)
         self._max_batch = max_batch
         self._on_dropped = on_dropped
