@@ -1,5 +1,6 @@
 """End to end on PostgreSQL: openai SDK traffic through the proxy, rows in Postgres; Postgres
-restarting mid-traffic loses and doubles nothing while requests keep being answered."""
+restarting mid-traffic loses and doubles nothing while requests keep being answered; a second
+proxy started on the same database begins with the budget spend so far."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import asyncio
 from decimal import Decimal
 from typing import Any
 
+import aiohttp
 import asyncpg
 import openai
 
+from proxy.budgets.spec import parse_budgets
 from proxy.server.app import RECORDER
 from tests.fake_openrouter import COMPLETION_TOKENS, PROMPT_TOKENS, fake_cost
 from tests.pg_cluster import Cluster
@@ -115,3 +118,32 @@ async def test_postgres_restart_mid_traffic_loses_and_doubles_nothing(
     assert len({r["id"] for r in rows}) == len(rows)
     assert all(r["outcome"] == "ok" for r in rows)
     assert proxy.app[RECORDER].dropped == 0
+
+
+async def test_a_second_proxy_on_the_same_database_starts_with_the_spend_so_far(
+    start_proxy: Any, make_config: Any, pg_url: str
+) -> None:
+    budgets = parse_budgets([{"name": "daily", "limit_usd": "0.01", "period": "day", "warn_at": [0.5], "action": "block"}])
+    config = make_config(db_url=pg_url, budgets=budgets, timezone="Europe/Berlin")
+    first = await start_proxy(config)
+    headers = {"Authorization": f"Bearer {KEY}", "X-Fake-Cost": "0.003"}
+    body = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as session:
+        for _ in range(4):  # 0.012 of 0.01: spent
+            async with session.post(f"{first.base}/chat/completions", json=body, headers=headers) as response:
+                assert response.status == 200
+        await _written(first)
+        # Started while the first one still runs, on the same database: it sees the spend.
+        second = await start_proxy(config)
+        async with session.post(f"{second.base}/chat/completions", json=body, headers=headers) as response:
+            assert response.status == 402
+            assert "budget 'daily' is spent: $0.012 of $0.01" in (await response.json())["error"]["message"]
+    assert 'openrouter_proxy_budget_spent_usd{budget="daily",scope="total"} 0.012' in await second.metrics_text()
+    await _written(first)
+    # Each alert recorded once, in timestamptz windows keyed as on SQLite.
+    connection = await asyncpg.connect(pg_url)
+    try:
+        kinds = sorted(r["kind"] for r in await connection.fetch("SELECT kind FROM alerts"))
+    finally:
+        await connection.close()
+    assert {"warn:0.5", "spent:1"} <= set(kinds) and len(kinds) == len(set(kinds))
