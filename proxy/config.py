@@ -69,6 +69,9 @@ class Config:
     # the password comes from the variable named by db_password_env, else PGPASSWORD or ~/.pgpass.
     db_url: str | None = None
     db_password_env: str | None = None
+    # While the last write to the database failed: "serve" keeps answering (rows are held and
+    # written once it is back); "block" refuses billed calls with a 503 instead.
+    storage_on_unavailable: str = "serve"
     # Anthropic's API takes at most 32 MB a request and agents send 1-11 MB: a larger body would be
     # refused upstream anyway, and every MiB allowed is memory a client can make the proxy hold.
     max_body_bytes: int = 32 * 1024 * 1024
@@ -162,6 +165,11 @@ def parse_config(raw: Any) -> Config:
         log_level=_choice(data.get("log_level", "info"), "log_level", ("debug", "info", "warning", "error")),
         reconcile=_reconcile(data.get("reconcile", {})),
         allowed_hosts=_hosts(data.get("allowed_hosts", [])),
+        storage_on_unavailable=_choice(
+            _section(data.get("storage", {}), "storage", {"on_unavailable"}).get("on_unavailable", "serve"),
+            "storage.on_unavailable",
+            ("serve", "block"),
+        ),
     )
     if config.managed_key_env and not any(k.key_env or k.key_sha256 for k in config.keys):
         raise ConfigError("managed_key_env: managed-key mode needs proxy keys under `keys:` (key_env or key_sha256)")
@@ -189,6 +197,7 @@ _TOP_KEYS = {
     "log_level",
     "reconcile",
     "allowed_hosts",
+    "storage",
 }
 
 

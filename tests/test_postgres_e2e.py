@@ -147,3 +147,56 @@ async def test_a_second_proxy_on_the_same_database_starts_with_the_spend_so_far(
     finally:
         await connection.close()
     assert {"warn:0.5", "spent:1"} <= set(kinds) and len(kinds) == len(set(kinds))
+
+
+async def test_on_unavailable_block_refuses_billed_calls_until_the_database_is_back(
+    start_proxy: Any, make_config: Any, pg_cluster: Cluster, pg_url: str
+) -> None:
+    proxy = await start_proxy(make_config(db_url=pg_url, storage_on_unavailable="block"))
+    body = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    statuses: list[int] = []
+    async with aiohttp.ClientSession() as session:
+
+        async def chat() -> tuple[int, Any]:
+            async with session.post(f"{proxy.base}/chat/completions", json=body, headers=headers) as response:
+                statuses.append(response.status)
+                return response.status, await response.json()
+
+        assert (await chat())[0] == 200
+        await asyncio.to_thread(pg_cluster.stop, "fast")
+        try:
+            refused = None
+            for _ in range(200):  # the rows of the first calls find the database gone, then calls are refused
+                status, reply = await chat()
+                if status == 503:
+                    refused = reply
+                    break
+                await asyncio.sleep(0.05)
+            assert refused is not None, statuses
+            assert "usage database is unavailable" in refused["error"]["message"]
+            assert "storage.on_unavailable" in refused["error"]["message"]
+        finally:
+            await asyncio.to_thread(pg_cluster.start)
+        for _ in range(400):  # the held rows go in once it is back, and calls are served again
+            if (await chat())[0] == 200:
+                break
+            await asyncio.sleep(0.05)
+        assert statuses[-1] == 200
+    await _written(proxy)
+    assert len(await _rows(pg_url)) == statuses.count(200)
+    assert "openrouter_proxy_requests_total" in await proxy.metrics_text()
+
+
+def test_on_unavailable_is_serve_or_block() -> None:
+    from proxy.config import parse_config
+    from proxy.errors import ConfigError
+
+    assert parse_config({}).storage_on_unavailable == "serve"
+    assert parse_config({"storage": {"on_unavailable": "block"}}).storage_on_unavailable == "block"
+    try:
+        parse_config({"storage": {"on_unavailable": "maybe"}})
+    except ConfigError as exc:
+        assert str(exc).startswith("storage.on_unavailable: expected one of serve, block")
+    else:
+        raise AssertionError("accepted storage.on_unavailable: maybe")

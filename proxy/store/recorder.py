@@ -66,6 +66,8 @@ class Recorder:
         self._inflight: list[Item] = []
         self.written = 0
         self.dropped = 0
+        # From a failed write until the next one succeeds (storage.on_unavailable: block reads it).
+        self.unavailable = False
 
     def depth(self) -> int:
         """Records not yet committed: queued, or in the batch being written."""
@@ -125,8 +127,10 @@ class Recorder:
         while True:
             try:
                 await self._write(batch)
+                self.unavailable = False
                 return True
             except self._write_errors as exc:
+                self.unavailable = True
                 self._on_write_error()
                 log.warning(
                     "event=record_write_failed rows=%d queued=%d error=%s retry_in_s=%.2f",
