@@ -1,7 +1,7 @@
 """A throwaway PostgreSQL cluster for the tests: Debian's initdb/pg_ctl in a temp dir, removed after.
 
 PostgreSQL refuses to run as root and CI runs as root, so there the cluster belongs to an
-unprivileged user (`nobody`); otherwise it runs as whoever runs the tests. It listens on a free
+unprivileged user (`nobody`, or a system user made for it); otherwise it runs as whoever runs the tests. It listens on a free
 loopback port and puts its unix socket in its own directory, so it never meets a system cluster.
 """
 
@@ -41,24 +41,35 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _unprivileged_user() -> pwd.struct_passwd:
+    """`nobody`, or a dedicated system user made for the purpose where there is none."""
+    for name in ("nobody", "openrouter-spend-pg"):
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "openrouter-spend-pg"],
+                   check=True, capture_output=True, timeout=30)
+    return pwd.getpwnam("openrouter-spend-pg")
+
+
 class Cluster:
     def __init__(self, bindir: Path) -> None:
         self.bindir = bindir
-        self.user = "nobody" if os.geteuid() == 0 else None
+        self.user = _unprivileged_user() if os.geteuid() == 0 else None
         # Not under pytest's tmp dir: that is 0700 root's, which `nobody` cannot enter.
         self.root = Path(tempfile.mkdtemp(prefix="openrouter-spend-pg-"))
         self.data = self.root / "data"
         self.port = _free_port()
         if self.user is not None:
-            entry = pwd.getpwnam(self.user)
-            os.chown(self.root, entry.pw_uid, entry.pw_gid)
+            os.chown(self.root, self.user.pw_uid, self.user.pw_gid)
         self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
 
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         kwargs: dict[str, Any] = {}
         if self.user is not None:
-            kwargs["user"] = self.user
-            kwargs["group"] = "nogroup"
+            kwargs["user"] = self.user.pw_uid
+            kwargs["group"] = self.user.pw_gid
             kwargs["extra_groups"] = []
         return subprocess.run(
             [str(self.bindir / tool), *args],

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import operator
 import re
+import secrets
 from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 
 from proxy.store.records import UsageRecord
+from proxy.store.sqlite import encode_time
 
 log = logging.getLogger(__name__)
 
@@ -241,8 +243,6 @@ _PARAM: dict[str, Callable[[Any], Any]] = {
 
 
 def _time_text(value: Any) -> Any:
-    from proxy.store.sqlite import encode_time
-
     return encode_time(value) if isinstance(value, datetime) else value
 
 
@@ -339,7 +339,7 @@ class PostgresStore:
         async with self.pool.acquire() as connection:
             await connection.execute(
                 "INSERT INTO meta (key, value) VALUES ('fingerprint_salt', $1) ON CONFLICT DO NOTHING",
-                _new_salt().hex(),
+                secrets.token_bytes(16).hex(),
             )
             value = await connection.fetchval("SELECT value FROM meta WHERE key = 'fingerprint_salt'")
         return bytes.fromhex(value)
@@ -351,7 +351,3 @@ async def _init_connection(connection: asyncpg.Connection) -> None:
     await connection.execute(_CREATE_INCOMING)
 
 
-def _new_salt() -> bytes:
-    import secrets
-
-    return secrets.token_bytes(16)
