@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
+import aiohttp
 import asyncpg
 import pytest
 
@@ -14,7 +15,7 @@ from proxy.budgets.ledger import Budgets
 from proxy.budgets.spec import parse_budgets
 from proxy.config import parse_config
 from proxy.errors import ConfigError
-from proxy.pricing.generation import _ESTIMATE, _FILL
+from proxy.pricing.generation import Backfill
 from proxy.pricing.refresh import _RECORD_PRICE
 from proxy.server.guard import _RECORD_ALERT, ALERTS_QUERY, fired_keys, load_spend
 from proxy.store import postgres
@@ -27,34 +28,39 @@ from tests.test_storage import make_record
 NOW = datetime(2026, 11, 20, 18, 0, tzinfo=UTC)
 
 
-async def test_backfill_updates_run_on_both_engines(store: Store) -> None:
+async def test_backfill_estimate_runs_on_both_engines(store: Store) -> None:
+    # The real Backfill with no lookups left: it writes its catalog estimate through the recorder.
+    # (The /generation fill itself runs end to end on Postgres in test_postgres_e2e.)
     recorder = Recorder(store)
-    recorder.record(make_record(1, cost_usd=None, cost_reported_usd=None, input_tokens=None, provider=None))
-    recorder.record(make_record(2, cost_usd=None, cost_reported_usd=None))
-    # The parameters exactly as proxy/pricing/generation.py sends them.
-    recorder.record(Statement(_FILL, ("0.0123", "0.0123", "generation", 1500, 999, None, None, "Fill", "req-000001")))
-    recorder.record(Statement(_ESTIMATE, ("0.5", "estimated", "req-000002")))
-    recorder.record(Statement(_ESTIMATE, ("0.7", "estimated", "req-000002")))  # only fills a missing cost
+    cut = make_record(2, cost_usd=None, cost_reported_usd=None, outcome="aborted")
+    priced = make_record(3, outcome="aborted")
+    recorder.record(cut)
+    recorder.record(priced)
+    async with aiohttp.ClientSession() as session:
+        backfill = Backfill(session, "http://127.0.0.1:9", recorder, lambda r, c: None, lambda a, b: None, delays=())
+        backfill.enqueue(cut, None, None, Decimal("0.5"))
+        backfill.enqueue(priced, None, None, Decimal("0.7"))  # has a cost: the estimate does not replace it
+        for _ in range(20):
+            await asyncio.sleep(0)
+        await backfill.close()
     await recorder.drain()
-    rows = await store.fetch(
-        "SELECT id, cost_usd, cost_reported_usd, cost_source, input_tokens, output_tokens, provider FROM requests ORDER BY id"
-    )
-    assert rows == [
-        ("req-000001", "0.0123", "0.0123", "generation", 1500, 300, "Fill"),
-        ("req-000002", "0.5", None, "estimated", 1200, 300, "OpenAI"),
-    ]
+    rows = await store.fetch("SELECT id, cost_usd, cost_reported_usd, cost_source FROM requests ORDER BY id")
+    assert rows == [("req-000002", "0.5", None, "estimated"), ("req-000003", "0.0055", "0.0055", "reported")]
 
 
-async def test_prices_seen_are_kept_once_each(store: Store) -> None:
+async def test_price_changes_are_kept_once_each(store: Store) -> None:
     recorder = Recorder(store)
     when = encode_time(NOW)
     for _ in range(2):
         recorder.record(Statement(_RECORD_PRICE, ("openai/gpt-4o", '{"prompt":"0.0000025"}', when)))
     recorder.record(Statement(_RECORD_PRICE, ("openai/gpt-4o", '{"prompt":"0.000003"}', encode_time(NOW + timedelta(hours=1)))))
+    recorder.record(Statement(_RECORD_PRICE, ("openai/gpt-4o", '{"prompt":"0.000003"}', encode_time(NOW + timedelta(hours=2)))))
+    recorder.record(Statement(_RECORD_PRICE, ("openai/gpt-4o", '{"prompt":"0.0000025"}', encode_time(NOW + timedelta(hours=3)))))
     await recorder.drain()
     assert await store.fetch("SELECT model_id, pricing, first_seen_at FROM model_prices ORDER BY first_seen_at") == [
         ("openai/gpt-4o", '{"prompt":"0.0000025"}', "2026-11-20T18:00:00.000000Z"),
         ("openai/gpt-4o", '{"prompt":"0.000003"}', "2026-11-20T19:00:00.000000Z"),
+        ("openai/gpt-4o", '{"prompt":"0.0000025"}', "2026-11-20T21:00:00.000000Z"),  # back to A: a new row
     ]
 
 
@@ -92,6 +98,7 @@ async def test_budget_warm_up_reads_spend_and_alerts_sent_on_both_engines(store:
         ("SELECT value FROM meta WHERE key = 'what?' AND x = ?", "SELECT value FROM meta WHERE key = 'what?' AND x = $1"),
         ("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
         ("UPDATE requests SET cost_usd = ? WHERE id = ?", "UPDATE requests SET cost_usd = $1 WHERE id = $2"),
+        ("SELECT ?1, ?2 WHERE x != ?1", "SELECT $1, $2 WHERE x != $1"),
     ],
 )
 def test_translate_sqlite_dialect(sqlite: str, expected: str) -> None:

@@ -200,3 +200,26 @@ def test_on_unavailable_is_serve_or_block() -> None:
         assert str(exc).startswith("storage.on_unavailable: expected one of serve, block")
     else:
         raise AssertionError("accepted storage.on_unavailable: maybe")
+
+
+async def test_a_stream_cut_before_its_usage_is_filled_from_generation_on_postgres(start_proxy: Any, pg_url: str) -> None:
+    proxy = await start_proxy(db_url=pg_url, backfill_delays_s=(0.05, 0.1, 0.2))
+    body = {"model": "openai/gpt-4o", "stream": True, "messages": []}
+    headers = {"Authorization": f"Bearer {KEY}", "X-Fake": "drop", "X-Fake-Cost": "0.0042"}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{proxy.base}/chat/completions", json=body, headers=headers) as response:
+            try:
+                await response.read()
+            except aiohttp.ClientPayloadError:
+                pass  # the upstream cut the stream
+    rows: list[dict[str, Any]] = []
+    for _ in range(100):
+        await _written(proxy)
+        rows = await _rows(pg_url)
+        if rows and rows[0]["cost_source"] == "generation":
+            break
+        await asyncio.sleep(0.05)
+    [row] = rows
+    assert row["outcome"] == "aborted" and row["cost_source"] == "generation"
+    assert row["cost_usd"] == Decimal("0.0042") == row["cost_reported_usd"]
+    assert row["input_tokens"] == PROMPT_TOKENS and row["output_tokens"] == COMPLETION_TOKENS

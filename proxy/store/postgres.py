@@ -10,12 +10,13 @@ they talk to.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import operator
 import re
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -34,6 +35,16 @@ ENGINE = "postgresql"
 WRITE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    # asyncpg's protocol can be left mid-operation when the server goes away under it.
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
+# After these the connection is not trusted again: it is closed, and the pool opens a new one.
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )
@@ -75,6 +86,7 @@ _REQUEST_TYPES: dict[str, str] = {
     "ttfb_ms": "double precision",
     "duration_ms": "double precision",
     "cache_write_1h_tokens": "bigint",
+    "upstream_cost_usd": "numeric",
 }
 
 # A batch is COPYed (binary) into a per-connection temporary table, then moved with one INSERT
@@ -140,7 +152,19 @@ def _m005_cache_write_1h() -> list[str]:
     return ["ALTER TABLE requests ADD COLUMN cache_write_1h_tokens bigint"]
 
 
-def _m006_imported_activity() -> list[str]:
+def _m006_upstream_cost() -> list[str]:
+    return ["ALTER TABLE requests ADD COLUMN upstream_cost_usd numeric"]
+
+
+def _m007_price_history() -> list[str]:
+    # As SQLite's migration 7: one row per price change, keyed by time (A -> B -> A is three rows).
+    return [
+        "ALTER TABLE model_prices DROP CONSTRAINT model_prices_pkey",
+        "ALTER TABLE model_prices ADD PRIMARY KEY (model_id, first_seen_at)",
+    ]
+
+
+def _m008_imported_activity() -> list[str]:
     return [
         "CREATE TABLE imported_activity (date date NOT NULL, model text NOT NULL, endpoint_id text NOT NULL, "
         "model_permaslug text, provider text, usage_usd numeric NOT NULL, byok_usage_usd numeric NOT NULL, "
@@ -157,7 +181,9 @@ MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m003_alerts,
     _m004_meta,
     _m005_cache_write_1h,
-    _m006_imported_activity,
+    _m006_upstream_cost,
+    _m007_price_history,
+    _m008_imported_activity,
 )
 
 # Any fixed number: replicas starting together take turns migrating.
@@ -194,20 +220,23 @@ def redact(url: str) -> str:
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.IGNORECASE)
 
 
+_PLACEHOLDER = re.compile(r"'[^']*'|\?(\d*)")
+
+
 def translate(sql: str) -> str:
-    """`?` -> `$n` (outside string literals) and `INSERT OR IGNORE` -> `ON CONFLICT DO NOTHING`."""
-    out: list[str] = []
+    """`?` -> `$n` and `?NNN` -> `$NNN` (outside string literals); `INSERT OR IGNORE` -> `ON CONFLICT DO NOTHING`."""
     number = 0
-    quoted = False
-    for char in sql:
-        if char == "'":
-            quoted = not quoted
-        if char == "?" and not quoted:
-            number += 1
-            out.append(f"${number}")
-        else:
-            out.append(char)
-    text = "".join(out)
+
+    def placeholder(match: re.Match[str]) -> str:
+        nonlocal number
+        if match.group(0).startswith("'"):
+            return match.group(0)
+        if match.group(1):
+            return "$" + match.group(1)
+        number += 1
+        return f"${number}"
+
+    text = _PLACEHOLDER.sub(placeholder, sql)
     if _INSERT_OR_IGNORE.match(text):
         text = _INSERT_OR_IGNORE.sub("INSERT INTO", text, count=1) + " ON CONFLICT DO NOTHING"
     elif re.match(r"^\s*INSERT\s+OR\s+", text, re.IGNORECASE):
@@ -299,11 +328,20 @@ class PostgresStore:
     async def close(self) -> None:
         await self.pool.close()
 
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.pool.acquire() as connection:
+            try:
+                yield connection
+            except _CONNECTION_ERRORS:
+                connection.terminate()
+                raise
+
     async def insert_requests(self, records: Sequence[UsageRecord]) -> None:
         """One statement, one transaction for the whole batch; rows already there are left alone."""
         if not records:
             return
-        async with self.pool.acquire() as connection:
+        async with self._connection() as connection:
             async with connection.transaction():
                 await connection.copy_records_to_table(_INCOMING, records=map(_COLUMN_VALUES, records), columns=REQUEST_COLUMNS)
                 await connection.execute(_MOVE_INCOMING)
@@ -323,20 +361,20 @@ class PostgresStore:
 
     async def run_statements(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         """Statements in the SQLite dialect, in order, in one transaction."""
-        async with self.pool.acquire() as connection:
+        async with self._connection() as connection:
             async with connection.transaction():
                 for sql, params in statements:
                     prepared = await self._prepare(connection, sql)
                     await connection.execute(prepared.sql, *prepared.args(params))
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        async with self.pool.acquire() as connection:
+        async with self._connection() as connection:
             prepared = await self._prepare(connection, sql)
             return [prepared.row(r) for r in await connection.fetch(prepared.sql, *prepared.args(params))]
 
     async def salt(self) -> bytes:
         """The per-database salt for key fingerprints, made once and shared by every replica."""
-        async with self.pool.acquire() as connection:
+        async with self._connection() as connection:
             await connection.execute(
                 "INSERT INTO meta (key, value) VALUES ('fingerprint_salt', $1) ON CONFLICT DO NOTHING",
                 secrets.token_bytes(16).hex(),
