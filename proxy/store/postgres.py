@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import operator
 import re
 import secrets
@@ -20,14 +19,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from proxy.store.records import UsageRecord
 from proxy.store.sqlite import encode_time
-
-log = logging.getLogger(__name__)
 
 ENGINE = "postgresql"
 
@@ -51,7 +47,7 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 REQUEST_COLUMNS = tuple(f.name for f in dataclasses.fields(UsageRecord))
 
-# Column types of `requests`, in record order; the batched INSERT casts one array per column to them.
+# Column types of `requests`, in record order, for its migrations and the staging table batches are COPYed to.
 _REQUEST_TYPES: dict[str, str] = {
     "id": "text",
     "started_at": "timestamptz",
@@ -205,16 +201,6 @@ async def migrate(connection: asyncpg.Connection) -> int:
     return len(MIGRATIONS)
 
 
-def redact(url: str) -> str:
-    """The URL without any password, for logs and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = (f"{parts.username}@" if parts.username else "") + host + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
-
-
 # -- the SQLite dialect, spoken to PostgreSQL
 
 _INSERT_OR_IGNORE = re.compile(r"^\s*INSERT\s+OR\s+IGNORE\s+INTO\b", re.IGNORECASE)
@@ -338,7 +324,7 @@ class PostgresStore:
                 raise
 
     async def insert_requests(self, records: Sequence[UsageRecord]) -> None:
-        """One statement, one transaction for the whole batch; rows already there are left alone."""
+        """One COPY and one INSERT, in one transaction for the whole batch; rows already there are left alone."""
         if not records:
             return
         async with self._connection() as connection:
