@@ -1,8 +1,11 @@
-"""The recorder's sustained rows/s: proxy.store.recorder.Recorder writing proxy.store.sqlite.open_db on a temp file, no HTTP.
+"""The recorder's sustained rows/s: proxy.store.recorder.Recorder writing a store, no HTTP.
 
-Prints one JSON line. Also times storage.encode_record per row, the part of a write that runs in Python.
+SQLite on a temp file by default; `--postgres` starts a throwaway local PostgreSQL cluster
+(Debian's binaries, as the tests do) and `--db postgresql://...` uses an existing database.
+Prints one JSON line. Also times storage.encode_record per row, the part of a SQLite write that runs in Python.
 
     python -m bench.recorder_bench --rows 200000
+    python -m bench.recorder_bench --rows 200000 --postgres
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sqlite3
+import os
 import sys
 import tempfile
 import time
@@ -20,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from proxy.store import records
+from proxy.store.engine import open_store
 from proxy.store.recorder import Recorder
 from proxy.store.records import UsageRecord
-from proxy.store.sqlite import encode_record, open_db
+from proxy.store.sqlite import encode_record
 
 
 def sample_records(n: int) -> list[UsageRecord]:
@@ -66,7 +70,7 @@ def sample_records(n: int) -> list[UsageRecord]:
     ]
 
 
-async def measure(rows: int, path: Path, time_cap_s: float = 120.0) -> dict[str, Any]:
+async def measure(rows: int, path: Path | str, time_cap_s: float = 120.0) -> dict[str, Any]:
     recs = sample_records(rows)
     sample = recs[: min(rows, 20_000)]
     t0 = time.perf_counter()
@@ -74,9 +78,10 @@ async def measure(rows: int, path: Path, time_cap_s: float = 120.0) -> dict[str,
         encode_record(rec)
     encode_us = (time.perf_counter() - t0) / len(sample) * 1e6
 
-    db = await open_db(path)
+    db = await open_store(path)
     recorder = Recorder(db)
     writer = asyncio.create_task(recorder.run(), name="bench-recorder")
+    cpu_start = time.process_time()
     start = time.perf_counter()
     deadline = start + time_cap_s
     queued = 0
@@ -91,6 +96,8 @@ async def measure(rows: int, path: Path, time_cap_s: float = 120.0) -> dict[str,
         while recorder.written < queued and time.perf_counter() < deadline:
             await asyncio.sleep(0.001)
         elapsed = time.perf_counter() - start
+        client_cpu = time.process_time() - cpu_start
+        server_cpu = await _server_cpu_s(db)
     finally:
         writer.cancel()
         try:
@@ -98,13 +105,12 @@ async def measure(rows: int, path: Path, time_cap_s: float = 120.0) -> dict[str,
         except asyncio.CancelledError:
             pass
         await recorder.drain()
-        await db.close()
-    check = sqlite3.connect(path)
     try:
-        stored = check.execute("SELECT count(*) FROM requests").fetchone()[0]
+        stored = (await db.fetch("SELECT count(*) FROM requests"))[0][0]
     finally:
-        check.close()
+        await db.close()
     return {
+        "engine": db.engine,
         "rows": rows,
         "written": recorder.written,
         "stored": stored,
@@ -112,15 +118,52 @@ async def measure(rows: int, path: Path, time_cap_s: float = 120.0) -> dict[str,
         "seconds": round(elapsed, 3),
         "rows_per_s": round(recorder.written / elapsed) if elapsed > 0 else None,
         "encode_us_per_row": round(encode_us, 2),
+        # CPU seconds, so a run on a shared machine can be read: rows/s if the writer had a core
+        # of its own and the server another.
+        "client_cpu_s": round(client_cpu, 2),
+        "server_cpu_s": None if server_cpu is None else round(server_cpu, 2),
+        "rows_per_cpu_s": round(recorder.written / (client_cpu + (server_cpu or 0))) if client_cpu else None,
     }
+
+
+async def _server_cpu_s(db: Any) -> float | None:
+    """CPU time of this database's server processes (a local PostgreSQL only), from /proc."""
+    if db.engine != "postgresql":
+        return None
+    total = 0.0
+    for (pid,) in await db.fetch("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="recorder sustained rows/s")
     parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--db", help="an existing postgresql:// database (its requests table should be empty)")
+    parser.add_argument("--postgres", action="store_true", help="write to a throwaway local PostgreSQL cluster")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="bench-recorder-") as tmp:
-        result = asyncio.run(measure(args.rows, Path(tmp) / "rec.db"))
+    if args.db:
+        result = asyncio.run(measure(args.rows, args.db))
+    elif args.postgres:
+        from tests.pg_cluster import Cluster, find_bin
+
+        bindir = find_bin()
+        if bindir is None:
+            print("bench: PostgreSQL's initdb not found (Debian package postgresql)", file=sys.stderr)
+            return 2
+        cluster = Cluster(bindir)
+        try:
+            cluster.start()
+            result = asyncio.run(measure(args.rows, cluster.create_database()))
+        finally:
+            cluster.remove()
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-recorder-") as tmp:
+            result = asyncio.run(measure(args.rows, Path(tmp) / "rec.db"))
     print("RECJSON " + json.dumps(result), flush=True)
     return 0 if result["stored"] == args.rows else 1
 

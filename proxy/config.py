@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
@@ -74,6 +75,13 @@ class Config:
     port: int = 8787
     upstream: str = DEFAULT_UPSTREAM
     db: Path = Path("openrouter-spend.db")
+    # A postgresql:// URL (never with a password) selects PostgreSQL instead of the SQLite file `db`;
+    # the password comes from the variable named by db_password_env, else PGPASSWORD or ~/.pgpass.
+    db_url: str | None = None
+    db_password_env: str | None = None
+    # While the last write to the database failed: "serve" keeps answering (rows are held and
+    # written once it is back); "block" refuses billed calls with a 503 instead.
+    storage_on_unavailable: str = "serve"
     # Anthropic's API takes at most 32 MB a request and agents send 1-11 MB: a larger body would be
     # refused upstream anyway, and every MiB allowed is memory a client can make the proxy hold.
     max_body_bytes: int = 32 * 1024 * 1024
@@ -144,11 +152,15 @@ def parse_config(raw: Any) -> Config:
     catalog = _section(data.get("catalog", {}), "catalog", {"refresh_hours", "file", "web_search_result_usd"})
     defaults = Config()
     refresh_hours = _number(catalog.get("refresh_hours", 6), "catalog.refresh_hours", minimum=0)
+    db = _db(data.get("db", str(defaults.db)))
+    db_url = db if db.startswith(POSTGRES_SCHEMES) else None
     config = Config(
         host=_string(data.get("host", defaults.host), "host"),
         port=_port(data.get("port", defaults.port), "port"),
         upstream=_upstream(data.get("upstream", defaults.upstream)),
-        db=Path(_string(data.get("db", str(defaults.db)), "db")),
+        db=defaults.db if db_url else Path(db),
+        db_url=db_url,
+        db_password_env=_string(data["db_password_env"], "db_password_env") if data.get("db_password_env") is not None else None,
         max_body_bytes=int(_number(data.get("max_body_mb", 32), "max_body_mb", positive=True) * 1024 * 1024),
         max_buffered_bytes=int(_number(data.get("max_buffered_mb", 256), "max_buffered_mb", positive=True) * 1024 * 1024),
         body_idle_timeout_s=_number(timeouts.get("body_idle_s", defaults.body_idle_timeout_s), "timeouts.body_idle_s", positive=True),
@@ -176,6 +188,11 @@ def parse_config(raw: Any) -> Config:
         allowed_hosts=_hosts(data.get("allowed_hosts", [])),
         retention_raw_days=_retention(data.get("retention", {})),
         access_log=_flag(data.get("access_log", True), "access_log"),
+        storage_on_unavailable=_choice(
+            _section(data.get("storage", {}), "storage", {"on_unavailable"}).get("on_unavailable", "serve"),
+            "storage.on_unavailable",
+            ("serve", "block"),
+        ),
     )
     if config.managed_key_env and not any(k.key_env or k.key_sha256 for k in config.keys):
         raise ConfigError("managed_key_env: managed-key mode needs proxy keys under `keys:` (key_env or key_sha256)")
@@ -187,6 +204,7 @@ _TOP_KEYS = {
     "port",
     "upstream",
     "db",
+    "db_password_env",
     "max_body_mb",
     "max_buffered_mb",
     "timeouts",
@@ -205,6 +223,7 @@ _TOP_KEYS = {
     "allowed_hosts",
     "retention",
     "access_log",
+    "storage",
 }
 
 
@@ -213,6 +232,23 @@ def _retention(raw: Any) -> int | None:
     if section.get("raw_days") is None:
         return None
     return _integer(section["raw_days"], "retention.raw_days", minimum=1)
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _db(value: Any) -> str:
+    db = _string(value, "db")
+    if db.startswith(POSTGRES_SCHEMES):
+        try:
+            parts = urlsplit(db)
+            parts.port
+        except ValueError as exc:
+            raise ConfigError(f"db: not a valid postgresql:// URL ({exc})") from None
+        if parts.password is not None:
+            # A password in the URL would show in `ps`, shell history and logs.
+            raise ConfigError("db: no password in the URL; set PGPASSWORD, use ~/.pgpass, or name a variable in db_password_env")
+    return db
 
 
 def _with_budgets_and_alerts(config: Config, data: dict[str, Any]) -> Config:

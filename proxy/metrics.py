@@ -176,9 +176,9 @@ class Metrics:
             "recorder_dropped", "Usage records dropped because the write queue was full."
         )
         self.recorder_write_errors = counter(
-            "recorder_write_errors", "Failed SQLite writes of usage record batches."
+            "recorder_write_errors", "Failed database writes of usage record batches (SQLite or PostgreSQL)."
         )
-        self.recorder_rows_total = counter("recorder_rows", "Usage records written to SQLite.")
+        self.recorder_rows_total = counter("recorder_rows", "Usage records written to the database.")
         self.catalog_models = gauge("catalog_models", "Models in the loaded OpenRouter catalog.")
         self.catalog_updated = gauge(
             "catalog_updated_timestamp_seconds", "Unix time the model catalog was last refreshed."

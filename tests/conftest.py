@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from proxy.server.app import RECORDER, create_app
 from proxy.config import Config
 from tests.fake_openrouter import fake_app
+from tests.pg_cluster import Cluster, find_bin
 
 
 @pytest.fixture
@@ -90,3 +92,56 @@ def start_proxy(aiohttp_client: Any, make_config: Callable[..., Config]) -> Call
 @pytest.fixture
 async def proxy(start_proxy: Callable[..., Any]) -> AsyncIterator[Proxy]:
     yield await start_proxy()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """One throwaway PostgreSQL cluster for the session (see tests/pg_cluster.py)."""
+    bindir = find_bin()
+    if bindir is None:
+        message = "PostgreSQL's initdb not found (Debian package postgresql; scripts/test.sh installs it)"
+        if os.environ.get("OPENROUTER_SPEND_POSTGRES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    cluster = Cluster(bindir)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture
+def pg_url(pg_cluster: Cluster) -> str:
+    """A fresh, empty database on the session's cluster."""
+    if not pg_cluster.running():
+        pg_cluster.start()  # a test that stopped it failed before starting it again
+    return pg_cluster.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_db_target(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], str | Path]:
+    """Makes a fresh place for a store, once per engine: the same test runs on SQLite and on PostgreSQL."""
+    if request.param == "postgresql":
+        cluster: Cluster = request.getfixturevalue("pg_cluster")
+        if not cluster.running():
+            cluster.start()  # a test that stopped it failed before starting it again
+        return cluster.create_database
+    names = iter(range(1_000_000))
+    return lambda: tmp_path / f"usage{next(names) or ''}.db"
+
+
+@pytest.fixture
+def db_target(new_db_target: Callable[[], str | Path]) -> str | Path:
+    return new_db_target()
+
+
+@pytest.fixture
+async def store(db_target: str | Path) -> AsyncIterator[Any]:
+    from proxy.store.engine import open_store
+
+    opened = await open_store(db_target)
+    try:
+        yield opened
+    finally:
+        await opened.close()

@@ -1,4 +1,7 @@
-"""Recorder: batched writes, drain at shutdown, retry while another connection holds the lock, counted drops."""
+"""Recorder: batched writes, drain at shutdown, retry while another connection holds the lock, counted drops.
+
+Tests taking `store` run once per engine (SQLite and PostgreSQL); the lock tests are SQLite's own.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from proxy.store.engine import Store
 from proxy.store.recorder import Recorder, Statement
 from proxy.store.sqlite import open_db
 from tests.test_storage import make_record
@@ -24,6 +28,10 @@ async def db(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
         yield connection
     finally:
         await connection.close()
+
+
+async def stored_ids(store: Store) -> list[str]:
+    return [row[0] for row in await store.fetch("SELECT id FROM requests ORDER BY id")]
 
 
 def ids(path: Path) -> list[str]:
@@ -64,9 +72,9 @@ class Locker:
         self.connection.close()
 
 
-async def test_rows_queued_together_are_written_in_one_batch(db: aiosqlite.Connection, tmp_path: Path) -> None:
+async def test_rows_queued_together_are_written_in_one_batch(store: Store) -> None:
     batches: list[int] = []
-    recorder = Recorder(db, on_rows=batches.append)
+    recorder = Recorder(store, on_rows=batches.append)
     for n in range(500):
         recorder.record(make_record(n))
     task = asyncio.create_task(recorder.run())
@@ -75,12 +83,12 @@ async def test_rows_queued_together_are_written_in_one_batch(db: aiosqlite.Conne
     finally:
         await stop(task)
     assert batches == [500]
-    assert len(ids(tmp_path / "usage.db")) == 500
+    assert len(await stored_ids(store)) == 500
 
 
-async def test_batches_are_capped(db: aiosqlite.Connection, tmp_path: Path) -> None:
+async def test_batches_are_capped(store: Store) -> None:
     batches: list[int] = []
-    recorder = Recorder(db, max_batch=100, on_rows=batches.append)
+    recorder = Recorder(store, max_batch=100, on_rows=batches.append)
     for n in range(250):
         recorder.record(make_record(n))
     task = asyncio.create_task(recorder.run())
@@ -91,39 +99,39 @@ async def test_batches_are_capped(db: aiosqlite.Connection, tmp_path: Path) -> N
     assert batches == [100, 100, 50]
 
 
-async def test_a_quiet_proxy_writes_each_row_at_once(db: aiosqlite.Connection, tmp_path: Path) -> None:
-    recorder = Recorder(db)
+async def test_a_quiet_proxy_writes_each_row_at_once(store: Store) -> None:
+    recorder = Recorder(store)
     task = asyncio.create_task(recorder.run())
     try:
         recorder.record(make_record(1))
-        await wait_for(lambda: ids(tmp_path / "usage.db") == ["req-000001"], timeout=1.0)
+        for _ in range(100):
+            if await stored_ids(store) == ["req-000001"]:
+                break
+            await asyncio.sleep(0.01)
+        assert await stored_ids(store) == ["req-000001"]
     finally:
         await stop(task)
 
 
-async def test_drain_after_cancel_writes_everything(db: aiosqlite.Connection, tmp_path: Path) -> None:
-    recorder = Recorder(db, max_batch=50)
+async def test_drain_after_cancel_writes_everything(store: Store) -> None:
+    recorder = Recorder(store, max_batch=50)
     task = asyncio.create_task(recorder.run())
     await asyncio.sleep(0)
     for n in range(1000):
         recorder.record(make_record(n))
     await stop(task)
     await recorder.drain()
-    assert len(ids(tmp_path / "usage.db")) == 1000
+    assert len(await stored_ids(store)) == 1000
     assert recorder.depth() == 0 and recorder.dropped == 0
 
 
-async def test_statements_run_after_the_rows_they_update(db: aiosqlite.Connection, tmp_path: Path) -> None:
-    recorder = Recorder(db)
+async def test_statements_run_after_the_rows_they_update(store: Store) -> None:
+    recorder = Recorder(store)
     recorder.record(make_record(1, cost_usd=None))
     recorder.record(Statement("UPDATE requests SET cost_usd = ?, cost_source = ? WHERE id = ?",
                               ("0.25", "generation", "req-000001")))
     await recorder.drain()
-    connection = sqlite3.connect(tmp_path / "usage.db")
-    try:
-        assert connection.execute("SELECT cost_usd, cost_source FROM requests").fetchall() == [("0.25", "generation")]
-    finally:
-        connection.close()
+    assert await store.fetch("SELECT cost_usd, cost_source FROM requests") == [("0.25", "generation")]
 
 
 async def test_locked_database_is_retried_and_rows_arrive_after_release(db: aiosqlite.Connection, tmp_path: Path) -> None:
@@ -181,30 +189,30 @@ async def test_drain_gives_up_at_its_deadline_when_the_lock_never_goes(
     assert "records_lost_at_shutdown count=5" in caplog.text
 
 
-async def test_queue_full_drops_are_counted(db: aiosqlite.Connection, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+async def test_queue_full_drops_are_counted(store: Store, caplog: pytest.LogCaptureFixture) -> None:
     dropped: list[None] = []
-    recorder = Recorder(db, max_queue=3, on_dropped=lambda: dropped.append(None))
+    recorder = Recorder(store, max_queue=3, on_dropped=lambda: dropped.append(None))
     for n in range(5):
         recorder.record(make_record(n))
     assert recorder.dropped == 2 and len(dropped) == 2
     assert recorder.depth() == 3
     assert "record_dropped reason=queue_full request_id=req-000004" in caplog.text
     await recorder.drain()
-    assert ids(tmp_path / "usage.db") == ["req-000000", "req-000001", "req-000002"]
+    assert await stored_ids(store) == ["req-000000", "req-000001", "req-000002"]
 
 
-async def test_record_never_blocks_or_awaits(db: aiosqlite.Connection) -> None:
-    recorder = Recorder(db, max_queue=10)
+async def test_record_never_blocks_or_awaits(store: Store) -> None:
+    recorder = Recorder(store, max_queue=10)
     assert recorder.record(make_record(1)) is None  # a plain function, not a coroutine
     await recorder.drain()
 
 
 async def test_cancel_at_any_point_of_a_write_stops_the_writer_and_loses_nothing(
-    db: aiosqlite.Connection, tmp_path: Path
+    store: Store
 ) -> None:
     # Shutdown cancels the writer wherever it is: inside BEGIN, executemany or COMMIT. It must
     # stop (not swallow the cancel and retry forever) and drain() must write what it held.
-    recorder = Recorder(db, max_batch=40, retry_base_s=0.01)
+    recorder = Recorder(store, max_batch=40, retry_base_s=0.01)
     total = 0
     for round_ in range(40):
         task = asyncio.create_task(recorder.run())
@@ -219,7 +227,7 @@ async def test_cancel_at_any_point_of_a_write_stops_the_writer_and_loses_nothing
         assert done, f"writer ignored its cancellation in round {round_}"
         assert task.cancelled()
         await recorder.drain()
-    assert len(ids(tmp_path / "usage.db")) == total
+    assert len(await stored_ids(store)) == total
 
 
 async def test_retries_back_off_up_to_their_cap(db: aiosqlite.Connection, tmp_path: Path) -> None:

@@ -370,7 +370,8 @@ async def test_rollup_follows_backfill_updates_and_rewritten_rows(tmp_path: Path
     again = dataclasses.replace(recs[3], model="z/rewritten", cost_usd=Decimal("2.5"))
     await write(path, [cut, fill, again])
     rollup_equals_raw(path)
-    final = [again if r.id == again.id else r for r in recs] + [
+    # A row written a second time keeps its first version (idempotent on the request id).
+    final = list(recs) + [
         dataclasses.replace(cut, cost_usd=Decimal("0.00731"), provider="Anthropic", input_tokens=900)
     ]
     with reader(path) as db:

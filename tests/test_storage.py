@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import stat
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +15,7 @@ import aiosqlite
 import pytest
 
 from proxy.store import records
+from proxy.store.engine import Store, open_store
 from proxy.store.records import UsageRecord
 from proxy.store.sqlite import (
     MIGRATIONS,
@@ -180,7 +181,13 @@ def test_requests_table_has_every_record_field(tmp_path: Path) -> None:
     assert set(REQUEST_COLUMNS) <= set(columns)
 
 
-async def test_row_round_trip_is_exact(db: aiosqlite.Connection, tmp_path: Path) -> None:
+_ROUND_TRIP = (
+    "SELECT cost_usd, cost_reported_usd, input_tokens, is_byok, streamed, is_free, started_at, output_tokens, ttfb_ms "
+    "FROM requests"
+)
+
+
+async def test_row_round_trip_is_exact(store: Store) -> None:
     rec = make_record(
         1,
         cost_usd=Decimal("0.000000123456789"),
@@ -190,46 +197,45 @@ async def test_row_round_trip_is_exact(db: aiosqlite.Connection, tmp_path: Path)
         streamed=False,
         started_at=datetime(2026, 11, 20, 13, 0, tzinfo=UTC) + timedelta(microseconds=7),
     )
-    await insert_requests(db, [rec])
-    reader = connect_readonly(tmp_path / "usage.db")
-    try:
-        (row,) = list(read_requests(reader))
-    finally:
-        reader.close()
-    assert row["cost_usd"] == "0.000000123456789"
-    assert Decimal(row["cost_usd"]) == rec.cost_usd
-    assert row["cost_reported_usd"] is None and row["input_tokens"] is None
-    assert row["is_byok"] == 1 and row["streamed"] == 0 and row["is_free"] == 0
-    assert row["started_at"] == "2026-11-20T13:00:00.000007Z"
-    assert datetime.fromisoformat(row["started_at"]) == rec.started_at
-    assert row["output_tokens"] == 300 and row["ttfb_ms"] == 12.5
+    await store.insert_requests([rec])
+    (row,) = await store.fetch(_ROUND_TRIP)
+    cost_usd, cost_reported_usd, input_tokens, is_byok, streamed, is_free, started_at, output_tokens, ttfb_ms = row
+    assert cost_usd == "0.000000123456789"
+    assert Decimal(cost_usd) == rec.cost_usd
+    assert cost_reported_usd is None and input_tokens is None
+    assert is_byok == 1 and streamed == 0 and is_free == 0
+    assert started_at == "2026-11-20T13:00:00.000007Z"
+    assert datetime.fromisoformat(started_at) == rec.started_at
+    assert output_tokens == 300 and ttfb_ms == 12.5
 
 
-async def test_times_are_stored_in_utc(db: aiosqlite.Connection, tmp_path: Path) -> None:
+async def test_times_are_stored_in_utc(store: Store) -> None:
     from zoneinfo import ZoneInfo
 
     local = datetime(2026, 11, 20, 14, 0, tzinfo=ZoneInfo("Europe/Berlin"))
-    await insert_requests(db, [make_record(started_at=local)])
-    reader = connect_readonly(tmp_path / "usage.db")
-    try:
-        assert [r["started_at"] for r in read_requests(reader)] == ["2026-11-20T13:00:00.000000Z"]
-    finally:
-        reader.close()
+    await store.insert_requests([make_record(started_at=local)])
+    assert await store.fetch("SELECT started_at FROM requests") == [("2026-11-20T13:00:00.000000Z",)]
 
 
-async def test_insert_is_one_transaction_and_idempotent(db: aiosqlite.Connection, tmp_path: Path) -> None:
+async def test_insert_is_one_transaction_and_idempotent(store: Store) -> None:
     batch = [make_record(n) for n in range(300)]
-    await insert_requests(db, batch)
-    await insert_requests(db, batch[:10])  # a retried batch does not duplicate rows
-    with pytest.raises(sqlite3.IntegrityError):
-        await insert_requests(db, [make_record(1000), make_record(1001, outcome=None)])
-    reader = connect_readonly(tmp_path / "usage.db")
-    try:
-        ids = [r["id"] for r in read_requests(reader)]
-    finally:
-        reader.close()
+    await store.insert_requests(batch)
+    await store.insert_requests(batch[:10])  # a retried batch does not duplicate rows
+    with pytest.raises(store.write_errors):
+        await store.insert_requests([make_record(1000), make_record(1001, outcome=None)])
+    ids = [r[0] for r in await store.fetch("SELECT id FROM requests ORDER BY id")]
     assert len(ids) == 300 and "req-001000" not in ids  # the failed batch left nothing behind
-    assert not db.in_transaction
+    await store.insert_requests([make_record(1000)])  # and the connection is usable again
+    assert await store.fetch("SELECT count(*) FROM requests") == [(301,)]
+
+
+async def test_a_retried_row_keeps_what_was_written_first(store: Store) -> None:
+    # Idempotent on the request id: a batch retried after its commit reached the database must
+    # not overwrite a cost that a back-fill statement has set since.
+    await store.insert_requests([make_record(1, cost_usd=None)])
+    await store.run_statements([("UPDATE requests SET cost_usd = ?, cost_source = ? WHERE id = ?", ("0.25", "generation", "req-000001"))])
+    await store.insert_requests([make_record(1, cost_usd=None)])
+    assert await store.fetch("SELECT cost_usd, cost_source FROM requests") == [("0.25", "generation")]
 
 
 async def test_read_requests_since_and_until(db: aiosqlite.Connection, tmp_path: Path) -> None:
@@ -276,21 +282,57 @@ def test_readonly_of_a_missing_file_does_not_create_it(tmp_path: Path) -> None:
     assert not (tmp_path / "missing.db").exists()
 
 
-async def test_salt_is_made_once_and_kept(tmp_path: Path) -> None:
-    path = tmp_path / "usage.db"
-    first = await open_db(path)
+async def test_salt_is_made_once_and_kept(new_db_target: Callable[[], str | Path]) -> None:
+    target = new_db_target()
+    first = await open_store(target)
     try:
-        one = await salt(first)
-        assert len(one) == 16 and one == await salt(first)
+        one = await first.salt()
+        assert len(one) == 16 and one == await first.salt()
     finally:
         await first.close()
-    second = await open_db(path)
+    second = await open_store(target)
     try:
-        assert await salt(second) == one
+        assert await second.salt() == one
     finally:
         await second.close()
-    other = await open_db(tmp_path / "other.db")
+    other = await open_store(new_db_target())
     try:
-        assert await salt(other) != one
+        assert await other.salt() != one
     finally:
         await other.close()
+
+
+async def _schema_version(store: Store) -> int:
+    if store.engine == "sqlite":
+        return int((await store.fetch("PRAGMA user_version"))[0][0])
+    return int((await store.fetch("SELECT max(version) FROM schema_migrations"))[0][0])
+
+
+async def test_reopening_migrates_nothing_again_and_keeps_rows(db_target: str | Path) -> None:
+    for _ in range(3):
+        store = await open_store(db_target)
+        try:
+            assert await _schema_version(store) == len(MIGRATIONS)
+            await store.run_statements([("INSERT OR IGNORE INTO meta (key, value) VALUES ('probe', 'kept')", ())])
+            await store.insert_requests([make_record(1)])
+            assert await store.fetch("SELECT value FROM meta WHERE key = 'probe'") == [("kept",)]
+            assert await store.fetch("SELECT count(*) FROM requests") == [(1,)]
+        finally:
+            await store.close()
+
+
+async def test_both_engines_have_the_same_tables_and_columns(db_target: str | Path) -> None:
+    store = await open_store(db_target)
+    try:
+        if store.engine == "sqlite":
+            tables = {r[0] for r in await store.fetch("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            columns = {r[0] for r in await store.fetch("SELECT name FROM pragma_table_info('requests')")}
+        else:
+            tables = {r[0] for r in await store.fetch(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
+            columns = {r[0] for r in await store.fetch(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'requests'")}
+    finally:
+        await store.close()
+    assert {"requests", "model_prices", "alerts", "meta", "imported_activity"} <= tables
+    assert columns == set(REQUEST_COLUMNS)

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8787)")
     serve.add_argument("--upstream", help="OpenRouter API base (default https://openrouter.ai/api/v1)")
     serve.add_argument("--quiet", action="store_true", help="no start-up banner and no line per request")
-    serve.add_argument("--db", help="SQLite file (default: $OPENROUTER_SPEND_DB, the config's db, else ~/.local/share/openrouter-spend/spend.db)")
+    serve.add_argument("--db", help="SQLite file or postgresql://user@host:port/dbname (default: $OPENROUTER_SPEND_DB, the config's db, else ~/.local/share/openrouter-spend/spend.db)")
     serve.set_defaults(func=_serve)
 
     check = commands.add_parser("check-config", help="validate a config file")
@@ -118,7 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
     def listening(_: str) -> None:  # run_app calls this once the port is bound
         log.info(
             "event=listening url=%s upstream=%s db=%s openai_base=%s/api/v1 anthropic_base=%s/api",
-            base, config.upstream, config.db, base, base,
+            base, config.upstream, config.db_url or config.db, base, base,
         )
         if not args.quiet:
             print(banner(config, config_path), file=sys.stderr, flush=True)
@@ -182,6 +182,9 @@ def _check_catalog_file(config: Config) -> None:
 
 
 def _prepare_db(config: Config) -> None:
+    if config.db_url:
+        _check_postgres(config.db_url, config.db_password_env)
+        return
     from proxy.store.sqlite import prepare
 
     try:
@@ -189,6 +192,23 @@ def _prepare_db(config: Config) -> None:
     except (OSError, sqlite3.Error) as exc:
         message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError(f"db: cannot open {config.db}: {message}") from None
+
+
+def _check_postgres(url: str, password_env: str | None) -> None:
+    """Connect and migrate before the port opens, so a wrong URL is one line, not a traceback."""
+    import asyncio
+
+    from proxy.store.engine import open_store
+    from proxy.store.postgres import WRITE_ERRORS
+
+    async def check() -> None:
+        store = await open_store(url, password_env)
+        await store.close()
+
+    try:
+        asyncio.run(check())
+    except WRITE_ERRORS as exc:
+        raise ConfigError(f"db: cannot open {url}: {exc}") from None
 
 
 async def _settle_heap(app: object) -> None:

@@ -36,6 +36,7 @@ from proxy.server.intake import Intake
 from proxy.metrics import Metrics, metrics_handler
 from proxy.store.recorder import Recorder
 from proxy.pricing.refresh import CatalogHolder, initial_catalog, record_prices, refresh_loop
+from proxy.store.engine import SqliteStore, Store, open_store
 from proxy.store.sqlite import open_db, salt, spend_by_window
 from proxy.web.routes import add_routes as add_web_routes
 
@@ -45,7 +46,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
-DB = web.AppKey("db", aiosqlite.Connection)
+DB = web.AppKey("db", aiosqlite.Connection)  # SQLite only; engine-neutral code uses STORE
+STORE = web.AppKey("store", Store)
 RECORDER = web.AppKey("recorder", Recorder)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 CATALOG = web.AppKey("catalog", CatalogHolder)
@@ -77,6 +79,9 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app.cleanup_ctx.extend(
         [_database, _window_spend, _recorder, _http_session, _catalog, _provider_prices, _budgets, _backfill, _forwarder]
     )
+    if config.reconcile.interval_minutes and config.db_url:
+        # The reconciler reads the log with its own SQLite connection; PostgreSQL readers come later.
+        raise ConfigError("reconcile.interval_minutes: not available yet with a PostgreSQL db")
     if config.reconcile.interval_minutes:
         app.cleanup_ctx.append(_reconcile(config, managed_key, config.reconcile.interval_minutes * 60))
     if config.metrics.enabled and config.metrics.port is None:
@@ -176,12 +181,15 @@ def _metrics_token(config: Config) -> str | None:
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
-    db = await open_db(app[CONFIG].db)
-    app[DB] = db
+    config = app[CONFIG]
+    store = await open_store(config.db_url or config.db, config.db_password_env)
+    app[STORE] = store
+    if isinstance(store, SqliteStore):
+        app[DB] = store.db
     try:
         yield
     finally:
-        await db.close()
+        await store.close()
 
 
 async def _window_spend(app: web.Application) -> AsyncIterator[None]:
@@ -189,7 +197,8 @@ async def _window_spend(app: web.Application) -> AsyncIterator[None]:
 
     A month of a busy log takes seconds to read, so it runs beside serving: only rows started before
     now are read, and requests from now on are counted as they end, so nothing counts twice."""
-    if not app[CONFIG].metrics.enabled:
+    if not app[CONFIG].metrics.enabled or DB not in app:
+        # On PostgreSQL the window gauges start at this start-up's traffic (its readers come later).
         yield
         return
     task = asyncio.create_task(_seed_window_spend(app[DB], app[METRICS], datetime.now(UTC)), name="window-spend-seed")
@@ -212,7 +221,7 @@ async def _seed_window_spend(db: aiosqlite.Connection, metrics: Metrics, until: 
 async def _recorder(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     recorder = Recorder(
-        app[DB],
+        app[STORE],
         on_dropped=metrics.recorder_dropped,
         on_write_error=metrics.recorder_write_error,
         on_rows=metrics.recorder_rows,
@@ -281,8 +290,7 @@ async def _catalog(app: web.Application) -> AsyncIterator[None]:
     metrics = app[METRICS]
     metrics.set_catalog(len(holder.current), holder.updated_at)
     refreshing = config.catalog_refresh_s > 0 and config.catalog_file is None
-    async with app[DB].execute("SELECT 1 FROM model_prices LIMIT 1") as cursor:
-        has_history = await cursor.fetchone() is not None
+    has_history = bool(await app[STORE].fetch("SELECT 1 FROM model_prices LIMIT 1"))
     if not refreshing or has_history:
         # With a refresh coming, a first start leaves the built-in snapshot out of the price
         # history: its differences from the live listing are not price changes (`models --changes`).
@@ -327,7 +335,7 @@ async def _budgets(app: web.Application) -> AsyncIterator[None]:
         return
     notifier = Notifier(config.alerts, app[SESSION])
     budgets = Budgets(config.budgets, config.tz)
-    rows = await load_spend(app[DB], budgets, datetime.now(UTC))
+    rows = await load_spend(app[STORE], budgets, datetime.now(UTC))
     guard = BudgetGuard(budgets, app[RECORDER], notifier, app[METRICS])
     guard.publish()
     app[GUARD] = guard
@@ -361,7 +369,7 @@ async def _backfill(app: web.Application) -> AsyncIterator[None]:
 
 async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    attributor = Attributor(await salt(app[DB]), config.keys, managed=bool(app[MANAGED_KEY]))
+    attributor = Attributor(await app[STORE].salt(), config.keys, managed=bool(app[MANAGED_KEY]))
     holder = app[CATALOG]
     app[FORWARDER] = Forwarder(
         config,

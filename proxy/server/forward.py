@@ -181,6 +181,14 @@ class Forwarder:
         if route.endpoint not in BILLED_ENDPOINTS:
             # /models, /key, /generation, count_tokens, ...: forwarded, not recorded.
             return await self._exchange(request, route, body, None, _Outcome(), anthropic)
+        if self._recorder.unavailable and self._config.storage_on_unavailable == "block":
+            return error_response(
+                503,
+                "openrouter-spend: the usage database is unavailable, so billed calls are refused until it is "
+                "back (storage.on_unavailable: block)",
+                anthropic=anthropic,
+                headers={"Retry-After": "5"},
+            )
         who = self._attributor.of(request.headers, route.project)
         return await self._forward_billed(request, route, body, who, anthropic, received)
 

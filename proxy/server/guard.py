@@ -23,6 +23,7 @@ from proxy.server.attribution import Attribution
 from proxy.budgets.spec import BudgetSpec, window
 from proxy.budgets.ledger import AlertEvent, BudgetStatus, Budgets, Decision, Reservation, SpendRow, Who
 from proxy.metrics import Metrics
+from proxy.store.engine import Store, as_store
 from proxy.store.recorder import Recorder, Statement
 from proxy.store.sqlite import encode_time
 from proxy.server.throttle import Throttle
@@ -76,14 +77,13 @@ def fired_keys(raw: Iterable[Sequence[Any]]) -> list[tuple[str, str, str, str, s
     return keys
 
 
-async def load_spend(db: aiosqlite.Connection, budgets: Budgets, now: datetime) -> int:
+async def load_spend(db: Store | aiosqlite.Connection, budgets: Budgets, now: datetime) -> int:
     """Recompute every budget's spend from the log, so a restart never resets a budget."""
+    store = as_store(db)
     since = earliest_window_start(budgets.specs, budgets, now)
-    async with db.execute(SPEND_QUERY, (encode_time(since),)) as cursor:
-        rows = spend_rows(await cursor.fetchall())
+    rows = spend_rows(await store.fetch(SPEND_QUERY, (encode_time(since),)))
     budgets.load(rows, now)
-    async with db.execute(ALERTS_QUERY, (since.isoformat(),)) as cursor:
-        budgets.mark_fired(fired_keys(await cursor.fetchall()))
+    budgets.mark_fired(fired_keys(await store.fetch(ALERTS_QUERY, (since.isoformat(),))))
     return len(rows)
 
 

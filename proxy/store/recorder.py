@@ -1,9 +1,9 @@
-"""Recorder: a bounded queue and the single task that writes SQLite, in batched transactions.
+"""Recorder: a bounded queue and the single task that writes the store (SQLite or PostgreSQL), in batched transactions.
 
 Handlers call `record()`, which never blocks or awaits. The writer waits `batch_wait_s` (50 ms)
 after the first record of a batch, then writes everything queued in one transaction: a SIGKILL
 loses at most the rows of that window and of the transaction in flight (well under a second of
-traffic; the fault suite checks 0.5 s). A failed write (locked or full disk) keeps its
+traffic; the fault suite checks 0.5 s). A failed write (locked or full disk, Postgres restarting) keeps its
 batch and retries with backoff; new rows queue behind it up to the bound, then are counted as dropped.
 """
 
@@ -19,8 +19,9 @@ from typing import Any
 
 import aiosqlite
 
+from proxy.store.engine import SqliteStore, Store, as_store
 from proxy.store.records import UsageRecord
-from proxy.store.sqlite import insert_requests, prune_raw, rollback
+from proxy.store.sqlite import prune_raw
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ def _nothing(*_: Any) -> None:
 class Recorder:
     def __init__(
         self,
-        db: aiosqlite.Connection,
+        db: Store | aiosqlite.Connection,
         *,
         max_queue: int = 100_000,
         max_batch: int = 2_000,
@@ -57,7 +58,8 @@ class Recorder:
         prune_every_s: float = 3600.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
-        self._db = db
+        self._store = as_store(db)
+        self._write_errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError, *self._store.write_errors)
         self._queue: asyncio.Queue[Item] = asyncio.Queue(max_queue)
         self._max_batch = max_batch
         self._on_dropped = on_dropped
@@ -76,6 +78,8 @@ class Recorder:
         self.pruned = 0
         self.written = 0
         self.dropped = 0
+        # From a failed write until the next one succeeds (storage.on_unavailable: block reads it).
+        self.unavailable = False
 
     def depth(self) -> int:
         """Records not yet committed: queued, or in the batch being written."""
@@ -110,14 +114,15 @@ class Recorder:
             await self._maybe_prune()
 
     async def _maybe_prune(self) -> None:
-        if self._raw_days is None:
+        # Retention leans on SQLite's hourly rollups; PostgreSQL keeps every row for now.
+        if self._raw_days is None or not isinstance(self._store, SqliteStore):
             return
         now = asyncio.get_running_loop().time()
         if self._pruned_at is not None and now - self._pruned_at < self._prune_every_s:
             return
         self._pruned_at = now
         try:
-            deleted = await prune_raw(self._db, self._clock() - timedelta(days=self._raw_days))
+            deleted = await prune_raw(self._store.db, self._clock() - timedelta(days=self._raw_days))
         except (sqlite3.Error, OSError) as exc:
             # Not fatal: the rows stay until the next try.
             log.warning("event=retention_failed error=%s", exc)
@@ -154,8 +159,10 @@ class Recorder:
         while True:
             try:
                 await self._write(batch)
+                self.unavailable = False
                 return True
-            except (sqlite3.Error, OSError) as exc:
+            except self._write_errors as exc:
+                self.unavailable = True
                 self._on_write_error()
                 log.warning(
                     "event=record_write_failed rows=%d queued=%d error=%s retry_in_s=%.2f",
@@ -173,16 +180,9 @@ class Recorder:
         records = [item for item in batch if isinstance(item, UsageRecord)]
         statements = [item for item in batch if isinstance(item, Statement)]
         if records:
-            await insert_requests(self._db, records)
+            await self._store.insert_requests(records)
         if statements:
             # Statements update rows inserted earlier in this or a previous batch.
-            try:
-                await self._db.execute("BEGIN")
-                for statement in statements:
-                    await self._db.execute(statement.sql, statement.params)
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await rollback(self._db)
-                raise
+            await self._store.run_statements([(s.sql, s.params) for s in statements])
         self.written += len(records)
         self._on_rows(len(records))

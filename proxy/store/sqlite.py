@@ -45,15 +45,10 @@ def _insert_rows(count: int) -> str:
     return (
         f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES "
         + ", ".join([_ROW_PLACEHOLDERS] * count)
-        + _ON_CONFLICT
+        # A row already there is kept, never replaced: a retried batch must not undo a back-fill,
+        # and PostgreSQL's writer means the same. (OR IGNORE would also skip NOT NULL violations.)
+        + " ON CONFLICT (id) DO NOTHING"
     )
-
-
-# A row written twice (a retried batch) replaces the first. An upsert, not INSERT OR REPLACE:
-# REPLACE deletes without firing triggers, so the hourly rollup would count the row twice.
-_ON_CONFLICT = " ON CONFLICT (id) DO UPDATE SET " + ", ".join(
-    f"{name} = excluded.{name}" for name in REQUEST_COLUMNS if name != "id"
-)
 
 
 def _m001_requests(db: sqlite3.Connection) -> None:

@@ -1,0 +1,89 @@
+"""The storage seam: the Store protocol the recorder and the budget guard call, and open_store().
+
+Two engines implement it: SqliteStore (one aiosqlite connection, the default) and PostgresStore
+(proxy/store/postgres.py, chosen by a `postgresql://` db). Callers write SQL in SQLite's dialect
+and get rows back as SQLite gives them; nothing above this module asks which engine it is.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosqlite
+
+from proxy.store import sqlite
+from proxy.store.records import UsageRecord
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres(db: str | Path | None) -> bool:
+    return isinstance(db, str) and db.startswith(POSTGRES_SCHEMES)
+
+
+class Store(Protocol):
+    engine: str
+    # What a write may raise while the database is locked, full, restarting or unreachable: the
+    # recorder keeps its batch and retries on these.
+    write_errors: tuple[type[BaseException], ...]
+
+    async def insert_requests(self, records: Sequence[UsageRecord]) -> None: ...
+
+    async def run_statements(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None: ...
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    async def salt(self) -> bytes: ...
+
+    async def close(self) -> None: ...
+
+
+class SqliteStore:
+    engine = "sqlite"
+    write_errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    async def insert_requests(self, records: Sequence[UsageRecord]) -> None:
+        await sqlite.insert_requests(self.db, list(records))
+
+    async def run_statements(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        try:
+            await self.db.execute("BEGIN")
+            for sql, params in statements:
+                await self.db.execute(sql, params)
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await sqlite.rollback(self.db)
+            raise
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self.db.execute(sql, params) as cursor:
+            return [tuple(row) for row in await cursor.fetchall()]
+
+    async def salt(self) -> bytes:
+        return await sqlite.salt(self.db)
+
+    async def close(self) -> None:
+        await self.db.close()
+
+
+def as_store(db: Store | aiosqlite.Connection) -> Store:
+    """A bare aiosqlite connection (as tests and the bench pass) is the SQLite engine."""
+    return SqliteStore(db) if isinstance(db, aiosqlite.Connection) else db
+
+
+async def open_store(db: Path | str, password_env: str | None = None) -> Store:
+    """SQLite for a path, PostgreSQL for a postgresql:// URL (password from `password_env`, else
+    PGPASSWORD or ~/.pgpass; never from the URL)."""
+    if is_postgres(db):
+        from proxy.store.postgres import PostgresStore
+
+        password = os.environ.get(password_env) if password_env else None
+        return await PostgresStore.open(str(db), password)
+    return SqliteStore(await sqlite.open_db(Path(db)))
