@@ -9,6 +9,8 @@ command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 || need_apt+=(prometheus-alertmanager)
 # Headless Chromium drives the built-in page in tests/test_page.py (over the DevTools protocol).
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+# tmux drives `watch` in tests/test_watch.py (send-keys, capture-pane).
+command -v tmux >/dev/null 2>&1 || need_apt+=(tmux)
 # PostgreSQL for the storage tests on the second engine: the tests start their own throwaway cluster.
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
