@@ -560,3 +560,117 @@ async def test_limit_keeps_the_costliest_groups_and_the_whole_total(known: tuple
 def report_days(path: Path) -> list[Line]:
     with reader(path) as db:
         return report(db, "day").lines
+
+
+# -- BYOK split and imported /activity days (issue 10) -----------------------------------------
+
+
+async def test_table_and_csv_show_the_byok_part_beside_the_whole_cost(tmp_path: Path) -> None:
+    path = tmp_path / "b.db"
+    at = datetime(2026, 11, 26, 9, tzinfo=UTC)
+    await write(path, [
+        make_record(0, started_at=at, cost_usd=Decimal("1.05"), upstream_cost_usd=Decimal("1")),
+        make_record(1, started_at=at, model="x/plain", cost_usd=Decimal("0.25")),
+    ])
+    with reader(path) as db:
+        result = report(db, "model")
+    text = render(result, "table").splitlines()
+    headers = text[0].split()
+    assert headers[-2:] == ["cost_usd", "byok_usd"]
+    byok_row = next(line for line in text if line.startswith("openai/gpt-4o"))
+    assert byok_row.split()[-2:] == ["$1.05", "$1.00"]
+    assert text[-1].split()[0] == "total" or any(line.split()[:1] == ["total"] for line in text)
+    parsed = list(csv.DictReader(io.StringIO(render(result, "csv"))))
+    assert {r["group"]: Decimal(r["upstream_cost_usd"]) for r in parsed} == {"openai/gpt-4o": 1, "x/plain": 0}
+    # Without any BYOK part the table keeps its usual columns.
+    with reader(path) as db:
+        plain = report(db, "model", filters=Filters(models=("x/*",)))
+    assert "byok_usd" not in render(plain, "table").splitlines()[0]
+
+
+def activity(day: str, model: str, usage: str, byok: str = "0", requests: int = 1, provider: str = "OpenAI", endpoint: str = "e1") -> Any:
+    from proxy.store.activity import ActivityRow
+
+    return ActivityRow(day, model, None, endpoint, provider, Decimal(usage), Decimal(byok), requests, 100, 10, 1)
+
+
+async def imported_db(tmp_path: Path) -> Path:
+    """Log rows on 2026-11-26 only; imported days 2026-11-25 (not in the log) and 2026-11-26 (in it)."""
+    from proxy.store.activity import store_activity
+
+    path = tmp_path / "i.db"
+    at = datetime(2026, 11, 26, 9, tzinfo=UTC)
+    await write(path, [
+        make_record(0, started_at=at, cost_usd=Decimal("0.5"), project="acme"),
+        make_record(1, started_at=at, model="anthropic/claude-sonnet-4.5", provider="Anthropic", cost_usd=Decimal("0.25")),
+    ])
+    rows = [
+        activity("2026-11-25", "openai/gpt-4o", "0.1", requests=3),
+        activity("2026-11-25", "anthropic/claude-sonnet-4.5", "0.05", byok="2", requests=2, provider="Anthropic"),
+        activity("2026-11-25", "anthropic/claude-sonnet-4.5", "0.000000000000000000000001", requests=1, provider="Anthropic", endpoint="e2"),
+        # A day the log covers: never added (no double counting).
+        activity("2026-11-26", "openai/gpt-4o", "9", requests=9),
+    ]
+    db = sqlite3.connect(path)
+    try:
+        store_activity(db, rows, NOW)
+        store_activity(db, rows, NOW)  # re-importing changes nothing
+    finally:
+        db.close()
+    return path
+
+
+async def test_imported_days_are_added_only_where_the_log_has_no_rows(tmp_path: Path) -> None:
+    path = await imported_db(tmp_path)
+    with reader(path) as db:
+        by_day = report(db, "day")
+        by_model = report(db, "model")
+        by_provider = report(db, "provider", breakdown="day")
+    days = {(line.group, line.imported): line for line in by_day.lines}
+    assert set(days) == {("2026-11-25", True), ("2026-11-26", False)}
+    imported = days["2026-11-25", True]
+    # Whole spend is credits plus the BYOK provider part, exactly.
+    assert imported.cost_usd == Decimal("2.150000000000000000000001")
+    assert imported.money("upstream_cost_usd") == Decimal(2)
+    assert imported.requests == 6 and imported.tokens["input_tokens"] == 300 and imported.tokens["output_tokens"] == 30
+    assert days["2026-11-26", False].cost_usd == Decimal("0.75")
+    assert by_day.total.cost_usd == Decimal("2.900000000000000000000001") == by_model.total.cost_usd == by_provider.total.cost_usd
+    assert by_day.total.requests == 8
+    assert any("imported" in note and "never" in note for note in by_day.notes)
+    models = {(line.group, line.imported): line.cost_usd for line in by_model.lines}
+    assert models == {
+        ("openai/gpt-4o", False): Decimal("0.5"),
+        ("openai/gpt-4o", True): Decimal("0.1"),
+        ("anthropic/claude-sonnet-4.5", False): Decimal("0.25"),
+        ("anthropic/claude-sonnet-4.5", True): Decimal("2.050000000000000000000001"),
+    }
+    assert {(line.group, line.breakdown, line.imported) for line in by_provider.lines} == {
+        ("OpenAI", "2026-11-25", True), ("OpenAI", "2026-11-26", False),
+        ("Anthropic", "2026-11-25", True), ("Anthropic", "2026-11-26", False),
+    }
+    data = json.loads(render(by_day, "json"))
+    assert [row.get("imported", False) for row in data["rows"]] == [True, False]
+    assert Decimal(data["total"]["cost_usd"]) == sum((Decimal(r["cost_usd"]) for r in data["rows"]), Decimal(0))
+    table = render(by_day, "table")
+    assert "2026-11-25 †" in table or "2026-11-25†" in table
+    assert "† imported" in table
+    parsed = list(csv.DictReader(io.StringIO(render(by_day, "csv"))))
+    assert [r["imported"] for r in parsed] == ["true", ""]
+    # A range that ends before the imported day, or starts after it, leaves it out.
+    with reader(path) as db:
+        later = report(db, "day", since=datetime(2026, 11, 26, tzinfo=UTC))
+        model_filtered = report(db, "model", filters=Filters(models=("openai/*",)))
+    assert [line.imported for line in later.lines] == [False]
+    assert {(line.group, line.imported) for line in model_filtered.lines} == {("openai/gpt-4o", False), ("openai/gpt-4o", True)}
+
+
+@pytest.mark.parametrize("by", ["project", "session", "key", "client", "endpoint", "hour"])
+async def test_other_groupings_say_imported_days_are_not_included(tmp_path: Path, by: str) -> None:
+    path = await imported_db(tmp_path)
+    with reader(path) as db:
+        result = report(db, by)
+        empty = report(db, by, since=datetime(2026, 11, 26, tzinfo=UTC))
+    assert not any(line.imported for line in result.lines)
+    assert result.total.cost_usd == Decimal("0.75")
+    assert any(note.startswith("imported days (OpenRouter's /activity) have no") and "not included" in note for note in result.notes)
+    assert not any("imported" in note for note in empty.notes)
