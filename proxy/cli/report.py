@@ -86,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+IMPORTED_MARK = "†"
 _BLOCKS = " ▏▎▍▌▋▊▉█"
 
 
@@ -125,10 +126,12 @@ def render(result: Report, fmt: str, free: FreeUsage | None = None) -> str:
         buffer = io.StringIO()
         rows = [line.as_dict(session) for line in result.lines]
         fields = list(Line("x", "" if result.breakdown else None).as_dict(session))
+        if any(line.imported for line in result.lines):
+            fields.insert(fields.index("requests"), "imported")
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: " ".join(v) if isinstance(v, list) else v for k, v in row.items()})
+            writer.writerow({k: " ".join(v) if isinstance(v, list) else "true" if v is True else v for k, v in row.items()})
         return buffer.getvalue().rstrip("\n")
     return _table(result, free)
 
@@ -140,6 +143,10 @@ def _table(result: Report, free: FreeUsage | None) -> str:
         headers += ["first seen", "last seen", "duration", "requests", "blocked", "models", "project", "client", "cost_usd"]
     else:
         headers += ["requests", "errors", "blocked", "input", "output", "cached", "reasoning", "cost_usd"]
+    # BYOK: cost_usd is the whole spend; the provider's part (charged to the user's own key) beside it.
+    byok = any(line.money("upstream_cost_usd") for line in [*result.lines, result.total])
+    if byok:
+        headers.append("byok_usd")
     timed = result.by in TIME_GROUPINGS
     if timed:
         headers.append("")
@@ -153,6 +160,8 @@ def _table(result: Report, free: FreeUsage | None) -> str:
         previous = line.group
         if result.breakdown:
             cells.append(line.breakdown or "")
+        if line.imported:
+            cells[-1] += " " + IMPORTED_MARK
         if session:
             if line is result.total:
                 cells += ["", "", "", f"{line.requests:,}", f"{line.counts['blocked']:,}", "", "", "", cost]
@@ -179,14 +188,18 @@ def _table(result: Report, free: FreeUsage | None) -> str:
                 f"{line.tokens['reasoning_tokens']:,}",
                 cost,
             ]
+        if byok:
+            cells.append(money(line.money("upstream_cost_usd")))
         if timed:
             cells.append("" if line is result.total else bar(float(line.cost_usd), widest))
         table.append(cells)
-    numeric = ("requests", "errors", "blocked", "input", "output", "cached", "reasoning", "cost_usd", "duration")
+    numeric = ("requests", "errors", "blocked", "input", "output", "cached", "reasoning", "cost_usd", "byok_usd", "duration")
     right = [name in numeric for name in headers]
     notes = list(result.notes)
     if result.total.cost_unknown:
         notes.append("* some requests in this group have no known cost")
+    if any(line.imported for line in result.lines):
+        notes.append(f"{IMPORTED_MARK} imported from OpenRouter's /activity: it has no errors, blocked or cached counts")
     if free is not None and (free.today or result.total.counts["free_requests"]):
         notes.append(free.line())
     return "\n".join([format_table(headers, table, right=right, total=True), *notes])

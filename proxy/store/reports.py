@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -63,6 +63,8 @@ class Line:
     models: set[str] = field(default_factory=set)
     projects: set[str] = field(default_factory=set)
     clients: set[str] = field(default_factory=set)
+    # OpenRouter's own figures for a UTC day the log has no rows of (`import-activity`), not ours.
+    imported: bool = False
 
     def value(self, name: str) -> int:
         return self.sums[_AT[name]]
@@ -112,6 +114,8 @@ class Line:
         document: dict[str, Any] = {"group": self.group}
         if self.breakdown is not None:
             document["breakdown"] = self.breakdown
+        if self.imported:
+            document["imported"] = True
         document.update(self.counts)
         document.update(self.tokens)
         document.update({name: format(self.money(name), "f") for name in rollups.MONEY})
@@ -594,15 +598,18 @@ def report(
             if line is None:
                 line = lines[key] = Line(*key)
             line.add(row[summed], row[summed.stop], row[summed.stop + 1])
+    imported, imported_notes = _imported_lines(db, levels, since, until, filters, tz, labels)
+    notes += imported_notes
+    every = [*lines.values(), *imported]
     total = Line("total")
-    if lines:
-        total.sums = [sum(column) for column in zip(*(line.sums for line in lines.values()))]
+    if every:
+        total.sums = [sum(column) for column in zip(*(line.sums for line in every))]
         seen = [line for line in lines.values() if line.first_at is not None]
         total.first_at = min((line.first_at for line in seen if line.first_at), default=None)
         total.last_at = max((line.last_at for line in seen if line.last_at), default=None)
     if total.inexact:
         notes.append(f"{total.inexact} amounts are not fixed-point decimals of at most 24 places and are not in the totals")
-    ordered = _ordered(list(lines.values()), by, breakdown)
+    ordered = _ordered(every, by, breakdown)
     if limit is not None:
         groups = list(dict.fromkeys(line.group for line in ordered))
         if len(groups) > limit:
@@ -627,6 +634,104 @@ def report(
                 if client:
                     found.clients.add(client)
     return Report(by, breakdown, since, until, ordered, total, tuple(notes))
+
+
+# The groupings OpenRouter's /activity figures (UTC day x model x provider) can answer.
+_IMPORTABLE = ("day", "week", "month", "model", "provider")
+_IMPORTED_COLUMNS = ("date", "model", "provider", "usage_usd", "byok_usage_usd", "requests",
+                     "prompt_tokens", "completion_tokens", "reasoning_tokens")
+
+
+def _money_sums(amount: Decimal) -> tuple[int, int, int]:
+    """(pico, yocto, inexact) of an amount, as the rollups sum it."""
+    scaled = amount.scaleb(24, _EXACT)
+    if not scaled.is_finite() or scaled != scaled.to_integral_value():
+        return 0, 0, 1
+    pico, yocto = divmod(int(scaled), rollups.PICO)
+    return pico, yocto, 0
+
+
+_EXACT = Context(prec=80)
+
+
+def _logged_days(db: sqlite3.Connection, days: list[str]) -> set[str]:
+    """Which of these UTC days have any row in the log (the daily rollup keeps them after retention)."""
+    wanted = json.dumps(days)
+    if _has_rollup(db):
+        sql = f"SELECT DISTINCT period FROM {rollups.DAILY.table} WHERE period IN (SELECT value FROM json_each(?))"
+        return {row[0] for row in db.execute(sql, (wanted,))}
+    sql = (
+        "SELECT DISTINCT substr(started_at, 1, 10) FROM requests WHERE started_at >= ? AND started_at < ? "
+        "AND substr(started_at, 1, 10) IN (SELECT value FROM json_each(?))"
+    )
+    after = (date.fromisoformat(days[-1]) + timedelta(days=1)).isoformat()
+    return {row[0] for row in db.execute(sql, (days[0], after, wanted))}
+
+
+def _imported_lines(
+    db: sqlite3.Connection,
+    levels: list[str],
+    since: datetime | None,
+    until: datetime | None,
+    filters: Filters,
+    tz: ZoneInfo,
+    labels: dict[str, Any],
+) -> tuple[list[Line], list[str]]:
+    """Lines of OpenRouter's imported /activity figures for the whole UTC days in the range that the log
+    has no rows of at all: a day the proxy saw is never added again, even in part (no double counting).
+    At most 30 days x models x providers: read directly, not through the rollups."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'imported_activity'").fetchone() is None:
+        return [], []
+    clauses, params = [], []
+    if since is not None:
+        clauses.append("date >= ?")
+        params.append(_ceil_day(since.astimezone(UTC)).date().isoformat())
+    if until is not None:
+        clauses.append("date < ?")
+        params.append(_floor_day(until.astimezone(UTC)).date().isoformat())
+    if filters.models:
+        clauses.append("(" + " OR ".join("model GLOB ?" for _ in filters.models) + ")")
+        params += filters.models
+    where = " WHERE " + " AND ".join(clauses) if clauses else ""
+    found = db.execute(f"SELECT {', '.join(_IMPORTED_COLUMNS)} FROM imported_activity{where}", params).fetchall()
+    if not found:
+        return [], []
+    logged = _logged_days(db, sorted({row[0] for row in found}))
+    rows = [tuple(row) for row in found if row[0] not in logged]
+    if not rows:
+        return [], []
+    other = [level for level in levels if level not in _IMPORTABLE]
+    if other:
+        return [], [f"imported days (OpenRouter's /activity) have no {other[0]}: not included"]
+    unfiltered = [name for name, globs in (("project", filters.projects), ("session", filters.sessions),
+                                            ("key", filters.keys), ("client", filters.clients)) if globs]
+    if unfiltered:
+        return [], [f"imported days (OpenRouter's /activity) have no {unfiltered[0]} to filter on: not included"]
+    if any(level in TIME_GROUPINGS for level in levels) and _offsets(tz, since, until) != {0.0}:
+        return [], [f"imported days (OpenRouter's /activity) are UTC days: not included with time zone {tz.key}"]
+    at = {name: SUMMED.index(name) for name in ("requests", "input_tokens", "output_tokens", "reasoning_tokens")}
+    out: dict[tuple[str, str | None], Line] = {}
+    for day, model, provider, usage, byok, requests, prompt, completion, reasoning in rows:
+        values = {"day": day, "model": model, "provider": provider}
+        keys = [labels[level](day) if level in labels else (values[level] or NONE) for level in levels]
+        key = (keys[0], keys[1] if len(keys) > 1 else None)
+        line = out.get(key)
+        if line is None:
+            line = out[key] = Line(*key, imported=True)
+        sums = [0] * len(SUMMED)
+        sums[at["requests"]] = requests or 0
+        sums[at["input_tokens"]] = prompt or 0
+        sums[at["output_tokens"]] = completion or 0
+        sums[at["reasoning_tokens"]] = reasoning or 0
+        # cost_usd is the whole spend (credits plus what BYOK providers charged), as for proxied rows.
+        provider_part = Decimal(byok or 0)
+        amounts = {"cost_usd": Decimal(usage or 0) + provider_part, "upstream_cost_usd": provider_part}
+        for name in rollups.MONEY:
+            for part, value in zip(("pico", "yocto", "inexact"), _money_sums(amounts.get(name, Decimal(0)))):
+                sums[SUMMED.index(f"{name}_{part}")] = value
+        line.add(sums, None, None)
+    notes = ["imported days (OpenRouter's /activity) are added only for UTC days with no proxied rows; days the log covers never add them"]
+    return list(out.values()), notes
 
 
 def _ordered(lines: list[Line], by: str, breakdown: str | None) -> list[Line]:
