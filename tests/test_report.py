@@ -674,3 +674,17 @@ async def test_other_groupings_say_imported_days_are_not_included(tmp_path: Path
     assert result.total.cost_usd == Decimal("0.75")
     assert any(note.startswith("imported days (OpenRouter's /activity) have no") and "not included" in note for note in result.notes)
     assert not any("imported" in note for note in empty.notes)
+
+
+async def test_imported_days_are_utc_days(tmp_path: Path) -> None:
+    path = await imported_db(tmp_path)
+    tz = ZoneInfo("America/New_York")
+    with reader(path) as db:
+        local_days = report(db, "day", tz=tz)
+        models = report(db, "model", tz=tz)
+        utc_month = report(db, "month")
+    assert not any(line.imported for line in local_days.lines)
+    assert any("UTC days" in note and "America/New_York" in note for note in local_days.notes)
+    assert models.total.cost_usd == Decimal("2.900000000000000000000001")
+    assert sorted((line.group, line.imported) for line in utc_month.lines) == [("2026-11", False), ("2026-11", True)]
+    assert utc_month.total.cost_usd == models.total.cost_usd
