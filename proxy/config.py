@@ -70,6 +70,13 @@ class UiConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """The /-/admin/ API (keys and budgets at runtime): off unless `token_env` names its token."""
+
+    token_env: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     host: str = "127.0.0.1"
     port: int = 8787
@@ -115,6 +122,7 @@ class Config:
     alerts: tuple[Any, ...] = ()
     log_level: str = "info"
     reconcile: ReconcileConfig = field(default_factory=ReconcileConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
     # Host names (besides localhost and loopback addresses) the proxy's own pages (/metrics,
     # /healthz) answer to while it listens on loopback without a metrics token: anything else is a
     # DNS-rebinding page that resolved its own name to 127.0.0.1.
@@ -193,9 +201,10 @@ def parse_config(raw: Any) -> Config:
             "storage.on_unavailable",
             ("serve", "block"),
         ),
+        admin=_admin(data.get("admin", {})),
     )
-    if config.managed_key_env and not any(k.key_env or k.key_sha256 for k in config.keys):
-        raise ConfigError("managed_key_env: managed-key mode needs proxy keys under `keys:` (key_env or key_sha256)")
+    # Managed mode without `keys:` is allowed: proxy keys can be made at runtime (`keys create`),
+    # and until one exists every request gets 401.
     return _with_budgets_and_alerts(config, data)
 
 
@@ -224,6 +233,7 @@ _TOP_KEYS = {
     "retention",
     "access_log",
     "storage",
+    "admin",
 }
 
 
@@ -425,6 +435,11 @@ def _keys(raw: Any) -> tuple[KeyAlias, ...]:
             )
         )
     return tuple(keys)
+
+
+def _admin(raw: Any) -> AdminConfig:
+    data = _section(raw, "admin", {"token_env"})
+    return AdminConfig(token_env=_string(data["token_env"], "admin.token_env") if data.get("token_env") is not None else None)
 
 
 def _reconcile(raw: Any) -> ReconcileConfig:

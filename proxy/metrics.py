@@ -426,6 +426,15 @@ class Metrics:
             except KeyError:
                 pass
 
+    def remove_budget(self, budget: str) -> None:
+        """A budget deleted at runtime: drop its gauges rather than leave its last values standing."""
+        for scope in list(self._budget_scopes.get(budget, ())):
+            self.remove_budget_scope(budget, scope)
+        try:
+            self.budget_warn_ratio.remove(budget)
+        except KeyError:
+            pass
+
     def budget_blocked(self, budget: str) -> None:
         self.budget_blocked_total.labels(budget).inc()
 

@@ -59,8 +59,8 @@ async def test_unknown_proxy_key_gets_401_and_nothing_is_forwarded(start_proxy: 
 
 
 def test_managed_mode_config_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ConfigError, match="^managed_key_env: managed-key mode needs proxy keys"):
-        parse_config({"managed_key_env": "X"})
+    # Managed mode without `keys:` is fine now: proxy keys can be made at runtime (`keys create`).
+    assert parse_config({"managed_key_env": "X"}).keys == ()
     with pytest.raises(ConfigError, match=r"^keys\[0\]\.key_sha256: expected 64 lowercase hex digits"):
         parse_config({"keys": [{"alias": "a", "key_sha256": "abc"}]})
     from proxy.server.app import create_app

@@ -12,6 +12,7 @@ the last one was admitted cost beyond their reservations, plus the cost of that 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import math
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -101,6 +102,8 @@ class _Hold:
     scope_value: str
     window_start: datetime | None
     amount: Decimal
+    # The budget's name: indexes change when budgets are added or deleted at runtime (with_specs).
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,11 +199,13 @@ class Budgets:
 
     # -- warm-up
 
-    def load(self, rows: Iterable[SpendRow | tuple[Any, ...]], now: datetime) -> None:
+    def load(self, rows: Iterable[SpendRow | tuple[Any, ...]], now: datetime, *, only: frozenset[int] | None = None) -> None:
         """Add past spend (rows inside the widest window, oldest first); call once, before traffic.
 
         Each row is (started_at, cost_usd, key fingerprint, project, session, requested model[, key alias[, served model]]);
         started_at may be an ISO-8601 string and cost a float or string, as SQLite returns them.
+        `only` (spec indexes) warms up budgets added at runtime, leaving the others and the
+        running cost means as they are.
         """
         now_u = as_utc(now)
         for raw in rows:
@@ -213,7 +218,8 @@ class Budgets:
             if isinstance(started, str):
                 started = datetime.fromisoformat(started)
             ts = (started if started.tzinfo else started.replace(tzinfo=UTC)).astimezone(UTC)
-            self._learn(row.model, cost)
+            if only is None:
+                self._learn(row.model, cost)
             who = Who(row.key, row.key_alias, row.project, row.session, row.model)
             matched = list(self._matching(who))
             if row.served and row.served != row.model:
@@ -222,6 +228,8 @@ class Budgets:
                 served = Who(row.key, row.key_alias, row.project, row.session, row.served)
                 matched += [m for m in self._matching(served) if m[0] not in held]
             for i, spec, value in matched:
+                if only is not None and i not in only:
+                    continue
                 st = self._current(i, value, now_u)
                 if spec.rolling_seconds is None:
                     assert st.start is not None and st.end is not None
@@ -230,6 +238,43 @@ class Budgets:
                 elif ts > now_u - timedelta(seconds=spec.rolling_seconds):
                     _add_entry(spec, st, ts, cost)
                     st.spent += cost
+
+    def with_specs(self, specs: Iterable[BudgetSpec], rows: Iterable[SpendRow | tuple[Any, ...]], now: datetime) -> Budgets:
+        """A Budgets for a new set of specs (budgets created or deleted at runtime).
+
+        A spec present before, unchanged, keeps its windows and in-flight reservations as they are
+        (re-reading them from SQLite would miss rows still queued in the recorder); a new or changed
+        spec is warmed up from `rows` like at start. Reservations handed out before keep working:
+        settle() goes by the reservation's id, not by the indexes it was made with.
+        """
+        new = Budgets(
+            specs, self.tz, reserve_usd=self._reserve, reserve_floor_usd=self._floor,
+            projection_min_elapsed=self._min_elapsed, scope_cap=self._scope_cap,
+        )
+        old_index = {spec: i for i, spec in enumerate(self.specs)}
+        moved: dict[int, int] = {}
+        for j, spec in enumerate(new.specs):
+            i = old_index.get(spec)
+            if i is not None:
+                moved[i] = j
+        for (i, value), st in self._states.items():
+            if i in moved:
+                new._states[(moved[i], value)] = st
+        for i, j in moved.items():
+            new._tracked[j] = self._tracked[i]
+        kept = {self.specs[i].name for i in moved}
+        new._fired = {key: until for key, until in self._fired.items() if key[0] in kept}
+        new._means = OrderedDict(self._means)
+        new._aliases = OrderedDict(self._aliases)
+        new._ids = self._ids
+        new._last_sweep = self._last_sweep
+        for rid, res in self._live.items():
+            holds = tuple(dataclasses.replace(h, index=moved[h.index]) for h in res.holds if h.index in moved)
+            new._live[rid] = dataclasses.replace(res, holds=holds)
+        fresh = frozenset(j for j in range(len(new.specs)) if j not in moved.values())
+        if fresh:
+            new.load(rows, now, only=fresh)
+        return new
 
     def mark_fired(self, keys: Iterable[AlertKey]) -> None:
         """Seed the alerts already sent (from SQLite) so a restart does not send them again."""
@@ -283,7 +328,7 @@ class Budgets:
         for i, spec, value, st in matching:
             st.reserved += amount
             st.in_flight += 1
-            holds.append(_Hold(i, value, st.start, amount))
+            holds.append(_Hold(i, value, st.start, amount, spec.name))
         reservation = Reservation(next(self._ids), now_u, who.model, tuple(holds))
         if holds:
             self._live[reservation.id] = reservation
@@ -298,14 +343,19 @@ class Budgets:
         return self._settle(reservation, cost, as_utc(now))
 
     def _settle(self, reservation: Reservation, cost: Decimal | None, now_u: datetime | None) -> list[AlertEvent]:
-        if not reservation.admitted or (reservation.holds and self._live.pop(reservation.id, None) is None):
-            return []  # refused, or already settled
+        if not reservation.admitted:
+            return []
+        live = self._live.pop(reservation.id, None)
+        if reservation.holds and live is None:
+            return []  # already settled
+        # The stored copy: with_specs() may have moved its holds to other indexes, or dropped some.
+        holds = live.holds if live is not None else ()
         if cost is not None and cost < 0:
             cost = None
         if cost is not None:
             self._learn(reservation.model, cost)
         events: list[AlertEvent] = []
-        for hold in reservation.holds:
+        for hold in holds:
             spec = self.specs[hold.index]
             if now_u is None:
                 st = self._states.get((hold.index, hold.scope_value))
@@ -335,11 +385,12 @@ class Budgets:
         if not cost or cost < 0:
             return []
         now_u = as_utc(now)
-        held = {hold.index for hold in skip.holds} if skip is not None else set()
+        # By name: the caller's reservation may predate a with_specs() that moved the indexes.
+        held = {hold.name for hold in skip.holds} if skip is not None else set()
         started = skip.started_at if skip is not None else now_u
         events: list[AlertEvent] = []
         for i, spec, value in list(self._matching(who)):
-            if i in held:
+            if spec.name in held:
                 continue
             st = self._current(i, value, now_u)
             st.spent += cost

@@ -13,6 +13,8 @@ from proxy.budgets.ledger import Budgets
 from proxy.config import load_config
 from proxy.errors import CliError
 from proxy.server.guard import load_spend_sync
+from proxy.server.runtime import runtime_specs
+from proxy.store.keys import read_state
 from proxy.store.sqlite import connect_readonly
 from proxy.tables import format_table, money
 
@@ -23,24 +25,36 @@ def add_commands(commands: Any) -> None:
     budgets.add_argument("--db", type=Path, help="SQLite file (default: $OPENROUTER_SPEND_DB, the config's db, else the per-user data dir)")
     budgets.add_argument("--format", choices=("table", "json"), default="table")
     budgets.set_defaults(func=run)
+    from proxy.cli.keys import add_budget_commands
+
+    add_budget_commands(budgets)
 
 
 def run(args: argparse.Namespace) -> int:
     from proxy.cli.locate import CONFIG_ENV, default_config, missing_db, resolve_config, resolve_db
 
+    # No config file is fine when the budgets were made at runtime (`budgets set`): they live in the db.
     config_path = resolve_config(args.config)
-    if config_path is None:
-        raise CliError(f"--config: no config file (looked at ${CONFIG_ENV} and {default_config()}); budgets live in one")
     config = load_config(config_path)
-    if not config.budgets:
-        raise CliError(f"--config: no budgets configured in {config_path} (see config/proxy.example.yaml)")
-    db_path = resolve_db(args.db, config)
+    db_path = resolve_db(args.db, config if config_path is not None else None)
     try:
         db = connect_readonly(db_path)
     except FileNotFoundError:
-        raise CliError(f"--db: {missing_db(db_path, args.db, config)}") from None
+        if config_path is not None and not config.budgets:
+            raise CliError(f"--config: no budgets configured in {config_path} (see config/proxy.example.yaml)") from None
+        raise CliError(f"--db: {missing_db(db_path, args.db, config if config_path is not None else None)}") from None
     now = datetime.now(UTC)
-    budgets = Budgets(config.budgets, config.tz)
+    specs = config.budgets
+    try:
+        # Budgets made at runtime (budgets set, keys create --budget) count as the proxy counts them.
+        specs = runtime_specs(config.budgets, read_state(db), now)
+    except sqlite3.Error:
+        pass  # a database from before runtime budgets existed
+    if not specs:
+        db.close()
+        where = config_path or f"no config file (looked at ${CONFIG_ENV} and {default_config()})"
+        raise CliError(f"--config: no budgets configured in {where} nor in {db_path} (see config/proxy.example.yaml, or `budgets set`)")
+    budgets = Budgets(specs, config.tz)
     try:
         load_spend_sync(db, budgets, now)
     except sqlite3.Error as exc:

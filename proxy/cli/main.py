@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile_cli.add_commands(commands)
     report_cli.add_commands(commands)
     vacuum_cli.add_commands(commands)
+    from proxy.cli import keys as keys_cli
+
+    keys_cli.add_commands(commands)
     return parser
 
 

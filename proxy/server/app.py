@@ -31,7 +31,9 @@ from proxy.server.forward import Forwarder
 from proxy.pricing.books import Reconciler
 from proxy.pricing.endpoints import ProviderPrices
 from proxy.pricing.generation import Backfill
+from proxy.server.admin import Admin
 from proxy.server.guard import BudgetGuard, load_spend, publish_loop
+from proxy.server.runtime import Runtime
 from proxy.server.intake import Intake
 from proxy.metrics import Metrics, metrics_handler
 from proxy.store.recorder import Recorder
@@ -58,6 +60,8 @@ MANAGED_KEY = web.AppKey("managed_key", str)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 PROVIDER_PRICES = web.AppKey("provider_prices", ProviderPrices)
 INTAKE = web.AppKey("intake", Intake)
+ATTRIBUTOR = web.AppKey("attributor", Attributor)
+RUNTIME = web.AppKey("runtime", Runtime)
 
 
 def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
@@ -77,7 +81,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     )
     app[METRICS].set_free_daily_limit(config.free_daily_limit)
     app.cleanup_ctx.extend(
-        [_database, _window_spend, _recorder, _http_session, _catalog, _provider_prices, _budgets, _backfill, _forwarder]
+        [_database, _window_spend, _recorder, _http_session, _catalog, _provider_prices, _budgets, _backfill, _forwarder, _runtime]
     )
     if config.reconcile.interval_minutes and config.db_url:
         # The reconciler reads the log with its own SQLite connection; PostgreSQL readers come later.
@@ -88,6 +92,16 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         app.router.add_get("/metrics", _only_hosts(metrics_handler(registry, metrics_token), _own_hosts(config, config.host, metrics_token)))
     elif config.metrics.enabled:
         app.cleanup_ctx.append(_metrics_site(registry, metrics_token))
+    admin_token = _admin_token(config)
+    if admin_token is not None and config.db_url:
+        raise ConfigError("admin.token_env: not available yet with a PostgreSQL db (runtime keys live in SQLite)")
+    if admin_token is not None:
+        admin = Admin(
+            admin_token, config.db, lambda: app[RUNTIME].refresh(),
+            frozenset(k.alias for k in config.keys), frozenset(b.name for b in config.budgets),
+        )
+        # The token guards it; the Host rule as for /metrics on loopback keeps DNS-rebinding pages off too.
+        admin.add_routes(app.router, lambda handler: _only_hosts(handler, _own_hosts(config, config.host, None)))
     app.router.add_get("/healthz", _only_hosts(_health, _own_hosts(config, config.host, metrics_token)))
     if config.ui.enabled:
         # The page and its /-/ endpoints: before the catch-all, so they are never forwarded.
@@ -165,6 +179,15 @@ def _managed_key(config: Config) -> str | None:
     if not key:
         raise ConfigError(f"managed_key_env: environment variable {config.managed_key_env} is not set")
     return key
+
+
+def _admin_token(config: Config) -> str | None:
+    if not config.admin.token_env:
+        return None
+    token = os.environ.get(config.admin.token_env, "").strip()
+    if not token:
+        raise ConfigError(f"admin.token_env: environment variable {config.admin.token_env} is not set")
+    return token
 
 
 def _metrics_token(config: Config) -> str | None:
@@ -329,10 +352,8 @@ async def _provider_prices(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _budgets(app: web.Application) -> AsyncIterator[None]:
+    # A guard even without config budgets: budgets can be added at runtime (budgets set, keys --budget).
     config = app[CONFIG]
-    if not config.budgets:
-        yield
-        return
     notifier = Notifier(config.alerts, app[SESSION])
     budgets = Budgets(config.budgets, config.tz)
     rows = await load_spend(app[STORE], budgets, datetime.now(UTC))
@@ -370,6 +391,7 @@ async def _backfill(app: web.Application) -> AsyncIterator[None]:
 async def _forwarder(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     attributor = Attributor(await app[STORE].salt(), config.keys, managed=bool(app[MANAGED_KEY]))
+    app[ATTRIBUTOR] = attributor
     holder = app[CATALOG]
     app[FORWARDER] = Forwarder(
         config,
@@ -385,6 +407,20 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
         intake=app[INTAKE],
     )
     yield
+
+
+async def _runtime(app: web.Application) -> AsyncIterator[None]:
+    # Keys and budgets made at runtime: loaded before the port opens, then polled.
+    if DB not in app:
+        yield  # they live in the SQLite file only, for now (create_app refuses the admin API on PostgreSQL)
+        return
+    runtime = Runtime(app[CONFIG], app[DB], app[ATTRIBUTOR], app[GUARD])
+    app[RUNTIME] = runtime
+    await runtime.refresh()
+    task = asyncio.create_task(runtime.run(), name="runtime-keys")
+    yield
+    task.cancel()
+    await asyncio.wait([task])
 
 
 def _reconcile(config: Config, managed_key: str | None, interval_s: float):  # type: ignore[no-untyped-def]

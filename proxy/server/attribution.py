@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -115,6 +116,12 @@ class Attributor:
                 self._by_sha256[_sha256(env[alias.key_env])] = alias
             elif alias.key_sha256:
                 self._by_sha256[alias.key_sha256] = alias
+        # Proxy keys made at runtime (`keys create`), by SHA-256 of salt + key, with their expiry
+        # (epoch seconds): the poller swaps the whole dict, so a lookup never sees half an update.
+        self._runtime: Mapping[str, tuple[KeyAlias, float | None]] = {}
+
+    def set_runtime_keys(self, keys: Mapping[str, tuple[KeyAlias, float | None]]) -> None:
+        self._runtime = keys
 
     def fingerprint(self, key: str) -> str:
         found = self._fingerprints.get(key)
@@ -127,14 +134,23 @@ class Attributor:
     def proxy_key(self, headers: Mapping[str, str]) -> KeyAlias | None:
         """Managed mode: the configured proxy key the client presented, or None."""
         key = presented_key(headers)
-        return self._by_sha256.get(_sha256(key)) if key else None
+        return self._proxy_alias(key) if key else None
+
+    def _proxy_alias(self, key: str) -> KeyAlias | None:
+        alias = self._by_sha256.get(_sha256(key)) if self._by_sha256 else None
+        if alias is None and self._runtime:
+            found = self._runtime.get(hashlib.sha256(self._salt + key.encode("utf-8", "surrogateescape")).hexdigest())
+            # Expiry is checked here, not only by the poller, so a key stops at its expiry to the second.
+            if found is not None and (found[1] is None or time.time() < found[1]):
+                alias = found[0]
+        return alias
 
     def of(self, headers: Mapping[str, str], path_project: str | None = None) -> Attribution:
         key = presented_key(headers)
         key_fingerprint = self.fingerprint(key) if key else None
         alias = self._aliases.get(key_fingerprint) if key_fingerprint else None
-        if alias is None and key and self._by_sha256:
-            alias = self._by_sha256.get(_sha256(key))
+        if alias is None and key and (self._by_sha256 or self._runtime):
+            alias = self._proxy_alias(key)
         project = clean(path_project, 64) or clean(headers.get("X-Spend-Project"), 64)
         if alias is not None and alias.project and (project is None or self._managed):
             project = alias.project

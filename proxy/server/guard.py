@@ -87,6 +87,24 @@ async def load_spend(db: Store | aiosqlite.Connection, budgets: Budgets, now: da
     return len(rows)
 
 
+async def respec(db: aiosqlite.Connection, guard: BudgetGuard, specs: tuple[BudgetSpec, ...], now: datetime) -> None:
+    """Budgets added or removed at runtime: warm up only the new ones from the log, keep the rest."""
+    old = set(guard.budgets.specs)
+    fresh = tuple(spec for spec in specs if spec not in old)
+    rows: list[SpendRow] = []
+    fired: list[tuple[str, str, str, str, str]] = []
+    if fresh:
+        since = earliest_window_start(fresh, guard.budgets, now)
+        async with db.execute(SPEND_QUERY, (encode_time(since),)) as cursor:
+            rows = spend_rows(await cursor.fetchall())
+        async with db.execute(ALERTS_QUERY, (since.isoformat(),)) as cursor:
+            fired = fired_keys(await cursor.fetchall())
+    # No await from here on: the swap sees every reservation settled up to now.
+    budgets = guard.budgets.with_specs(specs, rows, now)
+    budgets.mark_fired(fired)
+    guard.use(budgets)
+
+
 def load_spend_sync(db: sqlite3.Connection, budgets: Budgets, now: datetime) -> int:
     """The same, for the CLI's read-only connection."""
     since = earliest_window_start(budgets.specs, budgets, now)
@@ -106,6 +124,15 @@ class BudgetGuard:
         for spec in budgets.specs:
             if spec.warn_at:
                 metrics.set_budget_warn_ratio(spec.name, float(min(spec.warn_at)))
+
+    def use(self, budgets: Budgets) -> None:
+        gone = {spec.name for spec in self.budgets.specs} - {spec.name for spec in budgets.specs}
+        self.budgets = budgets
+        for spec in budgets.specs:
+            if spec.warn_at:
+                self._metrics.set_budget_warn_ratio(spec.name, float(min(spec.warn_at)))
+        for name in gone:
+            self._metrics.remove_budget(name)
 
     def decide(self, attribution: Attribution, model: str | None, model_unknown: bool = False) -> Decision:
         decision = self.budgets.decide(who_of(attribution, model, model_unknown), datetime.now(UTC))

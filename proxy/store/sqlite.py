@@ -192,6 +192,27 @@ def _m009_hourly_rollup(db: sqlite3.Connection) -> None:
     rollups.create(db, ("cost_usd", "upstream_cost_usd"))
 
 
+def _m010_runtime_keys(db: sqlite3.Connection) -> None:
+    # Proxy keys and budgets made at runtime (`keys create`, `budgets set`, /-/admin/). A key is
+    # stored only as SHA-256 of the database's salt and the key; `meta.runtime_version` counts
+    # changes so a running proxy notices them with one small read.
+    db.execute(
+        """
+        CREATE TABLE proxy_keys (
+            name TEXT PRIMARY KEY,
+            key_hash TEXT NOT NULL UNIQUE,
+            project TEXT,
+            budget TEXT,
+            created_at TEXT NOT NULL,
+            expires_at TEXT,
+            revoked_at TEXT
+        )
+        """
+    )
+    db.execute("CREATE TABLE runtime_budgets (name TEXT PRIMARY KEY, spec TEXT NOT NULL, updated_at TEXT NOT NULL)")
+    db.execute("CREATE INDEX requests_key_alias ON requests (key_alias, started_at)")
+
+
 # Append only: a migration that has run on someone's database is never edited.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m001_requests,
@@ -203,6 +224,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m007_price_history,
     _m008_imported_activity,
     _m009_hourly_rollup,
+    _m010_runtime_keys,
 )
 
 

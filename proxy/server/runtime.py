@@ -1,0 +1,84 @@
+"""Runtime keys and budgets in a running proxy: poll `meta.runtime_version`, and on a change swap in
+the new proxy keys (attributor) and budget specs (guard).
+
+One small read every couple of seconds instead of a read per request: requests look keys up in a
+dict the poller replaces whole. Config budgets and key aliases win over database ones of the same
+name (the writers refuse such names; this covers a config changed afterwards).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from datetime import UTC, datetime
+
+import aiosqlite
+
+from proxy.budgets.spec import BudgetSpec
+from proxy.config import Config, KeyAlias
+from proxy.server.attribution import Attributor
+from proxy.server.guard import BudgetGuard, respec
+from proxy.store.keys import RuntimeState, key_budgets, read_state_async, read_version
+
+log = logging.getLogger(__name__)
+
+POLL_S = 2.0
+
+
+def runtime_specs(config_specs: tuple[BudgetSpec, ...], state: RuntimeState, now: datetime) -> tuple[BudgetSpec, ...]:
+    taken = {spec.name for spec in config_specs}
+    specs = list(config_specs)
+    for spec in (*state.budgets, *key_budgets(state.keys, now)):
+        if spec.name in taken:
+            continue
+        taken.add(spec.name)
+        specs.append(spec)
+    return tuple(specs)
+
+
+def runtime_keys(config: Config, state: RuntimeState) -> dict[str, tuple[KeyAlias, float | None]]:
+    aliases = {alias.alias for alias in config.keys}
+    return {
+        key.key_hash: (KeyAlias(alias=key.name, project=key.project), key.expires_at.timestamp() if key.expires_at else None)
+        for key in state.keys
+        if key.revoked_at is None and key.name not in aliases
+    }
+
+
+class Runtime:
+    def __init__(self, config: Config, db: aiosqlite.Connection, attributor: Attributor, guard: BudgetGuard) -> None:
+        self._config = config
+        self._db = db
+        self._attributor = attributor
+        self._guard = guard
+        self._version = -1
+        self._lock = asyncio.Lock()
+
+    async def refresh(self) -> bool:
+        """Reload if the version moved; True when something was applied."""
+        async with self._lock:
+            version = await read_version(self._db)
+            if version == self._version:
+                return False
+            state = await read_state_async(self._db)
+            now = datetime.now(UTC)
+            keys = runtime_keys(self._config, state)
+            self._attributor.set_runtime_keys(keys)
+            specs = runtime_specs(self._config.budgets, state, now)
+            if specs != self._guard.budgets.specs:
+                await respec(self._db, self._guard, specs, now)
+            for name in state.broken:
+                log.warning("event=runtime_budget_unusable budget=%s", name)
+            self._version = version
+            log.info("event=runtime_loaded version=%d keys=%d budgets=%d", version, len(keys), len(specs))
+            return True
+
+    async def run(self, interval_s: float = POLL_S) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.refresh()
+            except sqlite3.Error as exc:
+                # A locked or busy file: keep what we have and try again on the next tick.
+                log.warning("event=runtime_poll_failed error=%s", exc)
