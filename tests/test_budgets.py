@@ -579,3 +579,33 @@ async def test_publisher_work_per_tick_is_bounded_by_the_caps(tmp_path: Any) -> 
         assert guard.publish() == 20 + 1
     finally:
         await db.close()
+
+
+# ---------------------------------------------------------------- specs changed at runtime
+
+
+def test_with_specs_keeps_windows_and_in_flight_reservations_and_warms_up_only_new_budgets() -> None:
+    now = at(2026, 11, 27, 12)
+    daily = spec(name="daily", limit_usd=D("1"))
+    b = Budgets([daily], BERLIN)
+    spend(b, Who(model="m"), "0.4", now)
+    in_flight = b.decide(Who(model="m"), now)
+    # The log holds the settled request; the new budget must count it, the old one must not twice.
+    rows = [(now - timedelta(minutes=1), D("0.4"), None, None, None, "m")]
+    cap = spec(name="cap", limit_usd=D("0.5"))
+    b2 = b.with_specs([cap, daily], rows, now)
+    assert [s.name for s in b2.specs] == ["cap", "daily"]
+    by_name = {s.name: s for s in b2.snapshot(now)}
+    assert by_name["daily"].spent_usd == D("0.4") and by_name["daily"].in_flight == 1
+    assert by_name["cap"].spent_usd == D("0.4") and by_name["cap"].in_flight == 0
+    # The reservation made before the swap settles into the moved budget, exactly once.
+    b2.settle(in_flight.reservation, D("0.3"), now)
+    b2.settle(in_flight.reservation, D("0.3"), now)
+    by_name = {s.name: s for s in b2.snapshot(now)}
+    assert by_name["daily"].spent_usd == D("0.7") and by_name["daily"].reserved_usd == 0
+    assert by_name["cap"].spent_usd == D("0.4")  # it held no reservation for that request
+    assert b2.decide(Who(model="m"), now).allowed  # cap: 0.4 spent of 0.5, then reserves the mean cost
+    assert not b2.decide(Who(model="m"), now).allowed  # held by that reservation
+    # Removing a budget drops it; the rest carry on.
+    b3 = b2.with_specs([daily], [], now)
+    assert [s.name for s in b3.snapshot(now)] == ["daily"] and b3.snapshot(now)[0].spent_usd == D("0.7")

@@ -414,7 +414,7 @@ async def _runtime(app: web.Application) -> AsyncIterator[None]:
     if DB not in app:
         yield  # they live in the SQLite file only, for now (create_app refuses the admin API on PostgreSQL)
         return
-    runtime = Runtime(app[CONFIG], app[DB], app[ATTRIBUTOR], app[GUARD])
+    runtime = Runtime(app[CONFIG], app[DB], app[ATTRIBUTOR], app[GUARD], app[RECORDER])
     app[RUNTIME] = runtime
     await runtime.refresh()
     task = asyncio.create_task(runtime.run(), name="runtime-keys")

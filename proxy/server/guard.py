@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import secrets
 import logging
 import re
 import sqlite3
@@ -87,13 +88,37 @@ async def load_spend(db: Store | aiosqlite.Connection, budgets: Budgets, now: da
     return len(rows)
 
 
-async def respec(db: aiosqlite.Connection, guard: BudgetGuard, specs: tuple[BudgetSpec, ...], now: datetime) -> None:
-    """Budgets added or removed at runtime: warm up only the new ones from the log, keep the rest."""
+async def _written(db: aiosqlite.Connection, recorder: Recorder, timeout_s: float = 5.0) -> None:
+    """Wait until every row queued so far is in SQLite: a new budget read from the log must count
+    the requests that just ended. The writer commits in queue order, so a marker statement queued
+    now is committed once they are."""
+    token = secrets.token_hex(8)
+    recorder.record(Statement("INSERT OR REPLACE INTO meta (key, value) VALUES ('runtime_barrier', ?)", (token,)))
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while loop.time() < end:
+        async with db.execute("SELECT value FROM meta WHERE key = 'runtime_barrier'") as cursor:
+            row = await cursor.fetchone()
+        if row is not None and row[0] == token:
+            return
+        await asyncio.sleep(0.02)
+    log.warning("event=runtime_budget_warmup_partial reason=recorder_behind")
+
+
+async def respec(
+    db: aiosqlite.Connection, guard: BudgetGuard, recorder: Recorder, specs: tuple[BudgetSpec, ...], now: datetime
+) -> None:
+    """Budgets added or removed at runtime: warm up only the new ones from the log, keep the rest.
+
+    A request in flight while a budget is created does not count in it (it holds no reservation
+    there); one that settles during the read of the log may be missed until the next restart.
+    """
     old = set(guard.budgets.specs)
     fresh = tuple(spec for spec in specs if spec not in old)
     rows: list[SpendRow] = []
     fired: list[tuple[str, str, str, str, str]] = []
     if fresh:
+        await _written(db, recorder)
         since = earliest_window_start(fresh, guard.budgets, now)
         async with db.execute(SPEND_QUERY, (encode_time(since),)) as cursor:
             rows = spend_rows(await cursor.fetchall())

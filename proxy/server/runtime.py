@@ -19,6 +19,7 @@ from proxy.budgets.spec import BudgetSpec
 from proxy.config import Config, KeyAlias
 from proxy.server.attribution import Attributor
 from proxy.server.guard import BudgetGuard, respec
+from proxy.store.recorder import Recorder
 from proxy.store.keys import RuntimeState, key_budgets, read_state_async, read_version
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,11 @@ def runtime_keys(config: Config, state: RuntimeState) -> dict[str, tuple[KeyAlia
 
 
 class Runtime:
-    def __init__(self, config: Config, db: aiosqlite.Connection, attributor: Attributor, guard: BudgetGuard) -> None:
+    def __init__(
+        self, config: Config, db: aiosqlite.Connection, attributor: Attributor, guard: BudgetGuard, recorder: Recorder
+    ) -> None:
         self._config = config
+        self._recorder = recorder
         self._db = db
         self._attributor = attributor
         self._guard = guard
@@ -67,7 +71,7 @@ class Runtime:
             self._attributor.set_runtime_keys(keys)
             specs = runtime_specs(self._config.budgets, state, now)
             if specs != self._guard.budgets.specs:
-                await respec(self._db, self._guard, specs, now)
+                await respec(self._db, self._guard, self._recorder, specs, now)
             for name in state.broken:
                 log.warning("event=runtime_budget_unusable budget=%s", name)
             self._version = version

@@ -1,0 +1,110 @@
+"""The /-/admin/ API: off by default (404), never answered without its token, and its changes apply at once."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import openai
+import pytest
+
+from proxy.config import AdminConfig, parse_config
+from proxy.errors import ConfigError
+from tests.fake_openrouter import RECEIVED
+
+UPSTREAM_KEY = "sk-or-v1-" + "6" * 64
+ADMIN_TOKEN = "admin-" + "t0k3n" * 6
+CHAT: dict[str, Any] = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+@pytest.fixture
+def admin_config(make_config: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("TEST_UPSTREAM", UPSTREAM_KEY)
+    monkeypatch.setenv("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+    return make_config(managed_key_env="TEST_UPSTREAM", admin=AdminConfig(token_env="TEST_ADMIN_TOKEN"))
+
+
+def auth(token: str = ADMIN_TOKEN) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def call(proxy: Any, key: str, cost: str = "0.001") -> int:
+    async with openai.AsyncOpenAI(base_url=proxy.base, api_key=key, max_retries=0) as client:
+        try:
+            await client.chat.completions.create(**CHAT, extra_headers={"X-Fake-Cost": cost})
+        except openai.APIStatusError as exc:
+            return exc.status_code
+    return 200
+
+
+async def test_admin_api_is_off_by_default(proxy: Any) -> None:
+    for method in ("GET", "POST"):
+        response = await proxy.client.request(method, "/-/admin/keys", headers=auth(), json={"name": "x"})
+        assert response.status == 404
+    assert (await proxy.client.delete("/-/admin/budgets/x", headers=auth())).status == 404
+
+
+async def test_admin_api_needs_its_token(start_proxy: Any, admin_config: Any, upstream: Any) -> None:
+    proxy = await start_proxy(admin_config)
+    for headers in ({}, auth("wrong"), auth(ADMIN_TOKEN + "x"), {"Authorization": ADMIN_TOKEN}, auth(UPSTREAM_KEY)):
+        for method, path in (("GET", "/-/admin/keys"), ("POST", "/-/admin/keys"), ("DELETE", "/-/admin/keys/a"),
+                             ("PUT", "/-/admin/budgets/b"), ("DELETE", "/-/admin/budgets/b")):
+            response = await proxy.client.request(method, path, headers=headers, json={"name": "a", "limit_usd": 1})
+            assert response.status == 401, (method, path, headers)
+            assert (await response.json())["error"]["code"] == 401
+    assert (await (await proxy.client.get("/-/admin/keys", headers=auth())).json()) == []
+    # Loopback proxy: a page that resolved its own name to 127.0.0.1 is refused even with the token.
+    response = await proxy.client.get("/-/admin/keys", headers={**auth(), "Host": "evil.example"})
+    assert response.status == 403
+    assert upstream.app[RECEIVED] == []
+
+
+async def test_admin_keys_and_budgets_apply_at_once(start_proxy: Any, admin_config: Any, upstream: Any) -> None:
+    proxy = await start_proxy(admin_config)
+    response = await proxy.client.post("/-/admin/keys", headers=auth(), json={"name": "ci", "project": "builds", "budget": "0.01/day"})
+    assert response.status == 201
+    made = await response.json()
+    key = made["key"]
+    assert made["name"] == "ci" and key.startswith("sk-spend-")
+    assert await call(proxy, key) == 200
+    listing = await (await proxy.client.get("/-/admin/keys", headers=auth())).text()
+    assert "ci" in listing and key not in listing
+    again = await proxy.client.post("/-/admin/keys", headers=auth(), json={"name": "ci"})
+    assert again.status == 409
+    assert (await proxy.client.post("/-/admin/keys", headers=auth(), json={"name": "bad name"})).status == 400
+
+    # A runtime budget on every openai/* request, already over with the $0.001 spent: 402 at once.
+    response = await proxy.client.put("/-/admin/budgets/tiny", headers=auth(), json={"limit_usd": "0.0005", "period": "day", "match": {"model": "openai/*"}})
+    assert response.status == 200, await response.text()
+    assert await call(proxy, key) == 402
+    assert (await proxy.client.delete("/-/admin/budgets/tiny", headers=auth())).status == 200
+    assert (await proxy.client.delete("/-/admin/budgets/tiny", headers=auth())).status == 404
+    assert await call(proxy, key, cost="0.02") == 200
+    assert await call(proxy, key) == 402  # the key's own budget: $0.021 of $0.01
+
+    assert (await proxy.client.delete("/-/admin/keys/ci", headers=auth())).status == 200
+    forwarded = len(upstream.app[RECEIVED])
+    assert await call(proxy, key) == 401
+    assert len(upstream.app[RECEIVED]) == forwarded
+
+
+async def test_admin_budget_clash_with_config_is_refused(start_proxy: Any, admin_config: Any) -> None:
+    from proxy.budgets.spec import parse_budgets
+
+    config = dataclasses.replace(admin_config, budgets=parse_budgets([{"name": "daily", "limit_usd": 5}]))
+    proxy = await start_proxy(config)
+    response = await proxy.client.put("/-/admin/budgets/daily", headers=auth(), json={"limit_usd": 1})
+    assert response.status == 409
+    assert "config" in (await response.json())["error"]["message"]
+    assert (await proxy.client.delete("/-/admin/budgets/daily", headers=auth())).status == 409
+
+
+def test_admin_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_config({"admin": {"token_env": "T"}}).admin.token_env == "T"
+    with pytest.raises(ConfigError, match=r"^admin\.tokenenv: unknown key"):
+        parse_config({"admin": {"tokenenv": "T"}})
+    from proxy.server.app import create_app
+
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    with pytest.raises(ConfigError, match="^admin.token_env: environment variable NOT_SET_ANYWHERE is not set"):
+        create_app(parse_config({"admin": {"token_env": "NOT_SET_ANYWHERE"}}))
