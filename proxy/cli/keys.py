@@ -11,6 +11,7 @@ import json
 import sqlite3
 import sys
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -108,32 +109,31 @@ def _list(args: argparse.Namespace) -> int:
                 spent[key.name] = store.total_spend(db, key.name)
     finally:
         db.close()
-    entries = []
+    entries: list[dict[str, Any]] = []
+    rows: list[tuple[str, ...]] = []
     for key in state.keys:
         status = "revoked" if key.revoked_at else ("expired" if not key.live(now) else "live")
+        # In the budget's current window when the key has one, else since the key was made.
+        key_spent = spent.get(key.name, Decimal(0))
         entries.append({
             "name": key.name,
             "project": key.project,
             "budget": key.budget,
-            # In the budget's current window when the key has one, else since the key was made.
-            "spent_usd": str(spent.get(key.name, 0)),
+            "spent_usd": str(key_spent),
             "last_used": used[key.name].isoformat() if key.name in used else None,
             "expires_at": key.expires_at.isoformat() if key.expires_at else None,
             "status": status,
         })
+        rows.append((
+            key.name, key.project or "-", key.budget or "-", money(key_spent),
+            _short(used.get(key.name)), _short(key.expires_at), status,
+        ))
     if args.format == "json":
         print(json.dumps(entries, indent=2))
         return 0
     if not entries:
         print("no keys (make one with `openrouter-spend keys create --name NAME`)")
         return 0
-    rows = [
-        (
-            e["name"], e["project"] or "-", e["budget"] or "-", money(spent.get(e["name"], 0)),
-            _short(used.get(e["name"])), _short(next((k.expires_at for k in state.keys if k.name == e["name"]), None)), e["status"],
-        )
-        for e in entries
-    ]
     print(format_table(("name", "project", "budget", "spent", "last used (UTC)", "expires (UTC)", "status"), rows))
     return 0
 

@@ -139,6 +139,9 @@ def load_spend_sync(db: sqlite3.Connection, budgets: Budgets, now: datetime) -> 
     return len(rows)
 
 
+_UNLIMITED = Decision(True, None, "", 0, None, Reservation(0, datetime.fromtimestamp(0, UTC), None))
+
+
 class BudgetGuard:
     def __init__(self, budgets: Budgets, recorder: Recorder, notifier: Notifier, metrics: Metrics) -> None:
         self.budgets = budgets
@@ -160,6 +163,9 @@ class BudgetGuard:
             self._metrics.remove_budget(name)
 
     def decide(self, attribution: Attribution, model: str | None, model_unknown: bool = False) -> Decision:
+        if not self.budgets.specs:
+            # No budget at all (there is a guard anyway, for budgets made at runtime): skip the ledger.
+            return _UNLIMITED
         decision = self.budgets.decide(who_of(attribution, model, model_unknown), datetime.now(UTC))
         if not decision.allowed and decision.blocking is not None:
             self._metrics.budget_blocked(decision.blocking.name)
@@ -169,6 +175,8 @@ class BudgetGuard:
         return decision
 
     def settle(self, reservation: Reservation, cost: Decimal | None) -> None:
+        if not self.budgets.specs:
+            return
         now = datetime.now(UTC)
         events = self.budgets.settle(reservation, cost, now)
         for event in events:
