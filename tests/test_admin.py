@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import openai
@@ -59,7 +60,10 @@ async def test_admin_api_needs_its_token(start_proxy: Any, admin_config: Any, up
     assert upstream.app[RECEIVED] == []
 
 
-async def test_admin_keys_and_budgets_apply_at_once(start_proxy: Any, admin_config: Any, upstream: Any) -> None:
+async def test_admin_keys_and_budgets_apply_at_once(
+    start_proxy: Any, admin_config: Any, upstream: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     proxy = await start_proxy(admin_config)
     response = await proxy.client.post("/-/admin/keys", headers=auth(), json={"name": "ci", "project": "builds", "budget": "0.01/day"})
     assert response.status == 201
@@ -86,6 +90,18 @@ async def test_admin_keys_and_budgets_apply_at_once(start_proxy: Any, admin_conf
     forwarded = len(upstream.app[RECEIVED])
     assert await call(proxy, key) == 401
     assert len(upstream.app[RECEIVED]) == forwarded
+
+    await proxy.settle()
+    (entry,) = await (await proxy.client.get("/-/admin/keys", headers=auth())).json()
+    assert entry["status"] == "revoked" and entry["project"] == "builds" and entry["spent_usd"] == "0.021"
+    assert entry["last_used"] is not None
+    # Neither the key nor the admin token is in the database files or the log.
+    logs = "\n".join(r.getMessage() for r in caplog.records).encode()
+    db = proxy.db_path
+    places = {p.name: p.read_bytes() for p in db.parent.iterdir() if p.name.startswith(db.name)}
+    places["log"] = logs
+    secrets = (key, key.removeprefix("sk-spend-")[:20], ADMIN_TOKEN)
+    assert {name for name, blob in places.items() if any(s.encode() in blob for s in secrets)} == set()
 
 
 async def test_admin_budget_clash_with_config_is_refused(start_proxy: Any, admin_config: Any) -> None:

@@ -93,53 +93,31 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from proxy.budgets.ledger import Budgets
-    from proxy.server.guard import load_spend_sync
-
     config, db = _open(args)
-    now = datetime.now(UTC)
     try:
-        state = store.read_state(db)
-        budgets = Budgets(store.key_budgets(state.keys, now), config.tz)
-        load_spend_sync(db, budgets, now)
-        spent = {s.name.removeprefix(store.KEY_BUDGET_PREFIX): s.spent_usd for s in budgets.snapshot(now)}
-        used = store.last_used(db, [k.name for k in state.keys])
-        for key in state.keys:
-            if key.name not in spent:
-                spent[key.name] = store.total_spend(db, key.name)
+        entries = store.describe_keys(db, config.tz, datetime.now(UTC))
     finally:
         db.close()
-    entries: list[dict[str, Any]] = []
-    rows: list[tuple[str, ...]] = []
-    for key in state.keys:
-        status = "revoked" if key.revoked_at else ("expired" if not key.live(now) else "live")
-        # In the budget's current window when the key has one, else since the key was made.
-        key_spent = spent.get(key.name, Decimal(0))
-        entries.append({
-            "name": key.name,
-            "project": key.project,
-            "budget": key.budget,
-            "spent_usd": str(key_spent),
-            "last_used": used[key.name].isoformat() if key.name in used else None,
-            "expires_at": key.expires_at.isoformat() if key.expires_at else None,
-            "status": status,
-        })
-        rows.append((
-            key.name, key.project or "-", key.budget or "-", money(key_spent),
-            _short(used.get(key.name)), _short(key.expires_at), status,
-        ))
     if args.format == "json":
         print(json.dumps(entries, indent=2))
         return 0
     if not entries:
         print("no keys (make one with `openrouter-spend keys create --name NAME`)")
         return 0
+    rows = [
+        (
+            e["name"], e["project"] or "-", e["budget"] or "-", money(Decimal(e["spent_usd"])),
+            _short(e["last_used"]), _short(e["expires_at"]), e["status"],
+        )
+        for e in entries
+    ]
+    # Spent: in the budget's current window for a key with a budget, else since the key was made.
     print(format_table(("name", "project", "budget", "spent", "last used (UTC)", "expires (UTC)", "status"), rows))
     return 0
 
 
-def _short(moment: datetime | None) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M") if moment else "-"
+def _short(moment: str | None) -> str:
+    return datetime.fromisoformat(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M") if moment else "-"
 
 
 def _revoke(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
@@ -35,7 +36,9 @@ class Admin:
         refresh: Callable[[], Awaitable[Any]],
         config_aliases: frozenset[str],
         config_budgets: frozenset[str],
+        tz: ZoneInfo,
     ) -> None:
+        self._tz = tz
         self._token = token.encode()
         self._db_path = db_path
         self._refresh = refresh
@@ -99,18 +102,7 @@ class Admin:
         )
 
     async def list_keys(self, request: web.Request) -> web.StreamResponse:
-        state = await self._in_thread(store.read_state)
-        return web.json_response([
-            {
-                "name": k.name,
-                "project": k.project,
-                "budget": k.budget,
-                "created_at": k.created_at.isoformat(),
-                "expires_at": k.expires_at.isoformat() if k.expires_at else None,
-                "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
-            }
-            for k in state.keys
-        ])
+        return web.json_response(await self._in_thread(lambda db: store.describe_keys(db, self._tz, datetime.now(UTC))))
 
     async def revoke_key(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]

@@ -98,7 +98,7 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     if admin_token is not None:
         admin = Admin(
             admin_token, config.db, lambda: app[RUNTIME].refresh(),
-            frozenset(k.alias for k in config.keys), frozenset(b.name for b in config.budgets),
+            frozenset(k.alias for k in config.keys), frozenset(b.name for b in config.budgets), config.tz,
         )
         # The token guards it; the Host rule as for /metrics on loopback keeps DNS-rebinding pages off too.
         admin.add_routes(app.router, lambda handler: _only_hosts(handler, _own_hosts(config, config.host, None)))

@@ -72,6 +72,8 @@ class Runtime:
             specs = runtime_specs(self._config.budgets, state, now)
             if specs != self._guard.budgets.specs:
                 await respec(self._db, self._guard, self._recorder, specs, now)
+            if keys and not self._config.managed_key_env:
+                log.warning("event=runtime_keys_unused reason=managed_key_env_not_set keys=%d", len(keys))
             for name in state.broken:
                 log.warning("event=runtime_budget_unusable budget=%s", name)
             self._version = version
@@ -83,6 +85,6 @@ class Runtime:
             await asyncio.sleep(interval_s)
             try:
                 await self.refresh()
-            except sqlite3.Error as exc:
-                # A locked or busy file: keep what we have and try again on the next tick.
-                log.warning("event=runtime_poll_failed error=%s", exc)
+            except Exception as exc:  # noqa: BLE001 - the poller must outlive a bad tick
+                # A locked or busy file, say: keep what we have and try again on the next tick.
+                log.warning("event=runtime_poll_failed error=%s", type(exc).__name__ if not isinstance(exc, sqlite3.Error) else exc)

@@ -19,10 +19,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import aiosqlite
 
-from proxy.budgets.spec import BudgetSpec, parse_budgets
+from proxy.budgets.spec import BudgetSpec, parse_budgets, window
 from proxy.errors import ConfigError
 from proxy.store.sqlite import encode_time, prepare
 
@@ -223,18 +224,36 @@ def read_state(db: sqlite3.Connection) -> RuntimeState:
     return _state(db.execute(_KEYS_QUERY).fetchall(), db.execute(_BUDGETS_QUERY).fetchall())
 
 
-def last_used(db: sqlite3.Connection, names: list[str]) -> dict[str, datetime]:
-    found = {}
-    for name in names:
-        row = db.execute("SELECT MAX(started_at) FROM requests WHERE key_alias = ?", (name,)).fetchone()
-        if row and row[0]:
-            found[name] = _time(row[0])
-    return found
+def describe_keys(db: sqlite3.Connection, tz: ZoneInfo, now: datetime) -> list[dict[str, Any]]:
+    """What `keys list` and GET /-/admin/keys show: never the key, nor its hash.
 
-
-def total_spend(db: sqlite3.Connection, name: str) -> Decimal:
-    rows = db.execute("SELECT cost_usd FROM requests WHERE key_alias = ? AND cost_usd IS NOT NULL", (name,))
-    return sum((Decimal(r[0]) for r in rows), Decimal(0))
+    `spent_usd` is the spend in the key's budget window when it has a budget, else since it was made.
+    """
+    entries = []
+    for key in read_state(db).keys:
+        since = key.created_at
+        if key.budget:
+            spec = key_budget(key.name, key.budget)
+            since = max(since, window(spec, now, tz)[0].astimezone(UTC))
+        spent = sum(
+            (Decimal(r[0]) for r in db.execute(
+                "SELECT cost_usd FROM requests WHERE key_alias = ? AND started_at >= ? AND cost_usd IS NOT NULL",
+                (key.name, encode_time(since)),
+            )),
+            Decimal(0),
+        )
+        used = db.execute("SELECT MAX(started_at) FROM requests WHERE key_alias = ?", (key.name,)).fetchone()[0]
+        entries.append({
+            "name": key.name,
+            "project": key.project,
+            "budget": key.budget,
+            "spent_usd": format(spent, "f"),
+            "last_used": _time(used).isoformat() if used else None,
+            "created_at": key.created_at.isoformat(),
+            "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+            "status": "revoked" if key.revoked_at else ("expired" if not key.live(now) else "live"),
+        })
+    return entries
 
 
 # ---------------------------------------------------------------- SQLite, async (the proxy's poller)
