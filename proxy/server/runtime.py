@@ -74,6 +74,10 @@ class Runtime:
                 await respec(self._db, self._guard, self._recorder, specs, now)
             if keys and not self._config.managed_key_env:
                 log.warning("event=runtime_keys_unused reason=managed_key_env_not_set keys=%d", len(keys))
+            clashes = sorted({k.name for k in state.keys} & {a.alias for a in self._config.keys})
+            clashes += sorted({b.name for b in state.budgets} & {b.name for b in self._config.budgets})
+            for name in clashes:
+                log.warning("event=runtime_name_ignored name=%s reason=used_by_config", name)
             for name in state.broken:
                 log.warning("event=runtime_budget_unusable budget=%s", name)
             self._version = version
