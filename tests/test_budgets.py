@@ -609,3 +609,18 @@ def test_with_specs_keeps_windows_and_in_flight_reservations_and_warms_up_only_n
     # Removing a budget drops it; the rest carry on.
     b3 = b2.with_specs([daily], [], now)
     assert [s.name for s in b3.snapshot(now)] == ["daily"] and b3.snapshot(now)[0].spent_usd == D("0.7")
+
+
+def test_charge_after_with_specs_skips_the_budgets_the_request_held_by_name() -> None:
+    now = at(2026, 11, 27, 12)
+    per_model = spec(name="per-model", limit_usd=D("10"), scope="model")
+    b = Budgets([per_model], BERLIN)
+    d = b.decide(Who(model="a/x"), now)
+    # A budget added in front moves per-model from index 0 to 1 while the request is in flight.
+    b2 = b.with_specs([spec(name="new", limit_usd=D("10")), per_model], [], now)
+    b2.settle(d.reservation, D("1"), now)
+    b2.charge(Who(model="a/x-2024"), D("1"), now, skip=d.reservation)  # served under a dated id
+    spent: dict[str, D] = {}
+    for status in b2.snapshot(now):
+        spent[status.name] = spent.get(status.name, D(0)) + status.spent_usd
+    assert spent == {"new": D("1"), "per-model": D("1")}
