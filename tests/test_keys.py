@@ -111,6 +111,12 @@ async def test_key_budget_is_enforced(spawn_proxy: Any, upstream: Any) -> None: 
     _, listing, _ = await cli("keys", "list", "--format", "json", db=proxy.db)
     bob = next(e for e in json.loads(listing) if e["name"] == "bob")
     assert bob["budget"] == "0.01/day" and bob["spent_usd"] == "0.013"
+    # A restart reads the key, its budget and the spend so far back from the database.
+    proxy.proc.terminate()
+    assert await proxy.wait_exit(20) == 0
+    again = await spawn_proxy(str(upstream.make_url("/api/v1")), db=proxy.db, env=ENV, **MANAGED)
+    assert await call(again.base, key) == 402
+    assert await call(again.base, plain.strip()) == 200
 
 
 async def test_budget_set_at_runtime_counts_past_spend_and_delete_lifts_it(spawn_proxy: Any, upstream: Any) -> None:  # noqa: F811
