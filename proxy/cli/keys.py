@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from proxy.config import Config, load_config
-from proxy.errors import CliError
+from proxy.errors import CliError, ConfigError
 from proxy.store import keys as store
 from proxy.tables import format_table, money
 
@@ -141,7 +141,14 @@ def _set_budget(args: argparse.Namespace) -> int:
         fields["match"] = {name: value for name, _, value in pairs}
     if args.warn_at is not None:
         fields["warn_at"] = [w for w in args.warn_at.split(",") if w.strip()]
-    spec = store.budget_from_fields(args.name, fields)
+    try:
+        spec = store.budget_from_fields(args.name, fields)
+    except ConfigError as exc:
+        # Name the flag, not the config path the shared parser speaks of.
+        message = str(exc)
+        for field, flag in _FLAGS.items():
+            message = message.replace(f"budgets.{args.name}[0].{field}", flag)
+        raise ConfigError(message) from None
     config, db = _open(args)
     try:
         store.set_budget(db, spec, datetime.now(UTC), reserved_names=frozenset(b.name for b in config.budgets))
@@ -149,6 +156,9 @@ def _set_budget(args: argparse.Namespace) -> int:
         db.close()
     print(f"budget {spec.name!r} set: {money(spec.limit_usd)} per {spec.period_label}, scope {spec.scope}, {spec.action}")
     return 0
+
+
+_FLAGS = {"limit_usd": "--limit", "period": "--period", "scope": "--scope", "match": "--match", "action": "--action", "warn_at": "--warn-at"}
 
 
 def _delete_budget(args: argparse.Namespace) -> int:
