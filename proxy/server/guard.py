@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import secrets
 import logging
 import re
+import secrets
 import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -175,7 +175,7 @@ class BudgetGuard:
         return decision
 
     def settle(self, reservation: Reservation, cost: Decimal | None) -> None:
-        if not self.budgets.specs:
+        if reservation is _UNLIMITED.reservation:
             return
         now = datetime.now(UTC)
         events = self.budgets.settle(reservation, cost, now)
