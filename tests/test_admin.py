@@ -66,7 +66,7 @@ async def test_admin_keys_and_budgets_apply_at_once(
     caplog.set_level(logging.DEBUG)
     proxy = await start_proxy(admin_config)
     response = await proxy.client.post("/-/admin/keys", headers=auth(), json={"name": "ci", "project": "builds", "budget": "0.01/day"})
-    assert response.status == 201
+    assert response.status == 201 and response.headers["Cache-Control"] == "no-store"
     made = await response.json()
     key = made["key"]
     assert made["name"] == "ci" and key.startswith("sk-spend-")

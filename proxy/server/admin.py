@@ -99,6 +99,7 @@ class Admin:
         return web.json_response(
             {"name": name, "key": key, "project": project, "budget": budget, "expires_at": expires_at.isoformat() if expires_at else None},
             status=201,
+            headers={"Cache-Control": "no-store"},  # the key is in this body, and only here
         )
 
     async def list_keys(self, request: web.Request) -> web.StreamResponse:
