@@ -158,3 +158,39 @@ def _rows(db: Path) -> list[dict[str, Any]]:
         return [dict(r) for r in conn.execute("SELECT * FROM requests")]
     finally:
         conn.close()
+
+
+def _run_here(args: list[str], home: Path, **extra: str) -> Any:
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENROUTER_SPEND_", "XDG_"))}
+    return subprocess.run([sys.executable, "-m", "proxy", *args], capture_output=True, text=True, timeout=60,
+                          cwd=home, env={**env, "PYTHONPATH": str(ROOT), "HOME": str(home), **extra})
+
+
+def test_keys_and_budget_commands_find_the_db_as_serve_does(tmp_path: Path) -> None:
+    """No --db: the per-user data dir, then the user config's db, then $OPENROUTER_SPEND_DB; never ./openrouter-spend.db
+    unless one is already there (the old default)."""
+    made = _run_here(["keys", "create", "--name", "alice"], tmp_path)
+    assert made.returncode == 0, made.stderr
+    default = tmp_path / ".local/share/openrouter-spend/spend.db"
+    assert default.is_file() and not (tmp_path / "openrouter-spend.db").exists()
+    assert _run_here(["budgets", "set", "cap", "--limit", "1"], tmp_path).returncode == 0
+    listed = _run_here(["keys", "list", "--format", "json"], tmp_path)
+    assert [k["name"] for k in json.loads(listed.stdout)] == ["alice"], listed.stderr
+    # `budgets` needs no config file when the budgets were made at runtime.
+    report = _run_here(["budgets", "--format", "json"], tmp_path)
+    assert report.returncode == 0 and [b["budget"] for b in json.loads(report.stdout)] == ["cap"], report.stderr
+
+    configured = tmp_path / "configured.db"
+    user = tmp_path / ".config/openrouter-spend/config.yaml"
+    user.parent.mkdir(parents=True)
+    user.write_text(f"db: {configured}\n")
+    assert _run_here(["keys", "create", "--name", "bob"], tmp_path).returncode == 0
+    assert [k["name"] for k in json.loads(_run_here(["keys", "list", "--format", "json"], tmp_path).stdout)] == ["bob"]
+
+    env_db = tmp_path / "env.db"
+    assert _run_here(["keys", "create", "--name", "carol"], tmp_path, OPENROUTER_SPEND_DB=str(env_db)).returncode == 0
+    assert _run_here(["budgets", "delete", "cap"], tmp_path, OPENROUTER_SPEND_DB=str(default)).returncode == 0
+    listed = _run_here(["keys", "list", "--format", "json"], tmp_path, OPENROUTER_SPEND_DB=str(env_db))
+    assert [k["name"] for k in json.loads(listed.stdout)] == ["carol"]

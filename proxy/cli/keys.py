@@ -61,13 +61,19 @@ def add_budget_commands(budgets: argparse.ArgumentParser) -> None:
 
 def _db_options(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: under `budgets`, the parent's own --config/--db must not be reset by the sub-command.
-    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="YAML config (its db, aliases and budget names)")
-    parser.add_argument("--db", type=Path, default=argparse.SUPPRESS, help="SQLite file (default: the config's, else ./openrouter-spend.db)")
+    parser.add_argument("--config", type=Path, default=argparse.SUPPRESS,
+                        help="YAML config: its db, aliases and budget names (default: found as `serve` finds it)")
+    parser.add_argument("--db", type=Path, default=argparse.SUPPRESS,
+                        help="SQLite file (default: $OPENROUTER_SPEND_DB, the config's db, else the per-user data dir)")
 
 
 def _open(args: argparse.Namespace) -> tuple[Config, sqlite3.Connection]:
-    config = load_config(getattr(args, "config", None))
-    path = getattr(args, "db", None) or config.db
+    from proxy.cli.locate import resolve_config, resolve_db
+
+    # The database `serve` writes: a key made here must be the one the running proxy reads.
+    config_path = resolve_config(getattr(args, "config", None))
+    config = load_config(config_path)
+    path = resolve_db(getattr(args, "db", None), config if config_path is not None else None)
     try:
         return config, store.connect(path)
     except (OSError, sqlite3.Error) as exc:
