@@ -38,11 +38,36 @@ async def call(proxy: Any, key: str, cost: str = "0.001") -> int:
     return 200
 
 
-async def test_admin_api_is_off_by_default(proxy: Any) -> None:
-    for method in ("GET", "POST"):
+@pytest.mark.parametrize("ui", [True, False])
+async def test_admin_api_is_off_by_default(start_proxy: Any, make_config: Any, upstream: Any, ui: bool) -> None:
+    # With the page on, /-/* is its; with it off, the catch-all. Either way /-/admin/ is the admin API's: 404, never forwarded.
+    proxy = await start_proxy(make_config(ui=dataclasses.replace(make_config().ui, enabled=ui)))
+    for method in ("GET", "POST", "PUT"):
         response = await proxy.client.request(method, "/-/admin/keys", headers=auth(), json={"name": "x"})
-        assert response.status == 404
+        assert response.status == 404, method
+        assert "admin.token_env" in (await response.json())["error"]["message"]
     assert (await proxy.client.delete("/-/admin/budgets/x", headers=auth())).status == 404
+    assert upstream.app[RECEIVED] == []
+
+
+async def test_admin_paths_are_not_the_pages(start_proxy: Any, admin_config: Any, upstream: Any) -> None:
+    """The page's /-/{tail} route must not answer for /-/admin/: a wrong method or path gets the admin's answer."""
+    proxy = await start_proxy(admin_config)
+    wrong = await proxy.client.put("/-/admin/keys", headers=auth(), json={})
+    assert wrong.status == 405 and set(wrong.headers["Allow"].split(", ")) == {"GET", "POST"}
+    assert (await proxy.client.get("/-/admin/budgets/x", headers=auth())).status == 405
+    assert (await proxy.client.get("/-/admin/nothing", headers=auth())).status == 404
+    # ... and only with the token: without it nothing, not even which paths exist.
+    assert (await proxy.client.put("/-/admin/keys")).status == 401
+    assert (await proxy.client.get("/-/admin/nothing")).status == 401
+    assert (await proxy.client.get("/-/admin/nothing", headers={**auth(), "Host": "evil.example"})).status == 403
+    # The page's endpoints still answer beside it, and show a budget made at runtime at once.
+    assert (await (await proxy.client.get("/-/budgets")).json()) == {"configured": False, "budgets": []}
+    made = await proxy.client.put("/-/admin/budgets/cap", headers=auth(), json={"limit_usd": "1", "period": "day"})
+    assert made.status == 200, await made.text()
+    page = await (await proxy.client.get("/-/budgets")).json()
+    assert page["configured"] is True and [b["budget"] for b in page["budgets"]] == ["cap"]
+    assert upstream.app[RECEIVED] == []
 
 
 async def test_admin_api_needs_its_token(start_proxy: Any, admin_config: Any, upstream: Any) -> None:

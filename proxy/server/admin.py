@@ -1,6 +1,6 @@
 """The /-/admin/ API: keys and budgets at runtime for scripts, behind its own token.
 
-Off unless `admin.token_env` is set (then the routes do not exist: 404). Every request needs
+Off unless `admin.token_env` is set (until then every /-/admin/ path answers 404). Every request needs
 `Authorization: Bearer <token>`, compared in constant time; nothing is answered without it. The
 writes are the CLI's (proxy/store/keys.py) on a short-lived connection in a thread, then the
 running proxy reloads at once instead of at its next poll.
@@ -54,6 +54,9 @@ class Admin:
             ("DELETE", "/budgets/{name}", self.delete_budget),
         ):
             router.add_route(method, PREFIX + path, wrap(self._authorized(handler)))
+        # Last under /-/admin/: a method or path the table lacks is answered here (behind the token),
+        # not by the page's /-/{tail} route or the catch-all.
+        router.add_route("*", PREFIX + "/{tail:.*}", wrap(self._authorized(_unknown)))
 
     def _authorized(self, handler: Handler) -> Handler:
         async def checked(request: web.Request) -> web.StreamResponse:
@@ -144,3 +147,26 @@ def _optional(body: dict[str, Any], name: str) -> str | None:
     if not isinstance(value, str):
         raise ConfigError(f"{name}: expected a string")
     return value
+
+
+def add_off_routes(router: web.UrlDispatcher) -> None:
+    """With the admin API off, /-/admin/ still belongs to it: 404 saying how to turn it on."""
+
+    async def off(request: web.Request) -> web.StreamResponse:
+        return error_response(404, "openrouter-spend: the admin API is off (set admin.token_env to turn it on)")
+
+    router.add_route("*", PREFIX + "/{tail:.*}", off)
+
+
+async def _unknown(request: web.Request) -> web.StreamResponse:
+    tail = request.match_info["tail"].strip("/").split("/")
+    allowed = {("keys",): "GET, POST"}.get(tuple(tail)) or (
+        {"keys": "DELETE", "budgets": "PUT, DELETE"}.get(tail[0]) if len(tail) == 2 and tail[1] else None
+    )
+    if allowed is not None:
+        return error_response(405, f"openrouter-spend: {request.path} answers {allowed}", headers={"Allow": allowed})
+    return error_response(
+        404,
+        f"openrouter-spend: no admin endpoint {request.path} (known: GET/POST {PREFIX}/keys, DELETE {PREFIX}/keys/NAME, "
+        f"PUT/DELETE {PREFIX}/budgets/NAME)",
+    )

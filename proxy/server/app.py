@@ -32,6 +32,7 @@ from proxy.pricing.books import Reconciler
 from proxy.pricing.endpoints import ProviderPrices
 from proxy.pricing.generation import Backfill
 from proxy.server.admin import Admin
+from proxy.server.admin import add_off_routes as add_admin_off_routes
 from proxy.server.guard import BudgetGuard, load_spend, publish_loop
 from proxy.server.runtime import Runtime
 from proxy.server.intake import Intake
@@ -102,10 +103,12 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
         )
         # The token guards it; the Host rule as for /metrics on loopback keeps DNS-rebinding pages off too.
         admin.add_routes(app.router, lambda handler: _only_hosts(handler, _own_hosts(config, config.host, None)))
+    else:
+        add_admin_off_routes(app.router)
     app.router.add_get("/healthz", _only_hosts(_health, _own_hosts(config, config.host, metrics_token)))
     if config.ui.enabled:
         # The page and its /-/ endpoints: before the catch-all, so they are never forwarded.
-        add_web_routes(app, config, lambda: app[CATALOG], lambda: app[GUARD].budgets if GUARD in app else None)
+        add_web_routes(app, config, lambda: app[CATALOG], lambda: _live_budgets(app))
     app.router.add_route("*", "/{tail:.*}", _forward)
     return app
 
@@ -179,6 +182,12 @@ def _managed_key(config: Config) -> str | None:
     if not key:
         raise ConfigError(f"managed_key_env: environment variable {config.managed_key_env} is not set")
     return key
+
+
+def _live_budgets(app: web.Application) -> Budgets | None:
+    # The guard runs even with no budget (one can be made at runtime); the page says "none" until then.
+    budgets = app[GUARD].budgets if GUARD in app else None
+    return budgets if budgets is not None and budgets.specs else None
 
 
 def _admin_token(config: Config) -> str | None:

@@ -190,7 +190,7 @@
     current(mine);
     box.replaceChildren();
     if (!body.configured) {
-      box.appendChild(el("p", "No budgets configured (see budgets: in the config).", "note"));
+      box.appendChild(el("p", "No budgets configured (see budgets: in the config, or `openrouter-spend budgets set`).", "note"));
       return;
     }
     if (!body.budgets.length) box.appendChild(el("p", "No budget has spend in its window yet.", "note"));
