@@ -149,3 +149,10 @@ def test_admin_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
     with pytest.raises(ConfigError, match="^admin.token_env: environment variable NOT_SET_ANYWHERE is not set"):
         create_app(parse_config({"admin": {"token_env": "NOT_SET_ANYWHERE"}}))
+
+
+async def test_admin_answers_allowed_hosts_as_metrics_does(start_proxy: Any, admin_config: Any) -> None:
+    proxy = await start_proxy(dataclasses.replace(admin_config, allowed_hosts=("proxy.lan",)))
+    for host, status in (("proxy.lan", 200), ("proxy.lan:8080", 200), ("localhost", 200), ("evil.example", 403)):
+        assert (await proxy.client.get("/-/admin/keys", headers={**auth(), "Host": host})).status == status, host
+        assert (await proxy.client.get("/healthz", headers={"Host": host})).status == status, host
