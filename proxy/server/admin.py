@@ -160,9 +160,11 @@ def add_off_routes(router: web.UrlDispatcher) -> None:
 
 async def _unknown(request: web.Request) -> web.StreamResponse:
     tail = request.match_info["tail"].strip("/").split("/")
-    allowed = {("keys",): "GET, POST"}.get(tuple(tail)) or (
-        {"keys": "DELETE", "budgets": "PUT, DELETE"}.get(tail[0]) if len(tail) == 2 and tail[1] else None
-    )
+    allowed: str | None = None
+    if tail == ["keys"]:
+        allowed = "GET, POST"
+    elif len(tail) == 2 and tail[1]:
+        allowed = {"keys": "DELETE", "budgets": "PUT, DELETE"}.get(tail[0])
     if allowed is not None:
         return error_response(405, f"openrouter-spend: {request.path} answers {allowed}", headers={"Allow": allowed})
     return error_response(
