@@ -93,7 +93,9 @@ def _create(args: argparse.Namespace) -> int:
         db.close()
     print(key)
     print(f"key {args.name!r} made; it is shown only now. Clients send it as their API key.", file=sys.stderr)
-    if getattr(args, "config", None) is not None and not config.managed_key_env:
+    from proxy.cli.locate import resolve_config
+
+    if resolve_config(getattr(args, "config", None)) is not None and not config.managed_key_env:
         print("note: proxy keys authenticate clients only in managed-key mode (managed_key_env in the config)", file=sys.stderr)
     return 0
 
