@@ -149,6 +149,10 @@ def test_admin_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
     with pytest.raises(ConfigError, match="^admin.token_env: environment variable NOT_SET_ANYWHERE is not set"):
         create_app(parse_config({"admin": {"token_env": "NOT_SET_ANYWHERE"}}))
+    # Runtime keys live in the SQLite file; on PostgreSQL the admin API says so at start-up.
+    monkeypatch.setenv("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
+    with pytest.raises(ConfigError, match="^admin.token_env: not available yet with a PostgreSQL db"):
+        create_app(parse_config({"admin": {"token_env": "TEST_ADMIN_TOKEN"}, "db": "postgresql://localhost/spend"}))
 
 
 async def test_admin_answers_allowed_hosts_as_metrics_does(start_proxy: Any, admin_config: Any) -> None:

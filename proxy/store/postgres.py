@@ -177,6 +177,12 @@ def _m009_hourly_rollup() -> list[str]:
     return []
 
 
+def _m010_runtime_keys() -> list[str]:
+    # SQLite's migration 10 adds proxy_keys and runtime_budgets (`keys create`, `budgets set`, /-/admin/);
+    # runtime keys are SQLite-only for now (the admin API refuses a PostgreSQL db), so numbers only.
+    return []
+
+
 MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m001_requests,
     _m002_model_prices,
@@ -187,6 +193,7 @@ MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m007_price_history,
     _m008_imported_activity,
     _m009_hourly_rollup,
+    _m010_runtime_keys,
 )
 
 # Any fixed number: replicas starting together take turns migrating.
