@@ -88,10 +88,11 @@ async def test_key_made_at_runtime_works_then_revoke_gives_401_and_nothing_forwa
 
 async def test_expired_key_gets_401(spawn_proxy: Any, upstream: Any) -> None:  # noqa: F811
     proxy = await spawn_proxy(str(upstream.make_url("/api/v1")), env=ENV, **MANAGED)
-    _, out, _ = await cli("keys", "create", "--name", "temp", "--expires", "8s", db=proxy.db)
+    # Long enough that a loaded machine still sees it work first (the CLI start and one poll).
+    _, out, _ = await cli("keys", "create", "--name", "temp", "--expires", "20s", db=proxy.db)
     key = out.strip()
     await until_status(proxy.base, key, 200)
-    await until_status(proxy.base, key, 401, tries=80)
+    await until_status(proxy.base, key, 401, tries=120)
     forwarded = len(upstream.app[RECEIVED])
     assert await call(proxy.base, key) == 401
     assert len(upstream.app[RECEIVED]) == forwarded

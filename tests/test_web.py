@@ -40,7 +40,8 @@ def record(**changes: Any) -> UsageRecord:
 
 def insert(db_path: Path, records: list[UsageRecord]) -> None:
     """Rows as any writer may have left them: raw values, including hostile text."""
-    db = sqlite3.connect(db_path)
+    # The proxy's writer may hold the write lock for a batch: wait for it rather than fail.
+    db = sqlite3.connect(db_path, timeout=30)
     try:
         marks = ", ".join("?" for _ in REQUEST_COLUMNS)
         db.executemany(f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({marks})",
