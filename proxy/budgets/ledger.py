@@ -95,6 +95,24 @@ class BudgetStatus:
     # Spend at the window's end at the current burn rate; None for rolling windows.
     projected_usd: Decimal | None
 
+    def as_dict(self) -> dict[str, str | None]:
+        """The JSON form `budgets --format json` prints and the page's /-/budgets returns."""
+        return {
+            "budget": self.name,
+            "scope": self.scope,
+            "scope_value": self.scope_value,
+            "action": self.action,
+            "period": self.period,
+            "spent_usd": str(self.spent_usd),
+            "reserved_usd": str(self.reserved_usd),
+            "limit_usd": str(self.limit_usd),
+            "share": str(self.share),
+            "window_start": self.window_start.isoformat(),
+            "window_end": self.window_end.isoformat(),
+            "resets_at": self.resets_at.isoformat() if self.resets_at else None,
+            "projected_usd": None if self.projected_usd is None else str(self.projected_usd),
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class _Hold:

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         db.close()
     statuses = budgets.snapshot(now)
     if args.format == "json":
-        print(json.dumps([_as_dict(s) for s in statuses], indent=2))
+        print(json.dumps([s.as_dict() for s in statuses], indent=2))
         return 0
     rows = [
         (
@@ -81,20 +81,3 @@ def run(args: argparse.Namespace) -> int:
     headers = ("budget", "scope", "action", "spent", "limit", "share", f"resets ({config.timezone})", "projected")
     print(format_table(headers, rows) if rows else "no budget has spend yet")
     return 0
-
-
-def _as_dict(status: Any) -> dict[str, Any]:
-    return {
-        "budget": status.name,
-        "scope": status.scope,
-        "scope_value": status.scope_value,
-        "action": status.action,
-        "period": status.period,
-        "spent_usd": str(status.spent_usd),
-        "limit_usd": str(status.limit_usd),
-        "share": str(status.share),
-        "window_start": status.window_start.isoformat(),
-        "window_end": status.window_end.isoformat(),
-        "resets_at": status.resets_at.isoformat() if status.resets_at else None,
-        "projected_usd": None if status.projected_usd is None else str(status.projected_usd),
-    }

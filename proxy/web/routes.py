@@ -321,26 +321,7 @@ async def _budgets(request: web.Request, query: Query) -> Any:
     if ledger is None:
         return {"configured": False, "budgets": []}
     statuses = ledger.snapshot(datetime.now(UTC))
-    return {"configured": True, "budgets": [_budget(s) for s in statuses]}
-
-
-def _budget(status: Any) -> dict[str, Any]:
-    # The fields `openrouter-spend budgets --format json` prints, from the live in-memory ledger.
-    return {
-        "budget": status.name,
-        "scope": status.scope,
-        "scope_value": status.scope_value,
-        "action": status.action,
-        "period": status.period,
-        "spent_usd": str(status.spent_usd),
-        "reserved_usd": str(status.reserved_usd),
-        "limit_usd": str(status.limit_usd),
-        "share": str(status.share),
-        "window_start": status.window_start.isoformat(),
-        "window_end": status.window_end.isoformat(),
-        "resets_at": status.resets_at.isoformat() if status.resets_at else None,
-        "projected_usd": None if status.projected_usd is None else str(status.projected_usd),
-    }
+    return {"configured": True, "budgets": [s.as_dict() for s in statuses]}
 
 
 async def _models(request: web.Request, query: Query) -> Any:
