@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from proxy.cli.main import main
 from proxy.config import MetricsConfig, UiConfig
 from proxy.store.records import UsageRecord
-from proxy.store.sqlite import encode_record, REQUEST_COLUMNS
+from proxy.store.sqlite import encode_record, encode_time, REQUEST_COLUMNS
 
 KEY = "sk-or-v1-test-" + "cd" * 20
 XSS = "<img src=x onerror=window.__xss=1>"
@@ -188,6 +188,63 @@ async def test_sessions_have_first_last_seen_models_and_exact_cost(proxy: Any) -
         assert row["first_seen"] <= row["last_seen"]
     s0 = next(r for r in sessions["rows"] if r["group"] == "s0")
     assert s0["models"] == sorted({"openai/gpt-4o", "anthropic/claude-sonnet-4", "meta-llama/llama-3.1-8b-instruct"})
+
+
+def raw_sessions(rows: list[UsageRecord], since: datetime, by: str) -> dict[str, dict[str, Any]]:
+    """What /-/sessions must say, summed straight from the known rows."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r.started_at < since:
+            continue
+        name = getattr(r, by) or "(none)"
+        row = out.setdefault(name, {"requests": 0, "errors": 0, "models": set(), "cost": Decimal(0), "at": []})
+        row["requests"] += 1
+        row["errors"] += r.outcome != "ok"
+        row["models"].add(r.model)
+        row["cost"] += r.cost_usd or 0
+        row["at"].append(r.started_at)
+    return out
+
+
+def raw_series(rows: list[UsageRecord], since: datetime, step: str) -> dict[tuple[str, str], float]:
+    cells: dict[tuple[str, str], Decimal] = {}
+    for r in rows:
+        if r.started_at >= since:
+            bucket = r.started_at.strftime("%Y-%m-%d %H:00") if step == "hour" else r.started_at.date().isoformat()
+            cells[(bucket, r.model)] = cells.get((bucket, r.model), Decimal(0)) + (r.cost_usd or 0)
+    return {key: float(value) for key, value in cells.items() if value}
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+async def test_sessions_and_timeseries_equal_raw_row_sums(proxy: Any, pruned: bool) -> None:
+    """Both read the rollups: the same numbers as summing the rows, and still after retention
+    deleted the raw rows (the rollups keep their totals)."""
+    rows = known_rows()
+    insert(proxy.db_path, rows)
+    since = datetime.now(UTC) - timedelta(days=30)
+    if pruned:
+        db = sqlite3.connect(proxy.db_path)
+        db.execute("DELETE FROM requests")
+        db.commit()
+        db.close()
+    for by in ("session", "project", "model"):
+        expected = raw_sessions(rows, since, by)
+        got = (await _json(proxy, f"/-/sessions?since=30d&limit=100&by={by}"))["rows"]
+        assert {r["group"] for r in got} == set(expected)
+        for r in got:
+            want = expected[r["group"]]
+            assert (r["requests"], r["errors"], r["models"]) == (want["requests"], want["errors"], sorted(want["models"]))
+            assert Decimal(r["cost_usd"]) == want["cost"]
+            assert (r["first_seen"], r["last_seen"]) == (encode_time(min(want["at"])), encode_time(max(want["at"])))
+        costs = [Decimal(r["cost_usd"]) for r in got]
+        assert costs == sorted(costs, reverse=True)
+    for step in ("hour", "day"):
+        series = await _json(proxy, f"/-/timeseries?since=30d&step={step}&by=model")
+        got_cells = {
+            (bucket, s["name"]): value
+            for s in series["series"] for bucket, value in zip(series["buckets"], s["values"]) if value
+        }
+        assert got_cells == raw_series(rows, since, step)
 
 
 @pytest.mark.parametrize("cost", ["0.0000000000001234", "12345.123456789", "999.999999999999", "8999.999999999999", "0", "7"])
