@@ -216,8 +216,8 @@ def raw_series(rows: list[UsageRecord], since: datetime, step: str) -> dict[tupl
 
 
 @pytest.mark.parametrize("pruned", [False, True])
-async def test_sessions_and_timeseries_equal_raw_row_sums(proxy: Any, pruned: bool) -> None:
-    """Both read the rollups: the same numbers as summing the rows, and still after retention
+async def test_sessions_timeseries_and_cache_equal_raw_row_sums(proxy: Any, pruned: bool) -> None:
+    """All read the rollups: the same numbers as summing the rows, and still after retention
     deleted the raw rows (the rollups keep their totals)."""
     rows = known_rows()
     insert(proxy.db_path, rows)
@@ -245,6 +245,17 @@ async def test_sessions_and_timeseries_equal_raw_row_sums(proxy: Any, pruned: bo
             for s in series["series"] for bucket, value in zip(series["buckets"], s["values"]) if value
         }
         assert got_cells == raw_series(rows, since, step)
+    cache = {m["model"]: m for m in (await _json(proxy, "/-/cache?since=30d"))["models"]}
+    kept = [r for r in rows if r.started_at >= since]
+    assert set(cache) == {r.model for r in kept}
+    for model, got_model in cache.items():
+        mine = [r for r in kept if r.model == model]
+        both = [r for r in mine if r.cost_reported_usd is not None and r.cost_catalog_usd is not None]
+        assert got_model["requests"] == len(mine) and got_model["compared_requests"] == len(both)
+        assert got_model["cached_tokens"] == sum(r.cached_tokens or 0 for r in mine)
+        assert got_model["input_tokens"] == sum(r.input_tokens or 0 for r in mine)
+        assert Decimal(got_model["billed_usd"]) == sum(r.cost_reported_usd or 0 for r in both)
+        assert Decimal(got_model["catalog_usd"]) == sum(r.cost_catalog_usd or 0 for r in both)
 
 
 @pytest.mark.parametrize("cost", ["0.0000000000001234", "12345.123456789", "999.999999999999", "8999.999999999999", "0", "7"])

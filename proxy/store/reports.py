@@ -517,7 +517,11 @@ def _time_windows(
 def _has_rollup(db: sqlite3.Connection) -> bool:
     names = [rollup.table for rollup in rollups.ROLLUPS]
     found = db.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' for _ in names)})", names)
-    return bool(found.fetchone()[0] == len(names))
+    if found.fetchone()[0] != len(names):
+        return False
+    # Migration 9's rollups lack the columns migration 10 added: raw rows until `serve` migrates.
+    have = {row[1] for row in db.execute(f"PRAGMA table_info({rollups.HOURLY.table})")}
+    return all(name in have for name in SUMMED)
 
 
 def _raw_kept_from(db: sqlite3.Connection) -> datetime | None:

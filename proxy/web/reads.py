@@ -233,67 +233,51 @@ def groups(db: sqlite3.Connection, query: Query) -> list[dict[str, Any]]:
 
 
 def cache_and_drift(db: sqlite3.Connection, query: Query, catalog: Catalog) -> dict[str, Any]:
-    """Per model: cache reads and what they saved at today's catalog prices; billed vs catalog cost."""
-    try:
-        return _cache_and_drift(db, query, catalog, _exact_sum)
-    except (_Inexact, sqlite3.OperationalError):
-        return _cache_and_drift(db, query, catalog, lambda column: f"decsum({column}), NULL")
-
-
-def _cache_and_drift(
-    db: sqlite3.Connection, query: Query, catalog: Catalog, money_sum: Callable[[str], str]
-) -> dict[str, Any]:
-    where, params = _where(query)
-    cursor = db.execute(
-        "SELECT COALESCE(model, '(none)'), COUNT(*), TOTAL(input_tokens), TOTAL(cached_tokens),"
-        " TOTAL(cache_write_tokens),"
-        f" {money_sum('CASE WHEN cost_catalog_usd IS NOT NULL THEN cost_reported_usd END')},"
-        f" {money_sum('CASE WHEN cost_reported_usd IS NOT NULL THEN cost_catalog_usd END')},"
-        " SUM(cost_reported_usd IS NOT NULL AND cost_catalog_usd IS NOT NULL)"
-        f" FROM requests{where} GROUP BY 1",
-        params,
-    )
+    """Per model: cache reads and what they saved at today's catalog prices; billed vs catalog cost
+    over the requests that have both. The report's query by model, read from the rollups."""
+    found = reports.report(db, "model", since=query.since, until=query.until, filters=_filters(query), tz=query.tz)
     models = []
     saved_total = Decimal(0)
     billed_total = Decimal(0)
     catalog_total = Decimal(0)
-    for model, count, input_tokens, cached, written, billed_sum, billed_places, listed_sum, listed_places, compared in cursor:
-        billed = _sum_text(billed_sum, billed_places)
-        listed = _sum_text(listed_sum, listed_places)
-        entry = catalog.get(model) if model != "(none)" else None
+    for line in found.lines:
+        model = line.group
+        input_tokens, cached = line.value("input_tokens"), line.value("cached_tokens")
+        compared = line.value("compared_requests")
+        entry = catalog.get(model) if model != reports.NONE else None
         saved: Decimal | None = None
         if entry is not None and cached:
             read_price = entry.pricing.input_cache_read
             if read_price is not None:
-                saved = (entry.pricing.prompt - read_price) * int(cached)
+                saved = (entry.pricing.prompt - read_price) * cached
                 saved_total += saved
-        billed_d = Decimal(billed) if billed is not None else None
-        listed_d = Decimal(listed) if listed is not None else None
-        if billed_d is not None and listed_d is not None:
-            billed_total += billed_d
-            catalog_total += listed_d
+        billed = line.money("billed_compared_usd") if compared else None
+        listed = line.money("catalog_compared_usd") if compared else None
+        if billed is not None and listed is not None:
+            billed_total += billed
+            catalog_total += listed
         models.append(
             {
                 "model": model,
-                "requests": count,
-                "input_tokens": int(input_tokens),
-                "cached_tokens": int(cached),
-                "cache_write_tokens": int(written),
+                "requests": line.requests,
+                "input_tokens": input_tokens,
+                "cached_tokens": cached,
+                "cache_write_tokens": line.value("cache_write_tokens"),
                 "cache_share": round(cached / input_tokens, 4) if input_tokens else None,
                 "saved_usd": None if saved is None else str(saved),
-                "compared_requests": compared or 0,
-                "billed_usd": None if billed_d is None else str(billed_d),
-                "catalog_usd": None if listed_d is None else str(listed_d),
-                "drift_usd": None if billed_d is None or listed_d is None else str(billed_d - listed_d),
+                "compared_requests": compared,
+                "billed_usd": None if billed is None else format(billed, "f"),
+                "catalog_usd": None if listed is None else format(listed, "f"),
+                "drift_usd": None if billed is None or listed is None else format(billed - listed, "f"),
             }
         )
     models.sort(key=lambda m: (-m["cached_tokens"], m["model"]))
     return {
         "models": models,
         "saved_usd": str(saved_total),
-        "billed_usd": str(billed_total),
-        "catalog_usd": str(catalog_total),
-        "drift_usd": str(billed_total - catalog_total),
+        "billed_usd": format(billed_total, "f"),
+        "catalog_usd": format(catalog_total, "f"),
+        "drift_usd": format(billed_total - catalog_total, "f"),
     }
 
 
