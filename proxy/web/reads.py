@@ -161,7 +161,12 @@ def timeseries(db: sqlite3.Connection, query: Query, now: datetime) -> dict[str,
         {"name": g, "total": float(totals[g]), "values": [float(cells.get((b, g), zero)) for b in labels]} for g in shown
     ]
     if rest:
-        values = [float(sum((cells.get((b, g), zero) for g in rest), zero)) for b in labels]
+        # One pass over the cells: buckets times groups would be millions of look-ups for sessions.
+        other: dict[str, Decimal] = {}
+        for (bucket, grp), cost in cells.items():
+            if grp in rest:
+                other[bucket] = other.get(bucket, zero) + cost
+        values = [float(other.get(b, zero)) for b in labels]
         series.append({"name": "other", "total": float(sum((totals[g] for g in rest), zero)), "values": values})
     return {"by": query.by, "step": query.step, "tz": str(query.tz), "buckets": labels, "series": series}
 
