@@ -258,6 +258,20 @@ async def test_sessions_timeseries_and_cache_equal_raw_row_sums(proxy: Any, prun
         assert Decimal(got_model["catalog_usd"]) == sum(r.cost_catalog_usd or 0 for r in both)
 
 
+async def test_timeseries_folds_groups_past_the_top_eight_into_other(proxy: Any) -> None:
+    now = datetime.now(UTC)
+    rows = [record(id=f"t{i}", session=f"s{i:02}", cost_usd=Decimal(i + 1) / 1000, started_at=now - timedelta(hours=i),
+                   finished_at=now - timedelta(hours=i)) for i in range(12)]
+    insert(proxy.db_path, rows)
+    series = await _json(proxy, "/-/timeseries?since=1d&step=hour&by=session")
+    names = [s["name"] for s in series["series"]]
+    assert names == [f"s{i:02}" for i in range(11, 3, -1)] + ["other"]
+    other = series["series"][-1]
+    assert other["total"] == pytest.approx(float(sum(Decimal(i + 1) / 1000 for i in range(4))))
+    assert sum(other["values"]) == pytest.approx(other["total"])
+    assert sum(1 for v in other["values"] if v) == 4
+
+
 @pytest.mark.parametrize("cost", ["0.0000000000001234", "12345.123456789", "999.999999999999", "8999.999999999999", "0", "7"])
 async def test_session_costs_stay_exact_past_twelve_decimals(proxy: Any, cost: str) -> None:
     rows = known_rows()
