@@ -575,7 +575,7 @@ def report(
         raise ValueError(f"unknown breakdown {breakdown!r}")
     levels = [by] + ([breakdown] if breakdown else [])
     session = by == "session"
-    seen = session or details
+    detailed = session or details
     timed = [level for level in levels if level in TIME_GROUPINGS]
     offsets = _offsets(tz, since, until) if timed else {0.0}
     rollup = _best_rollup(db, levels, filters, offsets)
@@ -600,7 +600,7 @@ def report(
     summed = slice(width, width + len(SUMMED))
     for source_rollup, start, end, sessions in pieces:
         source = _Source(source_rollup, minute, raw)
-        for row in _query(db, source, levels, seen, source.where(start, end, filters, sessions)):
+        for row in _query(db, source, levels, detailed, source.where(start, end, filters, sessions)):
             key = names(row)
             line = lines.get(key)
             if line is None:
@@ -624,7 +624,7 @@ def report(
             kept = set(groups[-limit:] if by in TIME_GROUPINGS else groups[:limit]) if limit else set()
             ordered = [line for line in ordered if line.group in kept]
             notes.append(f"{limit} of {len(groups)} {by} groups shown; the total covers all")
-    if seen:
+    if detailed:
         # Models, projects and clients only for the sessions shown (all of them without a limit).
         groups_shown = {line.group for line in ordered} | ({""} if any(line.group == NONE for line in ordered) else set())
         shown = None if limit is None or not session else ("session", "IN", json.dumps(sorted(groups_shown)))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -241,7 +241,7 @@ def cache_and_drift(db: sqlite3.Connection, query: Query, catalog: Catalog) -> d
     """Per model: cache reads and what they saved at today's catalog prices; billed vs catalog cost
     over the requests that have both. The report's query by model, read from the rollups."""
     found = reports.report(db, "model", since=query.since, until=query.until, filters=_filters(query), tz=query.tz)
-    models = []
+    models: list[dict[str, Any]] = []
     saved_total = Decimal(0)
     billed_total = Decimal(0)
     catalog_total = Decimal(0)
