@@ -411,7 +411,7 @@ async def test_a_database_from_an_earlier_version_keeps_every_row_and_its_totals
 
 
 async def test_a_database_at_migration_9_gets_the_compared_money_columns(tmp_path: Path) -> None:
-    """Migration 10 adds billed/catalog-over-compared-rows to the rollups (the page's drift view):
+    """Migration 11 adds billed/catalog-over-compared-rows to the rollups (the page's drift view):
     before it, reports read raw rows; after it, every rollup equals its raw rows."""
     path = tmp_path / "v9.db"
     recs = known_records(60)

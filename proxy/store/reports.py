@@ -519,7 +519,7 @@ def _has_rollup(db: sqlite3.Connection) -> bool:
     found = db.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' for _ in names)})", names)
     if found.fetchone()[0] != len(names):
         return False
-    # Migration 9's rollups lack the columns migration 10 added: raw rows until `serve` migrates.
+    # Rollups from before migration 11 lack the columns it added: raw rows until `serve` migrates.
     have = {row[1] for row in db.execute(f"PRAGMA table_info({rollups.HOURLY.table})")}
     return all(name in have for name in SUMMED)
 

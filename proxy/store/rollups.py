@@ -23,7 +23,7 @@ DIMENSIONS = ("model", "provider", "project", "session", "key_fingerprint", "key
 # the tables and triggers and re-sums every hour; hours retention already pruned get 0 for it).
 MONEY = ("cost_usd", "upstream_cost_usd")
 # Billed (reported) and catalog cost summed over only the rows that have both, so the page's price
-# drift compares like with like (migration 10); name -> (summed column, the column it needs too).
+# drift compares like with like (migration 11); name -> (summed column, the column it needs too).
 COMPARED = {"billed_compared_usd": ("cost_reported_usd", "cost_catalog_usd"), "catalog_compared_usd": ("cost_catalog_usd", "cost_reported_usd")}
 SUMMED_MONEY = (*MONEY, *COMPARED)
 TOKENS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
