@@ -410,29 +410,6 @@ async def test_a_database_from_an_earlier_version_keeps_every_row_and_its_totals
             assert_equal(report(db, by), expected(recs, [by]))
 
 
-async def test_a_database_at_migration_9_gets_the_compared_money_columns(tmp_path: Path) -> None:
-    """Migration 11 adds billed/catalog-over-compared-rows to the rollups (the page's drift view):
-    before it, reports read raw rows; after it, every rollup equals its raw rows."""
-    path = tmp_path / "v9.db"
-    recs = known_records(60)
-    old = sqlite3.connect(path, isolation_level=None)
-    for number, migration in enumerate(MIGRATIONS[:9], start=1):
-        migration(old)
-        old.execute(f"PRAGMA user_version = {number}")
-    placeholders = ", ".join("?" for _ in REQUEST_COLUMNS)
-    old.executemany(f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({placeholders})", (encode_record(r) for r in recs))
-    old.execute("UPDATE requests SET cost_reported_usd = '1E-7', cost_catalog_usd = '2E-7' WHERE id = ?", (recs[1].id,))
-    old.close()
-    with reader(path) as db:
-        assert_equal(report(db, "model"), expected(recs, ["model"]))
-    prepare(path)
-    rollup_equals_raw(path)
-    with reader(path) as db:
-        for by in ("model", "day", "session"):
-            assert_equal(report(db, by), expected(recs, [by]))
-        assert db.execute("SELECT cost_reported_usd FROM requests WHERE id = ?", (recs[1].id,)).fetchone()[0] == "0.0000001"
-
-
 # -- formats ------------------------------------------------------------------------------------
 
 

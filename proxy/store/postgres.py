@@ -183,11 +183,6 @@ def _m010_runtime_keys() -> list[str]:
     return []
 
 
-def _m011_compared_rollup() -> list[str]:
-    # SQLite's migration 11 adds billed/catalog columns to its rollups; kept in step here.
-    return []
-
-
 MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m001_requests,
     _m002_model_prices,
@@ -199,7 +194,6 @@ MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m008_imported_activity,
     _m009_hourly_rollup,
     _m010_runtime_keys,
-    _m011_compared_rollup,
 )
 
 # Any fixed number: replicas starting together take turns migrating.

@@ -517,11 +517,7 @@ def _time_windows(
 def _has_rollup(db: sqlite3.Connection) -> bool:
     names = [rollup.table for rollup in rollups.ROLLUPS]
     found = db.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' for _ in names)})", names)
-    if found.fetchone()[0] != len(names):
-        return False
-    # Rollups from before migration 11 lack the columns it added: raw rows until `serve` migrates.
-    have = {row[1] for row in db.execute(f"PRAGMA table_info({rollups.HOURLY.table})")}
-    return all(name in have for name in SUMMED)
+    return bool(found.fetchone()[0] == len(names))
 
 
 def _raw_kept_from(db: sqlite3.Connection) -> datetime | None:
@@ -561,13 +557,10 @@ def report(
     filters: Filters = Filters(),
     tz: ZoneInfo = ZoneInfo("UTC"),
     limit: int | None = None,
-    details: bool = False,
 ) -> Report:
     """Totals per `by` group (and per `breakdown` group within it) of the requests started in [since, until).
 
     `limit` keeps the costliest `limit` groups (for time groupings the latest); the total still covers all.
-    `details` adds first/last seen and the models, projects and clients to every grouping, as
-    `by="session"` always does (the page's top projects, models, keys and clients show them).
     """
     if by not in GROUPINGS:
         raise ValueError(f"unknown grouping {by!r}")
@@ -575,7 +568,6 @@ def report(
         raise ValueError(f"unknown breakdown {breakdown!r}")
     levels = [by] + ([breakdown] if breakdown else [])
     session = by == "session"
-    detailed = session or details
     timed = [level for level in levels if level in TIME_GROUPINGS]
     offsets = _offsets(tz, since, until) if timed else {0.0}
     rollup = _best_rollup(db, levels, filters, offsets)
@@ -600,7 +592,7 @@ def report(
     summed = slice(width, width + len(SUMMED))
     for source_rollup, start, end, sessions in pieces:
         source = _Source(source_rollup, minute, raw)
-        for row in _query(db, source, levels, detailed, source.where(start, end, filters, sessions)):
+        for row in _query(db, source, levels, session, source.where(start, end, filters, sessions)):
             key = names(row)
             line = lines.get(key)
             if line is None:
@@ -624,10 +616,10 @@ def report(
             kept = set(groups[-limit:] if by in TIME_GROUPINGS else groups[:limit]) if limit else set()
             ordered = [line for line in ordered if line.group in kept]
             notes.append(f"{limit} of {len(groups)} {by} groups shown; the total covers all")
-    if detailed:
+    if session:
         # Models, projects and clients only for the sessions shown (all of them without a limit).
         groups_shown = {line.group for line in ordered} | ({""} if any(line.group == NONE for line in ordered) else set())
-        shown = None if limit is None or not session else ("session", "IN", json.dumps(sorted(groups_shown)))
+        shown = None if limit is None else ("session", "IN", json.dumps(sorted(groups_shown)))
         for source_rollup, start, end, sessions in pieces:
             source = _Source(source_rollup, minute, raw)
             for row in _distinct(db, source, levels, _SESSION_EXTRAS, source.where(start, end, filters, sessions, shown)):

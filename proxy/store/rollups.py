@@ -22,10 +22,6 @@ DIMENSIONS = ("model", "provider", "project", "session", "key_fingerprint", "key
 # is one entry here, plus a migration that adds the column and calls `create(db)` again (it rebuilds
 # the tables and triggers and re-sums every hour; hours retention already pruned get 0 for it).
 MONEY = ("cost_usd", "upstream_cost_usd")
-# Billed (reported) and catalog cost summed over only the rows that have both, so the page's price
-# drift compares like with like (migration 11); name -> (summed column, the column it needs too).
-COMPARED = {"billed_compared_usd": ("cost_reported_usd", "cost_catalog_usd"), "catalog_compared_usd": ("cost_catalog_usd", "cost_reported_usd")}
-SUMMED_MONEY = (*MONEY, *COMPARED)
 TOKENS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
 
 PICO = 10**12
@@ -35,7 +31,7 @@ def _blocked(r: str) -> str:
     return f"({r}.outcome = 'blocked' OR {r}.status = 402)"
 
 
-def counters(r: str, money_columns: tuple[str, ...] = SUMMED_MONEY) -> dict[str, str]:
+def counters(r: str, money_columns: tuple[str, ...] = MONEY) -> dict[str, str]:
     """Per counted column of the rollup, its value for one `requests` row named `r` in SQL."""
     values = {
         "requests": "1",
@@ -46,21 +42,12 @@ def counters(r: str, money_columns: tuple[str, ...] = SUMMED_MONEY) -> dict[str,
         **{name: f"COALESCE({r}.{name}, 0)" for name in TOKENS},
         "cost_unknown": f"({r}.cost_usd IS NULL)",
     }
-    if any(money in COMPARED for money in money_columns):
-        values["compared_requests"] = f"({r}.cost_reported_usd IS NOT NULL AND {r}.cost_catalog_usd IS NOT NULL)"
     for money in money_columns:
-        pico, yocto, inexact = _money_parts(_money_sql(r, money))
+        pico, yocto, inexact = _money_parts(f"{r}.{money}")
         values[f"{money}_pico"] = pico
         values[f"{money}_yocto"] = yocto
         values[f"{money}_inexact"] = inexact
     return values
-
-
-def _money_sql(r: str, money: str) -> str:
-    if money in COMPARED:
-        column, needed = COMPARED[money]
-        return f"(CASE WHEN {r}.{needed} IS NOT NULL THEN {r}.{column} END)"
-    return f"{r}.{money}"
 
 
 def _money_parts(x: str) -> tuple[str, str, str]:
@@ -161,12 +148,11 @@ def _upsert(rollup: Rollup, r: str, sign: str, money: tuple[str, ...]) -> str:
 
 
 def _watched(money: tuple[str, ...]) -> list[str]:
-    sources = [name for m in money for name in COMPARED.get(m, (m,))]
-    columns = {"started_at", "outcome", "status", "is_free", "cost_usd", *DIMENSIONS, *TOKENS, *sources}
+    columns = {"started_at", "outcome", "status", "is_free", "cost_usd", *DIMENSIONS, *TOKENS, *money}
     return sorted(columns)
 
 
-def create(db: sqlite3.Connection, money: tuple[str, ...] = SUMMED_MONEY) -> None:
+def create(db: sqlite3.Connection, money: tuple[str, ...] = MONEY) -> None:
     """(Re)build the rollups and their triggers from every row in `requests`; run inside a migration.
 
     A migration passes the money columns `requests` has at that point (migration 9: cost_usd, upstream_cost_usd), so a

@@ -213,16 +213,6 @@ def _m010_runtime_keys(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX requests_key_alias ON requests (key_alias, started_at)")
 
 
-def _m011_compared_rollup(db: sqlite3.Connection) -> None:
-    # The page's cache and drift view (billed vs catalog cost over rows that have both) reads the
-    # rollups too: 1-2 s over raw rows on a million rows, well under 0.5 s from these columns.
-    for money in ("cost_reported_usd", "cost_catalog_usd"):
-        odd = db.execute(f"SELECT id, {money} FROM requests WHERE {money} GLOB '*[eE]*'").fetchall()
-        for row_id, value in odd:
-            db.execute(f"UPDATE requests SET {money} = ? WHERE id = ?", (_money(Decimal(value)), row_id))
-    rollups.create(db, ("cost_usd", "upstream_cost_usd", "billed_compared_usd", "catalog_compared_usd"))
-
-
 # Append only: a migration that has run on someone's database is never edited.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m001_requests,
@@ -235,7 +225,6 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m008_imported_activity,
     _m009_hourly_rollup,
     _m010_runtime_keys,
-    _m011_compared_rollup,
 )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -120,7 +120,11 @@ def _exactly(value: str) -> str:
 def report(db: sqlite3.Connection, query: Query, free_daily_limit: int, now: datetime) -> dict[str, Any]:
     """The document `report --by {by} --since {since} --format json` prints, filters applied: the
     same query and the same document (proxy/store/reports.py) as the CLI."""
-    result = reports.report(db, query.by, since=query.since, until=query.until, filters=_filters(query), tz=query.tz)
+    wanted: dict[str, list[str]] = {"project": [], "model": [], "session": [], "key": [], "client": []}
+    for column, value in query.filters:
+        wanted[column].append(_exactly(value))
+    filters = reports.Filters(*(tuple(wanted[name]) for name in ("project", "model", "session", "key", "client")))
+    result = reports.report(db, query.by, since=query.since, until=query.until, filters=filters, tz=query.tz)
     return reports.as_document(result, reports.free_usage(db, now, free_daily_limit))
 
 
@@ -128,55 +132,37 @@ def free(db: sqlite3.Connection, free_daily_limit: int, now: datetime) -> dict[s
     return reports.free_usage(db, now, free_daily_limit).as_dict()
 
 
-def _filters(query: Query) -> reports.Filters:
-    wanted: dict[str, list[str]] = {"project": [], "model": [], "session": [], "key": [], "client": []}
-    for column, value in query.filters:
-        wanted[column].append(_exactly(value))
-    return reports.Filters(*(tuple(wanted[name]) for name in ("project", "model", "session", "key", "client")))
-
-
 def timeseries(db: sqlite3.Connection, query: Query, now: datetime) -> dict[str, Any]:
     """Spend per hour or day (in `tz`), one series per group: the biggest few, the rest as "other".
 
-    The report's own query (`report --by hour|day --breakdown <group>`): read from the rollups, so
-    it stays fast at a million rows and exact; chart values are floats of the exact sums.
+    SQLite sums per UTC hour (the started_at index keeps it a range scan); Python folds the hours
+    into local buckets, which SQL cannot do across DST changes. Chart values are floats.
     """
-    found = reports.report(
-        db, query.step, breakdown=None if query.by == "day" else query.by,
-        since=query.since, until=query.until, filters=_filters(query), tz=query.tz,
+    group = GROUP_SQL[query.by] if query.by != "day" else "'total'"
+    where, params = _where(query)
+    cursor = db.execute(
+        f"SELECT substr(started_at, 1, 13) AS hour, {group} AS grp, TOTAL(cost_usd), COUNT(*)"
+        f" FROM requests{where} GROUP BY hour, grp",
+        params,
     )
-    cells: dict[tuple[str, str], Decimal] = {}
-    totals: dict[str, Decimal] = {}
-    for line in found.lines:
-        grp = line.breakdown if line.breakdown is not None else "total"
-        cells[(line.group, grp)] = line.cost_usd
-        totals[grp] = totals.get(grp, Decimal(0)) + line.cost_usd
-    first = min((line.group for line in found.lines), default=None)
-    start = query.since or (_bucket_start(first, query) if first is not None else now)
+    cells: dict[tuple[str, str], float] = {}
+    totals: dict[str, float] = {}
+    first: datetime | None = None
+    for hour, grp, cost, _count in cursor:
+        moment = datetime.fromisoformat(hour + ":00:00+00:00")
+        first = moment if first is None or moment < first else first
+        label = _bucket(moment, query)
+        cells[(label, grp)] = cells.get((label, grp), 0.0) + cost
+        totals[grp] = totals.get(grp, 0.0) + cost
+    start = query.since or first or now
     labels = list(_labels(start, query.until or now, query))
     ranked = sorted(totals, key=lambda g: (-totals[g], g))
     shown, rest = ranked[:SERIES], set(ranked[SERIES:])
-    zero = Decimal(0)
-    series = [
-        {"name": g, "total": float(totals[g]), "values": [float(cells.get((b, g), zero)) for b in labels]} for g in shown
-    ]
+    series = [{"name": g, "total": totals[g], "values": [cells.get((b, g), 0.0) for b in labels]} for g in shown]
     if rest:
-        # One pass over the cells: buckets times groups would be millions of look-ups for sessions.
-        other: dict[str, Decimal] = {}
-        for (bucket, grp), cost in cells.items():
-            if grp in rest:
-                other[bucket] = other.get(bucket, zero) + cost
-        values = [float(other.get(b, zero)) for b in labels]
-        series.append({"name": "other", "total": float(sum((totals[g] for g in rest), zero)), "values": values})
+        values = [sum(cells.get((b, g), 0.0) for g in rest) for b in labels]
+        series.append({"name": "other", "total": sum(totals[g] for g in rest), "values": values})
     return {"by": query.by, "step": query.step, "tz": str(query.tz), "buckets": labels, "series": series}
-
-
-def _bucket_start(label: str, query: Query) -> datetime:
-    """The first whole UTC hour inside bucket `label` (a local hour or day)."""
-    text = label.replace(" ", "T") if query.step == "hour" else label + "T00:00"
-    local = datetime.fromisoformat(text).replace(tzinfo=query.tz).astimezone(UTC)
-    floor = local.replace(minute=0, second=0, microsecond=0)
-    return floor if floor == local else floor + timedelta(hours=1)
 
 
 def _bucket(moment: datetime, query: Query) -> str:
@@ -216,73 +202,101 @@ def recent(db: sqlite3.Connection, query: Query) -> list[dict[str, Any]]:
 
 
 def groups(db: sqlite3.Connection, query: Query) -> list[dict[str, Any]]:
-    """Top groups (sessions by default) with first and last seen, requests, models and exact cost:
-    the report's own query (`report --by <group> --limit N`), read from the rollups."""
-    found = reports.report(
-        db, query.by, since=query.since, until=query.until, filters=_filters(query), tz=query.tz,
-        limit=query.limit, details=True,
+    """Top groups (sessions by default) with first and last seen, requests, models and exact cost."""
+    try:
+        return _groups(db, query, _exact_sum("cost_usd"))
+    except (_Inexact, sqlite3.OperationalError):  # more than 12 decimals, or past SQLite's integers
+        return _groups(db, query, "decsum(cost_usd), NULL")
+
+
+def _groups(db: sqlite3.Connection, query: Query, cost_sql: str) -> list[dict[str, Any]]:
+    group = GROUP_SQL[query.by]
+    where, params = _where(query)
+    cursor = db.execute(
+        f"SELECT {group} AS grp, MIN(started_at), MAX(started_at), COUNT(*),"
+        f" SUM(outcome != 'ok'), GROUP_CONCAT(DISTINCT model), {cost_sql}"
+        f" FROM requests{where} GROUP BY grp ORDER BY TOTAL(cost_usd) DESC, grp LIMIT ?",
+        [*params, query.limit],
     )
-    return [
-        {
-            "group": line.group,
-            "first_seen": line.first_at,
-            "last_seen": line.last_at,
-            "requests": line.requests,
-            # Every request that was not ok, refusals included.
-            "errors": line.value("errors") + line.value("blocked"),
-            "models": sorted(line.models),
-            "cost_usd": format(line.cost_usd, "f"),
-        }
-        for line in found.lines
-    ]
+    rows = []
+    for grp, first, last, count, errors, models, cost, places in cursor:
+        exact = _sum_text(cost, places)
+        rows.append(
+            {
+                "group": grp,
+                "first_seen": first,
+                "last_seen": last,
+                "requests": count,
+                "errors": errors,
+                "models": sorted(set(models.split(","))) if models else [],
+                "cost_usd": exact if exact is not None else "0",
+            }
+        )
+    return rows
 
 
 def cache_and_drift(db: sqlite3.Connection, query: Query, catalog: Catalog) -> dict[str, Any]:
-    """Per model: cache reads and what they saved at today's catalog prices; billed vs catalog cost
-    over the requests that have both. The report's query by model, read from the rollups."""
-    found = reports.report(db, "model", since=query.since, until=query.until, filters=_filters(query), tz=query.tz)
-    models: list[dict[str, Any]] = []
+    """Per model: cache reads and what they saved at today's catalog prices; billed vs catalog cost."""
+    try:
+        return _cache_and_drift(db, query, catalog, _exact_sum)
+    except (_Inexact, sqlite3.OperationalError):
+        return _cache_and_drift(db, query, catalog, lambda column: f"decsum({column}), NULL")
+
+
+def _cache_and_drift(
+    db: sqlite3.Connection, query: Query, catalog: Catalog, money_sum: Callable[[str], str]
+) -> dict[str, Any]:
+    where, params = _where(query)
+    cursor = db.execute(
+        "SELECT COALESCE(model, '(none)'), COUNT(*), TOTAL(input_tokens), TOTAL(cached_tokens),"
+        " TOTAL(cache_write_tokens),"
+        f" {money_sum('CASE WHEN cost_catalog_usd IS NOT NULL THEN cost_reported_usd END')},"
+        f" {money_sum('CASE WHEN cost_reported_usd IS NOT NULL THEN cost_catalog_usd END')},"
+        " SUM(cost_reported_usd IS NOT NULL AND cost_catalog_usd IS NOT NULL)"
+        f" FROM requests{where} GROUP BY 1",
+        params,
+    )
+    models = []
     saved_total = Decimal(0)
     billed_total = Decimal(0)
     catalog_total = Decimal(0)
-    for line in found.lines:
-        model = line.group
-        input_tokens, cached = line.value("input_tokens"), line.value("cached_tokens")
-        compared = line.value("compared_requests")
-        entry = catalog.get(model) if model != reports.NONE else None
+    for model, count, input_tokens, cached, written, billed_sum, billed_places, listed_sum, listed_places, compared in cursor:
+        billed = _sum_text(billed_sum, billed_places)
+        listed = _sum_text(listed_sum, listed_places)
+        entry = catalog.get(model) if model != "(none)" else None
         saved: Decimal | None = None
         if entry is not None and cached:
             read_price = entry.pricing.input_cache_read
             if read_price is not None:
-                saved = (entry.pricing.prompt - read_price) * cached
+                saved = (entry.pricing.prompt - read_price) * int(cached)
                 saved_total += saved
-        billed = line.money("billed_compared_usd") if compared else None
-        listed = line.money("catalog_compared_usd") if compared else None
-        if billed is not None and listed is not None:
-            billed_total += billed
-            catalog_total += listed
+        billed_d = Decimal(billed) if billed is not None else None
+        listed_d = Decimal(listed) if listed is not None else None
+        if billed_d is not None and listed_d is not None:
+            billed_total += billed_d
+            catalog_total += listed_d
         models.append(
             {
                 "model": model,
-                "requests": line.requests,
-                "input_tokens": input_tokens,
-                "cached_tokens": cached,
-                "cache_write_tokens": line.value("cache_write_tokens"),
+                "requests": count,
+                "input_tokens": int(input_tokens),
+                "cached_tokens": int(cached),
+                "cache_write_tokens": int(written),
                 "cache_share": round(cached / input_tokens, 4) if input_tokens else None,
                 "saved_usd": None if saved is None else str(saved),
-                "compared_requests": compared,
-                "billed_usd": None if billed is None else format(billed, "f"),
-                "catalog_usd": None if listed is None else format(listed, "f"),
-                "drift_usd": None if billed is None or listed is None else format(billed - listed, "f"),
+                "compared_requests": compared or 0,
+                "billed_usd": None if billed_d is None else str(billed_d),
+                "catalog_usd": None if listed_d is None else str(listed_d),
+                "drift_usd": None if billed_d is None or listed_d is None else str(billed_d - listed_d),
             }
         )
     models.sort(key=lambda m: (-m["cached_tokens"], m["model"]))
     return {
         "models": models,
         "saved_usd": str(saved_total),
-        "billed_usd": format(billed_total, "f"),
-        "catalog_usd": format(catalog_total, "f"),
-        "drift_usd": format(billed_total - catalog_total, "f"),
+        "billed_usd": str(billed_total),
+        "catalog_usd": str(catalog_total),
+        "drift_usd": str(billed_total - catalog_total),
     }
 
 
