@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
+import sqlite3
+from datetime import UTC, datetime
 from typing import Any
 
 import openai
@@ -11,6 +14,8 @@ import pytest
 
 from proxy.config import AdminConfig, parse_config
 from proxy.errors import ConfigError
+from proxy.server.app import RUNTIME
+from proxy.store import keys as key_store
 from tests.fake_openrouter import RECEIVED
 
 UPSTREAM_KEY = "sk-or-v1-" + "6" * 64
@@ -160,3 +165,28 @@ async def test_admin_answers_allowed_hosts_as_metrics_does(start_proxy: Any, adm
     for host, status in (("proxy.lan", 200), ("proxy.lan:8080", 200), ("localhost", 200), ("evil.example", 403)):
         assert (await proxy.client.get("/-/admin/keys", headers={**auth(), "Host": host})).status == status, host
         assert (await proxy.client.get("/healthz", headers={"Host": host})).status == status, host
+
+
+async def test_a_new_key_works_only_once_its_budget_is_enforced(start_proxy: Any, admin_config: Any) -> None:
+    """The poller must not let a key in while the budget made with it is still being set up: the
+    budget's warm-up waits for the writer, and requests in that gap slipped past the budget."""
+    proxy = await start_proxy(admin_config)
+    db = key_store.connect(proxy.db_path)
+    try:
+        key = key_store.create_key(db, "dave", datetime.now(UTC), budget="0.01/day")
+    finally:
+        db.close()
+    # Hold the write lock, so the budget's set-up (which waits for the writer) cannot finish yet.
+    lock = sqlite3.connect(proxy.db_path, isolation_level=None, timeout=5)
+    lock.execute("BEGIN IMMEDIATE")
+    refresh = asyncio.create_task(proxy.app[RUNTIME].refresh())
+    try:
+        await asyncio.sleep(0.5)
+        assert not refresh.done()
+        assert await call(proxy, key) == 401  # not yet: its budget is not enforced
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert await refresh
+    assert await call(proxy, key, cost="0.02") == 200
+    assert await call(proxy, key) == 402

@@ -57,6 +57,7 @@ class Runtime:
         self._attributor = attributor
         self._guard = guard
         self._version = -1
+        self._applied_keys: dict[str, tuple[KeyAlias, float | None]] = {}
         self._lock = asyncio.Lock()
 
     async def refresh(self) -> bool:
@@ -68,10 +69,14 @@ class Runtime:
             state = await read_state_async(self._db)
             now = datetime.now(UTC)
             keys = runtime_keys(self._config, state)
-            self._attributor.set_runtime_keys(keys)
+            # Revoked and expired keys stop at once; a new key works only once its budget is
+            # enforced, or its first requests would slip past a budget made with it.
+            self._attributor.set_runtime_keys({k: v for k, v in keys.items() if k in self._applied_keys})
             specs = runtime_specs(self._config.budgets, state, now)
             if specs != self._guard.budgets.specs:
                 await respec(self._db, self._guard, self._recorder, specs, now)
+            self._attributor.set_runtime_keys(keys)
+            self._applied_keys = keys
             if keys and not self._config.managed_key_env:
                 log.warning("event=runtime_keys_unused reason=managed_key_env_not_set keys=%d", len(keys))
             clashes = sorted({k.name for k in state.keys} & {a.alias for a in self._config.keys})
