@@ -106,6 +106,8 @@ async def test_key_budget_is_enforced(spawn_proxy: Any, upstream: Any) -> None: 
     key = out.strip()
     _, plain, _ = await cli("keys", "create", "--name", "carol", db=proxy.db)
     await until_status(proxy.base, key, 200)  # spends $0.001
+    # Carol was made after bob: the proxy may have loaded bob's key a poll before hers.
+    await until_status(proxy.base, plain.strip(), 200)
     statuses = [await call(proxy.base, key, cost="0.004") for _ in range(4)]
     assert statuses == [200, 200, 200, 402]  # 0.001 + 3 x 0.004 >= 0.01
     assert await call(proxy.base, plain.strip()) == 200  # the budget is bob's alone
