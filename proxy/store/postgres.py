@@ -285,7 +285,7 @@ _RESULT: dict[str, Callable[[Any], Any]] = {
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Prepared:
+class Prepared:
     sql: str
     params: tuple[Callable[[Any], Any] | None, ...]
     results: tuple[Callable[[Any], Any] | None, ...]
@@ -299,6 +299,17 @@ class _Prepared:
         return tuple(v if convert is None or v is None else convert(v) for convert, v in zip(self.results, record))
 
 
+async def prepare(connection: asyncpg.Connection, sql: str) -> Prepared:
+    """A statement in the SQLite dialect, translated, with its parameter and result conversions."""
+    translated = translate(sql)
+    statement = await connection.prepare(translated)
+    return Prepared(
+        translated,
+        tuple(_PARAM.get(t.name) for t in statement.get_parameters()),
+        tuple(_RESULT.get(a.type.name) for a in statement.get_attributes()),
+    )
+
+
 class PostgresStore:
     """The storage engine for PostgreSQL: a small pool; the recorder is its only writer of rows."""
 
@@ -307,7 +318,7 @@ class PostgresStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self._prepared: dict[str, _Prepared] = {}
+        self._prepared: dict[str, Prepared] = {}
 
     @classmethod
     async def open(cls, url: str, password: str | None = None, *, max_size: int = 4) -> PostgresStore:
@@ -346,16 +357,10 @@ class PostgresStore:
                 await connection.copy_records_to_table(_INCOMING, records=map(_COLUMN_VALUES, records), columns=REQUEST_COLUMNS)
                 await connection.execute(_MOVE_INCOMING)
 
-    async def _prepare(self, connection: asyncpg.Connection, sql: str) -> _Prepared:
+    async def _prepare(self, connection: asyncpg.Connection, sql: str) -> Prepared:
         prepared = self._prepared.get(sql)
         if prepared is None:
-            translated = translate(sql)
-            statement = await connection.prepare(translated)
-            prepared = _Prepared(
-                translated,
-                tuple(_PARAM.get(t.name) for t in statement.get_parameters()),
-                tuple(_RESULT.get(a.type.name) for a in statement.get_attributes()),
-            )
+            prepared = await prepare(connection, sql)
             self._prepared[sql] = prepared
         return prepared
 

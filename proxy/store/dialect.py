@@ -1,0 +1,116 @@
+"""The few SQL fragments that differ between SQLite and PostgreSQL, in one place, for the readers.
+
+Everything else a reader writes is the SQLite dialect, which the PostgreSQL reader translates
+(`?` placeholders, `INSERT OR IGNORE`). What cannot be translated statement by statement lives
+here: time text of a timestamptz, GLOB, JSON membership lists, sums that must come back as
+integers or floats, and whether the SQLite-only rollups exist. A reader asks its connection's
+dialect for a fragment (`dialect_of(db)`); it never asks which engine it has.
+
+Standard library only: `statusline` imports it on its fast path.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# The rollup money columns' integer parts, as proxy/store/rollups.py cuts them.
+PICO_DIGITS = 12
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    name: str
+    # SQLite's hourly/daily/session rollups (triggers, money as pico/yocto integers); PostgreSQL
+    # reads raw rows, whose numeric sums are exact natively.
+    rollups: bool
+
+    def time_text(self, column: str, width: int) -> str:
+        """The first `width` characters of a time as the SQLite file stores it ('2026-11-20T13:04:05.000000Z')."""
+        if self.name == "sqlite":
+            return f"substr({column}, 1, {width})"
+        return f"substr(to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS'), 1, {width})"
+
+    def glob(self, expr: str) -> str:
+        """`expr` matches the glob passed (through `glob_param`) as the next parameter."""
+        return f"{expr} GLOB ?" if self.name == "sqlite" else f"{expr} ~ ?"
+
+    def glob_param(self, pattern: str) -> str:
+        return pattern if self.name == "sqlite" else glob_regex(pattern)
+
+    def member(self, expr: str, op: str) -> str:
+        """`expr IN` (or `NOT IN`) the JSON array of text passed as the next parameter."""
+        if self.name == "sqlite":
+            return f"{expr} {op} (SELECT value FROM json_each(?))"
+        return f"{expr} {op} (SELECT jsonb_array_elements_text(?::jsonb))"
+
+    def flag(self, condition: str) -> str:
+        """A condition as 0/1, to sum."""
+        return f"({condition})" if self.name == "sqlite" else f"({condition})::int"
+
+    def int_sum(self, expr: str) -> str:
+        """SUM of integers, as an integer (PostgreSQL's SUM of bigint is numeric)."""
+        return f"SUM({expr})" if self.name == "sqlite" else f"SUM({expr})::bigint"
+
+    def float_sum(self, expr: str) -> str:
+        """SQLite's TOTAL: a float, 0.0 over no rows."""
+        return f"TOTAL({expr})" if self.name == "sqlite" else f"COALESCE(SUM({expr}), 0)::float8"
+
+    def distinct_list(self, expr: str) -> str:
+        """The distinct values, comma-separated."""
+        return f"GROUP_CONCAT(DISTINCT {expr})" if self.name == "sqlite" else f"string_agg(DISTINCT {expr}, ',')"
+
+    def money_parts(self, x: str) -> tuple[str, str, str] | None:
+        """Per row, (pico, yocto, inexact) of an exact money column, or None where the rollups'
+        text-cutting SQL applies (SQLite keeps money as decimal text)."""
+        if self.name == "sqlite":
+            return None
+        pico = f"COALESCE(trunc({x} * 1e{PICO_DIGITS}), 0)"
+        yocto = f"COALESCE(trunc({x} * 1e{2 * PICO_DIGITS}) - trunc({x} * 1e{PICO_DIGITS}) * 1e{PICO_DIGITS}, 0)"
+        inexact = f"COALESCE(({x} * 1e{2 * PICO_DIGITS} <> trunc({x} * 1e{2 * PICO_DIGITS}))::int, 0)"
+        return pico, yocto, inexact
+
+    def exact_money_sum(self, column: str) -> str | None:
+        """An exact sum of a money column returned as decimal text, or None where there is none in SQL."""
+        return None if self.name == "sqlite" else f"SUM({column}), NULL"
+
+
+SQLITE = Dialect("sqlite", rollups=True)
+POSTGRES = Dialect("postgresql", rollups=False)
+
+
+def dialect_of(db: Any) -> Dialect:
+    """A connection's dialect: the PostgreSQL reader says so; a sqlite3 connection is SQLite."""
+    found = getattr(db, "dialect", None)
+    return found if isinstance(found, Dialect) else SQLITE
+
+
+def glob_regex(pattern: str) -> str:
+    """SQLite's GLOB (`*`, `?`, `[...]`, `[^...]`, case-sensitive, whole value) as an anchored regex."""
+    out = ["^"]
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "*":
+            out.append(".*")
+        elif c == "?":
+            out.append(".")
+        elif c == "[":
+            end = pattern.find("]", i + 2 if pattern[i + 1 : i + 2] in ("]", "^") else i + 1)
+            if pattern[i + 1 : i + 3] == "^]":
+                end = pattern.find("]", i + 3)
+            if end < 0:
+                out.append(re.escape(c))
+            else:
+                body = pattern[i + 1 : end]
+                negate = body.startswith("^")
+                body = body[1:] if negate else body
+                out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\").replace("[", "\\[") + "]")
+                i = end
+        else:
+            out.append("\\" + c if not c.isalnum() and c not in " _-/:" and c.isascii() else c)
+        i += 1
+    out.append("$")
+    return "".join(out)
