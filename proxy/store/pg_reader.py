@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Coroutine, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import asyncpg
 
@@ -49,7 +49,7 @@ class Row(tuple[Any, ...]):
 
     _names: dict[str, int]
 
-    def __new__(cls, values: Sequence[Any], names: dict[str, int]) -> Row:
+    def __new__(cls, values: Sequence[Any], names: dict[str, int]) -> Self:
         row = super().__new__(cls, values)
         row._names = names
         return row
@@ -156,7 +156,7 @@ class PostgresReader:
         finally:
             _stop(self._loop, self._thread)
 
-    def __enter__(self) -> PostgresReader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
