@@ -94,12 +94,11 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     elif config.metrics.enabled:
         app.cleanup_ctx.append(_metrics_site(registry, metrics_token))
     admin_token = _admin_token(config)
-    if admin_token is not None and config.db_url:
-        raise ConfigError("admin.token_env: not available yet with a PostgreSQL db (runtime keys live in SQLite)")
     if admin_token is not None:
         admin = Admin(
-            admin_token, config.db, lambda: app[RUNTIME].refresh(),
+            admin_token, config.db_url or config.db, lambda: app[RUNTIME].refresh(),
             frozenset(k.alias for k in config.keys), frozenset(b.name for b in config.budgets), config.tz,
+            config.db_password_env,
         )
         # The token guards it; the Host rule as for /metrics on loopback keeps DNS-rebinding pages off too.
         admin.add_routes(app.router, lambda handler: _only_hosts(handler, _own_hosts(config, config.host, None)))
@@ -420,10 +419,7 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
     # Keys and budgets made at runtime: loaded before the port opens, then polled.
-    if DB not in app:
-        yield  # they live in the SQLite file only, for now (create_app refuses the admin API on PostgreSQL)
-        return
-    runtime = Runtime(app[CONFIG], app[DB], app[ATTRIBUTOR], app[GUARD], app[RECORDER])
+    runtime = Runtime(app[CONFIG], app[STORE], app[ATTRIBUTOR], app[GUARD], app[RECORDER])
     app[RUNTIME] = runtime
     await runtime.refresh()
     task = asyncio.create_task(runtime.run(), name="runtime-keys")

@@ -183,6 +183,17 @@ def _m010_runtime_keys() -> list[str]:
     return []
 
 
+def _m011_runtime_keys_on_postgres() -> list[str]:
+    # Migration 10's tables, here at last (10 ran as an empty step on existing databases and is
+    # never edited): `keys create`, `budgets set` and /-/admin/ on PostgreSQL.
+    return [
+        "CREATE TABLE proxy_keys (name text PRIMARY KEY, key_hash text NOT NULL UNIQUE, project text, budget text, "
+        "created_at timestamptz NOT NULL, expires_at timestamptz, revoked_at timestamptz)",
+        "CREATE TABLE runtime_budgets (name text PRIMARY KEY, spec text NOT NULL, updated_at timestamptz NOT NULL)",
+        "CREATE INDEX requests_key_alias ON requests (key_alias, started_at)",
+    ]
+
+
 MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m001_requests,
     _m002_model_prices,
@@ -194,6 +205,7 @@ MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m008_imported_activity,
     _m009_hourly_rollup,
     _m010_runtime_keys,
+    _m011_runtime_keys_on_postgres,
 )
 
 # Any fixed number: replicas starting together take turns migrating.

@@ -213,6 +213,12 @@ def _m010_runtime_keys(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX requests_key_alias ON requests (key_alias, started_at)")
 
 
+def _m011_runtime_keys_on_postgres(db: sqlite3.Connection) -> None:
+    # PostgreSQL's migration 11 creates the runtime-key tables this file has had since 10; nothing
+    # to do here, but the step keeps one number meaning one schema on both engines.
+    return None
+
+
 # Append only: a migration that has run on someone's database is never edited.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m001_requests,
@@ -225,6 +231,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m008_imported_activity,
     _m009_hourly_rollup,
     _m010_runtime_keys,
+    _m011_runtime_keys_on_postgres,
 )
 
 
