@@ -84,9 +84,6 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app.cleanup_ctx.extend(
         [_database, _window_spend, _recorder, _http_session, _catalog, _provider_prices, _budgets, _backfill, _forwarder, _runtime]
     )
-    if config.reconcile.interval_minutes and config.db_url:
-        # The reconciler reads the log with its own SQLite connection; PostgreSQL readers come later.
-        raise ConfigError("reconcile.interval_minutes: not available yet with a PostgreSQL db")
     if config.reconcile.interval_minutes:
         app.cleanup_ctx.append(_reconcile(config, managed_key, config.reconcile.interval_minutes * 60))
     if config.metrics.enabled and config.metrics.port is None:
@@ -446,8 +443,8 @@ def _reconcile(config: Config, managed_key: str | None, interval_s: float):  # t
     async def reconcile(app: web.Application) -> AsyncIterator[None]:
         metrics = app[METRICS]
         reconciler = Reconciler(
-            app[SESSION], config.upstream, key, key_env, config.db, None if every_row else of_key,
-            metrics.set_reconcile, metrics.reconcile_failed,
+            app[SESSION], config.upstream, key, key_env, config.db_url or config.db, None if every_row else of_key,
+            metrics.set_reconcile, metrics.reconcile_failed, password_env=config.db_password_env,
         )
         app[RECONCILER] = reconciler
         task = asyncio.create_task(reconciler.run(interval_s), name="reconcile")

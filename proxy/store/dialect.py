@@ -72,9 +72,20 @@ class Dialect:
         inexact = f"COALESCE(({x} * 1e{2 * PICO_DIGITS} <> trunc({x} * 1e{2 * PICO_DIGITS}))::int, 0)"
         return pico, yocto, inexact
 
-    def exact_money_sum(self, column: str) -> str | None:
-        """An exact sum of a money column returned as decimal text, or None where there is none in SQL."""
-        return None if self.name == "sqlite" else f"SUM({column}), NULL"
+    def exact_sum(self, column: str) -> str | None:
+        """An exact sum of a money column, returned as decimal text; None where SQL has none
+        (SQLite's SUM of decimal text is a float: the caller sums integers or in Python)."""
+        return None if self.name == "sqlite" else f"SUM({column})"
+
+    def table_columns(self, table: str) -> str:
+        """A query whose rows name each column of `table` at index 1, as SQLite's PRAGMA table_info does."""
+        if self.name == "sqlite":
+            return f"PRAGMA table_info({table})"
+        return f"SELECT ordinal_position, column_name FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = '{table}'"
+
+    def indexed_by(self, index: str) -> str:
+        """SQLite's planner hint for the live views' small reads; PostgreSQL plans for itself."""
+        return f" INDEXED BY {index}" if self.name == "sqlite" else ""
 
 
 SQLITE = Dialect("sqlite", rollups=True)
