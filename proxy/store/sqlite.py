@@ -17,12 +17,15 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
 from proxy.store import rollups
 from proxy.store.records import UsageRecord
+
+if TYPE_CHECKING:
+    from proxy.store.reader import Reader
 
 REQUEST_COLUMNS = tuple(f.name for f in dataclasses.fields(UsageRecord))
 # Rows per multi-row INSERT, a power of two: 30 columns x 128 rows stays far under SQLite's
@@ -404,7 +407,7 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     return db
 
 
-def read_requests(db: sqlite3.Connection, since: datetime | None = None, until: datetime | None = None) -> Iterator[sqlite3.Row]:
+def read_requests(db: Reader, since: datetime | None = None, until: datetime | None = None) -> Iterator[Any]:
     query = "SELECT * FROM requests"
     clauses, params = [], []
     if since is not None:
