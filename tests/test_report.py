@@ -604,11 +604,11 @@ def activity(day: str, model: str, usage: str, byok: str = "0", requests: int = 
     return ActivityRow(day, model, None, endpoint, provider, Decimal(usage), Decimal(byok), requests, 100, 10, 1)
 
 
-async def imported_db(tmp_path: Path) -> Path:
+async def imported_db(path: Path | str) -> Path | str:
     """Log rows on 2026-11-26 only; imported days 2026-11-25 (not in the log) and 2026-11-26 (in it)."""
     from proxy.store.activity import store_activity
+    from proxy.store.reader import open_writer
 
-    path = tmp_path / "i.db"
     at = datetime(2026, 11, 26, 9, tzinfo=UTC)
     await write(path, [
         make_record(0, started_at=at, cost_usd=Decimal("0.5"), project="acme"),
@@ -621,7 +621,7 @@ async def imported_db(tmp_path: Path) -> Path:
         # A day the log covers: never added (no double counting).
         activity("2026-11-26", "openai/gpt-4o", "9", requests=9),
     ]
-    db = sqlite3.connect(path)
+    db = open_writer(path)
     try:
         store_activity(db, rows, NOW)
         store_activity(db, rows, NOW)  # re-importing changes nothing
@@ -630,8 +630,8 @@ async def imported_db(tmp_path: Path) -> Path:
     return path
 
 
-async def test_imported_days_are_added_only_where_the_log_has_no_rows(tmp_path: Path) -> None:
-    path = await imported_db(tmp_path)
+async def test_imported_days_are_added_only_where_the_log_has_no_rows(db_target: Path | str) -> None:
+    path = await imported_db(db_target)
     with reader(path) as db:
         by_day = report(db, "day")
         by_model = report(db, "model")
@@ -675,8 +675,8 @@ async def test_imported_days_are_added_only_where_the_log_has_no_rows(tmp_path: 
 
 
 @pytest.mark.parametrize("by", ["project", "session", "key", "client", "endpoint", "hour"])
-async def test_other_groupings_say_imported_days_are_not_included(tmp_path: Path, by: str) -> None:
-    path = await imported_db(tmp_path)
+async def test_other_groupings_say_imported_days_are_not_included(db_target: Path | str, by: str) -> None:
+    path = await imported_db(db_target)
     with reader(path) as db:
         result = report(db, by)
         empty = report(db, by, since=datetime(2026, 11, 26, tzinfo=UTC))
@@ -686,8 +686,8 @@ async def test_other_groupings_say_imported_days_are_not_included(tmp_path: Path
     assert not any("imported" in note for note in empty.notes)
 
 
-async def test_imported_days_are_utc_days(tmp_path: Path) -> None:
-    path = await imported_db(tmp_path)
+async def test_imported_days_are_utc_days(db_target: Path | str) -> None:
+    path = await imported_db(db_target)
     tz = ZoneInfo("America/New_York")
     with reader(path) as db:
         local_days = report(db, "day", tz=tz)
