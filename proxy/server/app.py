@@ -11,7 +11,6 @@ import asyncio
 import ipaddress
 import logging
 import os
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
@@ -39,8 +38,8 @@ from proxy.server.intake import Intake
 from proxy.metrics import Metrics, metrics_handler
 from proxy.store.recorder import Recorder
 from proxy.pricing.refresh import CatalogHolder, initial_catalog, record_prices, refresh_loop
-from proxy.store.engine import SqliteStore, Store, open_store
-from proxy.store.sqlite import open_db, salt, spend_by_window
+from proxy.store.engine import SqliteStore, Store, open_store, spend_by_window
+from proxy.store.sqlite import open_db, salt
 from proxy.web.routes import add_routes as add_web_routes
 
 log = logging.getLogger(__name__)
@@ -225,21 +224,20 @@ async def _window_spend(app: web.Application) -> AsyncIterator[None]:
 
     A month of a busy log takes seconds to read, so it runs beside serving: only rows started before
     now are read, and requests from now on are counted as they end, so nothing counts twice."""
-    if not app[CONFIG].metrics.enabled or DB not in app:
-        # On PostgreSQL the window gauges start at this start-up's traffic (its readers come later).
+    if not app[CONFIG].metrics.enabled:
         yield
         return
-    task = asyncio.create_task(_seed_window_spend(app[DB], app[METRICS], datetime.now(UTC)), name="window-spend-seed")
+    task = asyncio.create_task(_seed_window_spend(app[STORE], app[METRICS], datetime.now(UTC)), name="window-spend-seed")
     yield
     task.cancel()
     await asyncio.wait([task])
 
 
-async def _seed_window_spend(db: aiosqlite.Connection, metrics: Metrics, until: datetime) -> None:
+async def _seed_window_spend(store: Store, metrics: Metrics, until: datetime) -> None:
     starts = metrics.window_spend.starts
     try:
-        rows = await spend_by_window(db, starts, until)
-    except sqlite3.Error as e:
+        rows = await spend_by_window(store, starts, until)
+    except store.write_errors as e:
         log.warning("event=window_spend_seed_failed error=%s", e)
         return
     metrics.load_window_spend(rows, starts)

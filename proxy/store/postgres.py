@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from proxy.store.dialect import POSTGRES
 from proxy.store.records import UsageRecord
 from proxy.store.sqlite import encode_time
 
@@ -326,6 +327,7 @@ class PostgresStore:
     """The storage engine for PostgreSQL: a small pool; the recorder is its only writer of rows."""
 
     engine = ENGINE
+    dialect = POSTGRES
     write_errors = WRITE_ERRORS
 
     def __init__(self, pool: asyncpg.Pool) -> None:

@@ -13,7 +13,7 @@ import operator
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -419,31 +419,3 @@ def read_requests(db: Reader, since: datetime | None = None, until: datetime | N
     if clauses:
         query += " WHERE " + " AND ".join(clauses)
     yield from db.execute(query + " ORDER BY started_at", params)
-
-
-WindowSpendRow = tuple[str | None, str | None, str | None, str | None, tuple[bool, ...], Decimal]
-
-
-async def spend_by_window(
-    db: aiosqlite.Connection, starts: Sequence[datetime], until: datetime
-) -> list[WindowSpendRow]:
-    """(model, key, project, session, (started since starts[0], ...), cost) summed per label set and
-    per set of windows a request falls in, for requests started before `until`, labelled as the metrics
-    label them: the model served, else asked for; the key's alias, else its fingerprint. SQLite groups
-    the rows and returns the costs as text, summed here as Decimal (SQLite's SUM would be a float)."""
-    since = [encode_time(s) for s in starts]
-    flags = ", ".join("started_at >= ?" for _ in starts)
-    groups = ", ".join(str(i) for i in range(1, 5 + len(starts)))
-    async with db.execute(
-        "SELECT COALESCE(model, model_requested), COALESCE(key_alias, key_fingerprint), project, session, "
-        f"{flags}, group_concat(cost_usd, ' ') FROM requests "
-        f"WHERE started_at >= ? AND started_at < ? AND cost_usd IS NOT NULL GROUP BY {groups}",
-        (*since, min(since), encode_time(until)),
-    ) as cursor:
-        rows = await cursor.fetchall()
-    out: list[WindowSpendRow] = []
-    for row in rows:
-        amount = sum((Decimal(c) for c in row[-1].split()), Decimal(0))
-        if amount:
-            out.append((row[0], row[1], row[2], row[3], tuple(bool(f) for f in row[4:-1]), amount))
-    return out
