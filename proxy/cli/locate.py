@@ -8,6 +8,7 @@ Standard library only: `statusline` imports this on its fast path.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Mapping
@@ -29,12 +30,29 @@ POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
 def db_arg(text: str) -> Path | str:
-    """`--db`: a SQLite path, or a postgresql:// URL kept as text (a Path would fold its `//`)."""
-    return text if text.startswith(POSTGRES_SCHEMES) else Path(text)
+    """`--db`: a SQLite path, or a postgresql:// URL kept as text (a Path would fold its `//`).
+    A password in the URL is refused: it would show in `ps` and the shell's history."""
+    if not text.startswith(POSTGRES_SCHEMES):
+        return Path(text)
+    from urllib.parse import urlsplit
+
+    try:
+        password = urlsplit(text).password
+    except ValueError:
+        password = None
+    if password is not None:
+        raise argparse.ArgumentTypeError("no password in the URL; set PGPASSWORD, use ~/.pgpass, or name a variable in db_password_env")
+    return text
 
 
 def _db_value(value: Path | str) -> Path | str:
-    return value if isinstance(value, Path) else db_arg(value)
+    return value if isinstance(value, Path) else text_db(value)
+
+
+def text_db(text: str) -> Path | str:
+    """A db from the environment or a caller: a URL stays text (its password, if any, is the
+    driver's business there; the command line refuses one)."""
+    return text if text.startswith(POSTGRES_SCHEMES) else Path(text)
 
 CONFIG_ENV = "OPENROUTER_SPEND_CONFIG"
 # Where `serve` put the database before it had a per-user default.
@@ -85,7 +103,7 @@ def resolve_db(
     if args_db:
         return _db_value(args_db)
     if env.get(DB_ENV):
-        return db_arg(env[DB_ENV])
+        return text_db(env[DB_ENV])
     if config is not None and config.db_given:
         url = getattr(config, "db_url", None)
         return url if isinstance(url, str) else config.db

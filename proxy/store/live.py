@@ -37,7 +37,8 @@ def connect(path: Path | str, password_env: str | None = None) -> Any:
     if isinstance(path, str) and path.startswith(POSTGRES_SCHEMES):
         from proxy.store.reader import open_reader
 
-        return open_reader(path, password_env)
+        # As the SQLite connection's 2 s busy timeout: a status line that waits is a blank one.
+        return open_reader(path, password_env, timeout_s=2.0)
     path = Path(path)
     if not path.is_file():
         return None

@@ -104,10 +104,10 @@ class PostgresReader:
         self.row_factory: Any = None
 
     @classmethod
-    def open(cls, url: str, password: str | None = None, *, migrate: bool = False) -> PostgresReader:
+    def open(cls, url: str, password: str | None = None, *, migrate: bool = False, timeout_s: float = 10.0) -> PostgresReader:
         loop, thread = _loop_thread()
         try:
-            connection = _run(loop, asyncpg.connect(url, password=password, timeout=10, command_timeout=60))
+            connection = _run(loop, asyncpg.connect(url, password=password, timeout=timeout_s, command_timeout=60))
             try:
                 if migrate:
                     _run(loop, postgres.migrate(connection))

@@ -37,12 +37,13 @@ def _password(password_env: str | None) -> str | None:
     return os.environ.get(password_env) if password_env else None
 
 
-def open_reader(db: str | Path, password_env: str | None = None) -> Reader:
-    """Read-only: FileNotFoundError when a SQLite file does not exist (the commands say so in one line)."""
+def open_reader(db: str | Path, password_env: str | None = None, *, timeout_s: float = 10.0) -> Reader:
+    """Read-only: FileNotFoundError when a SQLite file does not exist (the commands say so in one line).
+    `timeout_s` bounds connecting to PostgreSQL (statusline must answer fast)."""
     if is_postgres(db):
         from proxy.store.pg_reader import PostgresReader
 
-        return PostgresReader.open(str(db), _password(password_env))
+        return PostgresReader.open(str(db), _password(password_env), timeout_s=timeout_s)
     from proxy.store.sqlite import connect_readonly
 
     return connect_readonly(Path(db))
