@@ -11,8 +11,6 @@ Standard library only: `statusline` imports it on its fast path.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any
 
 # The rollup money columns' integer parts, as proxy/store/rollups.py cuts them.
@@ -20,12 +18,18 @@ PICO_DIGITS = 12
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 
 
-@dataclass(frozen=True, slots=True)
 class Dialect:
-    name: str
-    # SQLite's hourly/daily/session rollups (triggers, money as pico/yocto integers); PostgreSQL
-    # reads raw rows, whose numeric sums are exact natively.
-    rollups: bool
+    # A plain class, not a dataclass: `statusline` imports this and dataclasses costs it ~50 ms.
+    __slots__ = ("name", "rollups")
+
+    def __init__(self, name: str, rollups: bool) -> None:
+        self.name = name
+        # SQLite's hourly/daily/session rollups (triggers, money as pico/yocto integers); PostgreSQL
+        # reads raw rows, whose numeric sums are exact natively.
+        self.rollups = rollups
+
+    def __repr__(self) -> str:
+        return f"Dialect({self.name!r})"
 
     def time_text(self, column: str, width: int) -> str:
         """The first `width` characters of a time as the SQLite file stores it ('2026-11-20T13:04:05.000000Z')."""
@@ -100,6 +104,8 @@ def dialect_of(db: Any) -> Dialect:
 
 def glob_regex(pattern: str) -> str:
     """SQLite's GLOB (`*`, `?`, `[...]`, `[^...]`, case-sensitive, whole value) as an anchored regex."""
+    import re
+
     out = ["^"]
     i = 0
     while i < len(pattern):

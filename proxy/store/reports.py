@@ -6,7 +6,9 @@ it returns plain data and `as_document()` its JSON form, so both print the same 
 Whole UTC days are read from the daily rollup, whole hours from the hourly one, sessions from the
 per-session one (see proxy/store/rollups.py); only the partial hours at the edges of a range read
 raw rows. All are summed in SQL over integer pico/yocto-dollars, so totals are exact Decimals and
-memory stays flat however many rows there are.
+memory stays flat however many rows there are. On PostgreSQL (no rollups there) every piece is
+raw rows, cut into the same integer parts from `numeric` (proxy/store/dialect.py), so both engines
+return the same document for the same rows.
 """
 
 from __future__ import annotations
