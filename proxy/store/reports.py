@@ -287,9 +287,23 @@ class _Source:
             return f"(CASE WHEN {self.dim('key_alias')} != '' THEN {self.dim('key_alias')} ELSE {self.dim('key_fingerprint')} END)"
         return self.dim(by)
 
+    def group(self, by: str) -> tuple[str, str]:
+        """What `_query` groups by for a level, and the template spelling a group (see Dialect.time_group)."""
+        if by in TIME_GROUPINGS and self.rollup is None:
+            return self.dialect.time_group("r.started_at", 16 if self.minute else 13)
+        return self.level(by), "{}"
+
     def sums(self, seen: bool) -> list[str]:
         if self.rollup is None:
-            sums = [self.dialect.int_sum(expr) for expr in rollups.counters("r", dialect=self.dialect).values()]
+            aggregated: dict[str, str] = {}
+            for money in rollups.MONEY:
+                parts = self.dialect.money_sums(f"r.{money}")
+                if parts is not None:
+                    aggregated.update(zip((f"{money}_pico", f"{money}_yocto", f"{money}_inexact"), parts))
+            sums = [
+                aggregated.get(name) or self.dialect.int_sum(expr)
+                for name, expr in rollups.counters("r", dialect=self.dialect).items()
+            ]
             first_last = ["min(r.started_at)", "max(r.started_at)"]
         else:
             sums = [f"SUM(h.{name})" for name in SUMMED]
@@ -357,11 +371,16 @@ class _Source:
 def _query(
     db: Reader, source: _Source, levels: list[str], seen: bool, where: tuple[str, list[str]]
 ) -> Iterable[tuple[Any, ...]]:
-    keys = [source.level(level) for level in levels]
-    select = [f"{key} AS k{i}" for i, key in enumerate(keys)] + source.sums(seen)
+    groups = [source.group(level) for level in levels]
+    sums = source.sums(seen)
+    select = [f"{key} AS k{i}" for i, (key, _) in enumerate(groups)] + [f"{s} AS s{j}" for j, s in enumerate(sums)]
     sql = f"SELECT {', '.join(select)} FROM {source.table()}{where[0]}"
-    if keys:
-        sql += " GROUP BY " + ", ".join(f"k{i}" for i in range(len(keys)))
+    if groups:
+        sql += " GROUP BY " + ", ".join(f"k{i}" for i in range(len(groups)))
+    if any(spell != "{}" for _, spell in groups):
+        # Spell each group once, after grouping, not once per row.
+        outer = [spell.format(f"g.k{i}") for i, (_, spell) in enumerate(groups)] + [f"g.s{j}" for j in range(len(sums))]
+        sql = f"SELECT {', '.join(outer)} FROM ({sql}) AS g"
     cursor = db.execute(sql, where[1])
     cursor.row_factory = None
     return cursor

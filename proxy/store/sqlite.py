@@ -222,6 +222,11 @@ def _m011_runtime_keys_on_postgres(db: sqlite3.Connection) -> None:
     return None
 
 
+def _m012_hour_statistics(db: sqlite3.Connection) -> None:
+    # PostgreSQL's migration 12 adds planner statistics its raw-row reports need; SQLite reads rollups.
+    return None
+
+
 # Append only: a migration that has run on someone's database is never edited.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m001_requests,
@@ -235,6 +240,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m009_hourly_rollup,
     _m010_runtime_keys,
     _m011_runtime_keys_on_postgres,
+    _m012_hour_statistics,
 )
 
 
