@@ -2,12 +2,15 @@
 
     python -m bench.report_bench                       # builds /tmp/report-bench.db once (a few minutes), then times
     python -m bench.report_bench --rows 100000 --db /tmp/small.db
+    python -m bench.report_bench --rows 200000 --db /tmp/r200k.db --postgres postgresql://postgres@127.0.0.1:5432/bench
 
 The log is written through the real schema, migrations and rollup triggers (the rows go in with the
 writer's upsert, as the recorder does), with a realistic mix: weighted models and providers, a few
 projects, keys and clients, sessions of 5-1,000 requests over minutes to hours, 3% blocked, 5% errors,
 a few % cost unknown. Timings are the median of 3 runs of `proxy.store.reports.report()` on a
 read-only connection, plus `openrouter-spend report` as a subprocess (start-up included) and its peak RSS.
+With --postgres URL the same rows are copied into that (empty) PostgreSQL database and timed there
+too: PostgreSQL has no rollups, so every report reads the raw rows of its range.
 """
 
 from __future__ import annotations
@@ -147,12 +150,61 @@ def _time(fn: object, runs: int = 3) -> dict[str, float]:
     return {"wall": round(statistics.median(wall), 3), "cpu": round(statistics.median(cpu), 3)}
 
 
+def copy_to_postgres(path: Path, url: str) -> int:
+    """The SQLite log's requests into PostgreSQL (migrated first), COPYed in chunks; returns rows copied."""
+    import asyncio
+    from decimal import Decimal
+
+    from proxy.store import postgres
+
+    convert = {
+        "timestamptz": datetime.fromisoformat,
+        "numeric": Decimal,
+        "boolean": bool,
+    }
+    columns = postgres.REQUEST_COLUMNS
+    casts = [convert.get(postgres._REQUEST_TYPES[c]) for c in columns]
+
+    async def run() -> int:
+        store = await postgres.PostgresStore.open(url)
+        copied = 0
+        try:
+            async with store.pool.acquire() as connection:
+                source = connect_readonly(path)
+                cursor = source.execute(f"SELECT {', '.join(columns)} FROM requests")
+                while chunk := cursor.fetchmany(50_000):
+                    records = [tuple(v if f is None or v is None else f(v) for f, v in zip(casts, row)) for row in chunk]
+                    await connection.copy_records_to_table("requests", records=records, columns=columns)
+                    copied += len(records)
+                source.close()
+                await connection.execute("ANALYZE requests")
+        finally:
+            await store.close()
+        return copied
+
+    return asyncio.run(run())
+
+
+def _time_engine(db: object, now: datetime) -> dict[str, object]:
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    ranges = {"all": None, "30d": now - timedelta(days=30), "today": midnight}
+    out: dict[str, object] = {}
+    for label, since in ranges.items():
+        out[label] = {by: _time(lambda: report(db, by, since=since)) for by in GROUPINGS}  # type: ignore[arg-type]  # noqa: B023
+    out["day x model, 30d"] = _time(lambda: report(db, "day", breakdown="model", since=ranges["30d"]))  # type: ignore[arg-type]
+    out["model, 30d, --model anthropic/* --project web"] = _time(
+        lambda: report(db, "model", since=ranges["30d"], filters=Filters(models=("anthropic/*",), projects=("web",)))  # type: ignore[arg-type]
+    )
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--db", type=Path, default=Path("/tmp/report-bench.db"))
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--days", type=int, default=90)
     parser.add_argument("--rebuild", action="store_true")
+    parser.add_argument("--postgres", metavar="URL", help="also copy the rows into this empty PostgreSQL database and time the reports there")
     args = parser.parse_args()
     now = datetime.now(UTC)
     if args.rebuild and args.db.exists():
@@ -162,6 +214,19 @@ def main() -> int:
         began = time.perf_counter()
         build(args.db, args.rows, args.days, now)
         print(f"built {args.rows:,} rows over {args.days} days in {time.perf_counter() - began:.0f} s", file=sys.stderr)
+    if args.postgres:
+        from proxy.store.reader import open_reader
+
+        began = time.perf_counter()
+        copied = copy_to_postgres(args.db, args.postgres)
+        print(f"copied {copied:,} rows to PostgreSQL in {time.perf_counter() - began:.0f} s", file=sys.stderr)
+        sqlite_db = connect_readonly(args.db)
+        pg_db = open_reader(args.postgres)
+        both = {"sqlite": _time_engine(sqlite_db, now), "postgresql": _time_engine(pg_db, now)}
+        sqlite_db.close()
+        pg_db.close()
+        print(json.dumps({"rows": copied, "report_s": both}, indent=2))
+        return 0
     db = connect_readonly(args.db)
     count, first, last = db.execute("SELECT count(*), min(started_at), max(started_at) FROM requests").fetchone()
     rollup_rows = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("spend_hourly", "spend_daily", "spend_sessions")}

@@ -16,6 +16,7 @@ from proxy.config import AdminConfig, parse_config
 from proxy.errors import ConfigError
 from proxy.server.app import RUNTIME
 from proxy.store import keys as key_store
+from proxy.store.reader import open_reader
 from tests.fake_openrouter import RECEIVED
 
 UPSTREAM_KEY = "sk-or-v1-" + "6" * 64
@@ -91,9 +92,11 @@ async def test_admin_api_needs_its_token(start_proxy: Any, admin_config: Any, up
 
 
 async def test_admin_keys_and_budgets_apply_at_once(
-    start_proxy: Any, admin_config: Any, upstream: Any, caplog: pytest.LogCaptureFixture
+    start_proxy: Any, admin_config: Any, upstream: Any, caplog: pytest.LogCaptureFixture, db_target: Any
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    if isinstance(db_target, str):  # the same on PostgreSQL
+        admin_config = dataclasses.replace(admin_config, db_url=db_target)
     proxy = await start_proxy(admin_config)
     response = await proxy.client.post("/-/admin/keys", headers=auth(), json={"name": "ci", "project": "builds", "budget": "0.01/day"})
     assert response.status == 201 and response.headers["Cache-Control"] == "no-store"
@@ -127,8 +130,12 @@ async def test_admin_keys_and_budgets_apply_at_once(
     assert entry["last_used"] is not None
     # Neither the key nor the admin token is in the database files or the log.
     logs = "\n".join(r.getMessage() for r in caplog.records).encode()
-    db = proxy.db_path
-    places = {p.name: p.read_bytes() for p in db.parent.iterdir() if p.name.startswith(db.name)}
+    if isinstance(db_target, str):
+        with open_reader(db_target) as reader:
+            places = {t: repr(reader.execute(f"SELECT * FROM {t}").fetchall()).encode() for t in ("proxy_keys", "runtime_budgets", "meta")}
+    else:
+        db = proxy.db_path
+        places = {p.name: p.read_bytes() for p in db.parent.iterdir() if p.name.startswith(db.name)}
     places["log"] = logs
     secrets = (key, key.removeprefix("sk-spend-")[:20], ADMIN_TOKEN)
     assert {name for name, blob in places.items() if any(s.encode() in blob for s in secrets)} == set()
@@ -154,10 +161,9 @@ def test_admin_config(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
     with pytest.raises(ConfigError, match="^admin.token_env: environment variable NOT_SET_ANYWHERE is not set"):
         create_app(parse_config({"admin": {"token_env": "NOT_SET_ANYWHERE"}}))
-    # Runtime keys live in the SQLite file; on PostgreSQL the admin API says so at start-up.
+    # Runtime keys live in either engine: a PostgreSQL db no longer refuses the admin API.
     monkeypatch.setenv("TEST_ADMIN_TOKEN", ADMIN_TOKEN)
-    with pytest.raises(ConfigError, match="^admin.token_env: not available yet with a PostgreSQL db"):
-        create_app(parse_config({"admin": {"token_env": "TEST_ADMIN_TOKEN"}, "db": "postgresql://localhost/spend"}))
+    create_app(parse_config({"admin": {"token_env": "TEST_ADMIN_TOKEN"}, "db": "postgresql://localhost/spend"}))
 
 
 async def test_admin_answers_allowed_hosts_as_metrics_does(start_proxy: Any, admin_config: Any) -> None:

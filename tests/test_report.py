@@ -25,6 +25,8 @@ from proxy.cli.report import calendar_period, parse_range, parse_since, render
 from proxy.errors import CliError
 from proxy.pricing.generation import _FILL
 from proxy.store import records, rollups
+from proxy.store.engine import open_store
+from proxy.store.reader import open_reader
 from proxy.store.recorder import Recorder, Statement
 from proxy.store.records import UsageRecord
 from proxy.store.reports import GROUPINGS, SUMMED, TIME_GROUPINGS, Filters, Line, Report, as_document, report
@@ -137,21 +139,20 @@ def known_records(count: int = 240, seed: int = 7) -> list[UsageRecord]:
     return out
 
 
-async def write(path: Path, recs: Iterable[UsageRecord | Statement]) -> None:
-    db = await open_db(path)
+async def write(target: Path | str, recs: Iterable[UsageRecord | Statement]) -> None:
+    """Through the store, so the same rows land in SQLite or PostgreSQL (db_target picks)."""
+    store = await open_store(target)
     try:
-        recorder = Recorder(db)
+        recorder = Recorder(store)
         for rec in recs:
             recorder.record(rec)
         await recorder.drain()
     finally:
-        await db.close()
+        await store.close()
 
 
-def reader(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
-    return db
+def reader(target: Path | str) -> Any:
+    return open_reader(target)
 
 
 def key_of(rec: UsageRecord) -> str:
@@ -219,7 +220,16 @@ def assert_equal(result: Report, want: dict[tuple[str, ...], dict[str, Any]]) ->
 
 
 @pytest.fixture
-async def known(tmp_path: Path) -> tuple[Path, list[UsageRecord]]:
+async def known(db_target: Path | str) -> tuple[Path | str, list[UsageRecord]]:
+    """The known rows on each engine: every report must equal them on SQLite and on PostgreSQL."""
+    recs = known_records()
+    await write(db_target, recs)
+    return db_target, recs
+
+
+@pytest.fixture
+async def known_sqlite(tmp_path: Path) -> tuple[Path, list[UsageRecord]]:
+    """For what only SQLite has: the rollups and their retention."""
     recs = known_records()
     path = tmp_path / "usage.db"
     await write(path, recs)
@@ -312,16 +322,16 @@ async def test_time_groupings_follow_the_time_zone(known: tuple[Path, list[Usage
             assert_equal(report(db, "model", breakdown="day", tz=tz, since=since), expected(recs, ["model", "day"], tz, keep=lambda r: since is None or r.started_at >= since))
 
 
-async def test_blocked_is_its_own_column_not_an_error(tmp_path: Path) -> None:
-    path = tmp_path / "u.db"
+async def test_blocked_is_its_own_column_not_an_error(db_target: Path | str) -> None:
+    path = db_target
     await write(path, [make_record(0), make_record(1, status=402, outcome=records.BLOCKED, cost_usd=None), make_record(2, outcome=records.ABORTED)])
     with reader(path) as db:
         total = report(db, "model").total
     assert (total.requests, total.counts["blocked"], total.counts["errors"]) == (3, 1, 1)
 
 
-async def test_by_session_shows_first_and_last_seen_models_project_and_client(tmp_path: Path) -> None:
-    path = tmp_path / "u.db"
+async def test_by_session_shows_first_and_last_seen_models_project_and_client(db_target: Path | str) -> None:
+    path = db_target
     base = datetime(2026, 11, 20, 9, 58, tzinfo=UTC)
     recs = [
         make_record(0, session="fix-bug", started_at=base, model="a/x", project="acme", client="claude-code"),
@@ -442,8 +452,8 @@ async def test_json_and_csv(known: tuple[Path, list[UsageRecord]]) -> None:
     assert [(r["group"], r["breakdown"]) for r in parsed] == [(r["group"], r["breakdown"]) for r in data["rows"]]
 
 
-async def test_csv_quotes_hostile_group_names(tmp_path: Path) -> None:
-    path = tmp_path / "u.db"
+async def test_csv_quotes_hostile_group_names(db_target: Path | str) -> None:
+    path = db_target
     await write(path, [make_record(0, session='a,"b"\nc')])
     with reader(path) as db:
         parsed = list(csv.DictReader(io.StringIO(render(report(db, "session"), "csv"))))
@@ -467,8 +477,8 @@ def test_money_to_the_cent(amount: str, text: str) -> None:
 # -- retention ----------------------------------------------------------------------------------
 
 
-async def test_retention_deletes_raw_rows_yet_every_report_stays_equal(known: tuple[Path, list[UsageRecord]]) -> None:
-    path, recs = known
+async def test_retention_deletes_raw_rows_yet_every_report_stays_equal(known_sqlite: tuple[Path, list[UsageRecord]]) -> None:
+    path, recs = known_sqlite
     with reader(path) as db:
         before = {by: as_document(report(db, by)) for by in GROUPINGS}
     cutoff = T0 + timedelta(days=2, minutes=30)
@@ -521,10 +531,10 @@ async def test_the_writer_prunes_by_raw_days(tmp_path: Path) -> None:
         assert_equal(report(db, "model"), expected([*recs, make_record(1000, started_at=T0 + timedelta(days=1, hours=3))], ["model"]))
 
 
-async def test_short_sessions_inside_and_straddling_a_range(tmp_path: Path) -> None:
+async def test_short_sessions_inside_and_straddling_a_range(db_target: Path | str) -> None:
     # Sessions of 5 requests 7 minutes apart: most lie wholly inside the range (read from the
     # per-session rollup), a few straddle its ends (read from the hourly rollup and raw rows).
-    path = tmp_path / "u.db"
+    path = db_target
     recs = [
         make_record(n, session=f"t{n // 5}", started_at=T0 + timedelta(minutes=7 * n), model=MODELS[n % 3], cost_usd=Decimal(COSTS[n % 3]))
         for n in range(300)
@@ -594,11 +604,11 @@ def activity(day: str, model: str, usage: str, byok: str = "0", requests: int = 
     return ActivityRow(day, model, None, endpoint, provider, Decimal(usage), Decimal(byok), requests, 100, 10, 1)
 
 
-async def imported_db(tmp_path: Path) -> Path:
+async def imported_db(path: Path | str) -> Path | str:
     """Log rows on 2026-11-26 only; imported days 2026-11-25 (not in the log) and 2026-11-26 (in it)."""
     from proxy.store.activity import store_activity
+    from proxy.store.reader import open_writer
 
-    path = tmp_path / "i.db"
     at = datetime(2026, 11, 26, 9, tzinfo=UTC)
     await write(path, [
         make_record(0, started_at=at, cost_usd=Decimal("0.5"), project="acme"),
@@ -611,7 +621,7 @@ async def imported_db(tmp_path: Path) -> Path:
         # A day the log covers: never added (no double counting).
         activity("2026-11-26", "openai/gpt-4o", "9", requests=9),
     ]
-    db = sqlite3.connect(path)
+    db = open_writer(path)
     try:
         store_activity(db, rows, NOW)
         store_activity(db, rows, NOW)  # re-importing changes nothing
@@ -620,8 +630,8 @@ async def imported_db(tmp_path: Path) -> Path:
     return path
 
 
-async def test_imported_days_are_added_only_where_the_log_has_no_rows(tmp_path: Path) -> None:
-    path = await imported_db(tmp_path)
+async def test_imported_days_are_added_only_where_the_log_has_no_rows(db_target: Path | str) -> None:
+    path = await imported_db(db_target)
     with reader(path) as db:
         by_day = report(db, "day")
         by_model = report(db, "model")
@@ -665,8 +675,8 @@ async def test_imported_days_are_added_only_where_the_log_has_no_rows(tmp_path: 
 
 
 @pytest.mark.parametrize("by", ["project", "session", "key", "client", "endpoint", "hour"])
-async def test_other_groupings_say_imported_days_are_not_included(tmp_path: Path, by: str) -> None:
-    path = await imported_db(tmp_path)
+async def test_other_groupings_say_imported_days_are_not_included(db_target: Path | str, by: str) -> None:
+    path = await imported_db(db_target)
     with reader(path) as db:
         result = report(db, by)
         empty = report(db, by, since=datetime(2026, 11, 26, tzinfo=UTC))
@@ -676,8 +686,8 @@ async def test_other_groupings_say_imported_days_are_not_included(tmp_path: Path
     assert not any("imported" in note for note in empty.notes)
 
 
-async def test_imported_days_are_utc_days(tmp_path: Path) -> None:
-    path = await imported_db(tmp_path)
+async def test_imported_days_are_utc_days(db_target: Path | str) -> None:
+    path = await imported_db(db_target)
     tz = ZoneInfo("America/New_York")
     with reader(path) as db:
         local_days = report(db, "day", tz=tz)

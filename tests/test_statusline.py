@@ -19,7 +19,7 @@ import anthropic
 
 from proxy.cli.statusline import Tightest, render
 from proxy.store.recorder import Recorder
-from proxy.store.sqlite import open_db
+from proxy.store.engine import open_store
 from tests.fake_openrouter import fake_cost
 from tests.test_storage import make_record
 
@@ -57,8 +57,8 @@ def statusline(*args: str, stdin: str = "", home: Path, env: dict[str, str] | No
     )
 
 
-async def write_rows(path: Path, records: list[Any]) -> None:
-    db = await open_db(path)
+async def write_rows(target: Path | str, records: list[Any]) -> None:
+    db = await open_store(target)
     try:
         recorder = Recorder(db)
         for rec in records:
@@ -76,9 +76,9 @@ def one_line(result: subprocess.CompletedProcess[str]) -> str:
     return lines[0]
 
 
-async def test_prints_the_billed_session_total_not_claude_codes_estimate(tmp_path: Path) -> None:
+async def test_prints_the_billed_session_total_not_claude_codes_estimate(tmp_path: Path, db_target: Path | str) -> None:
     now = datetime.now(UTC)
-    db = tmp_path / "spend.db"
+    db = db_target
     costs = ["0.125", "0.0375", "0.5"]
     records = [
         make_record(n, started_at=now - timedelta(minutes=10 - n), finished_at=now - timedelta(minutes=10 - n),
@@ -118,9 +118,10 @@ async def test_session_recorded_through_the_proxy_from_claude_codes_header(proxy
     assert line.endswith("|2")
 
 
-async def test_tightest_budget_share_left(tmp_path: Path) -> None:
+async def test_tightest_budget_share_left(tmp_path: Path, db_target: Path | str) -> None:
+    # On PostgreSQL too: the config's `db: postgresql://...` is cached with the settings.
     now = datetime.now(UTC)
-    db = tmp_path / "spend.db"
+    db = db_target
     await write_rows(db, [make_record(1, started_at=now - timedelta(seconds=30), finished_at=now, session=SESSION,
                                       project="app", cost_usd=Decimal("3"))])
     config = tmp_path / "config.yaml"
@@ -170,6 +171,22 @@ def test_bad_flags_and_bad_files_print_a_line_and_exit_0(tmp_path: Path) -> None
     for args in (("--bogus",), ("--db", str(junk)), ("--config", str(bad_config)), ("--format", "{nope}")):
         line = one_line(statusline(*args, stdin=claude_code_input(), home=tmp_path))
         assert line.startswith("openrouter-spend:"), (args, line)
+
+
+def test_an_unreachable_postgresql_is_a_short_line_soon(tmp_path: Path) -> None:
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    started = time.monotonic()
+    line = one_line(statusline("--db", f"postgresql://nobody@127.0.0.1:{port}/spend", stdin=claude_code_input(), home=tmp_path))
+    assert line.startswith("openrouter-spend:") and len(line) <= 120, line
+    assert time.monotonic() - started < 20
+    # A password on the command line is refused before anything connects.
+    line = one_line(statusline("--db", f"postgresql://u:hunter2@127.0.0.1:{port}/spend", stdin="", home=tmp_path))
+    assert "no password in the URL" in line and "hunter2" not in line
 
 
 def test_render_template_fields() -> None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -45,13 +45,13 @@ def test_durations_and_names() -> None:
             store.check_name(bad)
 
 
-def _version(db: sqlite3.Connection) -> int:
+def _version(db: Any) -> int:
     row = db.execute("SELECT value FROM meta WHERE key = 'runtime_version'").fetchone()
     return int(row[0]) if row else 0
 
 
-def test_only_the_salted_hash_is_stored_and_each_change_bumps_the_version(tmp_path: Path) -> None:
-    db = store.connect(tmp_path / "u.db")
+def test_only_the_salted_hash_is_stored_and_each_change_bumps_the_version(db_target: Path | str) -> None:
+    db = store.connect(db_target)
     key = store.create_key(db, "alice", NOW, project="acme", budget="1/day", expires_at=NOW + timedelta(days=1))
     salt = store.salt_sync(db)
     (row,) = db.execute("SELECT * FROM proxy_keys").fetchall()
@@ -77,14 +77,14 @@ def test_only_the_salted_hash_is_stored_and_each_change_bumps_the_version(tmp_pa
     db.close()
 
 
-def test_describe_keys_counts_spend_in_the_budget_window(tmp_path: Path) -> None:
-    db = store.connect(tmp_path / "u.db")
+def test_describe_keys_counts_spend_in_the_budget_window(db_target: Path | str) -> None:
+    db = store.connect(db_target)
     store.create_key(db, "alice", NOW - timedelta(days=3), budget="1/day")
     store.create_key(db, "bob", NOW - timedelta(days=3))
     columns = "id, started_at, finished_at, method, endpoint, key_alias, streamed, status, outcome, cost_usd, cost_source, is_free, duration_ms"
     for i, (who, when, cost) in enumerate([("alice", NOW - timedelta(days=1), "0.5"), ("alice", NOW - timedelta(hours=1), "0.25"), ("bob", NOW - timedelta(days=2), "0.1")]):
         stamp = encode_time(when)
-        db.execute(f"INSERT INTO requests ({columns}) VALUES (?, ?, ?, 'POST', 'chat', ?, 0, 200, 'ok', ?, 'reported', 0, 1)", (str(i), stamp, stamp, who, cost))
+        db.execute(f"INSERT INTO requests ({columns}) VALUES (?, ?, ?, 'POST', 'chat', ?, ?, 200, 'ok', ?, 'reported', ?, 1)", (str(i), stamp, stamp, who, 0, cost, 0))
     entries = {e["name"]: e for e in store.describe_keys(db, ZoneInfo("UTC"), NOW)}
     assert entries["alice"]["spent_usd"] == "0.25"  # today only: the budget is per day
     assert entries["bob"]["spent_usd"] == "0.1"  # no budget: since the key was made

@@ -144,8 +144,9 @@ def test_metrics_observe_and_backfill_feed_the_windows() -> None:
     assert reg.get_sample_value("openrouter_proxy_spend_usd", labels) == 0.01
 
 
-async def test_spend_by_window_sums_the_log_per_label_set_and_window(tmp_path: Any) -> None:
-    from proxy.store.sqlite import insert_requests, open_db, spend_by_window
+async def test_spend_by_window_sums_the_log_per_label_set_and_window(store: Any) -> None:
+    """On each engine: the seed of the window gauges (it was SQLite-only before)."""
+    from proxy.store.engine import spend_by_window
     from tests.test_metrics import rec
 
     starts = (datetime(2026, 11, 3, 23, tzinfo=UTC), datetime(2026, 11, 1, 23, tzinfo=UTC),
@@ -161,12 +162,8 @@ async def test_spend_by_window_sums_the_log_per_label_set_and_window(tmp_path: A
         rec(id="7", started_at=at_today, cost_usd=Decimal("0"), session="s-free"),
         rec(id="8", started_at=at_today + timedelta(minutes=1), cost_usd=Decimal("1")),  # counted live
     ]
-    db = await open_db(tmp_path / "u.db")
-    try:
-        await insert_requests(db, records)
-        rows = await spend_by_window(db, starts, at_today + timedelta(minutes=1))
-    finally:
-        await db.close()
+    await store.insert_requests(records)
+    rows = await spend_by_window(store, starts, at_today + timedelta(minutes=1))
     model = "anthropic/claude-sonnet-4"
     assert sorted(rows, key=str) == sorted([
         (model, "fp-abc", "acme", "s1", (True, True, True), Decimal("0.1000000003")),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -15,14 +14,15 @@ from proxy.errors import CliError
 from proxy.server.guard import load_spend_sync
 from proxy.server.runtime import runtime_specs
 from proxy.store.keys import read_state
-from proxy.store.sqlite import connect_readonly
+from proxy.cli.locate import db_arg
+from proxy.store.reader import errors, open_reader
 from proxy.tables import format_table, money
 
 
 def add_commands(commands: Any) -> None:
     budgets = commands.add_parser("budgets", help="spend against each configured budget")
     budgets.add_argument("--config", type=Path, help="YAML config with `budgets:` (default: found as `serve` finds it)")
-    budgets.add_argument("--db", type=Path, help="SQLite file (default: $OPENROUTER_SPEND_DB, the config's db, else the per-user data dir)")
+    budgets.add_argument("--db", type=db_arg, help="SQLite file or postgresql:// URL (default: $OPENROUTER_SPEND_DB, the config's db, else the per-user data dir)")
     budgets.add_argument("--format", choices=("table", "json"), default="table")
     budgets.set_defaults(func=run)
     from proxy.cli.keys import add_budget_commands
@@ -31,24 +31,26 @@ def add_commands(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from proxy.cli.locate import CONFIG_ENV, default_config, missing_db, resolve_config, resolve_db
+    from proxy.cli.locate import CONFIG_ENV, default_config, missing_db, password_env, resolve_config, resolve_db
 
     # No config file is fine when the budgets were made at runtime (`budgets set`): they live in the db.
     config_path = resolve_config(args.config)
     config = load_config(config_path)
     db_path = resolve_db(args.db, config if config_path is not None else None)
     try:
-        db = connect_readonly(db_path)
+        db = open_reader(db_path, password_env(config))
     except FileNotFoundError:
         if config_path is not None and not config.budgets:
             raise CliError(f"--config: no budgets configured in {config_path} (see config/proxy.example.yaml)") from None
         raise CliError(f"--db: {missing_db(db_path, args.db, config if config_path is not None else None)}") from None
+    except errors() as exc:
+        raise CliError(f"--db: cannot open {db_path}: {exc}") from None
     now = datetime.now(UTC)
     specs = config.budgets
     try:
         # Budgets made at runtime (budgets set, keys create --budget) count as the proxy counts them.
         specs = runtime_specs(config.budgets, read_state(db), now)
-    except sqlite3.Error:
+    except errors(db):
         pass  # a database from before runtime budgets existed
     if not specs:
         db.close()
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     budgets = Budgets(specs, config.tz)
     try:
         load_spend_sync(db, budgets, now)
-    except sqlite3.Error as exc:
+    except errors(db) as exc:
         raise CliError(f"--db: {db_path}: {exc}") from None
     finally:
         db.close()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -25,7 +24,9 @@ from proxy.pricing.calculator import (
 )
 from proxy.pricing.catalog import Catalog, load_embedded, parse_models
 from proxy.errors import CliError
+from proxy.cli.locate import db_arg
 from proxy.cli.report import parse_since
+from proxy.store.reader import Reader, errors, open_reader
 from proxy.tables import Row, render
 
 def parse_route(text: str) -> Route:
@@ -64,10 +65,10 @@ def _stored_catalog(args: argparse.Namespace) -> Catalog | None:
 
     path = resolve_db(args.db, None, notice=False)
     args.stored_in = None
-    if not path.is_file():
+    if isinstance(path, Path) and not path.is_file():
         return None
     try:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        db = open_reader(path)
         try:
             row = db.execute("SELECT value FROM meta WHERE key = 'catalog_listing'").fetchone()
         finally:
@@ -75,8 +76,8 @@ def _stored_catalog(args: argparse.Namespace) -> Catalog | None:
         if row is None:
             return None
         catalog = parse_models(json.loads(row[0]))
-    except (sqlite3.Error, ValueError):
-        return None  # an older or foreign database: the built-in snapshot still answers
+    except errors() + (ValueError,):
+        return None  # an older, foreign or unreachable database: the built-in snapshot still answers
     if len(catalog) == 0:
         return None
     args.stored_in = path
@@ -95,21 +96,22 @@ def _as_of(args: argparse.Namespace, catalog: Catalog) -> str:
     return f"prices as of {when} ({source})"
 
 
-def _connect(path: Path) -> sqlite3.Connection:
-    if not path.exists():
+def _connect(path: Path | str) -> Reader:
+    try:
+        return open_reader(path)
+    except FileNotFoundError:
         from proxy.cli.locate import looked_for_db
 
-        raise CliError(f"--db {path}: no such file ({looked_for_db(None, None)}); start the proxy first, or pass --db")
-    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
-    db.row_factory = sqlite3.Row
-    return db
+        raise CliError(f"--db {path}: no such file ({looked_for_db(None, None)}); start the proxy first, or pass --db") from None
+    except errors() as e:
+        raise CliError(f"--db {path}: {e}") from None
 
 
-def _read_table(path: Path, query: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+def _read_table(path: Path | str, query: str, params: Sequence[Any] = ()) -> list[Any]:
     db = _connect(path)
     try:
-        return db.execute(query, params).fetchall()
-    except sqlite3.Error as e:
+        return list(db.execute(query, params).fetchall())
+    except errors(db) as e:
         raise CliError(f"--db {path}: {e}") from None
     finally:
         db.close()
@@ -121,7 +123,7 @@ def _emit(rows: Sequence[Row], fmt: str, footer: str | None = None) -> None:
         sys.stdout.write(footer + "\n")
 
 
-def _db_of(args: argparse.Namespace) -> Path:
+def _db_of(args: argparse.Namespace) -> Path | str:
     from proxy.cli.locate import resolve_db
 
     return resolve_db(args.db, None)
@@ -229,7 +231,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--sort", choices=("input", "output", "blended", "context"), default="input",
                    help="blended = (3 x input + output) / 4")
     p.add_argument("--changes", action="store_true", help="list price changes recorded in --db")
-    p.add_argument("--db", type=Path, metavar="PATH", help="the proxy's database (default: found as every command finds it)")
+    p.add_argument("--db", type=db_arg, metavar="PATH|URL", help="the proxy's database (default: found as every command finds it)")
     p.set_defaults(func=_cmd_models)
 
     p = subparsers.add_parser("estimate", help="cost per call and per period on each model")
@@ -243,12 +245,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     p.add_argument("--model", action="append", metavar="ID", help="repeatable")
     p.add_argument("--cheapest", type=_count_arg, metavar="N", help="add the N cheapest paid models")
     p.add_argument("--vs", metavar="ID", help="compare every row with this model")
-    p.add_argument("--db", type=Path, metavar="PATH", help="the proxy's database, for the listing it last fetched")
+    p.add_argument("--db", type=db_arg, metavar="PATH|URL", help="the proxy's database, for the listing it last fetched")
     p.set_defaults(func=_cmd_estimate)
 
     p = subparsers.add_parser("whatif", help="re-price logged traffic on other models")
     _common(p)
-    p.add_argument("--db", type=Path, metavar="PATH", help="the proxy's database (default: found as every command finds it)")
+    p.add_argument("--db", type=db_arg, metavar="PATH|URL", help="the proxy's database (default: found as every command finds it)")
     p.add_argument("--since", metavar="30d|DATE", help="30m, 12h, 7d, 2w, or a date such as 2026-11-01")
     p.add_argument("--project", metavar="P")
     p.add_argument("--session", metavar="S")

@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sqlite3
 import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from proxy.cli.locate import db_arg
 from proxy.config import Config, load_config
 from proxy.errors import CliError, ConfigError
 from proxy.store import keys as store
+from proxy.store.reader import Reader, errors
 from proxy.tables import format_table, money
 
 
@@ -63,11 +64,11 @@ def _db_options(parser: argparse.ArgumentParser) -> None:
     # SUPPRESS: under `budgets`, the parent's own --config/--db must not be reset by the sub-command.
     parser.add_argument("--config", type=Path, default=argparse.SUPPRESS,
                         help="YAML config: its db, aliases and budget names (default: found as `serve` finds it)")
-    parser.add_argument("--db", type=Path, default=argparse.SUPPRESS,
-                        help="SQLite file (default: $OPENROUTER_SPEND_DB, the config's db, else the per-user data dir)")
+    parser.add_argument("--db", type=db_arg, default=argparse.SUPPRESS,
+                        help="SQLite file or postgresql:// URL (default: $OPENROUTER_SPEND_DB, the config's db, else the per-user data dir)")
 
 
-def _open(args: argparse.Namespace) -> tuple[Config, sqlite3.Connection]:
+def _open(args: argparse.Namespace) -> tuple[Config, Reader]:
     from proxy.cli.locate import resolve_config, resolve_db
 
     # The database `serve` writes: a key made here must be the one the running proxy reads.
@@ -75,8 +76,8 @@ def _open(args: argparse.Namespace) -> tuple[Config, sqlite3.Connection]:
     config = load_config(config_path)
     path = resolve_db(getattr(args, "db", None), config if config_path is not None else None)
     try:
-        return config, store.connect(path)
-    except (OSError, sqlite3.Error) as exc:
+        return config, store.connect(path, config.db_password_env)
+    except errors() as exc:
         raise CliError(f"--db: cannot open {path}: {exc}") from None
 
 

@@ -8,6 +8,7 @@ Standard library only: `statusline` imports this on its fast path.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Mapping
@@ -25,6 +26,34 @@ class HasDb(Protocol):
     def db_given(self) -> bool: ...
 
 DB_ENV = "OPENROUTER_SPEND_DB"
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def db_arg(text: str) -> Path | str:
+    """`--db`: a SQLite path, or a postgresql:// URL kept as text (a Path would fold its `//`).
+    A password in the URL is refused: it would show in `ps` and the shell's history."""
+    if not text.startswith(POSTGRES_SCHEMES):
+        return Path(text)
+    from urllib.parse import urlsplit
+
+    try:
+        password = urlsplit(text).password
+    except ValueError:
+        password = None
+    if password is not None:
+        raise argparse.ArgumentTypeError("no password in the URL; set PGPASSWORD, use ~/.pgpass, or name a variable in db_password_env")
+    return text
+
+
+def _db_value(value: Path | str) -> Path | str:
+    return value if isinstance(value, Path) else text_db(value)
+
+
+def text_db(text: str) -> Path | str:
+    """A db from the environment or a caller: a URL stays text (its password, if any, is the
+    driver's business there; the command line refuses one)."""
+    return text if text.startswith(POSTGRES_SCHEMES) else Path(text)
+
 CONFIG_ENV = "OPENROUTER_SPEND_CONFIG"
 # Where `serve` put the database before it had a per-user default.
 LEGACY_DB = Path("openrouter-spend.db")
@@ -66,16 +95,18 @@ def resolve_db(
     *,
     cwd: Path | None = None,
     notice: bool = True,
-) -> Path:
-    """The database a command should use. An existing ./openrouter-spend.db (the old default) is
-    kept in use, with a notice on stderr saying how to move it, so upgrading loses no history."""
+) -> Path | str:
+    """The database a command should use: a SQLite path, or a postgresql:// URL (str). An existing
+    ./openrouter-spend.db (the old default) is kept in use, with a notice on stderr saying how to
+    move it, so upgrading loses no history."""
     env = os.environ if env is None else env
     if args_db:
-        return Path(args_db)
+        return _db_value(args_db)
     if env.get(DB_ENV):
-        return Path(env[DB_ENV])
+        return text_db(env[DB_ENV])
     if config is not None and config.db_given:
-        return config.db
+        url = getattr(config, "db_url", None)
+        return url if isinstance(url, str) else config.db
     default = default_db(env)
     legacy = (cwd or Path.cwd()) / LEGACY_DB
     if not default.exists() and legacy.is_file():
@@ -98,11 +129,17 @@ def looked_for_db(args_db: Path | str | None, config: HasDb | None, env: Mapping
     return f"looked at --db, ${DB_ENV}, the config's db, ./{LEGACY_DB} and {default_db(env)}"
 
 
-def missing_db(path: Path, args_db: Path | str | None, config: HasDb | None) -> str:
+def password_env(config: object | None) -> str | None:
+    """The variable the config names for a PostgreSQL password (never the password itself)."""
+    name = getattr(config, "db_password_env", None)
+    return name if isinstance(name, str) else None
+
+
+def missing_db(path: Path | str, args_db: Path | str | None, config: HasDb | None) -> str:
     return f"no database at {path} ({looked_for_db(args_db, config)}); start `openrouter-spend serve` first, or pass --db"
 
 
-def find_db(args_db: Path | str | None, args_config: Path | str | None = None) -> tuple[Path, object | None]:
+def find_db(args_db: Path | str | None, args_config: Path | str | None = None) -> tuple[Path | str, object | None]:
     """The database for a reader command, and the config it came from (if one was found): the same
     order `serve` writes by, so `report`, `vacuum` and `reconcile` read where the proxy wrote."""
     from proxy.config import load_config

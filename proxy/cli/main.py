@@ -104,7 +104,9 @@ def _serve(args: argparse.Namespace) -> int:
     overrides = {"host": args.host, "port": args.port, "upstream": args.upstream, "db": args.db}
     config_path = resolve_config(args.config)
     config = load_config(config_path, overrides)
-    config = dataclasses.replace(config, db=resolve_db(args.db, config))
+    db = resolve_db(args.db, config)
+    if isinstance(db, Path):  # a postgresql:// --db is already the config's db_url
+        config = dataclasses.replace(config, db=db)
     # Other libraries stay at INFO: aiosqlite at DEBUG logs every row it writes.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("proxy").setLevel(config.log_level.upper())

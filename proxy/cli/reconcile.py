@@ -10,13 +10,12 @@ import argparse
 import asyncio
 import json
 import os
-import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from proxy.cli.locate import missing_db
+from proxy.cli.locate import db_arg, missing_db
 from proxy.config import DEFAULT_UPSTREAM, Config, load_config
 from proxy.errors import CliError
 
@@ -42,7 +41,7 @@ def add_commands(commands: Any) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--management-key-env", help="variable holding a management key, for GET /activity")
     parser.add_argument("--config", type=Path, help="YAML config (for db, upstream and the managed key)")
-    parser.add_argument("--db", type=Path, help="the database (default: $OPENROUTER_SPEND_DB, the config's db, or the per-user one)")
+    parser.add_argument("--db", type=db_arg, help="the database (default: $OPENROUTER_SPEND_DB, the config's db, or the per-user one)")
     parser.add_argument("--upstream", help=f"OpenRouter API base (default: the config's, else {DEFAULT_UPSTREAM})")
 
 
@@ -75,7 +74,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
     from proxy.pricing.reconcile import activity_days, compare_activity, parse_tolerance
     from proxy.server.attribution import fingerprint
     from proxy.store.activity import recorded_by_day_model
-    from proxy.store.sqlite import connect_readonly
+    from proxy.store.reader import errors, open_reader
 
     config, db_path = _config_and_db(args)
     upstream = args.upstream or config.upstream
@@ -87,7 +86,7 @@ def run_reconcile(args: argparse.Namespace) -> int:
     since = parse_since(args.since, now) or now - timedelta(days=7)
     key, key_env, every_row = _key_to_check(args, config)
     management = _env_key(args.management_key_env, "--management-key-env") if args.management_key_env else None
-    if not db_path.exists():
+    if isinstance(db_path, Path) and not db_path.exists():
         raise CliError(f"--db: {missing_db(db_path, args.db, config)}")
 
     async def fetch(session: Any) -> tuple[Any, Any]:
@@ -101,23 +100,23 @@ def run_reconcile(args: argparse.Namespace) -> int:
         if key_usage is not None:
             assert key is not None
             by_key = None if every_row else (lambda salt: fingerprint(key, salt))
-            lines += books.key_lines(db_path, key_usage, by_key, now, tolerance)
+            lines += books.key_lines(db_path, key_usage, by_key, now, tolerance, password_env=config.db_password_env)
         if activity is not None:
             yesterday = now.replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=1)
             first, last = activity_days(activity, since, yesterday)
-            db = connect_readonly(db_path)
+            db = open_reader(db_path, config.db_password_env)
             try:
                 ours = recorded_by_day_model(db, first, last)
             finally:
                 db.close()
             lines += compare_activity(activity, ours, first, tolerance)
-    except sqlite3.Error as exc:
+    except errors() as exc:
         raise CliError(f"--db: {db_path}: {exc}") from None
     print(_render(lines, args.format, tolerance))
     return 0 if all(line.within for line in lines) else 1
 
 
-def _config_and_db(args: argparse.Namespace) -> tuple[Config, Path]:
+def _config_and_db(args: argparse.Namespace) -> tuple[Config, Path | str]:
     from proxy.cli.locate import resolve_config, resolve_db
 
     config_path = resolve_config(args.config)
@@ -165,7 +164,7 @@ def _render(lines: list[Any], fmt: str, tolerance: Any) -> str:
 def run_import(args: argparse.Namespace) -> int:
     from proxy.pricing import books
     from proxy.store.activity import store_activity
-    from proxy.store.sqlite import prepare
+    from proxy.store.reader import errors, open_writer
 
     config, db_path = _config_and_db(args)
     upstream = args.upstream or config.upstream
@@ -175,14 +174,12 @@ def run_import(args: argparse.Namespace) -> int:
     # Fetch everything before touching the database: a failure writes nothing.
     rows = _fetching(upstream, lambda session: books.fetch_activity(session, upstream, management, args.management_key_env))
     try:
-        prepare(db_path)
-        db = sqlite3.connect(db_path)
+        db = open_writer(db_path, config.db_password_env)
         try:
-            db.execute("PRAGMA busy_timeout=5000")
             stored = store_activity(db, rows, datetime.now(UTC))
         finally:
             db.close()
-    except (OSError, sqlite3.Error) as exc:
+    except errors() as exc:
         raise CliError(f"--db: {db_path}: {exc}") from None
     days = sorted({r.date for r in rows})
     span = f" from {days[0]} to {days[-1]}" if days else ""

@@ -10,12 +10,12 @@ import argparse
 import csv
 import io
 import json
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from proxy.cli.locate import db_arg
 from proxy.errors import CliError
 from proxy.store.reports import (
     WHEN_FORMS,
@@ -36,7 +36,7 @@ __all__ = ["FreeUsage", "add_commands", "calendar_period", "parse_range", "parse
 
 def add_commands(commands: Any) -> None:
     report = commands.add_parser("report", help="spend and tokens from the request log")
-    report.add_argument("--db", type=Path, help="the database (default: $OPENROUTER_SPEND_DB, the config's db, or the per-user one)")
+    report.add_argument("--db", type=db_arg, help="the database (default: $OPENROUTER_SPEND_DB, the config's db, or the per-user one)")
     report.add_argument("--config", type=Path, help="YAML config, for its db (default: $OPENROUTER_SPEND_CONFIG or the per-user one)")
     report.add_argument("--by", choices=GROUPINGS, default="model")
     report.add_argument("--breakdown", choices=GROUPINGS, help="a second level within each group, e.g. --by day --breakdown model")
@@ -52,8 +52,8 @@ def add_commands(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from proxy.store.reader import errors, open_reader
     from proxy.store.reports import Filters, free_usage, report
-    from proxy.store.sqlite import connect_readonly
 
     try:
         tz = ZoneInfo(args.tz)
@@ -68,17 +68,19 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise CliError("--limit: expected a whole number >= 1")
     filters = Filters(tuple(args.project), tuple(args.model), tuple(args.session), tuple(args.key))
-    from proxy.cli.locate import find_db, missing_db
+    from proxy.cli.locate import find_db, missing_db, password_env
 
     db_path, config = find_db(args.db, args.config)
     try:
-        db = connect_readonly(db_path)
+        db = open_reader(db_path, password_env(config))
     except FileNotFoundError:
         raise CliError(f"--db: {missing_db(db_path, args.db, config)}") from None  # type: ignore[arg-type]
+    except errors() as exc:
+        raise CliError(f"--db: cannot open {db_path}: {exc}") from None
     try:
         result = report(db, args.by, breakdown=args.breakdown, since=since, until=until, filters=filters, tz=tz, limit=args.limit)
         free = free_usage(db, now, args.free_daily_limit)
-    except sqlite3.Error as exc:
+    except errors(db) as exc:
         raise CliError(f"--db: {db_path}: {exc}") from None
     finally:
         db.close()

@@ -3,7 +3,8 @@
 Claude Code runs the command after each message with JSON on stdin (`session_id`, `model`,
 `workspace`, `cost`, ...) and shows the first line of stdout; a non-zero exit blanks the line. So
 this command always prints one line and exits 0, and imports only the standard library, the
-config loader (when there is a config) and proxy.store.live: no aiohttp, no catalog.
+config loader (when there is a config) and proxy.store.live: no aiohttp, no catalog. A
+postgresql:// db adds asyncpg (proxy/store/pg_reader.py); SQLite never imports it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ NEUTRAL = "openrouter-spend: no spend recorded yet"
 _GREEN, _YELLOW, _RED, _DIM, _RESET = "\x1b[32m", "\x1b[33m", "\x1b[31m", "\x1b[2m", "\x1b[0m"
 
 
+def _db_arg(text: str) -> Path | str:
+    from proxy.cli.locate import db_arg
+
+    return db_arg(text)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:
         raise ValueError(message)
@@ -34,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="openrouter-spend statusline", description="One line for Claude Code's statusLine: this session's billed cost, today, budget left, burn rate.")
-    p.add_argument("--db", type=Path, help="SQLite file (default: $OPENROUTER_SPEND_DB, the config's db, then the per-user data dir)")
+    p.add_argument("--db", type=_db_arg, help="SQLite file or postgresql:// URL (default: $OPENROUTER_SPEND_DB, the config's db, then the per-user data dir)")
     p.add_argument("--config", type=Path, help="YAML config (for budgets, time zone and db)")
     p.add_argument("--format", default=DEFAULT_FORMAT, help="template; fields: {session_cost} {session_requests} {today} {burn} {budget} {budget_left} {budget_part} {model}")
     p.add_argument("--color", action=argparse.BooleanOptionalAction, default=False, help="colour the budget share (ANSI)")
@@ -65,6 +72,9 @@ class Settings(NamedTuple):
     db_given: bool
     timezone: str
     budgets: tuple[Budget, ...]
+    # A postgresql:// db (the config's `db`), and the variable naming its password (never the password).
+    db_url: str | None = None
+    db_password_env: str | None = None
 
     @property
     def tz(self) -> ZoneInfo:
@@ -101,7 +111,7 @@ def settings_of(config_path: Path, now: datetime) -> Settings:
 
         config = load_config(config_path)  # raises the one-line ConfigError on a bad file
         budgets = tuple(Budget(b.name, b.limit_usd, b.period, b.rolling_seconds, b.scope, b.match) for b in config.budgets)
-        settings = Settings(config.db, config.db_given, config.timezone, budgets)
+        settings = Settings(config.db, config.db_given, config.timezone, budgets, config.db_url, config.db_password_env)
     settings = settings._replace(budgets=_windows(settings, now))
     if key is not None:
         try:
@@ -134,6 +144,8 @@ def _to_json(s: Settings) -> dict[str, Any]:
     return {
         "db": str(s.db),
         "db_given": s.db_given,
+        "db_url": s.db_url,
+        "db_password_env": s.db_password_env,
         "timezone": s.timezone,
         "budgets": [
             {"name": b.name, "limit_usd": str(b.limit_usd), "period": b.period, "rolling_seconds": b.rolling_seconds,
@@ -154,7 +166,9 @@ def _from_json(data: dict[str, Any]) -> Settings:
         )
         for b in data["budgets"]
     )
-    return Settings(Path(data["db"]), bool(data["db_given"]), str(data["timezone"]), budgets)
+    return Settings(
+        Path(data["db"]), bool(data["db_given"]), str(data["timezone"]), budgets, data.get("db_url"), data.get("db_password_env")
+    )
 
 
 class Tightest(NamedTuple):
@@ -199,7 +213,7 @@ def _line(argv: list[str], stdin: Any) -> str:
     path = resolve_db(args.db, config, notice=False)
     from proxy.store import live
 
-    db = live.connect(path)
+    db = live.connect(path, config.db_password_env if config is not None else None)
     if db is None:
         return NEUTRAL
     try:

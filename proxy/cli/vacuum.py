@@ -12,12 +12,13 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from proxy.cli.locate import db_arg
 from proxy.errors import CliError
 
 
 def add_commands(commands: Any) -> None:
     vacuum = commands.add_parser("vacuum", help="shrink the database file, or write a compact backup with --into")
-    vacuum.add_argument("--db", type=Path, help="the database (default: $OPENROUTER_SPEND_DB, the config's db, or the per-user one)")
+    vacuum.add_argument("--db", type=db_arg, help="the database (default: $OPENROUTER_SPEND_DB, the config's db, or the per-user one)")
     vacuum.add_argument("--config", type=Path, help="YAML config, for its db")
     vacuum.add_argument("--into", type=Path, help="write a compact copy here instead (must not exist)")
     vacuum.set_defaults(func=run)
@@ -31,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from proxy.cli.locate import find_db, missing_db
 
     args.db, config = find_db(args.db, args.config)
+    if isinstance(args.db, str):
+        raise CliError("--db: vacuum shrinks a SQLite file; PostgreSQL reclaims space itself (autovacuum, or its own VACUUM)")
     if not args.db.exists():
         raise CliError(f"--db: {missing_db(args.db, args.db, config)}")  # type: ignore[arg-type]
     if args.into is not None and args.into.exists():

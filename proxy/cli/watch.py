@@ -24,9 +24,11 @@ from types import FrameType
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
+from proxy.cli.locate import db_arg
 from proxy.config import Config, load_config
 from proxy.errors import CliError
 from proxy.store import live
+from proxy.store.reader import errors
 from proxy.tables import money
 
 _ENTER = "\x1b[?1049h\x1b[?25l"  # alternate screen, cursor hidden
@@ -37,7 +39,7 @@ _BOLD, _DIM, _RED, _YELLOW, _RESET = "\x1b[1m", "\x1b[2m", "\x1b[31m", "\x1b[33m
 
 def add_commands(commands: Any) -> None:
     watch = commands.add_parser("watch", help="live view: spend, budgets, active sessions, last requests")
-    watch.add_argument("--db", type=Path, help="SQLite file (default: $OPENROUTER_SPEND_DB, the config's db, then the per-user data dir)")
+    watch.add_argument("--db", type=db_arg, help="SQLite file or postgresql:// URL (default: $OPENROUTER_SPEND_DB, the config's db, then the per-user data dir)")
     watch.add_argument("--config", type=Path, help="YAML config (budgets, time zone, db)")
     watch.add_argument("--interval", type=float, default=1.0, help="seconds between redraws (default 1)")
     watch.add_argument("--minutes", type=int, default=15, help="sessions active in the last N minutes (default 15)")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(config_path) if config_path else Config()
     path = resolve_db(args.db, config if config_path else None)
     if args.once:
-        db = live.connect(path)
+        db = live.connect(path, config.db_password_env)
         if db is None:
             raise CliError(missing_db(path, args.db, config if config_path else None))
         try:
@@ -68,14 +70,14 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     with _terminal(out):
         while True:
-            db = live.connect(path)
+            db = live.connect(path, config.db_password_env)
             width, height = shutil.get_terminal_size()
             if db is None:
                 text = f"openrouter-spend watch: waiting for {path} (start `openrouter-spend serve`)   q quits"
             else:
                 try:
                     text = frame(db, path, config, datetime.now(UTC), args.minutes, width=width, color=True)
-                except sqlite3.Error as exc:
+                except errors(db) as exc:
                     text = f"openrouter-spend watch: {path}: {exc}   q quits"
                 finally:
                     db.close()
@@ -134,7 +136,7 @@ def _wait_for_quit(timeout: float) -> bool:
     return key[:1] in (b"q", b"Q") or not key
 
 
-def frame(db: sqlite3.Connection, path: Path, config: Config, now: datetime, minutes: int, *, width: int = 100, color: bool = False) -> str:
+def frame(db: sqlite3.Connection, path: Path | str, config: Config, now: datetime, minutes: int, *, width: int = 100, color: bool = False) -> str:
     tz = ZoneInfo(config.timezone)
     local = now.astimezone(tz)
     midnight = local.replace(hour=0, minute=0, second=0, microsecond=0)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import aiohttp
 
 from proxy.pricing.reconcile import KeyUsage, Line, compare_key, parse_activity, parse_key, window_starts
 from proxy.store.activity import ActivityRow, Recorded, recorded_by_day, records_byok, stored_salt, windows_of
-from proxy.store.sqlite import connect_readonly
+from proxy.store.reader import errors, open_reader
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +73,13 @@ class SettledDays:
     days: dict[str, Recorded] = field(default_factory=dict)
 
 
-def key_lines(db_path: Path, key: KeyUsage, fingerprint: Callable[[bytes], str] | None, now: datetime,
-              tolerance: Decimal, settled: SettledDays | None = None) -> list[Line]:
+def key_lines(db_path: Path | str, key: KeyUsage, fingerprint: Callable[[bytes], str] | None, now: datetime,
+              tolerance: Decimal, settled: SettledDays | None = None, password_env: str | None = None) -> list[Line]:
     """Compare `/key` with the rows of that key (by its salted fingerprint; None: every row)."""
     starts = window_starts(now)
     first = min(starts.values())
     cutoff = starts["day"] - timedelta(days=1)
-    db = connect_readonly(db_path)
+    db = open_reader(db_path, password_env)
     try:
         salt = stored_salt(db)
         if fingerprint is not None and salt is None:
@@ -104,10 +103,11 @@ def key_lines(db_path: Path, key: KeyUsage, fingerprint: Callable[[bytes], str] 
 class Reconciler:
     """`serve`'s periodic key comparison: exports each window's gap; never raises into the loop."""
 
-    def __init__(self, session: aiohttp.ClientSession, upstream: str, key: str, key_env: str, db_path: Path,
+    def __init__(self, session: aiohttp.ClientSession, upstream: str, key: str, key_env: str, db_path: Path | str,
                  fingerprint: Callable[[bytes], str] | None, on_lines: Callable[[list[Line], float], None],
-                 on_failure: Callable[[], None], tolerance: Decimal = Decimal("0.01")) -> None:
+                 on_failure: Callable[[], None], tolerance: Decimal = Decimal("0.01"), password_env: str | None = None) -> None:
         self._session, self._upstream, self._key, self._key_env = session, upstream, key, key_env
+        self._password_env = password_env
         self._db_path, self._fingerprint, self._tolerance = db_path, fingerprint, tolerance
         self._on_lines, self._on_failure = on_lines, on_failure
         self._settled = SettledDays()
@@ -123,9 +123,10 @@ class Reconciler:
         try:
             key = await fetch_key(self._session, self._upstream, self._key, self._key_env)
             lines = await asyncio.to_thread(
-                key_lines, self._db_path, key, self._fingerprint, datetime.now(UTC), self._tolerance, self._settled
+                key_lines, self._db_path, key, self._fingerprint, datetime.now(UTC), self._tolerance, self._settled,
+                self._password_env,
             )
-        except (BooksError, sqlite3.Error, OSError) as exc:
+        except errors() + (BooksError,) as exc:
             self._on_failure()
             log.warning("event=reconcile_failed error=%s", exc)
             return None

@@ -33,7 +33,10 @@ _RECORD_PRICE = (
 MAX_LISTING_BYTES = 16 * 1024 * 1024
 MAX_MODELS = 20_000
 # The last good listing, so `models` and `estimate` price with what the proxy last fetched.
-_STORE_LISTING = "INSERT OR REPLACE INTO meta (key, value) VALUES ('catalog_listing', ?)"
+# An upsert both engines speak: PostgreSQL has no INSERT OR REPLACE (its translation refuses one).
+_STORE_LISTING = (
+    "INSERT INTO meta (key, value) VALUES ('catalog_listing', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
 
 
 class CatalogHolder:

@@ -32,13 +32,15 @@ class Admin:
     def __init__(
         self,
         token: str,
-        db_path: Path,
+        db_path: Path | str,
         refresh: Callable[[], Awaitable[Any]],
         config_aliases: frozenset[str],
         config_budgets: frozenset[str],
         tz: ZoneInfo,
+        password_env: str | None = None,
     ) -> None:
         self._tz = tz
+        self._password_env = password_env
         self._token = token.encode()
         self._db_path = db_path
         self._refresh = refresh
@@ -76,7 +78,7 @@ class Admin:
 
     async def _in_thread(self, work: Callable[[Any], Any]) -> Any:
         def run() -> Any:
-            db = store.connect(self._db_path)
+            db = store.connect(self._db_path, self._password_env)
             try:
                 return work(db)
             finally:

@@ -11,7 +11,6 @@ import asyncio
 import ipaddress
 import logging
 import os
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
@@ -39,8 +38,8 @@ from proxy.server.intake import Intake
 from proxy.metrics import Metrics, metrics_handler
 from proxy.store.recorder import Recorder
 from proxy.pricing.refresh import CatalogHolder, initial_catalog, record_prices, refresh_loop
-from proxy.store.engine import SqliteStore, Store, open_store
-from proxy.store.sqlite import open_db, salt, spend_by_window
+from proxy.store.engine import SqliteStore, Store, open_store, spend_by_window
+from proxy.store.sqlite import open_db, salt
 from proxy.web.routes import add_routes as add_web_routes
 
 log = logging.getLogger(__name__)
@@ -84,9 +83,6 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     app.cleanup_ctx.extend(
         [_database, _window_spend, _recorder, _http_session, _catalog, _provider_prices, _budgets, _backfill, _forwarder, _runtime]
     )
-    if config.reconcile.interval_minutes and config.db_url:
-        # The reconciler reads the log with its own SQLite connection; PostgreSQL readers come later.
-        raise ConfigError("reconcile.interval_minutes: not available yet with a PostgreSQL db")
     if config.reconcile.interval_minutes:
         app.cleanup_ctx.append(_reconcile(config, managed_key, config.reconcile.interval_minutes * 60))
     if config.metrics.enabled and config.metrics.port is None:
@@ -94,12 +90,11 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     elif config.metrics.enabled:
         app.cleanup_ctx.append(_metrics_site(registry, metrics_token))
     admin_token = _admin_token(config)
-    if admin_token is not None and config.db_url:
-        raise ConfigError("admin.token_env: not available yet with a PostgreSQL db (runtime keys live in SQLite)")
     if admin_token is not None:
         admin = Admin(
-            admin_token, config.db, lambda: app[RUNTIME].refresh(),
+            admin_token, config.db_url or config.db, lambda: app[RUNTIME].refresh(),
             frozenset(k.alias for k in config.keys), frozenset(b.name for b in config.budgets), config.tz,
+            config.db_password_env,
         )
         # The token guards it; the Host rule as for /metrics on loopback keeps DNS-rebinding pages off too.
         admin.add_routes(app.router, lambda handler: _only_hosts(handler, _own_hosts(config, config.host, None)))
@@ -229,21 +224,20 @@ async def _window_spend(app: web.Application) -> AsyncIterator[None]:
 
     A month of a busy log takes seconds to read, so it runs beside serving: only rows started before
     now are read, and requests from now on are counted as they end, so nothing counts twice."""
-    if not app[CONFIG].metrics.enabled or DB not in app:
-        # On PostgreSQL the window gauges start at this start-up's traffic (its readers come later).
+    if not app[CONFIG].metrics.enabled:
         yield
         return
-    task = asyncio.create_task(_seed_window_spend(app[DB], app[METRICS], datetime.now(UTC)), name="window-spend-seed")
+    task = asyncio.create_task(_seed_window_spend(app[STORE], app[METRICS], datetime.now(UTC)), name="window-spend-seed")
     yield
     task.cancel()
     await asyncio.wait([task])
 
 
-async def _seed_window_spend(db: aiosqlite.Connection, metrics: Metrics, until: datetime) -> None:
+async def _seed_window_spend(store: Store, metrics: Metrics, until: datetime) -> None:
     starts = metrics.window_spend.starts
     try:
-        rows = await spend_by_window(db, starts, until)
-    except sqlite3.Error as e:
+        rows = await spend_by_window(store, starts, until)
+    except store.write_errors as e:
         log.warning("event=window_spend_seed_failed error=%s", e)
         return
     metrics.load_window_spend(rows, starts)
@@ -420,10 +414,7 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:
     # Keys and budgets made at runtime: loaded before the port opens, then polled.
-    if DB not in app:
-        yield  # they live in the SQLite file only, for now (create_app refuses the admin API on PostgreSQL)
-        return
-    runtime = Runtime(app[CONFIG], app[DB], app[ATTRIBUTOR], app[GUARD], app[RECORDER])
+    runtime = Runtime(app[CONFIG], app[STORE], app[ATTRIBUTOR], app[GUARD], app[RECORDER])
     app[RUNTIME] = runtime
     await runtime.refresh()
     task = asyncio.create_task(runtime.run(), name="runtime-keys")
@@ -450,8 +441,8 @@ def _reconcile(config: Config, managed_key: str | None, interval_s: float):  # t
     async def reconcile(app: web.Application) -> AsyncIterator[None]:
         metrics = app[METRICS]
         reconciler = Reconciler(
-            app[SESSION], config.upstream, key, key_env, config.db, None if every_row else of_key,
-            metrics.set_reconcile, metrics.reconcile_failed,
+            app[SESSION], config.upstream, key, key_env, config.db_url or config.db, None if every_row else of_key,
+            metrics.set_reconcile, metrics.reconcile_failed, password_env=config.db_password_env,
         )
         app[RECONCILER] = reconciler
         task = asyncio.create_task(reconciler.run(interval_s), name="reconcile")

@@ -11,7 +11,6 @@ import heapq
 import logging
 import re
 import secrets
-import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,6 +24,7 @@ from proxy.budgets.spec import BudgetSpec, window
 from proxy.budgets.ledger import AlertEvent, BudgetStatus, Budgets, Decision, Reservation, SpendRow, Who
 from proxy.metrics import Metrics
 from proxy.store.engine import Store, as_store
+from proxy.store.reader import Reader
 from proxy.store.recorder import Recorder, Statement
 from proxy.store.sqlite import encode_time
 from proxy.server.throttle import Throttle
@@ -88,25 +88,29 @@ async def load_spend(db: Store | aiosqlite.Connection, budgets: Budgets, now: da
     return len(rows)
 
 
-async def _written(db: aiosqlite.Connection, recorder: Recorder, timeout_s: float = 5.0) -> None:
-    """Wait until every row queued so far is in SQLite: a new budget read from the log must count
-    the requests that just ended. The writer commits in queue order, so a marker statement queued
-    now is committed once they are."""
+async def _written(db: Store | aiosqlite.Connection, recorder: Recorder, timeout_s: float = 5.0) -> None:
+    """Wait until every row queued so far is in the database: a new budget read from the log must
+    count the requests that just ended. The writer commits in queue order, so a marker statement
+    queued now is committed once they are."""
+    store = as_store(db)
     token = secrets.token_hex(8)
-    recorder.record(Statement("INSERT OR REPLACE INTO meta (key, value) VALUES ('runtime_barrier', ?)", (token,)))
+    # An upsert both engines speak (PostgreSQL has no INSERT OR REPLACE).
+    recorder.record(Statement(
+        "INSERT INTO meta (key, value) VALUES ('runtime_barrier', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (token,),
+    ))
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout_s
     while loop.time() < end:
-        async with db.execute("SELECT value FROM meta WHERE key = 'runtime_barrier'") as cursor:
-            row = await cursor.fetchone()
-        if row is not None and row[0] == token:
+        rows = await store.fetch("SELECT value FROM meta WHERE key = 'runtime_barrier'")
+        if rows and rows[0][0] == token:
             return
         await asyncio.sleep(0.02)
     log.warning("event=runtime_budget_warmup_partial reason=recorder_behind")
 
 
 async def respec(
-    db: aiosqlite.Connection, guard: BudgetGuard, recorder: Recorder, specs: tuple[BudgetSpec, ...], now: datetime
+    db: Store | aiosqlite.Connection, guard: BudgetGuard, recorder: Recorder, specs: tuple[BudgetSpec, ...], now: datetime
 ) -> None:
     """Budgets added or removed at runtime: warm up only the new ones from the log, keep the rest.
 
@@ -120,17 +124,16 @@ async def respec(
     if fresh:
         await _written(db, recorder)
         since = earliest_window_start(fresh, guard.budgets, now)
-        async with db.execute(SPEND_QUERY, (encode_time(since),)) as cursor:
-            rows = spend_rows(await cursor.fetchall())
-        async with db.execute(ALERTS_QUERY, (since.isoformat(),)) as cursor:
-            fired = fired_keys(await cursor.fetchall())
+        store = as_store(db)
+        rows = spend_rows(await store.fetch(SPEND_QUERY, (encode_time(since),)))
+        fired = fired_keys(await store.fetch(ALERTS_QUERY, (since.isoformat(),)))
     # No await from here on: the swap sees every reservation settled up to now.
     budgets = guard.budgets.with_specs(specs, rows, now)
     budgets.mark_fired(fired)
     guard.use(budgets)
 
 
-def load_spend_sync(db: sqlite3.Connection, budgets: Budgets, now: datetime) -> int:
+def load_spend_sync(db: Reader, budgets: Budgets, now: datetime) -> int:
     """The same, for the CLI's read-only connection."""
     since = earliest_window_start(budgets.specs, budgets, now)
     rows = spend_rows(tuple(r) for r in db.execute(SPEND_QUERY, (encode_time(since),)))

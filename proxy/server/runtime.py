@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from datetime import UTC, datetime
-
-import aiosqlite
 
 from proxy.budgets.spec import BudgetSpec
 from proxy.config import Config, KeyAlias
 from proxy.server.attribution import Attributor
 from proxy.server.guard import BudgetGuard, respec
+from proxy.store.engine import Store
 from proxy.store.recorder import Recorder
 from proxy.store.keys import RuntimeState, key_budgets, read_state_async, read_version
 
@@ -49,7 +47,7 @@ def runtime_keys(config: Config, state: RuntimeState) -> dict[str, tuple[KeyAlia
 
 class Runtime:
     def __init__(
-        self, config: Config, db: aiosqlite.Connection, attributor: Attributor, guard: BudgetGuard, recorder: Recorder
+        self, config: Config, db: Store, attributor: Attributor, guard: BudgetGuard, recorder: Recorder
     ) -> None:
         self._config = config
         self._recorder = recorder
@@ -96,4 +94,4 @@ class Runtime:
                 await self.refresh()
             except Exception as exc:  # noqa: BLE001 - the poller must outlive a bad tick
                 # A locked or busy file, say: keep what we have and try again on the next tick.
-                log.warning("event=runtime_poll_failed error=%s", type(exc).__name__ if not isinstance(exc, sqlite3.Error) else exc)
+                log.warning("event=runtime_poll_failed error=%s", type(exc).__name__ if not isinstance(exc, self._db.write_errors) else exc)

@@ -1,17 +1,20 @@
 """OpenRouter's own books in the store: imported `/activity` days, and the sums `reconcile` compares.
 
-Synchronous sqlite3 like the other readers: `reconcile` and `import-activity` are commands, and
-`serve`'s periodic check runs these in a thread on its own read-only connection.
+Synchronous like the other readers (a connection from proxy/store/reader.py, either engine):
+`reconcile` and `import-activity` are commands, and `serve`'s periodic check runs these in a
+thread on its own read-only connection.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
+from proxy.store.dialect import dialect_of
+from proxy.store.reader import Reader, transaction
 from proxy.store.sqlite import encode_time
 
 # A BYOK request's cost_usd includes what the provider charged the user's own key, recorded apart
@@ -49,15 +52,15 @@ class Recorded:
     priced_by_us: int  # rows whose cost is our catalog price or estimate, not OpenRouter's figure
 
 
-def stored_salt(db: sqlite3.Connection) -> bytes | None:
+def stored_salt(db: Reader) -> bytes | None:
     """The fingerprint salt `serve` made, or None if it never ran on this database."""
     row = db.execute("SELECT value FROM meta WHERE key = 'fingerprint_salt'").fetchone()
     return None if row is None else bytes.fromhex(row[0])
 
 
-def records_byok(db: sqlite3.Connection) -> bool:
+def records_byok(db: Reader) -> bool:
     """Whether the requests table records the BYOK provider charge apart (its own column)."""
-    return any(row[1] == UPSTREAM_COLUMN for row in db.execute("PRAGMA table_info(requests)"))
+    return any(row[1] == UPSTREAM_COLUMN for row in db.execute(dialect_of(db).table_columns("requests")))
 
 
 class _Sum:
@@ -84,7 +87,7 @@ class _Sum:
         return Recorded(self.credits, self.byok if byok_known else None, self.requests, self.priced_by_us)
 
 
-def _rows(db: sqlite3.Connection, since: datetime, until: datetime | None, fingerprint: str | None) -> tuple[bool, Iterable[sqlite3.Row]]:
+def _rows(db: Reader, since: datetime, until: datetime | None, fingerprint: str | None) -> tuple[bool, Iterable[Any]]:
     byok_known = records_byok(db)
     upstream = UPSTREAM_COLUMN if byok_known else "NULL"
     query = f"SELECT started_at, cost_usd, {upstream}, cost_source, outcome, model FROM requests WHERE started_at >= ?"
@@ -98,7 +101,7 @@ def _rows(db: sqlite3.Connection, since: datetime, until: datetime | None, finge
     return byok_known, db.execute(query, params)
 
 
-def recorded_by_day(db: sqlite3.Connection, since: datetime, fingerprint: str | None) -> tuple[dict[str, Recorded], bool]:
+def recorded_by_day(db: Reader, since: datetime, fingerprint: str | None) -> tuple[dict[str, Recorded], bool]:
     """Sums per UTC day from `since` on, and whether the database records BYOK provider charges;
     `fingerprint` None takes every row (managed-key mode, where every request went out on one key)."""
     sums: dict[str, _Sum] = {}
@@ -127,12 +130,12 @@ def windows_of(days: Mapping[str, Recorded], starts: Mapping[str, datetime], byo
     return result
 
 
-def recorded_by_window(db: sqlite3.Connection, starts: Mapping[str, datetime], fingerprint: str | None) -> dict[str, Recorded]:
+def recorded_by_window(db: Reader, starts: Mapping[str, datetime], fingerprint: str | None) -> dict[str, Recorded]:
     days, byok_known = recorded_by_day(db, min(starts.values()), fingerprint)
     return windows_of(days, starts, byok_known)
 
 
-def recorded_by_day_model(db: sqlite3.Connection, first_day: str, last_day: str) -> dict[tuple[str, str], Recorded]:
+def recorded_by_day_model(db: Reader, first_day: str, last_day: str) -> dict[tuple[str, str], Recorded]:
     """Every key's rows, per UTC day and model, from `first_day` through `last_day` (YYYY-MM-DD)."""
     since = datetime.fromisoformat(first_day + "T00:00:00+00:00")
     until = datetime.fromisoformat(last_day + "T00:00:00+00:00") + timedelta(days=1)
@@ -146,28 +149,32 @@ def recorded_by_day_model(db: sqlite3.Connection, first_day: str, last_day: str)
     return {cell: total.done(byok_known) for cell, total in sums.items()}
 
 
+_COLUMNS = ("date", "model", "endpoint_id", "model_permaslug", "provider", "usage_usd", "byok_usage_usd", "requests",
+            "prompt_tokens", "completion_tokens", "reasoning_tokens", "imported_at")
+# An upsert both engines speak (a listing that names one endpoint twice keeps the last, as INSERT OR REPLACE did).
 _INSERT = (
-    "INSERT OR REPLACE INTO imported_activity (date, model, endpoint_id, model_permaslug, provider, usage_usd, "
-    "byok_usage_usd, requests, prompt_tokens, completion_tokens, reasoning_tokens, imported_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO imported_activity ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' for _ in _COLUMNS)}) "
+    "ON CONFLICT (date, model, endpoint_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[3:])
 )
 
 
-def store_activity(db: sqlite3.Connection, rows: list[ActivityRow], now: datetime) -> int:
+def store_activity(db: Reader, rows: list[ActivityRow], now: datetime) -> int:
     """Replace the imported days with these rows, in one transaction: importing twice leaves the same
     rows, and an endpoint OpenRouter no longer lists for a day does not linger."""
     when = encode_time(now)
-    with db:
-        db.executemany("DELETE FROM imported_activity WHERE date = ?", [(d,) for d in sorted({r.date for r in rows})])
-        db.executemany(_INSERT, [
-            (r.date, r.model, r.endpoint_id, r.model_permaslug, r.provider, format(r.usage_usd, "f"),
-             format(r.byok_usage_usd, "f"), r.requests, r.prompt_tokens, r.completion_tokens, r.reasoning_tokens, when)
-            for r in rows
-        ])
+    with transaction(db):
+        for day in sorted({r.date for r in rows}):
+            db.execute("DELETE FROM imported_activity WHERE date = ?", (day,))
+        for r in rows:
+            db.execute(_INSERT, (
+                r.date, r.model, r.endpoint_id, r.model_permaslug, r.provider, format(r.usage_usd, "f"),
+                format(r.byok_usage_usd, "f"), r.requests, r.prompt_tokens, r.completion_tokens, r.reasoning_tokens, when,
+            ))
     return len(rows)
 
 
-def imported_activity(db: sqlite3.Connection, since: date | datetime | None = None, until: date | datetime | None = None) -> list[ActivityRow]:
+def imported_activity(db: Reader, since: date | datetime | None = None, until: date | datetime | None = None) -> list[ActivityRow]:
     """Imported day x model x provider figures with `since <= date < until` (UTC days), by date and model.
 
     For `report`: these are OpenRouter's totals for days, models and providers only; they carry no

@@ -10,12 +10,15 @@ from __future__ import annotations
 import os
 import sqlite3
 from collections.abc import Sequence
+from datetime import datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Protocol
 
 import aiosqlite
 
 from proxy.store import sqlite
+from proxy.store.dialect import SQLITE, Dialect
 from proxy.store.records import UsageRecord
 
 POSTGRES_SCHEMES = ("postgresql://", "postgres://")
@@ -27,6 +30,8 @@ def is_postgres(db: str | Path | None) -> bool:
 
 class Store(Protocol):
     engine: str
+    # The few SQL spellings a reader must pick per engine (proxy/store/dialect.py).
+    dialect: Dialect
     # What a write may raise while the database is locked, full, restarting or unreachable: the
     # recorder keeps its batch and retries on these.
     write_errors: tuple[type[BaseException], ...]
@@ -44,6 +49,7 @@ class Store(Protocol):
 
 class SqliteStore:
     engine = "sqlite"
+    dialect = SQLITE
     write_errors: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
 
     def __init__(self, db: aiosqlite.Connection) -> None:
@@ -87,3 +93,34 @@ async def open_store(db: Path | str, password_env: str | None = None) -> Store:
         password = os.environ.get(password_env) if password_env else None
         return await PostgresStore.open(str(db), password)
     return SqliteStore(await sqlite.open_db(Path(db)))
+
+
+WindowSpendRow = tuple[str | None, str | None, str | None, str | None, tuple[bool, ...], Decimal]
+
+
+async def spend_by_window(
+    db: Store | aiosqlite.Connection, starts: Sequence[datetime], until: datetime
+) -> list[WindowSpendRow]:
+    """(model, key, project, session, (started since starts[0], ...), cost) summed per label set and
+    per set of windows a request falls in, for requests started before `until`, labelled as the metrics
+    label them: the model served, else asked for; the key's alias, else its fingerprint. PostgreSQL
+    sums numeric exactly; SQLite returns the costs as text, summed here as Decimal (its SUM would
+    be a float)."""
+    store = as_store(db)
+    since = [sqlite.encode_time(s) for s in starts]
+    flags = ", ".join("started_at >= ?" for _ in starts)
+    groups = ", ".join(str(i) for i in range(1, 5 + len(starts)))
+    exact = store.dialect.exact_sum("cost_usd")
+    money = exact or "group_concat(cost_usd, ' ')"
+    rows = await store.fetch(
+        "SELECT COALESCE(model, model_requested), COALESCE(key_alias, key_fingerprint), project, session, "
+        f"{flags}, {money} FROM requests "
+        f"WHERE started_at >= ? AND started_at < ? AND cost_usd IS NOT NULL GROUP BY {groups}",
+        (*since, min(since), sqlite.encode_time(until)),
+    )
+    out: list[WindowSpendRow] = []
+    for row in rows:
+        amount = Decimal(row[-1]) if exact else sum((Decimal(c) for c in row[-1].split()), Decimal(0))
+        if amount:
+            out.append((row[0], row[1], row[2], row[3], tuple(bool(f) for f in row[4:-1]), amount))
+    return out

@@ -5,6 +5,8 @@ the key (so its first 16 hex digits are the fingerprint its requests are logged 
 bumps `meta.runtime_version` in the same transaction: a running proxy polls that one value and
 reloads only when it moved. Writers use their own short-lived connection (the CLI's, or the admin
 API's in a thread), never the recorder's, so they cannot land inside its batch transaction.
+Both engines: the writers take a connection from proxy/store/reader.py's `open_writer`, the
+poller reads through the Store.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import hashlib
 import json
 import re
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -25,7 +26,9 @@ import aiosqlite
 
 from proxy.budgets.spec import BudgetSpec, parse_budgets, window
 from proxy.errors import ConfigError
-from proxy.store.sqlite import encode_time, prepare
+from proxy.store.engine import Store, as_store
+from proxy.store.reader import Reader, open_writer, transaction
+from proxy.store.sqlite import encode_time
 
 KEY_PREFIX = "sk-spend-"
 # Budgets made for a key are named after it; `budgets set` may not use the prefix.
@@ -35,7 +38,7 @@ _DURATION = re.compile(r"(\d+)([smhd])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _BUMP = (
     "INSERT INTO meta (key, value) VALUES ('runtime_version', '1') "
-    "ON CONFLICT(key) DO UPDATE SET value = CAST(value AS INTEGER) + 1"
+    "ON CONFLICT(key) DO UPDATE SET value = CAST(CAST(meta.value AS INTEGER) + 1 AS TEXT)"
 )
 
 
@@ -135,39 +138,31 @@ def key_budgets(keys: tuple[RuntimeKey, ...], now: datetime) -> tuple[BudgetSpec
     return tuple(specs)
 
 
-# ---------------------------------------------------------------- SQLite, synchronous (CLI, admin API thread)
+# ---------------------------------------------------------------- synchronous (CLI, admin API thread)
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A read-write connection for one command: creates and migrates the file if needed."""
-    prepare(path)
-    db = sqlite3.connect(path, isolation_level=None, timeout=5.0)
-    db.execute("PRAGMA busy_timeout=5000")
-    return db
+def connect(db: Path | str, password_env: str | None = None) -> Reader:
+    """A read-write connection for one command: creates and migrates the database if needed."""
+    return open_writer(db, password_env)
 
 
-def salt_sync(db: sqlite3.Connection) -> bytes:
+def salt_sync(db: Reader) -> bytes:
     db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('fingerprint_salt', ?)", (secrets.token_bytes(16).hex(),))
     return bytes.fromhex(db.execute("SELECT value FROM meta WHERE key = 'fingerprint_salt'").fetchone()[0])
 
 
-def _write(db: sqlite3.Connection, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
-    db.execute("BEGIN IMMEDIATE")
-    try:
-        changed = 0
+def _write(db: Reader, statements: list[tuple[str, tuple[Any, ...]]]) -> int:
+    changed = 0
+    with transaction(db):
         for sql, params in statements:
             changed += db.execute(sql, params).rowcount
         if changed:
             db.execute(_BUMP)
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     return changed
 
 
 def create_key(
-    db: sqlite3.Connection,
+    db: Reader,
     name: str,
     now: datetime,
     *,
@@ -197,11 +192,11 @@ def create_key(
     return key
 
 
-def revoke_key(db: sqlite3.Connection, name: str, now: datetime) -> bool:
+def revoke_key(db: Reader, name: str, now: datetime) -> bool:
     return _write(db, [("UPDATE proxy_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL", (encode_time(now), name))]) > 0
 
 
-def set_budget(db: sqlite3.Connection, spec: BudgetSpec, now: datetime, *, reserved_names: frozenset[str] = frozenset()) -> None:
+def set_budget(db: Reader, spec: BudgetSpec, now: datetime, *, reserved_names: frozenset[str] = frozenset()) -> None:
     if spec.name in reserved_names:
         raise NameTaken(f"name: {spec.name!r} is a budget in the config; pick another name")
     if spec.name.startswith(KEY_BUDGET_PREFIX):
@@ -216,15 +211,15 @@ def set_budget(db: sqlite3.Connection, spec: BudgetSpec, now: datetime, *, reser
     )
 
 
-def delete_budget(db: sqlite3.Connection, name: str) -> bool:
+def delete_budget(db: Reader, name: str) -> bool:
     return _write(db, [("DELETE FROM runtime_budgets WHERE name = ?", (name,))]) > 0
 
 
-def read_state(db: sqlite3.Connection) -> RuntimeState:
+def read_state(db: Reader) -> RuntimeState:
     return _state(db.execute(_KEYS_QUERY).fetchall(), db.execute(_BUDGETS_QUERY).fetchall())
 
 
-def describe_keys(db: sqlite3.Connection, tz: ZoneInfo, now: datetime) -> list[dict[str, Any]]:
+def describe_keys(db: Reader, tz: ZoneInfo, now: datetime) -> list[dict[str, Any]]:
     """What `keys list` and GET /-/admin/keys show: never the key, nor its hash.
 
     `spent_usd` is the spend in the key's budget window when it has a budget, else since it was made.
@@ -256,21 +251,17 @@ def describe_keys(db: sqlite3.Connection, tz: ZoneInfo, now: datetime) -> list[d
     return entries
 
 
-# ---------------------------------------------------------------- SQLite, async (the proxy's poller)
+# ---------------------------------------------------------------- async, through the Store (the proxy's poller)
 
 
-async def read_version(db: aiosqlite.Connection) -> int:
-    async with db.execute("SELECT value FROM meta WHERE key = 'runtime_version'") as cursor:
-        row = await cursor.fetchone()
-    return int(row[0]) if row else 0
+async def read_version(db: Store | aiosqlite.Connection) -> int:
+    rows = await as_store(db).fetch("SELECT value FROM meta WHERE key = 'runtime_version'")
+    return int(rows[0][0]) if rows else 0
 
 
-async def read_state_async(db: aiosqlite.Connection) -> RuntimeState:
-    async with db.execute(_KEYS_QUERY) as cursor:
-        keys = await cursor.fetchall()
-    async with db.execute(_BUDGETS_QUERY) as cursor:
-        budgets = await cursor.fetchall()
-    return _state(keys, budgets)
+async def read_state_async(db: Store | aiosqlite.Connection) -> RuntimeState:
+    store = as_store(db)
+    return _state(await store.fetch(_KEYS_QUERY), await store.fetch(_BUDGETS_QUERY))
 
 
 _KEYS_QUERY = "SELECT name, key_hash, project, budget, created_at, expires_at, revoked_at FROM proxy_keys ORDER BY name"

@@ -5,6 +5,8 @@ Each query walks an index (requests_session or requests_started_at) and reads on
 range. Sums over a time range are done by SQLite in integer pico-dollars (each stored decimal
 rounded to 1e-12, which no price reaches below), so they are exact without a Python loop per row.
 The connection is read-only: it never blocks the proxy's writer (WAL) and never creates a file.
+On PostgreSQL (a postgresql:// db) the same reads go through proxy/store/pg_reader.py, which
+imports asyncpg only then; sums there are exact numeric sums.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from proxy.store.dialect import POSTGRES_SCHEMES, dialect_of
 
 _ZERO = Decimal(0)
 
@@ -28,8 +32,14 @@ def decode_time(text: str) -> datetime:
     return datetime.fromisoformat(text.removesuffix("Z")).replace(tzinfo=UTC)
 
 
-def connect(path: Path) -> sqlite3.Connection | None:
+def connect(path: Path | str, password_env: str | None = None) -> Any:
     """A read-only connection, or None when there is no database (yet) at `path`."""
+    if isinstance(path, str) and path.startswith(POSTGRES_SCHEMES):
+        from proxy.store.reader import open_reader
+
+        # As the SQLite connection's 2 s busy timeout: a status line that waits is a blank one.
+        return open_reader(path, password_env, timeout_s=2.0)
+    path = Path(path)
     if not path.is_file():
         return None
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=2.0)
@@ -54,7 +64,7 @@ class SessionSpend(NamedTuple):
 
 
 def session_spend(db: sqlite3.Connection, session: str, since: datetime | None = None) -> SessionSpend:
-    query = "SELECT cost_usd, started_at, project FROM requests INDEXED BY requests_session WHERE session = ?"
+    query = f"SELECT cost_usd, started_at, project FROM requests{dialect_of(db).indexed_by('requests_session')} WHERE session = ?"
     params: list[str] = [session]
     if since is not None:
         query += " AND started_at >= ?"
@@ -78,15 +88,20 @@ _SUM_PICO = "SUM(CAST(ROUND(CAST(cost_usd AS REAL) * 1e12) AS INTEGER))"
 
 
 def spend_since(db: sqlite3.Connection, since: datetime, until: datetime | None = None, *, project: str | None = None) -> Decimal:
+    dialect = dialect_of(db)
     if project is not None:
-        where = "FROM requests INDEXED BY requests_project WHERE project = ? AND started_at >= ?"
+        where = f"FROM requests{dialect.indexed_by('requests_project')} WHERE project = ? AND started_at >= ?"
         params: list[str] = [project, encode_time(since)]
     else:
-        where = "FROM requests INDEXED BY requests_started_at WHERE started_at >= ?"
+        where = f"FROM requests{dialect.indexed_by('requests_started_at')} WHERE started_at >= ?"
         params = [encode_time(since)]
     if until is not None:
         where += " AND started_at < ?"
         params.append(encode_time(until))
+    exact = dialect.exact_sum("cost_usd")
+    if exact is not None:
+        (total,) = db.execute(f"SELECT {exact} {where}", params).fetchone()
+        return _ZERO if total is None else Decimal(total)
     try:
         (pico,) = db.execute(f"SELECT {_SUM_PICO} {where}", params).fetchone()
     except sqlite3.OperationalError:  # integer overflow: add up in Python instead
@@ -106,7 +121,7 @@ class ActiveSession(NamedTuple):
 def active_sessions(db: sqlite3.Connection, since: datetime, limit: int = 10) -> list[ActiveSession]:
     """Sessions with a request since `since`, most recent first, with their cost in that span."""
     rows = db.execute(
-        "SELECT session, client, project, cost_usd, started_at FROM requests INDEXED BY requests_started_at "
+        f"SELECT session, client, project, cost_usd, started_at FROM requests{dialect_of(db).indexed_by('requests_started_at')} "
         "WHERE started_at >= ? AND session IS NOT NULL ORDER BY started_at",
         (encode_time(since),),
     )
@@ -140,7 +155,7 @@ class RecentRequest(NamedTuple):
 def recent_requests(db: sqlite3.Connection, limit: int = 10) -> list[RecentRequest]:
     rows = db.execute(
         "SELECT finished_at, endpoint, model, status, outcome, input_tokens, output_tokens, cost_usd, duration_ms, session "
-        "FROM requests INDEXED BY requests_started_at ORDER BY started_at DESC LIMIT ?",
+        f"FROM requests{dialect_of(db).indexed_by('requests_started_at')} ORDER BY started_at DESC LIMIT ?",
         (limit,),
     )
     return [

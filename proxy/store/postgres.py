@@ -22,6 +22,7 @@ from typing import Any
 
 import asyncpg
 
+from proxy.store.dialect import POSTGRES
 from proxy.store.records import UsageRecord
 from proxy.store.sqlite import encode_time
 
@@ -183,6 +184,29 @@ def _m010_runtime_keys() -> list[str]:
     return []
 
 
+def _m011_runtime_keys_on_postgres() -> list[str]:
+    # Migration 10's tables, here at last (10 ran as an empty step on existing databases and is
+    # never edited): `keys create`, `budgets set` and /-/admin/ on PostgreSQL.
+    return [
+        "CREATE TABLE proxy_keys (name text PRIMARY KEY, key_hash text NOT NULL UNIQUE, project text, budget text, "
+        "created_at timestamptz NOT NULL, expires_at timestamptz, revoked_at timestamptz)",
+        "CREATE TABLE runtime_budgets (name text PRIMARY KEY, spec text NOT NULL, updated_at timestamptz NOT NULL)",
+        "CREATE INDEX requests_key_alias ON requests (key_alias, started_at)",
+    ]
+
+
+def _m012_hour_statistics() -> list[str]:
+    # Reports group raw rows by the UTC hour (dialect.time_group). Without statistics on that
+    # expression the planner guesses one group per row and sorts 200k rows on disk; with them it
+    # hashes ~2k groups (0.8 -> 0.4 s by the hour over 200k rows). Expression statistics need
+    # PostgreSQL 14; older servers just keep the slower plan.
+    return [
+        "DO $$ BEGIN IF current_setting('server_version_num')::int >= 140000 THEN "
+        "EXECUTE 'CREATE STATISTICS requests_utc_hour ON (date_trunc(''hour'', started_at AT TIME ZONE ''UTC'')) FROM requests'; "
+        "END IF; END $$"
+    ]
+
+
 MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m001_requests,
     _m002_model_prices,
@@ -194,6 +218,8 @@ MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m008_imported_activity,
     _m009_hourly_rollup,
     _m010_runtime_keys,
+    _m011_runtime_keys_on_postgres,
+    _m012_hour_statistics,
 )
 
 # Any fixed number: replicas starting together take turns migrating.
@@ -285,7 +311,7 @@ _RESULT: dict[str, Callable[[Any], Any]] = {
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Prepared:
+class Prepared:
     sql: str
     params: tuple[Callable[[Any], Any] | None, ...]
     results: tuple[Callable[[Any], Any] | None, ...]
@@ -299,15 +325,27 @@ class _Prepared:
         return tuple(v if convert is None or v is None else convert(v) for convert, v in zip(self.results, record))
 
 
+async def prepare(connection: asyncpg.Connection, sql: str) -> Prepared:
+    """A statement in the SQLite dialect, translated, with its parameter and result conversions."""
+    translated = translate(sql)
+    statement = await connection.prepare(translated)
+    return Prepared(
+        translated,
+        tuple(_PARAM.get(t.name) for t in statement.get_parameters()),
+        tuple(_RESULT.get(a.type.name) for a in statement.get_attributes()),
+    )
+
+
 class PostgresStore:
     """The storage engine for PostgreSQL: a small pool; the recorder is its only writer of rows."""
 
     engine = ENGINE
+    dialect = POSTGRES
     write_errors = WRITE_ERRORS
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
-        self._prepared: dict[str, _Prepared] = {}
+        self._prepared: dict[str, Prepared] = {}
 
     @classmethod
     async def open(cls, url: str, password: str | None = None, *, max_size: int = 4) -> PostgresStore:
@@ -346,16 +384,10 @@ class PostgresStore:
                 await connection.copy_records_to_table(_INCOMING, records=map(_COLUMN_VALUES, records), columns=REQUEST_COLUMNS)
                 await connection.execute(_MOVE_INCOMING)
 
-    async def _prepare(self, connection: asyncpg.Connection, sql: str) -> _Prepared:
+    async def _prepare(self, connection: asyncpg.Connection, sql: str) -> Prepared:
         prepared = self._prepared.get(sql)
         if prepared is None:
-            translated = translate(sql)
-            statement = await connection.prepare(translated)
-            prepared = _Prepared(
-                translated,
-                tuple(_PARAM.get(t.name) for t in statement.get_parameters()),
-                tuple(_RESULT.get(a.type.name) for a in statement.get_attributes()),
-            )
+            prepared = await prepare(connection, sql)
             self._prepared[sql] = prepared
         return prepared
 

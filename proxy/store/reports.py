@@ -6,7 +6,9 @@ it returns plain data and `as_document()` its JSON form, so both print the same 
 Whole UTC days are read from the daily rollup, whole hours from the hourly one, sessions from the
 per-session one (see proxy/store/rollups.py); only the partial hours at the edges of a range read
 raw rows. All are summed in SQL over integer pico/yocto-dollars, so totals are exact Decimals and
-memory stays flat however many rows there are.
+memory stays flat however many rows there are. On PostgreSQL (no rollups there) every piece is
+raw rows, cut into the same integer parts from `numeric` (proxy/store/dialect.py), so both engines
+return the same document for the same rows.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from zoneinfo import ZoneInfo
 
 from proxy.errors import CliError
 from proxy.store import rollups
+from proxy.store.dialect import Dialect, dialect_of
+from proxy.store.reader import Reader
 
 TIME_GROUPINGS = ("hour", "day", "week", "month")
 GROUPINGS = (*TIME_GROUPINGS, "model", "provider", "project", "session", "key", "client", "endpoint")
@@ -250,9 +254,11 @@ def _offsets(tz: ZoneInfo, since: datetime | None, until: datetime | None) -> se
     return {(p.astimezone(tz).utcoffset() or timedelta()).total_seconds() for p in probes}
 
 
-def _raw_table(db: sqlite3.Connection) -> str:
+def _raw_table(db: Reader) -> str:
     """`requests`, or for a database an earlier version wrote and `serve` has not migrated yet, the
     same rows with the money columns it lacks as NULL: reports read it exactly all the same."""
+    if not dialect_of(db).rollups:
+        return "requests"  # PostgreSQL's migrations add every column; no file of an older version is read
     have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
     missing = [name for name in rollups.MONEY if name not in have]
     if not missing:
@@ -263,8 +269,9 @@ def _raw_table(db: sqlite3.Connection) -> str:
 class _Source:
     """How one grouping, filter or sum is spelt over a rollup ('h') or over raw rows ('r')."""
 
-    def __init__(self, rollup: rollups.Rollup | None, minute: bool = False, raw: str = "requests") -> None:
+    def __init__(self, rollup: rollups.Rollup | None, dialect: Dialect, minute: bool = False, raw: str = "requests") -> None:
         self.rollup = rollup
+        self.dialect = dialect
         self.minute = minute
         self.raw = raw
 
@@ -275,14 +282,28 @@ class _Source:
         if by in TIME_GROUPINGS:
             if self.rollup is not None:
                 return "h.period"
-            return f"substr(r.started_at, 1, {16 if self.minute else 13})"
+            return self.dialect.time_text("r.started_at", 16 if self.minute else 13)
         if by == "key":
             return f"(CASE WHEN {self.dim('key_alias')} != '' THEN {self.dim('key_alias')} ELSE {self.dim('key_fingerprint')} END)"
         return self.dim(by)
 
+    def group(self, by: str) -> tuple[str, str]:
+        """What `_query` groups by for a level, and the template spelling a group (see Dialect.time_group)."""
+        if by in TIME_GROUPINGS and self.rollup is None:
+            return self.dialect.time_group("r.started_at", 16 if self.minute else 13)
+        return self.level(by), "{}"
+
     def sums(self, seen: bool) -> list[str]:
         if self.rollup is None:
-            sums = [f"SUM({expr})" for expr in rollups.counters("r").values()]
+            aggregated: dict[str, str] = {}
+            for money in rollups.MONEY:
+                parts = self.dialect.money_sums(f"r.{money}")
+                if parts is not None:
+                    aggregated.update(zip((f"{money}_pico", f"{money}_yocto", f"{money}_inexact"), parts))
+            sums = [
+                aggregated.get(name) or self.dialect.int_sum(expr)
+                for name, expr in rollups.counters("r", dialect=self.dialect).items()
+            ]
             first_last = ["min(r.started_at)", "max(r.started_at)"]
         else:
             sums = [f"SUM(h.{name})" for name in SUMMED]
@@ -325,12 +346,12 @@ class _Source:
             ("project", filters.projects), ("model", filters.models), ("session", filters.sessions), ("client", filters.clients)
         ):
             if globs:
-                clauses.append("(" + " OR ".join(f"{self.dim(name)} GLOB ?" for _ in globs) + ")")
-                params += globs
+                clauses.append("(" + " OR ".join(self.dialect.glob(self.dim(name)) for _ in globs) + ")")
+                params += [self.dialect.glob_param(glob) for glob in globs]
         if filters.keys:
-            match = f"({self.dim('key_alias')} GLOB ? OR {self.dim('key_fingerprint')} GLOB ?)"
+            match = f"({self.dialect.glob(self.dim('key_alias'))} OR {self.dialect.glob(self.dim('key_fingerprint'))})"
             clauses.append("(" + " OR ".join(match for _ in filters.keys) + ")")
-            params += [glob for glob in filters.keys for _ in (0, 1)]
+            params += [self.dialect.glob_param(glob) for glob in filters.keys for _ in (0, 1)]
         return clauses, params
 
     def where(
@@ -342,26 +363,31 @@ class _Source:
         clauses = range_clauses + filter_clauses
         params = [*range_params, *filter_params]
         for column, op, values in filter(None, membership):
-            clauses.append(f"{'h.period' if column == 'period' else self.dim(column)} {op} (SELECT value FROM json_each(?))")
+            clauses.append(self.dialect.member("h.period" if column == "period" else self.dim(column), op))
             params.append(values)
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
 def _query(
-    db: sqlite3.Connection, source: _Source, levels: list[str], seen: bool, where: tuple[str, list[str]]
+    db: Reader, source: _Source, levels: list[str], seen: bool, where: tuple[str, list[str]]
 ) -> Iterable[tuple[Any, ...]]:
-    keys = [source.level(level) for level in levels]
-    select = [f"{key} AS k{i}" for i, key in enumerate(keys)] + source.sums(seen)
+    groups = [source.group(level) for level in levels]
+    sums = source.sums(seen)
+    select = [f"{key} AS k{i}" for i, (key, _) in enumerate(groups)] + [f"{s} AS s{j}" for j, s in enumerate(sums)]
     sql = f"SELECT {', '.join(select)} FROM {source.table()}{where[0]}"
-    if keys:
-        sql += " GROUP BY " + ", ".join(f"k{i}" for i in range(len(keys)))
+    if groups:
+        sql += " GROUP BY " + ", ".join(f"k{i}" for i in range(len(groups)))
+    if any(spell != "{}" for _, spell in groups):
+        # Spell each group once, after grouping, not once per row.
+        outer = [spell.format(f"g.k{i}") for i, (_, spell) in enumerate(groups)] + [f"g.s{j}" for j in range(len(sums))]
+        sql = f"SELECT {', '.join(outer)} FROM ({sql}) AS g"
     cursor = db.execute(sql, where[1])
     cursor.row_factory = None
     return cursor
 
 
 def _distinct(
-    db: sqlite3.Connection, source: _Source, levels: list[str], extras: Iterable[str], where: tuple[str, list[str]]
+    db: Reader, source: _Source, levels: list[str], extras: Iterable[str], where: tuple[str, list[str]]
 ) -> Iterable[tuple[Any, ...]]:
     keys = [source.level(level) for level in levels] + [source.dim(extra) for extra in extras]
     cursor = db.execute(f"SELECT DISTINCT {', '.join(keys)} FROM {source.table()}{where[0]}", where[1])
@@ -405,7 +431,7 @@ def _ceil_day(moment: datetime) -> datetime:
 
 
 def _windows(
-    db: sqlite3.Connection, since: datetime | None, until: datetime | None, rollup: rollups.Rollup | None
+    db: Reader, since: datetime | None, until: datetime | None, rollup: rollups.Rollup | None
 ) -> tuple[list[Piece], list[str]]:
     """The (source, start, end) pieces a range is read from: whole UTC days from the daily rollup
     (when allowed), whole hours from the hourly one, the partial hours at the edges from raw rows."""
@@ -414,7 +440,7 @@ def _windows(
 
 
 def _session_pieces(
-    db: sqlite3.Connection, since: datetime | None, until: datetime | None
+    db: Reader, since: datetime | None, until: datetime | None
 ) -> tuple[list[Piece], list[str]]:
     """A report by session: groups wholly inside the range from the per-session rollup; the
     sessions that straddle an end of the range (few: those active at that moment) from the hourly
@@ -434,7 +460,7 @@ def _session_pieces(
 
 
 def _half_hour_pieces(
-    db: sqlite3.Connection, since: datetime | None, until: datetime | None, tz: ZoneInfo
+    db: Reader, since: datetime | None, until: datetime | None, tz: ZoneInfo
 ) -> tuple[list[Piece], list[str]]:
     """Days, weeks and months in a zone whose midnight falls mid-UTC-hour (Asia/Kolkata): the hourly
     rollup for every hour but the one holding each local midnight, and raw rows, by the minute, for those."""
@@ -475,7 +501,7 @@ def _parse_hour(text: str) -> datetime:
 
 
 def _time_windows(
-    db: sqlite3.Connection, since: datetime | None, until: datetime | None, rollup: rollups.Rollup | None
+    db: Reader, since: datetime | None, until: datetime | None, rollup: rollups.Rollup | None
 ) -> tuple[list[tuple[rollups.Rollup | None, datetime | None, datetime | None]], list[str]]:
     if rollup is None:
         return [(None, since, until)], []
@@ -514,13 +540,15 @@ def _time_windows(
     return [*pieces, (rollups.DAILY, day_first, day_last)], notes
 
 
-def _has_rollup(db: sqlite3.Connection) -> bool:
+def _has_rollup(db: Reader) -> bool:
+    if not dialect_of(db).rollups:
+        return False
     names = [rollup.table for rollup in rollups.ROLLUPS]
     found = db.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' for _ in names)})", names)
     return bool(found.fetchone()[0] == len(names))
 
 
-def _raw_kept_from(db: sqlite3.Connection) -> datetime | None:
+def _raw_kept_from(db: Reader) -> datetime | None:
     try:
         row = db.execute("SELECT value FROM meta WHERE key = 'raw_kept_from'").fetchone()
     except sqlite3.OperationalError:
@@ -528,7 +556,7 @@ def _raw_kept_from(db: sqlite3.Connection) -> datetime | None:
     return None if row is None else _parse_time(row[0])
 
 
-def _best_rollup(db: sqlite3.Connection, levels: list[str], filters: Filters, offsets: set[float]) -> rollups.Rollup | None:
+def _best_rollup(db: Reader, levels: list[str], filters: Filters, offsets: set[float]) -> rollups.Rollup | None:
     """The coarsest rollup that can answer exactly, or None to read raw rows."""
     if not _has_rollup(db):
         # A database not yet migrated by `serve` (opened read-only here): raw rows, slower, as exact.
@@ -548,7 +576,7 @@ def _best_rollup(db: sqlite3.Connection, levels: list[str], filters: Filters, of
 
 
 def report(
-    db: sqlite3.Connection,
+    db: Reader,
     by: str,
     *,
     breakdown: str | None = None,
@@ -570,6 +598,7 @@ def report(
     session = by == "session"
     timed = [level for level in levels if level in TIME_GROUPINGS]
     offsets = _offsets(tz, since, until) if timed else {0.0}
+    dialect = dialect_of(db)
     rollup = _best_rollup(db, levels, filters, offsets)
     minute = bool(timed) and any(offset % 3600 for offset in offsets)
     if session and not timed and rollup is not None:
@@ -591,7 +620,7 @@ def report(
     width = len(levels)
     summed = slice(width, width + len(SUMMED))
     for source_rollup, start, end, sessions in pieces:
-        source = _Source(source_rollup, minute, raw)
+        source = _Source(source_rollup, dialect, minute, raw)
         for row in _query(db, source, levels, session, source.where(start, end, filters, sessions)):
             key = names(row)
             line = lines.get(key)
@@ -621,7 +650,7 @@ def report(
         groups_shown = {line.group for line in ordered} | ({""} if any(line.group == NONE for line in ordered) else set())
         shown = None if limit is None else ("session", "IN", json.dumps(sorted(groups_shown)))
         for source_rollup, start, end, sessions in pieces:
-            source = _Source(source_rollup, minute, raw)
+            source = _Source(source_rollup, dialect, minute, raw)
             for row in _distinct(db, source, levels, _SESSION_EXTRAS, source.where(start, end, filters, sessions, shown)):
                 found = lines.get(names(row))
                 if found is None:
@@ -654,22 +683,21 @@ def _money_sums(amount: Decimal) -> tuple[int, int, int]:
 _EXACT = Context(prec=80)
 
 
-def _logged_days(db: sqlite3.Connection, days: list[str]) -> set[str]:
+def _logged_days(db: Reader, days: list[str]) -> set[str]:
     """Which of these UTC days have any row in the log (the daily rollup keeps them after retention)."""
     wanted = json.dumps(days)
+    dialect = dialect_of(db)
     if _has_rollup(db):
-        sql = f"SELECT DISTINCT period FROM {rollups.DAILY.table} WHERE period IN (SELECT value FROM json_each(?))"
+        sql = f"SELECT DISTINCT period FROM {rollups.DAILY.table} WHERE {dialect.member('period', 'IN')}"
         return {row[0] for row in db.execute(sql, (wanted,))}
-    sql = (
-        "SELECT DISTINCT substr(started_at, 1, 10) FROM requests WHERE started_at >= ? AND started_at < ? "
-        "AND substr(started_at, 1, 10) IN (SELECT value FROM json_each(?))"
-    )
+    day = dialect.time_text("started_at", 10)
+    sql = f"SELECT DISTINCT {day} FROM requests WHERE started_at >= ? AND started_at < ? AND {dialect.member(day, 'IN')}"
     after = (date.fromisoformat(days[-1]) + timedelta(days=1)).isoformat()
     return {row[0] for row in db.execute(sql, (days[0], after, wanted))}
 
 
 def _imported_lines(
-    db: sqlite3.Connection,
+    db: Reader,
     levels: list[str],
     since: datetime | None,
     until: datetime | None,
@@ -680,7 +708,8 @@ def _imported_lines(
     """Lines of OpenRouter's imported /activity figures for the whole UTC days in the range that the log
     has no rows of at all: a day the proxy saw is never added again, even in part (no double counting).
     At most 30 days x models x providers: read directly, not through the rollups."""
-    if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'imported_activity'").fetchone() is None:
+    dialect = dialect_of(db)
+    if dialect.rollups and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'imported_activity'").fetchone() is None:
         return [], []
     clauses, params = [], []
     if since is not None:
@@ -690,8 +719,8 @@ def _imported_lines(
         clauses.append("date < ?")
         params.append(_floor_day(until.astimezone(UTC)).date().isoformat())
     if filters.models:
-        clauses.append("(" + " OR ".join("model GLOB ?" for _ in filters.models) + ")")
-        params += filters.models
+        clauses.append("(" + " OR ".join(dialect.glob("model") for _ in filters.models) + ")")
+        params += [dialect.glob_param(glob) for glob in filters.models]
     where = " WHERE " + " AND ".join(clauses) if clauses else ""
     found = db.execute(f"SELECT {', '.join(_IMPORTED_COLUMNS)} FROM imported_activity{where}", params).fetchall()
     if not found:
@@ -792,11 +821,11 @@ class FreeUsage:
         )
 
 
-def free_usage(db: sqlite3.Connection, now: datetime, daily_limit: int) -> FreeUsage:
+def free_usage(db: Reader, now: datetime, daily_limit: int) -> FreeUsage:
     """Today's (UTC) :free requests; blocked ones never reached OpenRouter and do not count."""
     midnight = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     rows = db.execute(
-        "SELECT substr(started_at, 1, 16), count(*) FROM requests "
+        f"SELECT {dialect_of(db).time_text('started_at', 16)}, count(*) FROM requests "
         "WHERE started_at >= ? AND is_free AND outcome != 'blocked' GROUP BY 1",
         (_time_text(midnight),),
     ).fetchall()

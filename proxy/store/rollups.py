@@ -16,6 +16,8 @@ import sqlite3
 from dataclasses import dataclass
 from decimal import Context, Decimal
 
+from proxy.store.dialect import SQLITE, Dialect
+
 # Attribution kept per hour. NULL is stored as '' so the primary key (and upserts) can match it.
 DIMENSIONS = ("model", "provider", "project", "session", "key_fingerprint", "key_alias", "client", "endpoint")
 # Summed money columns of `requests`, reported as-is by name. Adding one (e.g. a BYOK upstream cost)
@@ -31,19 +33,20 @@ def _blocked(r: str) -> str:
     return f"({r}.outcome = 'blocked' OR {r}.status = 402)"
 
 
-def counters(r: str, money_columns: tuple[str, ...] = MONEY) -> dict[str, str]:
-    """Per counted column of the rollup, its value for one `requests` row named `r` in SQL."""
+def counters(r: str, money_columns: tuple[str, ...] = MONEY, dialect: Dialect = SQLITE) -> dict[str, str]:
+    """Per counted column of the rollup, its value for one `requests` row named `r` in SQL (in
+    `dialect`: a PostgreSQL reader sums raw rows the same way, for the same numbers)."""
     values = {
         "requests": "1",
         # A refusal (a budget's 402) is not an error: it has its own column.
-        "errors": f"({r}.outcome != 'ok' AND NOT {_blocked(r)})",
-        "blocked": _blocked(r),
-        "free_requests": f"COALESCE({r}.is_free, 0)",
+        "errors": dialect.flag(f"{r}.outcome != 'ok' AND NOT {_blocked(r)}"),
+        "blocked": _blocked(r) if dialect is SQLITE else dialect.flag(_blocked(r)),
+        "free_requests": f"COALESCE({r}.is_free, 0)" if dialect is SQLITE else f"COALESCE({r}.is_free::int, 0)",
         **{name: f"COALESCE({r}.{name}, 0)" for name in TOKENS},
-        "cost_unknown": f"({r}.cost_usd IS NULL)",
+        "cost_unknown": dialect.flag(f"{r}.cost_usd IS NULL"),
     }
     for money in money_columns:
-        pico, yocto, inexact = _money_parts(f"{r}.{money}")
+        pico, yocto, inexact = dialect.money_parts(f"{r}.{money}") or _money_parts(f"{r}.{money}")
         values[f"{money}_pico"] = pico
         values[f"{money}_yocto"] = yocto
         values[f"{money}_inexact"] = inexact

@@ -13,16 +13,19 @@ import operator
 import os
 import secrets
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
 from proxy.store import rollups
 from proxy.store.records import UsageRecord
+
+if TYPE_CHECKING:
+    from proxy.store.reader import Reader
 
 REQUEST_COLUMNS = tuple(f.name for f in dataclasses.fields(UsageRecord))
 # Rows per multi-row INSERT, a power of two: 30 columns x 128 rows stays far under SQLite's
@@ -213,6 +216,17 @@ def _m010_runtime_keys(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX requests_key_alias ON requests (key_alias, started_at)")
 
 
+def _m011_runtime_keys_on_postgres(db: sqlite3.Connection) -> None:
+    # PostgreSQL's migration 11 creates the runtime-key tables this file has had since 10; nothing
+    # to do here, but the step keeps one number meaning one schema on both engines.
+    return None
+
+
+def _m012_hour_statistics(db: sqlite3.Connection) -> None:
+    # PostgreSQL's migration 12 adds planner statistics its raw-row reports need; SQLite reads rollups.
+    return None
+
+
 # Append only: a migration that has run on someone's database is never edited.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m001_requests,
@@ -225,6 +239,8 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m008_imported_activity,
     _m009_hourly_rollup,
     _m010_runtime_keys,
+    _m011_runtime_keys_on_postgres,
+    _m012_hour_statistics,
 )
 
 
@@ -397,7 +413,7 @@ def connect_readonly(path: Path) -> sqlite3.Connection:
     return db
 
 
-def read_requests(db: sqlite3.Connection, since: datetime | None = None, until: datetime | None = None) -> Iterator[sqlite3.Row]:
+def read_requests(db: Reader, since: datetime | None = None, until: datetime | None = None) -> Iterator[Any]:
     query = "SELECT * FROM requests"
     clauses, params = [], []
     if since is not None:
@@ -409,31 +425,3 @@ def read_requests(db: sqlite3.Connection, since: datetime | None = None, until: 
     if clauses:
         query += " WHERE " + " AND ".join(clauses)
     yield from db.execute(query + " ORDER BY started_at", params)
-
-
-WindowSpendRow = tuple[str | None, str | None, str | None, str | None, tuple[bool, ...], Decimal]
-
-
-async def spend_by_window(
-    db: aiosqlite.Connection, starts: Sequence[datetime], until: datetime
-) -> list[WindowSpendRow]:
-    """(model, key, project, session, (started since starts[0], ...), cost) summed per label set and
-    per set of windows a request falls in, for requests started before `until`, labelled as the metrics
-    label them: the model served, else asked for; the key's alias, else its fingerprint. SQLite groups
-    the rows and returns the costs as text, summed here as Decimal (SQLite's SUM would be a float)."""
-    since = [encode_time(s) for s in starts]
-    flags = ", ".join("started_at >= ?" for _ in starts)
-    groups = ", ".join(str(i) for i in range(1, 5 + len(starts)))
-    async with db.execute(
-        "SELECT COALESCE(model, model_requested), COALESCE(key_alias, key_fingerprint), project, session, "
-        f"{flags}, group_concat(cost_usd, ' ') FROM requests "
-        f"WHERE started_at >= ? AND started_at < ? AND cost_usd IS NOT NULL GROUP BY {groups}",
-        (*since, min(since), encode_time(until)),
-    ) as cursor:
-        rows = await cursor.fetchall()
-    out: list[WindowSpendRow] = []
-    for row in rows:
-        amount = sum((Decimal(c) for c in row[-1].split()), Decimal(0))
-        if amount:
-            out.append((row[0], row[1], row[2], row[3], tuple(bool(f) for f in row[4:-1]), amount))
-    return out

@@ -1,4 +1,5 @@
-"""What each `/-/` endpoint reads from the log: plain functions over a read-only sqlite3 connection.
+"""What each `/-/` endpoint reads from the log: plain functions over a read-only connection (a
+sqlite3 one, or proxy/store/pg_reader.py's; the dialect spells what differs).
 
 They run in the web reader's thread pool, never on the event loop. `report()` is the seam to the
 CLI: it calls the very functions `openrouter-spend report --format json` uses, so the page and the
@@ -15,6 +16,8 @@ from decimal import Decimal
 from typing import Any
 
 from proxy.store import reports
+from proxy.store.dialect import dialect_of
+from proxy.store.reader import Reader
 from proxy.pricing.calculator import PriceHistory, logged_request, price_changes, whatif_rows
 from proxy.pricing.catalog import Catalog
 from proxy.store.sqlite import encode_time, read_requests
@@ -48,11 +51,15 @@ class _DecimalSum:
             self.seen = True
 
     def finalize(self) -> str | None:
-        return str(self.total) if self.seen else None
+        return format(self.total, "f") if self.seen else None  # never 5E-18: money is fixed-point
 
 
-def prepare_connection(db: sqlite3.Connection) -> None:
-    db.create_aggregate("decsum", 1, _DecimalSum)  # type: ignore[arg-type]
+def prepare_connection(db: Reader) -> None:
+    # SQLite's SUM of decimal text is a float: the exact fallback below needs this aggregate.
+    # PostgreSQL sums numeric exactly and has no user aggregates to register from here.
+    create = getattr(db, "create_aggregate", None)
+    if create is not None:
+        create("decsum", 1, _DecimalSum)
 
 
 # Exact sums without a Python call per row: money is fixed-point text, so a value with at most 12
@@ -63,11 +70,21 @@ _PLACES = 12
 
 
 def _exact_sum(column: str) -> str:
+    # SQLite's form; money_sum() below picks the engine's.
     return (
         f"SUM(CAST(ROUND({column} * 1e{_PLACES}) AS INTEGER)),"
         f" MAX(CASE WHEN ABS({column}) >= 1000 THEN 99"
         f" WHEN instr({column}, '.') > 0 THEN length({column}) - instr({column}, '.') ELSE 0 END)"
     )
+
+
+def _money_sum(db: Reader) -> Callable[[str], str]:
+    """The (sum, places) pair of SELECT columns for a money column: a native exact sum where the
+    engine has one (places NULL), else SQLite's integer sum of pico-dollars."""
+    exact = dialect_of(db).exact_sum
+    if exact("x") is not None:
+        return lambda column: f"{exact(column)}, NULL"
+    return _exact_sum
 
 
 class _Inexact(Exception):
@@ -103,7 +120,7 @@ def _where(query: Query, *, since: datetime | None = None) -> tuple[str, list[An
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-def _rows(db: sqlite3.Connection, query: Query) -> Iterator[sqlite3.Row]:
+def _rows(db: Reader, query: Query) -> Iterator[Any]:
     if not query.filters and query.until is None:
         # The CLI's own reader, so an unfiltered report is the CLI's report.
         yield from read_requests(db, query.since)
@@ -117,7 +134,7 @@ def _exactly(value: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in value)
 
 
-def report(db: sqlite3.Connection, query: Query, free_daily_limit: int, now: datetime) -> dict[str, Any]:
+def report(db: Reader, query: Query, free_daily_limit: int, now: datetime) -> dict[str, Any]:
     """The document `report --by {by} --since {since} --format json` prints, filters applied: the
     same query and the same document (proxy/store/reports.py) as the CLI."""
     wanted: dict[str, list[str]] = {"project": [], "model": [], "session": [], "key": [], "client": []}
@@ -128,11 +145,11 @@ def report(db: sqlite3.Connection, query: Query, free_daily_limit: int, now: dat
     return reports.as_document(result, reports.free_usage(db, now, free_daily_limit))
 
 
-def free(db: sqlite3.Connection, free_daily_limit: int, now: datetime) -> dict[str, int]:
+def free(db: Reader, free_daily_limit: int, now: datetime) -> dict[str, int]:
     return reports.free_usage(db, now, free_daily_limit).as_dict()
 
 
-def timeseries(db: sqlite3.Connection, query: Query, now: datetime) -> dict[str, Any]:
+def timeseries(db: Reader, query: Query, now: datetime) -> dict[str, Any]:
     """Spend per hour or day (in `tz`), one series per group: the biggest few, the rest as "other".
 
     SQLite sums per UTC hour (the started_at index keeps it a range scan); Python folds the hours
@@ -140,8 +157,9 @@ def timeseries(db: sqlite3.Connection, query: Query, now: datetime) -> dict[str,
     """
     group = GROUP_SQL[query.by] if query.by != "day" else "'total'"
     where, params = _where(query)
+    dialect = dialect_of(db)
     cursor = db.execute(
-        f"SELECT substr(started_at, 1, 13) AS hour, {group} AS grp, TOTAL(cost_usd), COUNT(*)"
+        f"SELECT {dialect.time_text('started_at', 13)} AS hour, {group} AS grp, {dialect.float_sum('cost_usd')}, COUNT(*)"
         f" FROM requests{where} GROUP BY hour, grp",
         params,
     )
@@ -192,7 +210,7 @@ RECENT_COLUMNS = (
 )
 
 
-def recent(db: sqlite3.Connection, query: Query) -> list[dict[str, Any]]:
+def recent(db: Reader, query: Query) -> list[dict[str, Any]]:
     where, params = _where(query)
     cursor = db.execute(
         f"SELECT {', '.join(RECENT_COLUMNS)} FROM requests{where} ORDER BY started_at DESC LIMIT ?",
@@ -201,21 +219,23 @@ def recent(db: sqlite3.Connection, query: Query) -> list[dict[str, Any]]:
     return [dict(zip(RECENT_COLUMNS, row)) for row in cursor]
 
 
-def groups(db: sqlite3.Connection, query: Query) -> list[dict[str, Any]]:
+def groups(db: Reader, query: Query) -> list[dict[str, Any]]:
     """Top groups (sessions by default) with first and last seen, requests, models and exact cost."""
     try:
-        return _groups(db, query, _exact_sum("cost_usd"))
+        return _groups(db, query, _money_sum(db)("cost_usd"))
     except (_Inexact, sqlite3.OperationalError):  # more than 12 decimals, or past SQLite's integers
         return _groups(db, query, "decsum(cost_usd), NULL")
 
 
-def _groups(db: sqlite3.Connection, query: Query, cost_sql: str) -> list[dict[str, Any]]:
+def _groups(db: Reader, query: Query, cost_sql: str) -> list[dict[str, Any]]:
     group = GROUP_SQL[query.by]
     where, params = _where(query)
+    dialect = dialect_of(db)
+    errors = dialect.int_sum(dialect.flag("outcome != 'ok'"))
     cursor = db.execute(
         f"SELECT {group} AS grp, MIN(started_at), MAX(started_at), COUNT(*),"
-        f" SUM(outcome != 'ok'), GROUP_CONCAT(DISTINCT model), {cost_sql}"
-        f" FROM requests{where} GROUP BY grp ORDER BY TOTAL(cost_usd) DESC, grp LIMIT ?",
+        f" {errors}, {dialect.distinct_list('model')}, {cost_sql}"
+        f" FROM requests{where} GROUP BY grp ORDER BY {dialect.float_sum('cost_usd')} DESC, grp LIMIT ?",
         [*params, query.limit],
     )
     rows = []
@@ -235,24 +255,25 @@ def _groups(db: sqlite3.Connection, query: Query, cost_sql: str) -> list[dict[st
     return rows
 
 
-def cache_and_drift(db: sqlite3.Connection, query: Query, catalog: Catalog) -> dict[str, Any]:
+def cache_and_drift(db: Reader, query: Query, catalog: Catalog) -> dict[str, Any]:
     """Per model: cache reads and what they saved at today's catalog prices; billed vs catalog cost."""
     try:
-        return _cache_and_drift(db, query, catalog, _exact_sum)
+        return _cache_and_drift(db, query, catalog, _money_sum(db))
     except (_Inexact, sqlite3.OperationalError):
         return _cache_and_drift(db, query, catalog, lambda column: f"decsum({column}), NULL")
 
 
 def _cache_and_drift(
-    db: sqlite3.Connection, query: Query, catalog: Catalog, money_sum: Callable[[str], str]
+    db: Reader, query: Query, catalog: Catalog, money_sum: Callable[[str], str]
 ) -> dict[str, Any]:
     where, params = _where(query)
+    dialect = dialect_of(db)
     cursor = db.execute(
-        "SELECT COALESCE(model, '(none)'), COUNT(*), TOTAL(input_tokens), TOTAL(cached_tokens),"
-        " TOTAL(cache_write_tokens),"
+        f"SELECT COALESCE(model, '(none)'), COUNT(*), {dialect.float_sum('input_tokens')}, {dialect.float_sum('cached_tokens')},"
+        f" {dialect.float_sum('cache_write_tokens')},"
         f" {money_sum('CASE WHEN cost_catalog_usd IS NOT NULL THEN cost_reported_usd END')},"
         f" {money_sum('CASE WHEN cost_reported_usd IS NOT NULL THEN cost_catalog_usd END')},"
-        " SUM(cost_reported_usd IS NOT NULL AND cost_catalog_usd IS NOT NULL)"
+        f" {dialect.int_sum(dialect.flag('cost_reported_usd IS NOT NULL AND cost_catalog_usd IS NOT NULL'))}"
         f" FROM requests{where} GROUP BY 1",
         params,
     )
@@ -307,15 +328,15 @@ def _sum_text(value: Any, places: int | None) -> str | None:
     return _decimal(value, places)
 
 
-def _history(db: sqlite3.Connection) -> list[tuple[str, str, str]]:
+def _history(db: Reader) -> list[tuple[str, str, str]]:
     return [(r[0], r[1], r[2]) for r in db.execute("SELECT model_id, pricing, first_seen_at FROM model_prices")]
 
 
-def changes(db: sqlite3.Connection, search: str | None) -> list[Any]:
+def changes(db: Reader, search: str | None) -> list[Any]:
     return _json_rows(price_changes(_history(db), search))
 
 
-def whatif(db: sqlite3.Connection, query: Query, catalog: Catalog, targets: Iterable[str]) -> list[Any]:
+def whatif(db: Reader, query: Query, catalog: Catalog, targets: Iterable[str]) -> list[Any]:
     where, params = _where(query)
     rows = db.execute(f"SELECT * FROM requests{where} ORDER BY started_at", params)
     requests = [logged_request(dict(r)) for r in rows]

@@ -1,7 +1,7 @@
 """`GET /`, `/-/static/*` and the `/-/` JSON endpoints, mounted on the proxy's own app by `add_routes`.
 
-Reads never run on the event loop: each one opens a read-only SQLite connection in a small pool
-of worker processes (see Reader), and answers are cached for a moment keyed by endpoint and query,
+Reads never run on the event loop: each one opens a read-only connection (SQLite file or
+PostgreSQL, proxy/store/reader.py) in a small pool of worker processes (see Reader), and answers are cached for a moment keyed by endpoint and query,
 so many open pages cost one query per key.
 """
 
@@ -33,7 +33,7 @@ from proxy.config import Config
 from proxy.errors import CliError, error_response
 from proxy.pricing.calculator import estimate_rows, estimate_usage, model_rows
 from proxy.pricing.refresh import CatalogHolder
-from proxy.store.sqlite import connect_readonly
+from proxy.store.reader import errors, open_reader
 from proxy.web import access, reads
 from proxy.web.query import FILTERS, BadQuery, Query, parse_query
 
@@ -62,8 +62,12 @@ class Reader:
     `if __name__ == "__main__":` (`python -m proxy` and the `openrouter-spend` script do).
     """
 
-    def __init__(self, path: Path, ttl_s: float = CACHE_TTL_S, workers: int = 2, pool: Executor | None = None) -> None:
+    def __init__(
+        self, path: Path | str, ttl_s: float = CACHE_TTL_S, workers: int = 2, pool: Executor | None = None,
+        password_env: str | None = None,
+    ) -> None:
         self._path = path
+        self._password_env = password_env
         self._ttl = ttl_s
         self._workers = workers
         self._pool = pool
@@ -84,7 +88,7 @@ class Reader:
         loop = asyncio.get_running_loop()
         pool = self._executor()
         try:
-            future = loop.run_in_executor(pool, call, self._path, fn, args)
+            future = loop.run_in_executor(pool, call, self._path, fn, args, self._password_env)
         except BrokenProcessPool:
             self._discard(pool)
             raise
@@ -135,12 +139,26 @@ def _background() -> None:
             pass
 
 
-def call(path: Path, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+class ReadFailed(Exception):
+    """A read's database error, as one line of text: a driver's own exception may not survive the
+    trip back from the worker process (pickling)."""
+
+
+def call(path: Path | str, fn: Callable[..., Any], args: tuple[Any, ...], password_env: str | None = None) -> Any:
     """In a worker: one read on its own read-only connection."""
-    db = connect_readonly(path)
+    try:
+        db = open_reader(path, password_env)
+    except FileNotFoundError:
+        raise
+    except errors() as exc:
+        raise ReadFailed(f"{type(exc).__name__}: {exc}") from None
     try:
         reads.prepare_connection(db)
         return fn(db, *args)
+    except (sqlite3.Error, OSError):
+        raise
+    except errors(db) as exc:
+        raise ReadFailed(f"{type(exc).__name__}: {exc}") from None
     finally:
         db.close()
 
@@ -178,7 +196,8 @@ def add_routes(
 
 
 async def _reader(app: web.Application) -> AsyncIterator[None]:
-    reader = Reader(app[CONFIG].db)
+    config = app[CONFIG]
+    reader = Reader(config.db_url or config.db, password_env=config.db_password_env)
     app[READER] = reader
     yield
     await asyncio.get_running_loop().run_in_executor(None, reader.close)
@@ -243,7 +262,7 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
         body = await handler(request, query)
     except (BadQuery, CliError) as exc:
         return _secured(error_response(400, f"openrouter-spend: {exc}"))
-    except (sqlite3.Error, FileNotFoundError, BrokenProcessPool) as exc:
+    except (sqlite3.Error, FileNotFoundError, BrokenProcessPool, ReadFailed) as exc:
         log.warning("event=web_read_failed path=%s error=%r", request.path, str(exc))
         return _secured(error_response(503, f"openrouter-spend: cannot read the request log: {exc}"))
     except Exception:
