@@ -376,7 +376,7 @@ async def _budgets(app: web.Application) -> AsyncIterator[None]:
 
         assert isinstance(store, PostgresStore)
         # Replicas on one database enforce one budget: admission goes through its ledger.
-        ledger = SharedLedger(PostgresHolds(store.pool, replica_id()), lambda: guard.budgets, guard.notify, store.write_errors)
+        ledger = SharedLedger(PostgresHolds(store.pool, replica_id(), config.budget_lease_s), lambda: guard.budgets, guard.notify, store.write_errors)
         await ledger.start(datetime.now(UTC))
         guard.shared = ledger
         shared_tasks = [

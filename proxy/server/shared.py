@@ -194,7 +194,7 @@ class SharedLedger:
     async def heartbeat(self) -> None:
         """Renew the lease, drop the holds of replicas gone quiet, and refresh the gauges' numbers."""
         while True:
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(min(HEARTBEAT_S, self.holds.lease_s / 4))
             now = datetime.now(UTC)
             try:
                 longest = max((s.rolling_seconds or 0 for s in self._budgets().specs), default=0)

@@ -54,6 +54,7 @@ Decide = Callable[[dict[WindowRef, WindowState]], Sequence[HoldRow]]
 
 class HoldStore(Protocol):
     replica: str
+    lease_s: float
 
     async def join(self) -> None: ...
 

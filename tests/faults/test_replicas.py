@@ -137,3 +137,38 @@ async def test_sixty_streams_at_the_boundary_across_three_replicas(
             break
         await asyncio.sleep(0.05)
     assert not await _fetch(pg_url, "SELECT * FROM budget_holds")
+
+
+async def test_a_killed_replica_s_holds_stop_counting_after_its_lease(spawn_proxy: Any, fake_process: Any, pg_url: str) -> None:
+    budgets = [{"name": "team", "limit_usd": "0.1", "period": "day", "action": "block"}]
+    lease = 2.0
+    first, second = await _replicas(
+        spawn_proxy, fake_process, pg_url, n=2, budgets=budgets, storage={"budget_lease_s": lease}
+    )
+    headers = {"Authorization": f"Bearer {KEY}", "X-Fake-Cost": "0.01", "X-Fake-Chunks": "200", "X-Fake-Delay-Ms": "100"}
+    body = {"model": MODELS[0], "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as session:
+        # Two long streams on the first replica reserve $0.05 each: the budget is held.
+        long_streams = [await session.post(f"{first.base}/chat/completions", json=body, headers=headers) for _ in range(2)]
+        assert [r.status for r in long_streams] == [200, 200]
+        quick = {**headers, "X-Fake-Chunks": "1", "X-Fake-Delay-Ms": "0"}
+        async with session.post(f"{second.base}/chat/completions", json=body, headers=quick) as response:
+            assert response.status == 402
+            assert "in flight" in (await response.json())["error"]["message"]
+        first.proc.kill()
+        first.proc.wait()
+        for r in long_streams:
+            r.close()
+        killed = asyncio.get_running_loop().time()
+        status = 402
+        while status == 402 and asyncio.get_running_loop().time() - killed < lease + 10:
+            await asyncio.sleep(0.2)
+            async with session.post(f"{second.base}/chat/completions", json=body, headers=quick) as response:
+                status = response.status
+                await response.read()
+        waited = asyncio.get_running_loop().time() - killed
+    assert status == 200, second.log_text()[-2000:]
+    # Not before the lease ran out (less the heartbeat's stamp, at most a quarter lease old).
+    assert waited >= lease * 0.75 - 0.2, waited
+    # The next heartbeat deletes them (they stopped counting when the lease ran out).
+    await wait_for(lambda: "event=shared_budget_holds_expired holds=2" in second.log_text(), what="holds dropped")
