@@ -17,6 +17,7 @@ its lease while requests are in flight lets others admit against its reservation
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -89,19 +90,33 @@ def _at(ref: WindowRef) -> datetime:
     return ref.start if ref.start is not None else datetime.fromtimestamp(0, UTC)
 
 
-_PG_LOCK = "SELECT pg_advisory_xact_lock(hashtextextended($1, 7))"
-_PG_SPENT = "SELECT spent FROM budget_spend WHERE budget = $1 AND scope = $2 AND at = $3"
-_PG_SLICES = "SELECT at, spent FROM budget_spend WHERE budget = $1 AND scope = $2 AND at > $3 ORDER BY at"
-_PG_HOLDS = (
-    "SELECT coalesce(sum(h.amount), 0), count(*) FROM budget_holds h JOIN budget_replicas r ON r.replica = h.replica "
-    "WHERE h.budget = $1 AND h.scope = $2 AND h.at = $3 AND r.seen_at > now() - make_interval(secs => $4)"
+_PG_READ = (
+    "SELECT r.i, h.total, h.n, sp.ats, sp.amounts "
+    "FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[]) WITH ORDINALITY AS r(b, s, a, since, i) "
+    "CROSS JOIN LATERAL (SELECT coalesce(sum(h.amount), 0) AS total, count(*) AS n FROM budget_holds h "
+    "  JOIN budget_replicas p ON p.replica = h.replica "
+    "  WHERE h.budget = r.b AND h.scope = r.s AND h.at = r.a AND p.seen_at > now() - make_interval(secs => $5)) h "
+    "CROSS JOIN LATERAL (SELECT array_agg(x.at ORDER BY x.at) AS ats, array_agg(x.spent ORDER BY x.at) AS amounts "
+    "  FROM budget_spend x WHERE x.budget = r.b AND x.scope = r.s AND (x.at = r.a OR x.at > r.since)) sp "
+    "ORDER BY r.i"
 )
 _PG_ADD = (
     "INSERT INTO budget_spend (budget, scope, at, spent) VALUES ($1, $2, $3, $4) "
     "ON CONFLICT (budget, scope, at) DO UPDATE SET spent = budget_spend.spent + EXCLUDED.spent"
 )
 _PG_SEED = "INSERT INTO budget_spend (budget, scope, at, spent) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
-_PG_HOLD = "INSERT INTO budget_holds (replica, reservation, budget, scope, at, amount) VALUES ($1, $2, $3, $4, $5, $6)"
+_PG_HOLDS = (
+    "INSERT INTO budget_holds (replica, reservation, budget, scope, at, amount) "
+    "SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::numeric[])"
+)
+_NEVER = datetime.max.replace(tzinfo=UTC)
+
+
+def lock_ids(refs: Sequence[WindowRef]) -> list[int]:
+    """A 64-bit advisory lock id per window's budget and scope, in a fixed order (no deadlock)."""
+    return sorted(
+        {int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True) for key in lock_order(refs)}
+    )
 
 
 class PostgresHolds:
@@ -114,12 +129,22 @@ class PostgresHolds:
 
     @contextlib.asynccontextmanager
     async def _locked(self, refs: Sequence[WindowRef]) -> AsyncIterator[asyncpg.Connection]:
+        """A transaction holding the windows' locks. BEGIN and the locks go in one round trip (the
+        ids are integers made here, so the script carries no outside text)."""
         async with self.pool.acquire() as connection:
             try:
-                async with connection.transaction():
-                    for key in lock_order(refs):
-                        await connection.execute(_PG_LOCK, key)
+                locks = "".join(f"SELECT pg_advisory_xact_lock({i});" for i in lock_ids(refs))
+                await connection.execute("BEGIN;" + locks)
+                try:
                     yield connection
+                except BaseException:
+                    # A connection left mid-statement (cancelled) cannot roll back: drop it instead.
+                    try:
+                        await connection.execute("ROLLBACK")
+                    except Exception:
+                        connection.terminate()
+                    raise
+                await connection.execute("COMMIT")
             except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError):
                 connection.terminate()
                 raise
@@ -163,26 +188,33 @@ class PostgresHolds:
                 await connection.execute("DELETE FROM budget_replicas WHERE replica = $1", self.replica)
 
     async def _read(self, connection: asyncpg.Connection, refs: Sequence[WindowRef], now: datetime) -> dict[WindowRef, WindowState]:
+        """Every window's spend and live holds in one statement (one snapshot)."""
+        if not refs:
+            return {}
+        since = [_since(ref, now) if ref.rolling_seconds is not None else _NEVER for ref in refs]
+        rows = await connection.fetch(
+            _PG_READ, [r.budget for r in refs], [r.scope_value for r in refs], [_at(r) for r in refs], since, self.lease_s
+        )
         states = {}
-        for ref in refs:
-            held = await connection.fetchrow(_PG_HOLDS, ref.budget, ref.scope_value, _at(ref), self.lease_s)
-            assert held is not None
-            if ref.rolling_seconds is None:
-                spent = await connection.fetchval(_PG_SPENT, ref.budget, ref.scope_value, ref.start)
-                states[ref] = WindowState(spent or _ZERO, held[0], held[1])
-            else:
-                rows = await connection.fetch(_PG_SLICES, ref.budget, ref.scope_value, _since(ref, now))
-                entries = tuple((r[0].astimezone(UTC), r[1]) for r in rows)
-                states[ref] = WindowState(sum((c for _, c in entries), _ZERO), held[0], held[1], entries)
+        for row in rows:
+            ref = refs[row[0] - 1]
+            entries = tuple(zip((at.astimezone(UTC) for at in row[3] or ()), row[4] or ()))
+            spent = sum((c for _, c in entries), _ZERO)
+            states[ref] = WindowState(spent, row[1], row[2], entries if ref.rolling_seconds is not None else ())
         return states
 
     async def admit(self, refs: Sequence[WindowRef], now: datetime, decide: Decide) -> Sequence[HoldRow]:
         async with self._locked(refs) as connection:
             holds = decide(await self._read(connection, refs, now))
             if holds:
-                await connection.executemany(
-                    _PG_HOLD,
-                    [(self.replica, h.reservation, h.ref.budget, h.ref.scope_value, _at(h.ref), h.amount) for h in holds],
+                await connection.execute(
+                    _PG_HOLDS,
+                    self.replica,
+                    [h.reservation for h in holds],
+                    [h.ref.budget for h in holds],
+                    [h.ref.scope_value for h in holds],
+                    [_at(h.ref) for h in holds],
+                    [h.amount for h in holds],
                 )
             return holds
 
@@ -201,9 +233,7 @@ class PostgresHolds:
 
     async def read(self, refs: Sequence[WindowRef], now: datetime) -> dict[WindowRef, WindowState]:
         async with self.pool.acquire() as connection:
-            # One snapshot for all the reads: a settle between two of them would count a cost twice or not at all.
-            async with connection.transaction(isolation="repeatable_read", readonly=True):
-                return await self._read(connection, refs, now)
+            return await self._read(connection, refs, now)
 
     async def seed(self, windows: Sequence[tuple[WindowRef, WindowState]], slice_at: Callable[[WindowRef, datetime], datetime]) -> None:
         """Spend the log shows for windows the shared ledger has no row for (its first start, a new budget)."""
