@@ -136,7 +136,8 @@ class SharedLedger:
             self._queue.put_nowait(_Ended(None, spends, tuple(refs)))
 
     def depth(self) -> int:
-        return self._queue.qsize()
+        """Ended requests whose settle is not written yet (queued, or in the batch being written)."""
+        return self._queue.qsize() + self._writing
 
     # -- background
 
