@@ -20,14 +20,22 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 
 from proxy.budgets.alerts import Notifier
-from proxy.server.attribution import Attribution
+from proxy.budgets.ledger import (
+    AlertEvent,
+    Budgets,
+    BudgetStatus,
+    Decision,
+    Reservation,
+    SpendRow,
+    Who,
+)
 from proxy.budgets.spec import BudgetSpec, window
-from proxy.budgets.ledger import AlertEvent, BudgetStatus, Budgets, Decision, Reservation, SpendRow, Who
 from proxy.metrics import Metrics
+from proxy.server.attribution import Attribution
+from proxy.server.throttle import Throttle
 from proxy.store.engine import Store, as_store
 from proxy.store.recorder import Recorder, Statement
 from proxy.store.sqlite import encode_time
-from proxy.server.throttle import Throttle
 
 if TYPE_CHECKING:
     from proxy.server.shared import SharedLedger
@@ -131,6 +139,9 @@ async def respec(
     budgets = guard.budgets.with_specs(specs, rows, now)
     budgets.mark_fired(fired)
     guard.use(budgets)
+    if guard.shared is not None and fresh:
+        # New budgets: seed what the log shows if no replica has yet, then take the shared numbers.
+        await guard.shared.start(now)
 
 
 def load_spend_sync(db: sqlite3.Connection, budgets: Budgets, now: datetime) -> int:

@@ -25,9 +25,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
-from proxy.budgets.ledger import AlertEvent, Budgets, Decision, Reservation, WindowRef, WindowState, Who
-from proxy.store.holds import HEARTBEAT_S, HoldRow, HoldStore, Spend
+from proxy.budgets.ledger import (
+    AlertEvent,
+    Budgets,
+    Decision,
+    Reservation,
+    Who,
+    WindowRef,
+    WindowState,
+)
 from proxy.server.throttle import Throttle
+from proxy.store.holds import HEARTBEAT_S, HoldRow, HoldStore, Spend
 
 log = logging.getLogger(__name__)
 

@@ -110,6 +110,10 @@ _PG_HOLDS = (
     "SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], $5::timestamptz[], $6::numeric[])"
 )
 _NEVER = datetime.max.replace(tzinfo=UTC)
+# After these a connection is not trusted again: closed, and the pool opens a new one.
+_BROKEN: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError,
+)
 
 
 def lock_ids(refs: Sequence[WindowRef]) -> list[int]:
@@ -141,11 +145,11 @@ class PostgresHolds:
                     # A connection left mid-statement (cancelled) cannot roll back: drop it instead.
                     try:
                         await connection.execute("ROLLBACK")
-                    except Exception:
+                    except (asyncpg.PostgresError, *_BROKEN):
                         connection.terminate()
                     raise
                 await connection.execute("COMMIT")
-            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError):
+            except _BROKEN:
                 connection.terminate()
                 raise
 
@@ -159,33 +163,31 @@ class PostgresHolds:
 
     async def heartbeat(self, keep_rolling: timedelta) -> int:
         """Renew this replica's lease; drop the holds of replicas whose lease ran out. Returns how many."""
-        async with self.pool.acquire() as connection:
-            async with connection.transaction():
-                await connection.execute(
-                    "INSERT INTO budget_replicas (replica, seen_at) VALUES ($1, now()) "
-                    "ON CONFLICT (replica) DO UPDATE SET seen_at = now()",
-                    self.replica,
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute(
+                "INSERT INTO budget_replicas (replica, seen_at) VALUES ($1, now()) "
+                "ON CONFLICT (replica) DO UPDATE SET seen_at = now()",
+                self.replica,
+            )
+            gone = await connection.fetch(
+                "DELETE FROM budget_replicas WHERE seen_at <= now() - make_interval(secs => $1) RETURNING replica",
+                self.lease_s,
+            )
+            dropped = 0
+            if gone:
+                status = await connection.execute(
+                    "DELETE FROM budget_holds WHERE replica = ANY($1::text[])", [r[0] for r in gone]
                 )
-                gone = await connection.fetch(
-                    "DELETE FROM budget_replicas WHERE seen_at <= now() - make_interval(secs => $1) RETURNING replica",
-                    self.lease_s,
-                )
-                dropped = 0
-                if gone:
-                    status = await connection.execute(
-                        "DELETE FROM budget_holds WHERE replica = ANY($1::text[])", [r[0] for r in gone]
-                    )
-                    dropped = int(status.split()[-1])
-                await connection.execute(
-                    "DELETE FROM budget_spend WHERE at < now() - $1::interval", max(KEEP, keep_rolling)
-                )
+                dropped = int(status.split()[-1])
+            await connection.execute(
+                "DELETE FROM budget_spend WHERE at < now() - $1::interval", max(KEEP, keep_rolling)
+            )
         return dropped
 
     async def leave(self) -> None:
-        async with self.pool.acquire() as connection:
-            async with connection.transaction():
-                await connection.execute("DELETE FROM budget_holds WHERE replica = $1", self.replica)
-                await connection.execute("DELETE FROM budget_replicas WHERE replica = $1", self.replica)
+        async with self.pool.acquire() as connection, connection.transaction():
+            await connection.execute("DELETE FROM budget_holds WHERE replica = $1", self.replica)
+            await connection.execute("DELETE FROM budget_replicas WHERE replica = $1", self.replica)
 
     async def _read(self, connection: asyncpg.Connection, refs: Sequence[WindowRef], now: datetime) -> dict[WindowRef, WindowState]:
         """Every window's spend and live holds in one statement (one snapshot)."""
