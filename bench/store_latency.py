@@ -4,10 +4,13 @@ Starts the zero-latency upstream (bench/upstream.py), a throwaway local PostgreS
 tests do), and two proxies on it: one writing SQLite, one writing PostgreSQL. Then sends the same
 small chat completion, one at a time and round-robin over direct / sqlite / postgresql, and prints
 one JSON line with the p50/p99 of each and what each proxy adds over direct. Rows are checked
-afterwards (each proxy recorded every request). Both proxies share the server core, so run it on
+afterwards (each proxy recorded every request). `--budgets` adds a proxy on each engine with a
+block budget every request matches: on PostgreSQL its admission is a transaction on the shared
+budget ledger (replicas share budgets), on SQLite the in-memory ledger. Both proxies share the server core, so run it on
 an otherwise idle machine for figures to compare with bench.run's.
 
     python -m bench.store_latency --requests 3000
+    python -m bench.store_latency --requests 2000 --budgets
 """
 
 from __future__ import annotations
@@ -32,11 +35,14 @@ CHAT = "/api/v1/chat/completions"
 BODY = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 
 
-def _config(tmp: Path, name: str, port: int, upstream_port: int, db: str) -> Path:
+BUDGET = "budgets: [{name: bench, limit_usd: 1000000, period: day, action: block}]\n"
+
+
+def _config(tmp: Path, name: str, port: int, upstream_port: int, db: str, budget: bool = False) -> Path:
     path = tmp / f"{name}.yaml"
     path.write_text(
         f"host: 127.0.0.1\nport: {port}\nupstream: http://127.0.0.1:{upstream_port}/api/v1\ndb: {db}\n"
-        "shutdown_grace_s: 5\ncatalog: {refresh_hours: 0}\nmetrics: {enabled: true}\n"
+        "shutdown_grace_s: 5\ncatalog: {refresh_hours: 0}\nmetrics: {enabled: true}\n" + (BUDGET if budget else "")
     )
     return path
 
@@ -75,6 +81,7 @@ async def _pg_rows(url: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="added latency, PostgreSQL vs SQLite storage")
     parser.add_argument("--requests", type=int, default=3000, help="requests per target (default 3000)")
+    parser.add_argument("--budgets", action="store_true", help="also a proxy per engine with a matching block budget")
     args = parser.parse_args(argv)
     from tests.pg_cluster import Cluster, find_bin
 
@@ -91,18 +98,22 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cluster.start()
             pg_url = cluster.create_database()
-            ports = {"direct": free_port(), "sqlite": free_port(), "postgresql": free_port()}
+            dbs = {"sqlite": str(tmp / "proxy.db"), "postgresql": pg_url}
+            if args.budgets:
+                budget_pg = cluster.create_database()
+                dbs |= {"sqlite_budget": str(tmp / "budget.db"), "postgresql_budget": budget_pg}
+            ports = {"direct": free_port(), **{name: free_port() for name in dbs}}
             procs.start("upstream", [py, "-m", "bench.upstream", "--port", str(ports["direct"])], load_core)
             wait_ready(ports["direct"])
-            for name, db in (("sqlite", str(tmp / "proxy.db")), ("postgresql", pg_url)):
-                config = _config(tmp, name, ports[name], ports["direct"], db)
+            for name, db in dbs.items():
+                config = _config(tmp, name, ports[name], ports["direct"], db, budget=name.endswith("_budget"))
                 procs.start(name, [py, "-m", "proxy", "serve", "--config", str(config)], server_core)
-            for name in ("sqlite", "postgresql"):
+            for name in dbs:
                 wait_ready(ports[name], "/healthz")
             urls = {name: f"http://127.0.0.1:{port}{CHAT}" for name, port in ports.items()}
             times = asyncio.run(_measure(urls, args.requests))
             time.sleep(1.0)  # the writers' last batches
-            for name in ("sqlite", "postgresql"):
+            for name in dbs:
                 procs.stop(name)
             expected = 50 + args.requests
             check = sqlite3.connect(tmp / "proxy.db")

@@ -149,11 +149,16 @@ def bargauge(title: str, description: str, unit: str, expr: str, legend: str) ->
                   extra_defaults={"min": 0, "color": {"mode": "continuous-GrYlRd"}})
 
 
+def _per_budget(metric: str) -> str:
+    # Replicas on one database each export the same shared budget: one series per budget, not per replica.
+    return f"max by (job, budget, scope) ({metric})"
+
+
 def budget_table() -> dict[str, Any]:
     queries = [
-        ("openrouter_proxy_budget_spent_usd", "A"),
-        ("openrouter_proxy_budget_limit_usd", "B"),
-        ("openrouter_proxy_budget_projected_usd", "C"),
+        (_per_budget("openrouter_proxy_budget_spent_usd"), "A"),
+        (_per_budget("openrouter_proxy_budget_limit_usd"), "B"),
+        (_per_budget("openrouter_proxy_budget_projected_usd"), "C"),
     ]
     targets = [_target(q, "", ref, instant=True, table=True) for q, ref in queries]
     p = _panel(
@@ -212,10 +217,11 @@ def panels() -> list[dict[str, Any]]:
     L.row("Budgets")
     L.add(gauge("Budget used (share of limit)", "Spend in each budget's current window as a share of its limit. "
                 "Yellow from 80%, red at 100%: budgets with action block then refuse requests with HTTP 402.",
-                "percentunit", "openrouter_proxy_budget_spent_usd / openrouter_proxy_budget_limit_usd",
+                "percentunit",
+                f"{_per_budget('openrouter_proxy_budget_spent_usd')} / {_per_budget('openrouter_proxy_budget_limit_usd')}",
                 "{{budget}} · {{scope}}", thresholds=_steps(("yellow", 0.8), ("red", 1)), max_=1), 10, 7)
     L.add(stat("Time until each budget resets", "How long until each budget's window ends and its spend starts "
-               "again from zero.", "dtdurations", "openrouter_proxy_budget_window_end_timestamp_seconds - time()",
+               "again from zero.", "dtdurations", f"{_per_budget('openrouter_proxy_budget_window_end_timestamp_seconds')} - time()",
                legend="{{budget}} · {{scope}}"), 6, 7)
     L.add(budget_table(), 8, 7)
 

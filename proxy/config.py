@@ -89,6 +89,8 @@ class Config:
     # While the last write to the database failed: "serve" keeps answering (rows are held and
     # written once it is back); "block" refuses billed calls with a 503 instead.
     storage_on_unavailable: str = "serve"
+    # Budgets shared through the database: holds of a process not heard from for this long stop counting.
+    budget_lease_s: float = 30.0
     # Anthropic's API takes at most 32 MB a request and agents send 1-11 MB: a larger body would be
     # refused upstream anyway, and every MiB allowed is memory a client can make the proxy hold.
     max_body_bytes: int = 32 * 1024 * 1024
@@ -197,9 +199,12 @@ def parse_config(raw: Any) -> Config:
         retention_raw_days=_retention(data.get("retention", {})),
         access_log=_flag(data.get("access_log", True), "access_log"),
         storage_on_unavailable=_choice(
-            _section(data.get("storage", {}), "storage", {"on_unavailable"}).get("on_unavailable", "serve"),
+            _section(data.get("storage", {}), "storage", {"on_unavailable", "budget_lease_s"}).get("on_unavailable", "serve"),
             "storage.on_unavailable",
             ("serve", "block"),
+        ),
+        budget_lease_s=_number(
+            (data.get("storage") or {}).get("budget_lease_s", defaults.budget_lease_s), "storage.budget_lease_s", positive=True
         ),
         admin=_admin(data.get("admin", {})),
     )

@@ -81,7 +81,9 @@ def prometheus_config(
     cfg["global"]["scrape_interval"] = interval
     cfg["global"]["evaluation_interval"] = interval
     cfg["rule_files"] = [str(rules_dir / Path(f).name) for f in cfg["rule_files"]]
-    (job,) = cfg["scrape_configs"]
+    # The proxy's job, on loopback targets; the team profile's job finds replicas by Docker DNS.
+    job = next(j for j in cfg["scrape_configs"] if j["job_name"] == "openrouter-spend")
+    cfg["scrape_configs"] = [job]
     job["static_configs"] = [{"targets": targets}]
     if token_file is None:
         job.pop("authorization", None)

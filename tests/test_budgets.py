@@ -624,3 +624,65 @@ def test_charge_after_with_specs_skips_the_budgets_the_request_held_by_name() ->
     for status in b2.snapshot(now):
         spent[status.name] = spent.get(status.name, D(0)) + status.spent_usd
     assert spent == {"new": D("1"), "per-model": D("1")}
+
+
+# ---------------------------------------------------------------- shared mode (a synced copy of database windows)
+
+
+def test_sync_takes_the_shared_numbers_and_decide_goes_by_them() -> None:
+    from proxy.budgets.ledger import WindowState
+
+    now = at(2026, 11, 27, 9)
+    b = Budgets([spec(limit_usd=D("1"), action="block")], BERLIN)
+    [ref] = b.refs(Who(), now)
+    assert ref.start is not None and ref.rolling_seconds is None and ref.budget == "daily"
+    # Other replicas hold 0.96 in flight: this one's 0.05 reservation would not fit.
+    b.sync(ref, WindowState(D("0.5"), D("0.5"), 10), now)
+    d = b.decide(Who(), now)
+    assert not d.allowed and "in flight" in d.message
+    b.sync(ref, WindowState(D("0.5"), D("0.4"), 8), now)
+    d = b.decide(Who(), now)
+    assert d.allowed and b.held(d.reservation) == [(ref, D("0.05"))]
+    assert b.finish(d.reservation, D("0.07")) and not b.finish(d.reservation, D("0.07"))
+    # The window is the database's again after a settle: spent includes every replica's costs.
+    b.sync(ref, WindowState(D("1.01"), D("0"), 0), now)
+    d = b.decide(Who(), now)
+    assert not d.allowed and "is spent" in d.message
+
+
+def test_sync_of_a_rolling_window_takes_its_slices_and_ages_them_out() -> None:
+    from proxy.budgets.ledger import WindowState
+
+    now = at(2026, 11, 27, 9)
+    b = Budgets([spec(limit_usd=D("1"), period="rolling", rolling_seconds=3600)], BERLIN)
+    [ref] = b.refs(Who(), now)
+    assert ref.start is None and ref.rolling_seconds == 3600
+    # slice_at rounds a time up to its slice's end, as the in-memory ledger keeps rolling spend.
+    slot = b.slice_at(ref, now - timedelta(seconds=1))
+    assert slot >= now - timedelta(seconds=1) and (slot - (now - timedelta(seconds=1))).total_seconds() < 15
+    b.sync(ref, WindowState(D("0"), D("0"), 0, ((now - timedelta(minutes=70), D("0.9")), (slot, D("0.2")))), now)
+    [status] = b.snapshot(now)
+    assert status.spent_usd == D("0.2")  # the slice from 70 minutes ago is out of the window
+
+
+def test_alerts_for_a_synced_window_fire_once_per_threshold() -> None:
+    from proxy.budgets.ledger import WindowState
+
+    now = at(2026, 11, 27, 9)
+    b = Budgets([spec(limit_usd=D("1"), warn_at=(D("0.5"),))], BERLIN)
+    [ref] = b.refs(Who(), now)
+    b.sync(ref, WindowState(D("0.6"), D("0"), 0), now)
+    # 60% spent by 10:00 also projects past the limit at this burn rate.
+    assert [(e.kind, e.threshold) for e in b.alerts_for(ref, now)] == [("warn", D("0.5")), ("projected", D("1"))]
+    assert b.alerts_for(ref, now) == []  # marked fired here; the database claim dedupes across replicas
+    b.sync(ref, WindowState(D("1.2"), D("0"), 0), now)
+    assert [(e.kind, e.threshold) for e in b.alerts_for(ref, now)] == [("spent", D("1"))]
+
+
+def test_warm_windows_are_the_ones_the_log_filled() -> None:
+    now = at(2026, 11, 27, 9)
+    b = Budgets([spec(limit_usd=D("1"), scope="session")], BERLIN)
+    b.load([(now - timedelta(hours=1), D("0.3"), None, None, "s1", None), (now - timedelta(days=2), D("9"), None, None, "s2", None)], now)
+    [(ref, state)] = b.warm_windows(now)
+    assert (ref.scope_value, state.spent) == ("s1", D("0.3"))
+    assert {r.scope_value for r in b.known_refs(now)} == {"s1", "s2"}

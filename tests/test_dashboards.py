@@ -205,12 +205,12 @@ def test_compose_bind_mounts_exist_and_named_volumes_are_declared() -> None:
 
 def test_compose_publishes_only_on_loopback_and_pins_images() -> None:
     c = compose()
-    assert set(c["services"]) == {"proxy", "prometheus", "alertmanager", "grafana"}
+    assert set(c["services"]) == {"proxy", "prometheus", "alertmanager", "grafana"} | TEAM
     for name, svc in c["services"].items():
         for port in svc.get("ports", []):
             assert port.startswith("127.0.0.1:"), (name, port)
         image = svc["image"]
-        assert re.search(r":v?\d+\.\d+\.\d+$", image), f"{name}: unpinned image {image}"
+        assert re.search(r":v?\d+\.\d+(\.\d+)?(-alpine)?$", image), f"{name}: unpinned image {image}"
         assert svc["healthcheck"]["test"], name
 
 
@@ -222,7 +222,7 @@ def _container_port(service: str) -> int:
 def test_ports_and_paths_agree_between_compose_and_configs() -> None:
     c = compose()
     prom = yaml_file(stack.CONFIG / "prometheus.yml")
-    (job,) = prom["scrape_configs"]
+    job, _team = prom["scrape_configs"]
     (target,) = job["static_configs"][0]["targets"]
     host, port = target.split(":")
     assert host in c["services"] and int(port) == _container_port(host) == 8787
@@ -263,6 +263,85 @@ def test_ports_and_paths_agree_between_compose_and_configs() -> None:
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true" and env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     assert "GF_ADMIN_PASSWORD" in env["GF_SECURITY_ADMIN_PASSWORD"]
     assert "OPENROUTER_API_KEY" in c["services"]["proxy"]["environment"]
+
+
+TEAM = {"postgres", "proxy-a", "proxy-b", "balancer"}
+REPLICAS = ("proxy-a", "proxy-b")
+
+
+def test_team_profile_is_postgres_two_replicas_and_a_balancer_and_nothing_else() -> None:
+    c = compose()
+    for name, svc in c["services"].items():
+        assert svc.get("profiles", []) == (["team"] if name in TEAM else []), name
+    # Only the balancer is published; replicas and the database stay on the compose network.
+    assert [name for name in TEAM if c["services"][name].get("ports")] == ["balancer"]
+    assert mounts("postgres")["/var/lib/postgresql/data"] in c["volumes"]
+    for name in TEAM:
+        assert c["services"][name]["healthcheck"]["test"], name
+
+
+def test_team_replicas_share_one_database_config_and_alias() -> None:
+    from proxy.config import load_config
+
+    c = compose()
+    a, b = (c["services"][name] for name in REPLICAS)
+    assert a == b  # one definition: the replicas differ only in name
+    assert a["build"] == "." and a["image"] == c["services"]["proxy"]["image"]
+    # The image's default command names a SQLite file with --db; a replica's must not.
+    assert a["command"][0] == "serve" and "--db" not in a["command"]
+    config_path = a["command"][a["command"].index("--config") + 1]
+    assert mounts("proxy-a")[config_path] == "./config/proxy.team.yaml"
+    cfg = load_config(stack.CONFIG / "proxy.team.yaml")
+    assert cfg.db_url is not None and cfg.db_password_env in a["environment"]
+    url = re.fullmatch(r"postgresql://(\w+)@([\w-]+):(\d+)/(\w+)", cfg.db_url)
+    assert url is not None, cfg.db_url
+    user, host, port, dbname = url.groups()
+    pg = c["services"][host]
+    assert int(port) == 5432 and pg["environment"]["POSTGRES_USER"] == user and pg["environment"]["POSTGRES_DB"] == dbname
+    # The database's password and the replicas' come from the same variable.
+    assert cfg.db_password_env in pg["environment"]["POSTGRES_PASSWORD"]
+    assert a["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert cfg.metrics.token_env in a["environment"] and cfg.host == "0.0.0.0"
+    assert any(spec.action == "block" for spec in cfg.budgets)
+
+    # Prometheus finds each replica by the alias both carry, on the port they serve.
+    (alias,) = a["networks"]["default"]["aliases"]
+    prom = yaml_file(stack.CONFIG / "prometheus.yml")
+    solo, team = prom["scrape_configs"]
+    assert team["job_name"] == "openrouter-spend-team"
+    (sd,) = team["dns_sd_configs"]
+    assert sd["names"] == [alias] and sd["type"] == "A" and sd["port"] == cfg.port
+    assert team["authorization"] == solo["authorization"] and team["metrics_path"] == solo["metrics_path"]
+    # Both proxy jobs count as the proxy for the down alert.
+    (down,) = [expr for alert, expr in stack.rule_exprs() if alert == "OpenRouterProxyDown"]
+    assert solo["job_name"] in down and team["job_name"] in down
+
+
+def test_team_balancer_streams_unbuffered_to_both_replicas() -> None:
+    c = compose()
+    lb = c["services"]["balancer"]
+    conf_path = next(dst for dst, src in mounts("balancer").items() if src == "./config/nginx.team.conf")
+    assert conf_path == "/etc/nginx/nginx.conf" and lb["image"].startswith("nginx:")
+    text = (stack.CONFIG / "nginx.team.conf").read_text()
+    directives = [line.split("#")[0].strip().rstrip(";") for line in text.splitlines()]
+    directives = [d for d in directives if d]
+    cfg_port = yaml_file(stack.CONFIG / "proxy.team.yaml")["port"]
+    servers = {d.split()[1] for d in directives if d.startswith("server ") and ":" in d}
+    assert servers == {f"{name}:{cfg_port}" for name in REPLICAS}
+    # Streams must reach the client as they arrive (an SSE event buffered is an agent stalled).
+    for needed in ("proxy_buffering off", "proxy_request_buffering off", "proxy_http_version 1.1",
+                   'proxy_set_header Connection ""', "proxy_pass http://replicas"):
+        assert needed in directives, needed
+    timeout = next(d for d in directives if d.startswith("proxy_read_timeout"))
+    assert int(timeout.split()[1].rstrip("s")) >= 600
+    # nginx passes a POST to the other replica only if it never reached the first (no double billing).
+    assert "proxy_next_upstream error timeout" in directives
+    listen = next(d for d in directives if d.startswith("listen"))
+    (port,) = lb["ports"]
+    assert port.startswith("127.0.0.1:") and int(port.rsplit(":", 1)[1]) == int(listen.split()[1])
+    assert {name for name in lb["depends_on"]} == set(REPLICAS)
+    body = int(next(d for d in directives if d.startswith("client_max_body_size")).split()[1].rstrip("m"))
+    assert body >= yaml_file(stack.CONFIG / "proxy.team.yaml").get("max_body_mb", 32)
 
 
 def test_dockerfile_serves_on_the_port_and_paths_compose_expects() -> None:
@@ -462,3 +541,31 @@ async def test_budget_alert_reaches_webhook_through_alertmanager(aiohttp_server:
         assert alert["labels"]["budget"] == "daily" and alert["labels"]["severity"] == "critical"
         assert alert["annotations"]["summary"] == "Budget daily (total) is spent: $0.01"
         assert payload["receiver"] == "webhook"
+
+
+@pytest.mark.timeout(120)
+async def test_two_replicas_read_as_one_proxy_on_every_dashboard_query(aiohttp_server: Any, tmp_path: Path) -> None:
+    """The team profile: two replicas each export their own traffic and the same shared budget.
+    Every panel sums or maxes `instance` away: spend adds up, the budget shows once, not doubled."""
+    stack.require_binaries("prometheus")
+    registries = [CollectorRegistry(), CollectorRegistry()]
+    replicas = [populated_metrics(reg) for reg in registries]
+    targets = [await _metrics_server(aiohttp_server, reg, "tok") for reg in registries]
+    async with stack.prometheus(tmp_path / "prom", targets, token="tok") as prom:
+        await prom.wait_for_targets_up()
+        await prom.wait_for_samples("count(openrouter_proxy_cost_usd_total) > 0")
+        for m in replicas:
+            traffic(m, 100)
+        await prom.wait_for_samples("sum(openrouter_proxy_recorder_rows_total) >= 240")
+        await asyncio.sleep(2.5)
+        per_instance = []
+        for title, expr in stack.dashboard_exprs(load_dashboard()):
+            for series in await prom.query(stack.substitute(expr)):
+                if "instance" in series["metric"]:
+                    per_instance.append((title, expr))
+        assert not per_instance, f"panels that show one series per replica: {per_instance}"
+        exprs = dict(stack.dashboard_exprs(load_dashboard()))
+        [today] = await prom.query(stack.substitute(exprs["Spend today"]))
+        assert abs(float(today["value"][1]) - 2 * 40 * (0.0123 + 0.02)) < 1e-9  # both replicas' traffic
+        [used] = await prom.query(stack.substitute(exprs["Budget used (share of limit)"]))
+        assert float(used["value"][1]) == pytest.approx(1.2 / 5)  # one budget, not two, not doubled

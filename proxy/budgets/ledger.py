@@ -136,6 +136,34 @@ class Reservation:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowRef:
+    """One budget window as the shared (database) ledger names it: a calendar window by its start,
+    a rolling one by its budget and scope value alone (its spend is kept in time slices)."""
+
+    index: int
+    budget: str
+    scope_value: str
+    start: datetime | None
+    rolling_seconds: int | None
+
+    @property
+    def lock_key(self) -> str:
+        # Unit separator: attribution never lets a client put control characters in a scope value.
+        return f"{self.budget}\x1f{self.scope_value}"
+
+
+@dataclass(frozen=True, slots=True)
+class WindowState:
+    """A window's numbers read from the shared ledger: spend (per slice for rolling windows) and
+    the holds of requests in flight on every replica."""
+
+    spent: Decimal
+    reserved: Decimal
+    in_flight: int
+    entries: tuple[tuple[datetime, Decimal], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     allowed: bool
     blocking: BudgetStatus | None
@@ -417,6 +445,110 @@ class Budgets:
                 self._expire(spec, st, now_u)
             events.extend(self._alerts(i, spec, value, st, now_u))
         return events
+
+    # -- shared mode: the windows live in a database, this object keeps a synced copy
+
+    def refs(self, who: Who, now: datetime) -> list[WindowRef]:
+        """The windows decide(who, now) would look at, to lock and read before it runs."""
+        now_u = as_utc(now)
+        self._maybe_sweep(now_u)
+        found = [(i, spec, value, self._current(i, value, now_u)) for i, spec, value in self._matching(who)]
+        if who.model_unknown:
+            found += self._any_model_full(who, now_u)
+        return [WindowRef(i, spec.name, value, st.start, spec.rolling_seconds) for i, spec, value, st in found]
+
+    def charged_refs(self, who: Who, now: datetime, skip: Reservation | None = None) -> list[WindowRef]:
+        """The windows charge(who, ...) adds to: those matching, less the ones the reservation held."""
+        now_u = as_utc(now)
+        held = {hold.name for hold in skip.holds} if skip is not None else set()
+        out = []
+        for i, spec, value in list(self._matching(who)):
+            if spec.name in held:
+                continue
+            st = self._current(i, value, now_u)
+            out.append(WindowRef(i, spec.name, value, st.start, spec.rolling_seconds))
+        return out
+
+    def held(self, reservation: Reservation) -> list[tuple[WindowRef, Decimal]]:
+        """The windows a live reservation holds, with the amount held on each."""
+        live = self._live.get(reservation.id)
+        if live is None:
+            return []
+        out = []
+        for hold in live.holds:
+            spec = self.specs[hold.index]
+            out.append((WindowRef(hold.index, spec.name, hold.scope_value, hold.window_start, spec.rolling_seconds), hold.amount))
+        return out
+
+    def known_refs(self, now: datetime) -> list[WindowRef]:
+        """Every window this process keeps (and each total budget's current one), to refresh from the database."""
+        now_u = as_utc(now)
+        for i, spec in enumerate(self.specs):
+            if spec.scope == "total":
+                self._current(i, "", now_u)
+        out = []
+        for (i, value) in list(self._states):
+            st = self._current(i, value, now_u)
+            spec = self.specs[i]
+            out.append(WindowRef(i, spec.name, value, st.start, spec.rolling_seconds))
+        return out
+
+    def sync(self, ref: WindowRef, state: WindowState, now: datetime) -> None:
+        """Take the shared ledger's numbers for one window (no-op if the spec moved or the window ended)."""
+        if ref.index >= len(self.specs) or self.specs[ref.index].name != ref.budget:
+            return
+        now_u = as_utc(now)
+        st = self._current(ref.index, ref.scope_value, now_u)
+        if st.start != ref.start:
+            return
+        st.reserved = state.reserved
+        st.in_flight = state.in_flight
+        if ref.rolling_seconds is None:
+            st.spent = state.spent
+        else:
+            st.entries = sorted(state.entries)
+            st.spent = sum((c for _, c in st.entries), _ZERO)
+            self._expire(self.specs[ref.index], st, now_u)
+
+    def slice_at(self, ref: WindowRef, started_at: datetime) -> datetime:
+        """Where a cost is kept in the shared ledger: a calendar window's start, a rolling window's slice."""
+        if ref.rolling_seconds is None:
+            assert ref.start is not None
+            return ref.start
+        step = max(1, ref.rolling_seconds // _ROLLING_SLICES)
+        return datetime.fromtimestamp(math.ceil(as_utc(started_at).timestamp() / step) * step, UTC)
+
+    def finish(self, reservation: Reservation, cost: Decimal | None) -> bool:
+        """Shared mode's settle: forget the reservation and learn the cost; the windows are synced
+        from the database afterwards. False when it was settled already (or never admitted)."""
+        if not reservation.admitted or self._live.pop(reservation.id, None) is None:
+            return False
+        if cost is not None and cost >= 0:
+            self._learn(reservation.model, cost)
+        return True
+
+    def alerts_for(self, ref: WindowRef, now: datetime) -> list[AlertEvent]:
+        """Alerts now due on one (synced) window; the caller claims each before sending it."""
+        if ref.index >= len(self.specs) or self.specs[ref.index].name != ref.budget:
+            return []
+        now_u = as_utc(now)
+        st = self._current(ref.index, ref.scope_value, now_u)
+        if st.start != ref.start:
+            return []
+        return self._alerts(ref.index, self.specs[ref.index], ref.scope_value, st, now_u)
+
+    def warm_windows(self, now: datetime) -> list[tuple[WindowRef, WindowState]]:
+        """Every window the warm-up filled, to seed a shared ledger that has not seen them yet."""
+        now_u = as_utc(now)
+        out = []
+        for (i, value), st in list(self._states.items()):
+            spec = self.specs[i]
+            st = self._current(i, value, now_u)
+            if not st.spent:
+                continue
+            ref = WindowRef(i, spec.name, value, st.start, spec.rolling_seconds)
+            out.append((ref, WindowState(st.spent, _ZERO, 0, tuple(st.entries))))
+        return out
 
     # -- reporting
 

@@ -34,6 +34,7 @@ from proxy.server.admin import Admin
 from proxy.server.admin import add_off_routes as add_admin_off_routes
 from proxy.server.guard import BudgetGuard, load_spend, publish_loop
 from proxy.server.runtime import Runtime
+from proxy.server.shared import SharedLedger, replica_id
 from proxy.server.intake import Intake
 from proxy.metrics import Metrics, metrics_handler
 from proxy.store.recorder import Recorder
@@ -361,14 +362,35 @@ async def _budgets(app: web.Application) -> AsyncIterator[None]:
     budgets = Budgets(config.budgets, config.tz)
     rows = await load_spend(app[STORE], budgets, datetime.now(UTC))
     guard = BudgetGuard(budgets, app[RECORDER], notifier, app[METRICS])
+    shared_tasks: list[asyncio.Task[None]] = []
+    store = app[STORE]
+    if store.engine == "postgresql":
+        from proxy.store.holds import PostgresHolds
+        from proxy.store.postgres import PostgresStore
+
+        assert isinstance(store, PostgresStore)
+        # Replicas on one database enforce one budget: admission goes through its ledger.
+        ledger = SharedLedger(PostgresHolds(store.pool, replica_id(), config.budget_lease_s), lambda: guard.budgets, guard.notify, store.write_errors)
+        await ledger.start(datetime.now(UTC))
+        guard.shared = ledger
+        shared_tasks = [
+            asyncio.create_task(ledger.run(), name="budget-settles"),
+            asyncio.create_task(ledger.heartbeat(), name="budget-lease"),
+        ]
     guard.publish()
     app[GUARD] = guard
-    log.info("event=budgets_loaded budgets=%d rows=%d", len(config.budgets), rows)
+    log.info("event=budgets_loaded budgets=%d rows=%d shared=%s", len(config.budgets), rows, guard.shared is not None)
     delivery = asyncio.create_task(notifier.run(), name="alert-delivery")
     publisher = asyncio.create_task(publish_loop(guard), name="budget-gauges")
     yield
     publisher.cancel()
     await asyncio.wait([publisher])
+    if guard.shared is not None:
+        await guard.shared.drain()
+        for task in shared_tasks:
+            task.cancel()
+        await asyncio.wait(shared_tasks)
+        await guard.shared.leave()
     await notifier.close()
     if not delivery.done():
         delivery.cancel()

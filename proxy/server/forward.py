@@ -245,7 +245,11 @@ class Forwarder:
         model_requested = asked.model
         outcome = _Outcome()
         parser_box: list[UsageParser] = []
-        decision = self._guard.decide(who, model_requested, not asked.known) if self._guard is not None else None
+        decision: Decision | None = None
+        if self._guard is not None and self._guard.shared is not None:
+            decision = await self._guard.admit(who, model_requested, not asked.known)  # budgets shared with other replicas
+        elif self._guard is not None:
+            decision = self._guard.decide(who, model_requested, not asked.known)
         self._metrics.in_flight.inc()
         try:
             if decision is not None and not decision.allowed:

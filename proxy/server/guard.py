@@ -14,20 +14,31 @@ import secrets
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
 from proxy.budgets.alerts import Notifier
-from proxy.server.attribution import Attribution
+from proxy.budgets.ledger import (
+    AlertEvent,
+    Budgets,
+    BudgetStatus,
+    Decision,
+    Reservation,
+    SpendRow,
+    Who,
+)
 from proxy.budgets.spec import BudgetSpec, window
-from proxy.budgets.ledger import AlertEvent, BudgetStatus, Budgets, Decision, Reservation, SpendRow, Who
 from proxy.metrics import Metrics
+from proxy.server.attribution import Attribution
+from proxy.server.throttle import Throttle
 from proxy.store.engine import Store, as_store
 from proxy.store.reader import Reader
 from proxy.store.recorder import Recorder, Statement
 from proxy.store.sqlite import encode_time
-from proxy.server.throttle import Throttle
+
+if TYPE_CHECKING:
+    from proxy.server.shared import SharedLedger
 
 _MASK_NUMBERS = re.compile(r"[0-9][0-9.,]*")
 
@@ -131,6 +142,9 @@ async def respec(
     budgets = guard.budgets.with_specs(specs, rows, now)
     budgets.mark_fired(fired)
     guard.use(budgets)
+    if guard.shared is not None and fresh:
+        # New budgets: seed what the log shows if no replica has yet, then take the shared numbers.
+        await guard.shared.start(now)
 
 
 def load_spend_sync(db: Reader, budgets: Budgets, now: datetime) -> int:
@@ -152,6 +166,8 @@ class BudgetGuard:
         self._notifier = notifier
         self._metrics = metrics
         self._warn_log = Throttle(log)
+        # Set when the budgets are shared with other replicas through the database (proxy/server/shared.py).
+        self.shared: SharedLedger | None = None
         for spec in budgets.specs:
             if spec.warn_at:
                 metrics.set_budget_warn_ratio(spec.name, float(min(spec.warn_at)))
@@ -169,7 +185,16 @@ class BudgetGuard:
         if not self.budgets.specs:
             # No budget at all (there is a guard anyway, for budgets made at runtime): skip the ledger.
             return _UNLIMITED
-        decision = self.budgets.decide(who_of(attribution, model, model_unknown), datetime.now(UTC))
+        return self._decided(self.budgets.decide(who_of(attribution, model, model_unknown), datetime.now(UTC)))
+
+    async def admit(self, attribution: Attribution, model: str | None, model_unknown: bool = False) -> Decision:
+        """decide() for shared budgets: the request's windows are locked and read from the database first."""
+        if not self.budgets.specs:
+            return _UNLIMITED
+        assert self.shared is not None
+        return self._decided(await self.shared.admit(who_of(attribution, model, model_unknown), datetime.now(UTC)))
+
+    def _decided(self, decision: Decision) -> Decision:
         if not decision.allowed and decision.blocking is not None:
             self._metrics.budget_blocked(decision.blocking.name)
         for warning in decision.warnings:
@@ -180,6 +205,9 @@ class BudgetGuard:
     def settle(self, reservation: Reservation, cost: Decimal | None) -> None:
         if reservation is _UNLIMITED.reservation:
             return
+        if self.shared is not None:
+            self.shared.settle(reservation, cost)
+            return
         now = datetime.now(UTC)
         events = self.budgets.settle(reservation, cost, now)
         for event in events:
@@ -188,12 +216,19 @@ class BudgetGuard:
     def charge(self, attribution: Attribution, served: str, cost: Decimal | None, skip: Reservation | None) -> None:
         """The model that served, when it is not the one the budget check saw, pays too."""
         now = datetime.now(UTC)
+        if self.shared is not None:
+            self.shared.charge(who_of(attribution, served), cost, now, skip)
+            return
         for event in self.budgets.charge(who_of(attribution, served), cost, now, skip):
             self._alert(event, now)
 
     def _alert(self, event: AlertEvent, now: datetime) -> None:
         budget, scope, window_start, kind, threshold = event.key
         self._recorder.record(Statement(_RECORD_ALERT, (budget, scope, window_start, f"{kind}:{threshold}", encode_time(now), event.message)))
+        self._notifier.notify(event)
+
+    def notify(self, event: AlertEvent, now: datetime) -> None:
+        """An alert whose row the shared ledger has claimed already: only this replica sends it."""
         self._notifier.notify(event)
 
     def publish(self) -> int:

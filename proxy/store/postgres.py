@@ -207,6 +207,18 @@ def _m012_hour_statistics() -> list[str]:
     ]
 
 
+def _m013_shared_budgets() -> list[str]:
+    # The shared budget ledger (proxy/store/holds.py): replicas on one database enforce one budget.
+    return [
+        "CREATE TABLE budget_spend (budget text NOT NULL, scope text NOT NULL, at timestamptz NOT NULL, "
+        "spent numeric NOT NULL, PRIMARY KEY (budget, scope, at))",
+        "CREATE TABLE budget_holds (replica text NOT NULL, reservation bigint NOT NULL, budget text NOT NULL, "
+        "scope text NOT NULL, at timestamptz NOT NULL, amount numeric NOT NULL, PRIMARY KEY (replica, reservation, budget, scope))",
+        "CREATE INDEX budget_holds_window ON budget_holds (budget, scope, at)",
+        "CREATE TABLE budget_replicas (replica text PRIMARY KEY, seen_at timestamptz NOT NULL)",
+    ]
+
+
 MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m001_requests,
     _m002_model_prices,
@@ -220,6 +232,7 @@ MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m010_runtime_keys,
     _m011_runtime_keys_on_postgres,
     _m012_hour_statistics,
+    _m013_shared_budgets,
 )
 
 # Any fixed number: replicas starting together take turns migrating.

@@ -227,6 +227,22 @@ def _m012_hour_statistics(db: sqlite3.Connection) -> None:
     return None
 
 
+def _m013_shared_budgets(db: sqlite3.Connection) -> None:
+    # The shared budget ledger (proxy/store/holds.py): spend per budget window (a calendar window's
+    # start, or a rolling window's time slice), holds of requests in flight, and each process's
+    # lease. Used when several processes serve from one database (serve --workers N).
+    db.execute(
+        "CREATE TABLE budget_spend (budget TEXT NOT NULL, scope TEXT NOT NULL, at TEXT NOT NULL, "
+        "spent TEXT NOT NULL, PRIMARY KEY (budget, scope, at))"
+    )
+    db.execute(
+        "CREATE TABLE budget_holds (replica TEXT NOT NULL, reservation INTEGER NOT NULL, budget TEXT NOT NULL, "
+        "scope TEXT NOT NULL, at TEXT NOT NULL, amount TEXT NOT NULL, PRIMARY KEY (replica, reservation, budget, scope))"
+    )
+    db.execute("CREATE INDEX budget_holds_window ON budget_holds (budget, scope, at)")
+    db.execute("CREATE TABLE budget_replicas (replica TEXT PRIMARY KEY, seen_at TEXT NOT NULL)")
+
+
 # Append only: a migration that has run on someone's database is never edited.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m001_requests,
@@ -241,6 +257,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m010_runtime_keys,
     _m011_runtime_keys_on_postgres,
     _m012_hour_statistics,
+    _m013_shared_budgets,
 )
 
 
