@@ -6,6 +6,7 @@ header or absolute request-target can make the proxy contact another host.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -97,13 +98,24 @@ KNOWN_ENDPOINTS = BILLED_ENDPOINTS | frozenset(
 )
 
 
+# Paths short enough to remember: the same few (`/api/v1/chat/completions`) come on every request.
+_CACHED_TARGET = 512
+
+
 def resolve(raw_path: str, query_string: str, upstream: str) -> Route | None:
     """None when the path is not one of ours (`/api/v1/...`, `/v1/...`, `/p/<project>/...`).
 
     The path after `/v1/` is decoded and canonicalised (empty segments dropped, a known endpoint
     in any case becomes its one spelling), and exactly that canonical path is what is classified
     and what is forwarded: never one string for the budget check and another for the upstream.
+    A pure function of its arguments, so its answers are remembered (a refused path raises every time).
     """
+    if len(raw_path) + len(query_string) <= _CACHED_TARGET:
+        return _resolve_cached(raw_path, query_string, upstream)
+    return _resolve(raw_path, query_string, upstream)
+
+
+def _resolve(raw_path: str, query_string: str, upstream: str) -> Route | None:
     if "#" in raw_path or "#" in query_string:
         # An HTTP client drops the fragment, so the upstream would see a path we never classified.
         raise BadPath("a request target may not carry a fragment ('#')")
@@ -135,6 +147,9 @@ def resolve(raw_path: str, query_string: str, upstream: str) -> Route | None:
     if url.host != base.host or url.port != base.port or url.scheme != base.scheme:
         raise BadPath("path would leave the upstream host")
     return Route(project=project, endpoint=endpoint, upstream_url=url)
+
+
+_resolve_cached = functools.lru_cache(maxsize=1024)(_resolve)
 
 
 def managed_allows(method: str, endpoint: str) -> bool:
