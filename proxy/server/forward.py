@@ -11,8 +11,8 @@ import asyncio
 import dataclasses
 import functools
 import logging
+import os
 import time
-import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -234,7 +234,7 @@ class Forwarder:
         received: float,
     ) -> web.StreamResponse:
         started_at = datetime.now(UTC)
-        request_id = uuid.uuid4().hex
+        request_id = _request_id()
         try:
             asked = self._asked_model(request, body)
         except DuplicateModel as exc:
@@ -319,7 +319,9 @@ class Forwarder:
                 drift=accounted.drift,
             )
             if _access.isEnabledFor(logging.INFO):
-                _access.info(access_line(rec))
+                # As _access.info() would, minus its walk up the stack for the caller's file and line
+                # (a fifth of a line's cost): the record names this module instead.
+                _access.handle(_access.makeRecord(_access.name, logging.INFO, __file__, 0, access_line(rec), None, None))
             if accounted.drift:
                 # Once a minute per model: a stale price drifts on every request until the refresh.
                 self._drift_log.warning(
@@ -525,6 +527,14 @@ class Forwarder:
         except ConnectionError:
             pass
         return response
+
+
+def _request_id() -> str:
+    """A random UUID4 in hex, as uuid.uuid4().hex, without building a UUID object (1% of the proxy's CPU)."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = raw[6] & 0x0F | 0x40  # version 4
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    return raw.hex()
 
 
 def _payload(body: bytes) -> bytes | BytesPayload | None:
