@@ -192,7 +192,7 @@ def pyspy(args: argparse.Namespace) -> dict[str, Any]:
                 procs.start(target, _server_argv(target, port, up, tmp, with_budget), server_core, cwd=cwd)
                 wait_ready(port, "/healthz" if target == "proxy" else None)
                 url = f"http://127.0.0.1:{port}{CHAT}"
-                subprocess.run(["wrk", "-t1", "-c16", "-d2s", "-s", str(LUA), url], capture_output=True, timeout=60)
+                subprocess.run(["wrk", "-t1", "-c16", "-d2s", "-s", str(LUA), url], capture_output=True, timeout=60, check=False)
                 raw = tmp / f"{target}.raw"
                 spy = subprocess.Popen(
                     ["py-spy", "record", "--gil", "--nonblocking", "-r", "250", "-d", str(args.seconds), "-f", "raw",
@@ -200,7 +200,7 @@ def pyspy(args: argparse.Namespace) -> dict[str, Any]:
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )
                 subprocess.run(["taskset", "-c", load_core, "wrk", "-t1", "-c16", f"-d{args.seconds + 1}s",
-                                "-s", str(LUA), url], capture_output=True, timeout=args.seconds + 60)
+                                "-s", str(LUA), url], capture_output=True, timeout=args.seconds + 60, check=False)
                 spy.wait(args.seconds + 60)
                 results[target] = _shares(raw, args.top)
                 if args.keep:
