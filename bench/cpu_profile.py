@@ -199,8 +199,14 @@ def pyspy(args: argparse.Namespace) -> dict[str, Any]:
                      "-o", str(raw), "--pid", str(procs.pid(target))],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )
-                subprocess.run(["taskset", "-c", load_core, "wrk", "-t1", "-c16", f"-d{args.seconds + 1}s",
-                                "-s", str(LUA), url], capture_output=True, timeout=args.seconds + 60, check=False)
+                if args.stream:
+                    # 50-event streams, 16 at a time, until py-spy has its samples (bounded by count).
+                    deadline = time.monotonic() + args.seconds + 1
+                    while time.monotonic() < deadline and spy.poll() is None:
+                        asyncio.run(_load(url, 64, 16, True))
+                else:
+                    subprocess.run(["taskset", "-c", load_core, "wrk", "-t1", "-c16", f"-d{args.seconds + 1}s",
+                                    "-s", str(LUA), url], capture_output=True, timeout=args.seconds + 60, check=False)
                 spy.wait(args.seconds + 60)
                 results[target] = _shares(raw, args.top)
                 if args.keep:
@@ -252,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     spy = sub.add_parser("pyspy", help="py-spy shares under wrk c=16")
     spy.add_argument("--seconds", type=int, default=20)
     spy.add_argument("--top", type=int, default=25)
+    spy.add_argument("--stream", action="store_true", help="50-event streams instead of wrk's single replies")
     for p in (ins, spy):
         p.add_argument("--targets", nargs="+", default=["passthrough", "proxy"], choices=["passthrough", "proxy"])
         p.add_argument("--proxy-src", type=Path, help="directory holding the proxy package to run")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from proxy.server.attribution import clean
@@ -194,12 +194,18 @@ def client_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return out
 
 
+_CONNECTION = istr("Connection")
+_NOTHING: frozenset[str] = frozenset()
+
+
 def _connection_listed(headers: Mapping[str, str]) -> frozenset[str]:
     # A client may send Connection more than once; every one of them lists hop-by-hop headers.
     if isinstance(headers, CIMultiDictProxy | CIMultiDict):
-        values = headers.getall("Connection", [])
+        values = headers.getall(_CONNECTION, ())
     else:
         values = [headers.get("Connection") or ""]
+    if not values:
+        return _NOTHING  # HTTP/1.1 clients mostly send no Connection header at all
     return frozenset(token.strip().lower() for value in values for token in value.split(",") if token.strip())
 
 
