@@ -33,7 +33,7 @@ from typing import Any
 import aiohttp
 
 from bench.client import AUTH, STREAM_BODY
-from bench.procs import Procs, cores, free_port, wait_ready
+from bench.procs import Procs, cores, free_port, wait_ready, writer_idle
 from bench.run import CHAT, LUA, _proxy_config, budget_accepted
 from bench.upstream import stream_length
 
@@ -79,6 +79,15 @@ def _server_argv(target: str, port: int, upstream_port: int, tmp: Path, with_bud
     return [_python(), "-m", "proxy", "serve", "--config", str(config)]
 
 
+def _last_dump(tmp: Path, target: str, pid: int) -> dict[str, int]:
+    """Instructions of the newest dump, per thread: callgrind writes one file per thread per dump
+    (`callgrind.<target>.<pid>.<n>-<thread>`, thread 01 the event loop's)."""
+    threads: dict[str, Path] = {}
+    for dump in sorted(tmp.glob(f"callgrind.{target}.{pid}*"), key=lambda p: p.stat().st_mtime):
+        threads[dump.name.rpartition("-")[2]] = dump
+    return {name: _callgrind_total(path) for name, path in threads.items()}
+
+
 def _callgrind_total(path: Path) -> int:
     total = 0
     for line in path.read_text(errors="replace").splitlines():
@@ -111,6 +120,8 @@ def instructions(args: argparse.Namespace) -> dict[str, Any]:
                 cwd = args.proxy_src if target == "proxy" else None
                 procs.start(target, argv, server_core, cwd=cwd)
                 wait_ready(port, "/healthz" if target == "proxy" else None, timeout_s=600)
+                if target == "proxy":
+                    writer_idle(port)
                 url = f"http://127.0.0.1:{port}{CHAT}"
                 pid = procs.pid(target)
                 asyncio.run(_load(url, args.warmup, args.conns, args.stream))
@@ -120,22 +131,29 @@ def instructions(args: argparse.Namespace) -> dict[str, Any]:
                 failed = asyncio.run(_load(url, args.requests, args.conns, args.stream))
                 subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True, timeout=300)
                 wall = time.monotonic() - started
-                # One file per thread (-01 is the event loop's), per dump: the last dump of each thread.
-                threads: dict[str, Path] = {}
-                for dump in sorted(tmp.glob(f"callgrind.{target}.{pid}*"), key=lambda p: p.stat().st_mtime):
-                    threads[dump.name.rpartition("-")[2]] = dump
-                counts = {name: _callgrind_total(path) for name, path in threads.items()}
+                counts = _last_dump(tmp, target, pid)
+                # What the server does with no traffic (timers: budget gauges, runtime-key polls, the
+                # writer's window), for as long as the load took: under valgrind that is long enough
+                # to be a share of the count, so it is also given per request and subtracted.
+                idle_s = min(wall, args.idle_max_s)
+                subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True, timeout=120)
+                time.sleep(idle_s)
+                subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True, timeout=300)
+                idle = sum(_last_dump(tmp, target, pid).values()) / idle_s * wall
                 total = sum(counts.values())
                 loop_thread = counts.get("01", total)
                 per = total / args.requests
+                net = (total - idle) / args.requests
                 out[target] = {"instructions": total, "per_request": per, "loop_per_request": loop_thread / args.requests,
+                               "idle_per_request": idle / args.requests, "net_per_request": net,
                                "failed": failed, "wall_s": wall}
-                print(f"{target:<12} {per:12,.0f} instructions/{'stream' if args.stream else 'request'} "
-                      f"(event-loop thread {loop_thread / args.requests:,.0f}; {failed} failed, {wall:.0f} s under valgrind)",
-                      flush=True)
+                what = "stream" if args.stream else "request"
+                print(f"{target:<12} {per:12,.0f} instructions/{what} (event-loop thread {loop_thread / args.requests:,.0f}; "
+                      f"idle background {idle / args.requests:,.0f}/{what}, net {net:,.0f}; {failed} failed, "
+                      f"{wall:.0f} s under valgrind)", flush=True)
                 if args.keep:
-                    for name, path in threads.items():
-                        shutil.copy(path, args.keep / f"callgrind.{target}.{name}")
+                    for dump in tmp.glob(f"callgrind.{target}.{pid}*"):
+                        shutil.copy(dump, args.keep / dump.name)
                 procs.stop(target, grace_s=60)
         finally:
             procs.stop_all()
@@ -143,8 +161,10 @@ def instructions(args: argparse.Namespace) -> dict[str, Any]:
         ratio = out["proxy"]["per_request"] / out["passthrough"]["per_request"]
         out["ratio"] = ratio
         loop_ratio = out["proxy"]["loop_per_request"] / out["passthrough"]["loop_per_request"]
-        out["loop_ratio"] = loop_ratio
-        print(f"proxy / passthrough: {ratio:.2f}x all threads, {loop_ratio:.2f}x event-loop thread")
+        net_ratio = out["proxy"]["net_per_request"] / out["passthrough"]["net_per_request"]
+        out["loop_ratio"], out["net_ratio"] = loop_ratio, net_ratio
+        print(f"proxy / passthrough: {ratio:.2f}x all threads, {loop_ratio:.2f}x event-loop thread, "
+              f"{net_ratio:.2f}x net of idle background work")
     return out
 
 
@@ -191,6 +211,8 @@ def pyspy(args: argparse.Namespace) -> dict[str, Any]:
                 cwd = args.proxy_src if target == "proxy" else None
                 procs.start(target, _server_argv(target, port, up, tmp, with_budget), server_core, cwd=cwd)
                 wait_ready(port, "/healthz" if target == "proxy" else None)
+                if target == "proxy":
+                    writer_idle(port)
                 url = f"http://127.0.0.1:{port}{CHAT}"
                 subprocess.run(["wrk", "-t1", "-c16", "-d2s", "-s", str(LUA), url], capture_output=True, timeout=60, check=False)
                 raw = tmp / f"{target}.raw"
@@ -255,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     ins.add_argument("--warmup", type=int, default=300)
     ins.add_argument("--conns", type=int, default=16)
     ins.add_argument("--stream", action="store_true", help="50-event streams instead of single replies")
+    ins.add_argument("--idle-max-s", type=float, default=60.0, help="longest idle measurement (default 60 s)")
     spy = sub.add_parser("pyspy", help="py-spy shares under wrk c=16")
     spy.add_argument("--seconds", type=int, default=20)
     spy.add_argument("--top", type=int, default=25)

@@ -30,7 +30,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import client
-from bench.procs import Procs, cores, cpu_seconds, free_port, status_kib, wait_ready
+from bench.procs import (
+    Procs,
+    cores,
+    cpu_seconds,
+    free_port,
+    status_kib,
+    wait_ready,
+    writer_idle,
+)
 
 HERE = Path(__file__).resolve().parent
 LUA = HERE / "wrk_post.lua"
@@ -157,6 +165,7 @@ def one_round(index: int, s: Settings, procs: Procs, tmp: Path, with_budget: boo
     wait_ready(ports["passthrough"])
     try:
         wait_ready(ports["proxy"], "/healthz")
+        writer_idle(ports["proxy"])
     except TimeoutError:
         procs.check_alive("proxy")
         raise
