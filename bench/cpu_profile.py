@@ -129,9 +129,13 @@ def instructions(args: argparse.Namespace) -> dict[str, Any]:
                 subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True, timeout=120)
                 started = time.monotonic()
                 failed = asyncio.run(_load(url, args.requests, args.conns, args.stream))
+                if target == "proxy":
+                    # The rows of these requests are part of their cost: count until they are written.
+                    writer_idle(port)
                 subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True, timeout=300)
                 wall = time.monotonic() - started
                 counts = _last_dump(tmp, target, pid)
+                print(f"  {target}: load instructions by thread {counts}", flush=True)
                 # What the server does with no traffic (timers: budget gauges, runtime-key polls, the
                 # writer's window), for as long as the load took: under valgrind that is long enough
                 # to be a share of the count, so it is also given per request and subtracted.
@@ -139,7 +143,9 @@ def instructions(args: argparse.Namespace) -> dict[str, Any]:
                 subprocess.run(["callgrind_control", "-z", str(pid)], check=True, capture_output=True, timeout=120)
                 time.sleep(idle_s)
                 subprocess.run(["callgrind_control", "-d", str(pid)], check=True, capture_output=True, timeout=300)
-                idle = sum(_last_dump(tmp, target, pid).values()) / idle_s * wall
+                idle_counts = _last_dump(tmp, target, pid)
+                print(f"  {target}: idle instructions by thread over {idle_s:.0f} s {idle_counts}", flush=True)
+                idle = sum(idle_counts.values()) / idle_s * wall
                 total = sum(counts.values())
                 loop_thread = counts.get("01", total)
                 per = total / args.requests
