@@ -5,6 +5,7 @@ Also the /proc readings the benchmark quotes: CPU seconds, peak and current RSS,
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -124,3 +125,14 @@ def wait_ready(port: int, path: str | None = None, timeout_s: float = 30.0) -> N
             pass
         time.sleep(0.1)
     raise TimeoutError(f"nothing answered on 127.0.0.1:{port}{path or ''} within {timeout_s:g} s")
+
+
+def writer_idle(port: int, timeout_s: float = 600.0) -> None:
+    """Until the proxy's writer has nothing queued: at start it records the catalog's prices
+    (421 statements), which under load kept it busy for seconds and skewed a profile taken then."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as resp:
+            if json.loads(resp.read())["queue_depth"] == 0:
+                return
+        time.sleep(0.2)

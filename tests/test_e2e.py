@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -39,6 +40,8 @@ def _assert_usage_row(row: dict[str, Any], model: str, *, reasoning: int | None 
     assert row["status"] == 200
     assert row["generation_id"].startswith("gen-")
     assert row["key_fingerprint"] and KEY not in json.dumps(row)
+    # The row id is a random UUID4 in hex (made without the uuid module's object since issue 15).
+    assert uuid.UUID(hex=row["id"]).version == 4 and uuid.UUID(hex=row["id"]).hex == row["id"]
 
 
 async def test_openai_chat_not_streamed(proxy: Any) -> None:

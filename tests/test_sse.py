@@ -190,3 +190,25 @@ def test_long_line_in_small_chunks_costs_linear_time() -> None:
         out += splitter.feed(data[i : i + 128])
     assert time.perf_counter() - began < 0.5
     assert out == [b"x" * (2 << 20)]
+
+
+def _line_by_line(chunks: list[bytes]) -> list[bytes]:
+    # Each chunk cut after its first byte never takes the one-whole-event shortcut in feed().
+    return split_all([piece for chunk in chunks for piece in (chunk[:1], chunk[1:]) if piece])
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: p.name)
+def test_fixture_fed_one_event_at_a_time(path: Path) -> None:
+    data = path.read_bytes()
+    events = [piece + b"\n\n" for piece in data.split(b"\n\n")[:-1]] + [data.rpartition(b"\n\n")[2]]
+    assert split_all(events) == whole(data) == _line_by_line(events)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([
+    b"data: {}\n\n", b"data: \n\n", b"data:  x\n\n", b"data:x\n\n", b"data: a\r\n\n", b"data: a\rb\n\n",
+    b"data: a\ndata: b\n\n", b": comment\n\n", b"event: e\n", b"data: part", b"ial\n\n", b"\n", b"data: ",
+    b"data: " + b"x" * (MAX_LINE_BYTES - 1) + b"\n\n", b"data: " + b"x" * MAX_LINE_BYTES + b"\n\n",
+]), max_size=12))
+def test_whole_event_chunks_agree_with_the_line_by_line_path(chunks: list[bytes]) -> None:
+    assert split_all(chunks) == _line_by_line(chunks)

@@ -670,3 +670,17 @@ def test_ends_of_body(tail: bytes, usage: dict[str, object] | None) -> None:
     from proxy.usage._stream import ends_of_body
 
     assert ends_of_body(b'{"id": "gen-1"', tail).get("usage") == usage
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (0, 0), (1200, 1200), (100_000_000, 100_000_000), (100_000_001, None), (-1, None),
+        (True, None), (False, None), (3.0, 3), (3.5, None), (-2.0, None), ("12", None), (None, None),
+    ],
+)
+def test_count_takes_only_sane_whole_numbers(value: object, expected: int | None) -> None:
+    from proxy.usage._values import count
+
+    got = count(value)
+    assert got == expected and type(got) is type(expected)

@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from proxy.cli.logline import setup_logging
     from proxy.server.app import create_app
     from proxy.config import load_config
 
@@ -108,7 +109,7 @@ def _serve(args: argparse.Namespace) -> int:
     if isinstance(db, Path):  # a postgresql:// --db is already the config's db_url
         config = dataclasses.replace(config, db=db)
     # Other libraries stay at INFO: aiosqlite at DEBUG logs every row it writes.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
+    setup_logging()
     logging.getLogger("proxy").setLevel(config.log_level.upper())
     logging.getLogger("aiohttp.access").setLevel(config.log_level.upper())
     if args.quiet or not config.access_log:

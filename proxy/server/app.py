@@ -431,7 +431,10 @@ async def _forwarder(app: web.Application) -> AsyncIterator[None]:
         provider_prices=app.get(PROVIDER_PRICES),
         intake=app[INTAKE],
     )
+    first_byte = asyncio.create_task(app[FORWARDER].first_byte.run(), name="first-byte-timeouts")
     yield
+    first_byte.cancel()
+    await asyncio.wait([first_byte])
 
 
 async def _runtime(app: web.Application) -> AsyncIterator[None]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiohttp import web
+from aiohttp import StreamReader, web
 
 log = logging.getLogger(__name__)
 
@@ -44,27 +44,23 @@ class Intake:
         declared = request.content_length
         if declared is not None and self.buffered + declared > self._max_buffered:
             raise self._full(request)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
+        start = asyncio.get_running_loop().time()
         chunks: list[bytes] = []
         received = 0
         content = request.content
         while True:
-            # No silence over idle_s, and on average min_rate once the first idle_s has passed.
-            now = loop.time()
-            deadline = min(now + self._idle_s, start + self._idle_s + received / self._min_rate)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    chunk = await content.readany()
-            except TimeoutError:
-                log.warning("event=request_body_stalled received=%d declared=%s after_s=%.1f", received, declared, loop.time() - start)
-                self._release_held(request)
-                # Mark the body ended, or aiohttp would wait up to its lingering time (10 s) for the
-                # rest of it before closing; with the 408 marked Connection: close it closes at once.
-                content.feed_eof()
-                raise BodyRefused(408, "openrouter-spend: the request body stopped arriving (or came too slowly); send it again") from None
-            if not chunk:
+            # What has arrived already needs no timer: a small body comes in one read with its
+            # headers, and a timer per request was a few per cent of the proxy's CPU.
+            failed = content.exception()
+            if failed is not None:
+                raise failed
+            if content.at_eof():
                 break
+            chunk = content.read_nowait()
+            if not chunk:
+                chunk = await self._wait(request, content, start, received, declared)
+                if not chunk:
+                    break
             received += len(chunk)
             if received > self._max_body:
                 raise web.HTTPRequestEntityTooLarge(max_size=self._max_body, actual_size=received)
@@ -74,6 +70,24 @@ class Intake:
             self._held[id(request)] = self._held.get(id(request), 0) + len(chunk)
             chunks.append(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    async def _wait(
+        self, request: web.Request, content: StreamReader, start: float, received: int, declared: int | None
+    ) -> bytes:
+        loop = asyncio.get_running_loop()
+        # No silence over idle_s, and on average min_rate once the first idle_s has passed.
+        now = loop.time()
+        deadline = min(now + self._idle_s, start + self._idle_s + received / self._min_rate)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await content.readany()
+        except TimeoutError:
+            log.warning("event=request_body_stalled received=%d declared=%s after_s=%.1f", received, declared, loop.time() - start)
+            self._release_held(request)
+            # Mark the body ended, or aiohttp would wait up to its lingering time (10 s) for the
+            # rest of it before closing; with the 408 marked Connection: close it closes at once.
+            content.feed_eof()
+            raise BodyRefused(408, "openrouter-spend: the request body stopped arriving (or came too slowly); send it again") from None
 
     def release(self, request: web.Request) -> None:
         self._release_held(request)

@@ -6,12 +6,13 @@ header or absolute request-target can make the proxy contact another host.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from multidict import CIMultiDict, CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy, istr
 from yarl import URL
 
 from proxy.server.attribution import clean
@@ -97,13 +98,24 @@ KNOWN_ENDPOINTS = BILLED_ENDPOINTS | frozenset(
 )
 
 
+# Paths short enough to remember: the same few (`/api/v1/chat/completions`) come on every request.
+_CACHED_TARGET = 512
+
+
 def resolve(raw_path: str, query_string: str, upstream: str) -> Route | None:
     """None when the path is not one of ours (`/api/v1/...`, `/v1/...`, `/p/<project>/...`).
 
     The path after `/v1/` is decoded and canonicalised (empty segments dropped, a known endpoint
     in any case becomes its one spelling), and exactly that canonical path is what is classified
     and what is forwarded: never one string for the budget check and another for the upstream.
+    A pure function of its arguments, so its answers are remembered (a refused path raises every time).
     """
+    if len(raw_path) + len(query_string) <= _CACHED_TARGET:
+        return _resolve_cached(raw_path, query_string, upstream)
+    return _resolve(raw_path, query_string, upstream)
+
+
+def _resolve(raw_path: str, query_string: str, upstream: str) -> Route | None:
     if "#" in raw_path or "#" in query_string:
         # An HTTP client drops the fragment, so the upstream would see a path we never classified.
         raise BadPath("a request target may not carry a fragment ('#')")
@@ -135,6 +147,9 @@ def resolve(raw_path: str, query_string: str, upstream: str) -> Route | None:
     if url.host != base.host or url.port != base.port or url.scheme != base.scheme:
         raise BadPath("path would leave the upstream host")
     return Route(project=project, endpoint=endpoint, upstream_url=url)
+
+
+_resolve_cached = functools.lru_cache(maxsize=1024)(_resolve)
 
 
 def managed_allows(method: str, endpoint: str) -> bool:
@@ -179,12 +194,18 @@ def client_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return out
 
 
+_CONNECTION = istr("Connection")
+_NOTHING: frozenset[str] = frozenset()
+
+
 def _connection_listed(headers: Mapping[str, str]) -> frozenset[str]:
     # A client may send Connection more than once; every one of them lists hop-by-hop headers.
     if isinstance(headers, CIMultiDictProxy | CIMultiDict):
-        values = headers.getall("Connection", [])
+        values = headers.getall(_CONNECTION, ())
     else:
         values = [headers.get("Connection") or ""]
+    if not values:
+        return _NOTHING  # HTTP/1.1 clients mostly send no Connection header at all
     return frozenset(token.strip().lower() for value in values for token in value.split(",") if token.strip())
 
 

@@ -11,6 +11,8 @@ MAX_COST_USD = Decimal(100_000)
 
 
 def count(value: Any) -> int | None:
+    if type(value) is int:  # the usual case first (a bool is not one: its type is bool)
+        return value if 0 <= value <= MAX_TOKENS else None
     if isinstance(value, bool):
         return None
     if isinstance(value, float) and value.is_integer():

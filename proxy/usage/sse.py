@@ -27,6 +27,17 @@ class SseSplitter:
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Return the data payloads of every event completed by this chunk."""
+        if (
+            # The usual chunk of a stream: one whole event of one `data: ` line, nothing pending.
+            # Its payload is what the line-by-line path below would return, at a fraction of the cost.
+            chunk.endswith(b"\n\n")
+            and chunk.startswith(b"data: ")
+            and chunk.count(b"\n") == 2
+            and b"\r" not in chunk
+            and len(chunk) - 7 <= MAX_LINE_BYTES
+            and not (self._pieces or self._data or self._skipping or self._dropping_event)
+        ):
+            return [chunk[6:-2]]
         events: list[bytes] = []
         start = 0
         end = len(chunk)

@@ -71,6 +71,27 @@ async def test_no_response_is_a_504_after_the_first_byte_timeout(start_proxy: An
     assert (row["status"], row["outcome"], row["error"]) == (504, "proxy_error", "upstream_timeout")
 
 
+async def test_first_byte_timeout_ends_only_the_stalled_request(start_proxy: Any, make_config: Any) -> None:
+    # One timer task keeps every request's first-byte deadline: it must cut the stalled one at
+    # its deadline and leave alone the ones that answer, before, during and after it.
+    proxy = await start_proxy(make_config(first_byte_timeout_s=0.6))
+
+    async def call(fake: str | None, delay_s: float) -> int:
+        await asyncio.sleep(delay_s)
+        headers = {**AUTH, "X-Fake": fake} if fake else AUTH
+        response = await proxy.client.post("/api/v1/chat/completions", json=CHAT, headers=headers)
+        await response.read()
+        return response.status
+
+    started = time.monotonic()
+    statuses = await asyncio.gather(call("stall", 0), *(call(None, 0.1 * i) for i in range(10)))
+    assert statuses == [504] + [200] * 10
+    assert 0.5 < time.monotonic() - started < 3
+    await proxy.settle()
+    outcomes = sorted((row["status"], row["error"]) for row in proxy.rows())
+    assert outcomes == [(200, None)] * 10 + [(504, "upstream_timeout")]
+
+
 async def _read_until_broken(response: aiohttp.ClientResponse) -> tuple[bytes, BaseException | None]:
     got = b""
     try:
