@@ -7,6 +7,8 @@ and get rows back as SQLite gives them; nothing above this module asks which eng
 
 from __future__ import annotations
 
+import itertools
+import operator
 import os
 import sqlite3
 from collections.abc import Sequence
@@ -61,8 +63,11 @@ class SqliteStore:
     async def run_statements(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         try:
             await self.db.execute("BEGIN")
-            for sql, params in statements:
-                await self.db.execute(sql, params)
+            # One thread hop per run of the same statement, not per statement: the 421 price rows a
+            # start writes would otherwise hold the writer (and the request rows queued behind it)
+            # for seconds on a busy loop.
+            for sql, runs in itertools.groupby(statements, key=operator.itemgetter(0)):
+                await self.db.executemany(sql, [params for _, params in runs])
             await self.db.execute("COMMIT")
         except BaseException:
             await sqlite.rollback(self.db)

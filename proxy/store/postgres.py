@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import operator
 import re
 import secrets
@@ -408,9 +409,10 @@ class PostgresStore:
         """Statements in the SQLite dialect, in order, in one transaction."""
         async with self._connection() as connection:
             async with connection.transaction():
-                for sql, params in statements:
+                # One round trip per run of the same statement (executemany pipelines them).
+                for sql, runs in itertools.groupby(statements, key=operator.itemgetter(0)):
                     prepared = await self._prepare(connection, sql)
-                    await connection.execute(prepared.sql, *prepared.args(params))
+                    await connection.executemany(prepared.sql, [prepared.args(params) for _, params in runs])
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async with self._connection() as connection:
