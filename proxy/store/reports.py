@@ -49,6 +49,11 @@ class Filters:
 SUMMED = tuple(rollups.counters("r"))
 _AT = {name: index for index, name in enumerate(SUMMED)}
 _PICO, _YOCTO = _AT["cost_usd_pico"], _AT["cost_usd_yocto"]
+# The counts and tokens lead SUMMED, in this order: a line's are then one slice.
+_COUNTED = (*COUNTS, *TOKEN_FIELDS)
+assert SUMMED[: len(_COUNTED)] == _COUNTED
+_MONEY_AT = tuple((name, _AT[f"{name}_pico"], _AT[f"{name}_yocto"]) for name in rollups.MONEY)
+_UNKNOWN = _AT["cost_unknown"]
 
 
 @dataclass(slots=True)
@@ -110,26 +115,36 @@ class Line:
     def merge(self, other: Line) -> None:
         self.add(other.sums, other.first_at, other.last_at)
 
+    def has_money(self, name: str) -> bool:
+        return bool(self.value(f"{name}_pico") or self.value(f"{name}_yocto"))
+
     def as_dict(self, session: bool = False) -> dict[str, Any]:
+        document = self.scalars(session)
+        if session:
+            document.update(self.lists())
+        return document
+
+    def scalars(self, session: bool = False) -> dict[str, Any]:
+        """as_dict() without the lists (a session's models, projects, clients), in the same order."""
+        sums = self.sums
         document: dict[str, Any] = {"group": self.group}
         if self.breakdown is not None:
             document["breakdown"] = self.breakdown
         if self.imported:
             document["imported"] = True
-        document.update(self.counts)
-        document.update(self.tokens)
-        document.update({name: format(self.money(name), "f") for name in rollups.MONEY})
-        document["cost_unknown_requests"] = self.cost_unknown
+        document.update(zip(_COUNTED, sums))
+        for name, pico, yocto in _MONEY_AT:
+            document[name] = rollups.money_text(sums[pico], sums[yocto])
+        document["cost_unknown_requests"] = sums[_UNKNOWN]
         if session:
-            document.update(
-                first_seen=self.first_at,
-                last_seen=self.last_at,
-                duration_s=_duration_s(self.first_at, self.last_at),
-                models=sorted(self.models),
-                projects=sorted(self.projects),
-                clients=sorted(self.clients),
-            )
+            document["first_seen"] = self.first_at
+            document["last_seen"] = self.last_at
+            document["duration_s"] = duration_s(self.first_at, self.last_at)
         return document
+
+    def lists(self) -> tuple[tuple[str, list[str]], ...]:
+        """A session's models, projects and clients, sorted: the last items of its as_dict()."""
+        return (("models", sorted(self.models)), ("projects", sorted(self.projects)), ("clients", sorted(self.clients)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +158,7 @@ class Report:
     notes: tuple[str, ...] = ()
 
 
-def _duration_s(first: str | None, last: str | None) -> float | None:
+def duration_s(first: str | None, last: str | None) -> float | None:
     if first is None or last is None:
         return None
     return (_parse_time(last) - _parse_time(first)).total_seconds()
@@ -348,10 +363,21 @@ class _Source:
 
 
 def _query(
-    db: sqlite3.Connection, source: _Source, levels: list[str], seen: bool, where: tuple[str, list[str]]
+    db: sqlite3.Connection,
+    source: _Source,
+    levels: list[str],
+    seen: bool,
+    where: tuple[str, list[str]],
+    extras: tuple[str, ...] = (),
 ) -> Iterable[tuple[Any, ...]]:
+    """Per group: its keys, the SUMMED sums, first and last seen, then per `extras` dimension its
+    distinct values joined by commas, and whether any of those values holds a comma itself."""
     keys = [source.level(level) for level in levels]
     select = [f"{key} AS k{i}" for i, key in enumerate(keys)] + source.sums(seen)
+    if extras:
+        dims = [source.dim(extra) for extra in extras]
+        select += [f"group_concat(DISTINCT {dim})" for dim in dims]
+        select.append("max(" + " + ".join(f"instr({dim}, ',')" for dim in dims) + ")")
     sql = f"SELECT {', '.join(select)} FROM {source.table()}{where[0]}"
     if keys:
         sql += " GROUP BY " + ", ".join(f"k{i}" for i in range(len(keys)))
@@ -590,14 +616,27 @@ def report(
     lines: dict[tuple[str, str | None], Line] = {}
     width = len(levels)
     summed = slice(width, width + len(SUMMED))
+    seen_at, extra_at = summed.stop, summed.stop + 2
+    # Without a limit every session's models, projects and clients are shown: read them in the
+    # same pass as the sums (one scan of the per-session rollup instead of two).
+    together = _SESSION_EXTRAS if session and limit is None else ()
+    joined: list[tuple[Line, tuple[str, str, str]]] = []
+    commas = False
     for source_rollup, start, end, sessions in pieces:
         source = _Source(source_rollup, minute, raw)
-        for row in _query(db, source, levels, session, source.where(start, end, filters, sessions)):
+        for row in _query(db, source, levels, session, source.where(start, end, filters, sessions), together):
             key = names(row)
             line = lines.get(key)
             if line is None:
-                line = lines[key] = Line(*key)
-            line.add(row[summed], row[summed.stop], row[summed.stop + 1])
+                sums = list(row[summed])
+                if None in sums:
+                    sums = [value or 0 for value in sums]
+                line = lines[key] = Line(key[0], key[1], sums, row[seen_at], row[seen_at + 1])
+            else:
+                line.add(row[summed], row[seen_at], row[seen_at + 1])
+            if together:
+                joined.append((line, row[extra_at : extra_at + 3]))
+                commas = commas or bool(row[extra_at + 3])
     imported, imported_notes = _imported_lines(db, levels, since, until, filters, tz, labels)
     notes += imported_notes
     every = [*lines.values(), *imported]
@@ -616,8 +655,19 @@ def report(
             kept = set(groups[-limit:] if by in TIME_GROUPINGS else groups[:limit]) if limit else set()
             ordered = [line for line in ordered if line.group in kept]
             notes.append(f"{limit} of {len(groups)} {by} groups shown; the total covers all")
-    if session:
-        # Models, projects and clients only for the sessions shown (all of them without a limit).
+    if together and not commas:
+        for line, (models, projects, clients) in joined:
+            line.models.update(models.split(","))
+            line.projects.update(projects.split(","))
+            line.clients.update(clients.split(","))
+        for line in lines.values():
+            # '' is how the rollups store "none".
+            line.models.discard("")
+            line.projects.discard("")
+            line.clients.discard("")
+    elif session:
+        # Models, projects and clients only for the sessions shown (all of them without a limit);
+        # also when a value holds a comma, which the joined lists cannot tell from two values.
         groups_shown = {line.group for line in ordered} | ({""} if any(line.group == NONE for line in ordered) else set())
         shown = None if limit is None else ("session", "IN", json.dumps(sorted(groups_shown)))
         for source_rollup, start, end, sessions in pieces:
@@ -765,6 +815,34 @@ def as_document(result: Report, free: FreeUsage | None = None) -> dict[str, Any]
     if free is not None:
         document["free"] = free.as_dict()
     return document
+
+
+# The C encoder (json.dumps without indent) with separators that put each item of a row on its
+# own line, indented as json.dumps(..., indent=2) indents a row of the document's "rows".
+_ROW_ITEMS = json.JSONEncoder(separators=(",\n      ", ": ")).encode
+_STRING = json.encoder.encode_basestring_ascii
+_ROWS_PLACEHOLDER = '"rows": []'
+
+
+def document_text(result: Report, free: FreeUsage | None = None) -> str:
+    """`json.dumps(as_document(result, free), indent=2)`, the same text, several times faster:
+    json's indenting encoder is pure Python, so each row's flat items go through the C encoder in
+    one call and only its lists (a session's models, projects, clients) are indented here."""
+    session = result.by == "session"
+    document = as_document(Report(result.by, result.breakdown, result.since, result.until, [], result.total, result.notes), free)
+    text = json.dumps(document, indent=2)
+    if not result.lines:
+        return text
+    rows = []
+    for line in result.lines:
+        row = "    {\n      " + _ROW_ITEMS(line.scalars(session))[1:-1]
+        if session:
+            for name, values in line.lists():
+                items = "[\n        " + ",\n        ".join(map(_STRING, values)) + "\n      ]" if values else "[]"
+                row += f',\n      "{name}": {items}'
+        rows.append(row + "\n    }")
+    at = text.index(_ROWS_PLACEHOLDER)  # the first: keys before it (by, since...) hold no such text
+    return text[:at] + '"rows": [\n' + ",\n".join(rows) + "\n  ]" + text[at + len(_ROWS_PLACEHOLDER) :]
 
 
 @dataclass(frozen=True, slots=True)
