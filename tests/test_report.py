@@ -766,3 +766,24 @@ def test_money_text_is_the_decimal_text() -> None:
         assert rollups.money_text(pico, yocto) == format(rollups.money_value(pico, yocto), "f"), (pico, yocto)
     assert rollups.money_text(None, None) == "0"
 
+
+async def test_a_session_table_shows_the_costliest_fifty_unless_told(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.cli.main import main
+
+    path = tmp_path / "u.db"
+    await write(path, [make_record(n, session=f"w{n:03d}", cost_usd=Decimal(n) / 100) for n in range(60)])
+
+    def lines(*flags: str) -> list[str]:
+        assert main(["report", "--db", str(path), "--by", "session", *flags]) == 0
+        return capsys.readouterr().out.splitlines()
+
+    table = lines()
+    shown = [line.split()[0] for line in table if line.startswith("w")]
+    assert shown == [f"w{n:03d}" for n in range(59, 9, -1)]
+    assert "50 of 60 session groups shown; the total covers all (--limit 0 lists them all)" in table
+    assert any(line.startswith("total") and "$17.70" in line for line in table)  # 0.00 + ... + 0.59
+    assert len([line for line in lines("--limit", "0") if line.startswith("w")]) == 60
+    assert len([line for line in lines("--limit", "5") if line.startswith("w")]) == 5
+    assert len(json.loads("\n".join(lines("--format", "json")))["rows"]) == 60
+    assert len(lines("--format", "csv")) == 61
+    assert len([line for line in lines("--since", "2000-01-01", "--by", "model") if line.startswith("openai")]) == 1

@@ -7,6 +7,7 @@ flags (`--since/--until` with durations, dates and calendar words) and formats t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import csv
 import io
 import gc
@@ -35,6 +36,10 @@ from proxy.tables import format_table, money
 
 __all__ = ["FreeUsage", "add_commands", "calendar_period", "parse_range", "parse_since", "parse_when", "render", "run"]
 
+# How many sessions a `--by session` table lists unless --limit says otherwise.
+SESSION_TABLE_LIMIT = 50
+
+
 def add_commands(commands: Any) -> None:
     report = commands.add_parser("report", help="spend and tokens from the request log")
     report.add_argument("--db", type=Path, help="the database (default: $OPENROUTER_SPEND_DB, the config's db, or the per-user one)")
@@ -45,7 +50,11 @@ def add_commands(commands: Any) -> None:
     report.add_argument("--until", help="the same forms as --since; the range ends before it")
     for flag, what in (("project", "project"), ("model", "model"), ("session", "session"), ("key", "key alias or fingerprint")):
         report.add_argument(f"--{flag}", action="append", default=[], metavar="GLOB", help=f"only this {what} (a glob; repeatable)")
-    report.add_argument("--limit", type=int, metavar="N", help="only the N costliest groups (time groupings: the latest N); the total covers all")
+    report.add_argument(
+        "--limit", type=int, metavar="N",
+        help=f"only the N costliest groups (time groupings: the latest N); the total covers all; 0 lists all "
+             f"(default: all, but {SESSION_TABLE_LIMIT} sessions in a --by session table)",
+    )
     report.add_argument("--tz", default="UTC", help="time zone for hours, days, weeks, months and dates (default UTC)")
     report.add_argument("--format", choices=("table", "json", "csv"), default="table")
     report.add_argument("--free-daily-limit", type=int, default=50, help="OpenRouter's :free limit per day (1000 once you bought credits)")
@@ -70,8 +79,14 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--breakdown: {args.breakdown} is already --by")
     if args.free_daily_limit < 0:
         raise CliError("--free-daily-limit: expected a whole number >= 0")
-    if args.limit is not None and args.limit < 1:
-        raise CliError("--limit: expected a whole number >= 1")
+    if args.limit is not None and args.limit < 0:
+        raise CliError("--limit: expected a whole number >= 0 (0 lists all)")
+    limit = args.limit or None
+    # Over months a log holds tens of thousands of sessions: a terminal table shows the costliest
+    # few (the total still covers all); JSON and CSV, read by programs, list every one.
+    default_limit = args.by == "session" and args.format == "table" and args.limit is None
+    if default_limit:
+        limit = SESSION_TABLE_LIMIT
     filters = Filters(tuple(args.project), tuple(args.model), tuple(args.session), tuple(args.key))
     from proxy.cli.locate import find_db, missing_db
 
@@ -81,12 +96,17 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         raise CliError(f"--db: {missing_db(db_path, args.db, config)}") from None  # type: ignore[arg-type]
     try:
-        result = report(db, args.by, breakdown=args.breakdown, since=since, until=until, filters=filters, tz=tz, limit=args.limit)
+        result = report(db, args.by, breakdown=args.breakdown, since=since, until=until, filters=filters, tz=tz, limit=limit)
         free = free_usage(db, now, args.free_daily_limit)
     except sqlite3.Error as exc:
         raise CliError(f"--db: {db_path}: {exc}") from None
     finally:
         db.close()
+    if default_limit:
+        shown = f"{limit} of "
+        result = dataclasses.replace(
+            result, notes=tuple(f"{note} (--limit 0 lists them all)" if note.startswith(shown) else note for note in result.notes)
+        )
     print(render(result, args.format, free))
     return 0
 
