@@ -787,3 +787,23 @@ async def test_a_session_table_shows_the_costliest_fifty_unless_told(tmp_path: P
     assert len(json.loads("\n".join(lines("--format", "json")))["rows"]) == 60
     assert len(lines("--format", "csv")) == 61
     assert len([line for line in lines("--since", "2000-01-01", "--by", "model") if line.startswith("openai")]) == 1
+
+
+async def test_report_does_not_import_the_server(tmp_path: Path) -> None:
+    # aiohttp costs a report ~0.2-0.4 s of CPU at start-up (it loads the system's CA store on import).
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "u.db"
+    await write(path, known_records(10))
+    code = (
+        "import sys\nfrom proxy.cli.main import main\n"
+        f"assert main(['report', '--db', {str(path)!r}, '--by', 'session']) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'prometheus_client')))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(root)}, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
