@@ -6,6 +6,7 @@ show what the proxy recorded as billed for the session, not Claude Code's own es
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -213,8 +214,8 @@ async def test_as_claude_code_runs_it_no_argparse_nor_zoneinfo_is_imported(tmp_p
     base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENROUTER_SPEND_", "XDG_"))}
     env = {**base, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), "OPENROUTER_SPEND_CONFIG": str(config)}
     for _ in range(2):  # the first run reads the YAML and caches what it needs; the second is the usual one
-        done = subprocess.run([sys.executable, "-c", code], input=claude_code_input(), capture_output=True, text=True,
-                              timeout=60, cwd=tmp_path, env=env, check=False)
+        done = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", code], input=claude_code_input(),
+                                       capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env, check=False)
         assert done.returncode == 0, done.stderr
     line, imported = done.stdout.splitlines()
     assert line.startswith("$0.5000 session") and "90% left" in line, line
