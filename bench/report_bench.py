@@ -29,6 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from proxy.cli.report import render
 from proxy.store.reports import GROUPINGS, Filters, report
 from proxy.store.sqlite import REQUEST_COLUMNS, _insert_rows, connect_readonly, encode_time, prepare
 
@@ -247,15 +248,22 @@ def main() -> int:
             lambda: report(db, "model", since=ranges["30d"], filters=Filters(models=("anthropic/*",), projects=("web",)))
         ),
         "session, 7d": _time(lambda: report(db, "session", since=now - timedelta(days=7))),
+        # What `report --by session` does beyond the query: the table (its default 50 lines, and
+        # all) and the JSON document, as text.
+        "session, all, --limit 50 + table": _time(lambda: render(report(db, "session", limit=50), "table")),
+        "session, all + table of all": _time(lambda: render(report(db, "session"), "table")),
+        "session, all + json": _time(lambda: render(report(db, "session"), "json")),
         "day, 30d, tz=Asia/Kolkata (raw rows)": _time(lambda: report(db, "day", since=ranges["30d"], tz=ZoneInfo("Asia/Kolkata")), runs=1),
     }
     db.close()
     cli = {}
     cli_cpu = {}
-    for flags in (("--by", "model"), ("--by", "day", "--since", "30d"), ("--by", "session"), ("--by", "day", "--breakdown", "model")):
+    for flags in (("--by", "model"), ("--by", "day", "--since", "30d"), ("--by", "session"), ("--by", "session", "--format", "json"),
+                  ("--by", "day", "--breakdown", "model"), ("--version",)):
         began = time.perf_counter()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        done = subprocess.run([sys.executable, "-m", "proxy", "report", "--db", str(args.db), *flags], capture_output=True, text=True, check=True)
+        command = list(flags) if flags == ("--version",) else ["report", "--db", str(args.db), *flags]
+        done = subprocess.run([sys.executable, "-m", "proxy", *command], capture_output=True, text=True, check=True)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cli[" ".join(flags)] = round(time.perf_counter() - began, 3)
         cli_cpu[" ".join(flags)] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 3)

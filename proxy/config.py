@@ -81,6 +81,9 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8787
     upstream: str = DEFAULT_UPSTREAM
+    # Extra CA certificates (PEM) trusted for the upstream's TLS besides the system's (and besides
+    # $SSL_CERT_FILE / $SSL_CERT_DIR, which replace the system's): a corporate proxy's private root.
+    upstream_ca_file: Path | None = None
     db: Path = Path("openrouter-spend.db")
     # A postgresql:// URL (never with a password) selects PostgreSQL instead of the SQLite file `db`;
     # the password comes from the variable named by db_password_env, else PGPASSWORD or ~/.pgpass.
@@ -168,6 +171,7 @@ def parse_config(raw: Any) -> Config:
         host=_string(data.get("host", defaults.host), "host"),
         port=_port(data.get("port", defaults.port), "port"),
         upstream=_upstream(data.get("upstream", defaults.upstream)),
+        upstream_ca_file=Path(_string(data["upstream_ca_file"], "upstream_ca_file")) if data.get("upstream_ca_file") is not None else None,
         db=defaults.db if db_url else Path(db),
         db_url=db_url,
         db_password_env=_string(data["db_password_env"], "db_password_env") if data.get("db_password_env") is not None else None,
@@ -217,6 +221,7 @@ _TOP_KEYS = {
     "host",
     "port",
     "upstream",
+    "upstream_ca_file",
     "db",
     "db_password_env",
     "max_body_mb",

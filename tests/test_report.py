@@ -29,7 +29,7 @@ from proxy.store.engine import open_store
 from proxy.store.reader import open_reader
 from proxy.store.recorder import Recorder, Statement
 from proxy.store.records import UsageRecord
-from proxy.store.reports import GROUPINGS, SUMMED, TIME_GROUPINGS, Filters, Line, Report, as_document, report
+from proxy.store.reports import GROUPINGS, SUMMED, TIME_GROUPINGS, FreeUsage, Filters, Line, Report, as_document, report
 from proxy.store.sqlite import MIGRATIONS, REQUEST_COLUMNS, encode_record, open_db, prepare, prune_raw
 from proxy.tables import money
 from tests.test_storage import make_record
@@ -698,3 +698,122 @@ async def test_imported_days_are_utc_days(db_target: Path | str) -> None:
     assert models.total.cost_usd == Decimal("2.900000000000000000000001")
     assert sorted((line.group, line.imported) for line in utc_month.lines) == [("2026-11", False), ("2026-11", True)]
     assert utc_month.total.cost_usd == models.total.cost_usd
+
+
+# -- what a session report lists, and its JSON text, at speed --------------------------------------
+
+
+def odd_records() -> list[UsageRecord]:
+    """known_records() plus values a joined list could mistake: commas, quotes, non-ASCII, empty."""
+    odd = [
+        make_record(900 + n, started_at=T0 + timedelta(hours=n), session=session, model=model, project=project, client=client,
+                    cost_usd=Decimal("0.25"))
+        for n, (session, model, project, client) in enumerate([
+            ("s1", "a/x,b/y", "acme,web", "claude-code"),
+            ("s1", "a/x", "acme", "cli\u00e9nt \"q\""),
+            ('s\u00e9ss "7"\n', "b/y", None, None),
+            (None, "a/x", "", "aider"),
+        ])
+    ]
+    return [*known_records(), *odd]
+
+
+def distinct_extras(recs: list[UsageRecord], levels: list[str], keep: Callable[[UsageRecord], bool]) -> dict[tuple[str, ...], tuple[set[str], ...]]:
+    out: dict[tuple[str, ...], tuple[set[str], ...]] = {}
+    for rec in recs:
+        if keep(rec):
+            found = out.setdefault(tuple(label(rec, level, ZoneInfo("UTC")) for level in levels), (set(), set(), set()))
+            for values, value in zip(found, (rec.model, rec.project, rec.client)):
+                if value:
+                    values.add(value)
+    return out
+
+
+@pytest.mark.parametrize("with_commas", [False, True])
+async def test_session_models_projects_and_clients_equal_the_rows(tmp_path: Path, with_commas: bool) -> None:
+    # Read in the same pass as the sums (joined lists), or, when a value holds a comma, apart.
+    recs = odd_records() if with_commas else known_records()
+    path = tmp_path / "u.db"
+    await write(path, recs)
+    ranges = [(None, None), (T0 + timedelta(hours=3, minutes=10), T0 + timedelta(hours=50, minutes=5))]
+    with reader(path) as db:
+        for since, until in ranges:
+            def keep(r: UsageRecord, since: datetime | None = since, until: datetime | None = until) -> bool:
+                return (since is None or r.started_at >= since) and (until is None or r.started_at < until)
+
+            for breakdown, limit in ((None, None), ("model", None), (None, 3)):
+                levels = ["session"] + ([breakdown] if breakdown else [])
+                result = report(db, "session", breakdown=breakdown, since=since, until=until, limit=limit)
+                want = distinct_extras(recs, levels, keep)
+                for line in result.lines:
+                    key = (line.group,) + ((line.breakdown,) if breakdown else ())
+                    assert (line.models, line.projects, line.clients) == want[key], (key, since, breakdown, limit)
+                assert len(result.lines) == (len(want) if limit is None else limit)
+
+
+async def test_json_output_is_json_dumps_of_the_document(tmp_path: Path) -> None:
+    path = tmp_path / "u.db"
+    await write(path, odd_records())
+    with reader(path) as db:
+        results = [
+            report(db, "session"),
+            report(db, "session", breakdown="model", limit=2),
+            report(db, "day", breakdown="client"),
+            report(db, "model", since=T0 + timedelta(days=400)),  # no rows at all
+            report(db, "key", filters=Filters(sessions=("s1",))),
+        ]
+    free = FreeUsage(3, 50, 2)
+    for result in results:
+        assert render(result, "json") == json.dumps(as_document(result), indent=2)
+        assert render(result, "json", free) == json.dumps(as_document(result, free), indent=2)
+
+
+def test_money_text_is_the_decimal_text() -> None:
+    rng = random.Random(5)
+    values = [(0, 0), (1, 0), (0, 1), (-1, 0), (0, -1), (-3, 999_999_999_999), (10**12, 0), (123_456_789, 10**12 - 1)]
+    values += [(rng.randrange(-(10**18), 10**18), rng.randrange(-(10**15), 10**15)) for _ in range(2000)]
+    for pico, yocto in values:
+        assert rollups.money_text(pico, yocto) == format(rollups.money_value(pico, yocto), "f"), (pico, yocto)
+    assert rollups.money_text(None, None) == "0"
+
+
+async def test_a_session_table_shows_the_costliest_fifty_unless_told(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.cli.main import main
+
+    path = tmp_path / "u.db"
+    await write(path, [make_record(n, session=f"w{n:03d}", cost_usd=Decimal(n) / 100) for n in range(60)])
+
+    def lines(*flags: str) -> list[str]:
+        assert main(["report", "--db", str(path), "--by", "session", *flags]) == 0
+        return capsys.readouterr().out.splitlines()
+
+    table = lines()
+    shown = [line.split()[0] for line in table if line.startswith("w")]
+    assert shown == [f"w{n:03d}" for n in range(59, 9, -1)]
+    assert "50 of 60 session groups shown; the total covers all (--limit 0 lists them all)" in table
+    assert any(line.startswith("total") and "$17.70" in line for line in table)  # 0.00 + ... + 0.59
+    assert len([line for line in lines("--limit", "0") if line.startswith("w")]) == 60
+    assert len([line for line in lines("--limit", "5") if line.startswith("w")]) == 5
+    assert len(json.loads("\n".join(lines("--format", "json")))["rows"]) == 60
+    assert len(lines("--format", "csv")) == 61
+    assert len([line for line in lines("--since", "2000-01-01", "--by", "model") if line.startswith("openai")]) == 1
+
+
+async def test_report_does_not_import_the_server(tmp_path: Path) -> None:
+    # aiohttp costs a report ~0.2-0.4 s of CPU at start-up (it loads the system's CA store on import).
+    import os
+    import subprocess
+    import sys
+
+    path = tmp_path / "u.db"
+    await write(path, known_records(10))
+    code = (
+        "import sys\nfrom proxy.cli.main import main\n"
+        f"assert main(['report', '--db', {str(path)!r}, '--by', 'session']) == 0\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'prometheus_client')))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", code], capture_output=True, text=True,
+                                   timeout=60, env={**os.environ, "PYTHONPATH": str(root)}, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"

@@ -6,6 +6,7 @@ show what the proxy recorded as billed for the session, not Claude Code's own es
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -213,3 +214,26 @@ def test_cached_calendar_windows_roll_over(tmp_path: Path, monkeypatch: Any) -> 
     nextday = settings_of(config, datetime(2026, 3, 29, 1, 0, tzinfo=UTC))
     assert nextday.budgets[0].start == datetime(2026, 3, 28, 23, 0, tzinfo=UTC)
     assert nextday.budgets[0].end == datetime(2026, 3, 29, 22, 0, tzinfo=UTC)  # a 23-hour day
+
+
+async def test_as_claude_code_runs_it_no_argparse_nor_zoneinfo_is_imported(tmp_path: Path) -> None:
+    # Claude Code passes no flags; a UTC config (the default) needs no time zone database.
+    now = datetime.now(UTC)
+    db = tmp_path / "spend.db"
+    await write_rows(db, [make_record(0, started_at=now - timedelta(minutes=1), finished_at=now, session=SESSION,
+                                      cost_usd=Decimal("0.5"))])
+    config = tmp_path / "c.yaml"
+    config.write_text(f"db: {db}\nbudgets:\n  - {{name: d, limit_usd: 5, period: day}}\n")
+    code = (
+        "import sys\nfrom proxy.cli.entry import main\nmain(['statusline'])\n"
+        "print(sorted(m for m in ('argparse', 'zoneinfo', 'locale', 'gettext', 'aiohttp', 'yaml') if m in sys.modules))\n"
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OPENROUTER_SPEND_", "XDG_"))}
+    env = {**base, "PYTHONPATH": str(ROOT), "HOME": str(tmp_path), "OPENROUTER_SPEND_CONFIG": str(config)}
+    for _ in range(2):  # the first run reads the YAML and caches what it needs; the second is the usual one
+        done = await asyncio.to_thread(subprocess.run, [sys.executable, "-c", code], input=claude_code_input(),
+                                       capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env, check=False)
+        assert done.returncode == 0, done.stderr
+    line, imported = done.stdout.splitlines()
+    assert line.startswith("$0.5000 session") and "90% left" in line, line
+    assert imported == "[]", imported

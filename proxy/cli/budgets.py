@@ -11,8 +11,6 @@ from typing import Any
 from proxy.budgets.ledger import Budgets
 from proxy.config import load_config
 from proxy.errors import CliError
-from proxy.server.guard import load_spend_sync
-from proxy.server.runtime import runtime_specs
 from proxy.store.keys import read_state
 from proxy.cli.locate import db_arg
 from proxy.store.reader import errors, open_reader
@@ -31,6 +29,10 @@ def add_commands(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Here, not at the top: they bring in aiohttp, which every other command (report, ...) would
+    # then import at start-up only to build the parser.
+    from proxy.server.guard import load_spend_sync
+    from proxy.server.runtime import runtime_specs
     from proxy.cli.locate import CONFIG_ENV, default_config, missing_db, password_env, resolve_config, resolve_db
 
     # No config file is fine when the budgets were made at runtime (`budgets set`): they live in the db.

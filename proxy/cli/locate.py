@@ -8,7 +8,6 @@ Standard library only: `statusline` imports this on its fast path.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Mapping
@@ -41,6 +40,8 @@ def db_arg(text: str) -> Path | str:
     except ValueError:
         password = None
     if password is not None:
+        import argparse  # here: `statusline` imports this module and argparse costs it start-up
+
         raise argparse.ArgumentTypeError("no password in the URL; set PGPASSWORD, use ~/.pgpass, or name a variable in db_password_env")
     return text
 

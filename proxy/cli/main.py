@@ -99,7 +99,7 @@ def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from proxy.cli.logline import setup_logging
-    from proxy.server.app import create_app
+    from proxy.server.app import create_app, upstream_ssl_context
     from proxy.config import load_config
 
     overrides = {"host": args.host, "port": args.port, "upstream": args.upstream, "db": args.db}
@@ -115,6 +115,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.quiet or not config.access_log:
         logging.getLogger("proxy.access").setLevel(logging.WARNING)
     _check_catalog_file(config)
+    upstream_ssl_context(config)
     _prepare_db(config)
     app = create_app(config)
     app.on_startup.append(_settle_heap)
@@ -243,7 +244,7 @@ def _warn_if_exposed(config: Config) -> None:
 
 def _check_config(args: argparse.Namespace) -> int:
     from proxy.config import load_config
-    from proxy.server.app import check_environment
+    from proxy.server.app import check_environment, upstream_ssl_context
 
     path = resolve_config(args.file)
     if path is None:
@@ -251,5 +252,6 @@ def _check_config(args: argparse.Namespace) -> int:
     config = load_config(path)
     check_environment(config)
     _check_catalog_file(config)
+    upstream_ssl_context(config)
     print(f"{path}: ok ({len(config.budgets)} budgets, {len(config.alerts)} alert channels)")
     return 0

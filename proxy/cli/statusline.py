@@ -9,7 +9,6 @@ postgresql:// db adds asyncpg (proxy/store/pg_reader.py); SQLite never imports i
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -18,10 +17,12 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
-from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
+    import argparse
     import sqlite3
+    from datetime import tzinfo
+    from zoneinfo import ZoneInfo
 
 DEFAULT_FORMAT = "{session_cost} session · {today} today{budget_part} · {burn}/h"
 NEUTRAL = "openrouter-spend: no spend recorded yet"
@@ -34,12 +35,31 @@ def _db_arg(text: str) -> Path | str:
     return db_arg(text)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:
-        raise ValueError(message)
+class Args(NamedTuple):
+    """The flags; Claude Code passes none, and then argparse (with gettext and locale, a few ms of
+    start-up) is not imported at all."""
+
+    db: Path | str | None = None
+    config: Path | None = None
+    format: str = DEFAULT_FORMAT
+    color: bool = False
+    session: str | None = None
+
+
+def _args(argv: list[str]) -> Args:
+    if not argv:
+        return Args()
+    parsed = _parser().parse_args(argv)
+    return Args(parsed.db, parsed.config, parsed.format, parsed.color, parsed.session)
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> Any:
+            raise ValueError(message)
+
     p = _Parser(prog="openrouter-spend statusline", description="One line for Claude Code's statusLine: this session's billed cost, today, budget left, burn rate.")
     p.add_argument("--db", type=_db_arg, help="SQLite file or postgresql:// URL (default: $OPENROUTER_SPEND_DB, the config's db, then the per-user data dir)")
     p.add_argument("--config", type=Path, help="YAML config (for budgets, time zone and db)")
@@ -78,7 +98,18 @@ class Settings(NamedTuple):
 
     @property
     def tz(self) -> ZoneInfo:
+        from zoneinfo import ZoneInfo
+
         return ZoneInfo(self.timezone)
+
+
+def _zone(name: str) -> tzinfo:
+    """UTC without importing zoneinfo (its import reads sysconfig: a few ms of every run)."""
+    if name == "UTC":
+        return UTC
+    from zoneinfo import ZoneInfo
+
+    return ZoneInfo(name)
 
 
 def _cache_file() -> Path:
@@ -203,7 +234,7 @@ def _read_input(stdin: Any) -> dict[str, Any]:
 def _line(argv: list[str], stdin: Any) -> str:
     from proxy.cli.locate import resolve_config, resolve_db
 
-    args = _parser().parse_args(argv)
+    args = _args(argv)
     data = _read_input(stdin)
     session = args.session or data.get("session_id")
     session = session if isinstance(session, str) and session else None
@@ -226,7 +257,7 @@ def _line(argv: list[str], stdin: Any) -> str:
 def _values(db: sqlite3.Connection, session: str | None, config: Settings | None, now: datetime, data: dict[str, Any]) -> dict[str, Any]:
     from proxy.store import live
 
-    tz = ZoneInfo(config.timezone) if config is not None else ZoneInfo("UTC")
+    tz = _zone(config.timezone) if config is not None else UTC
     midnight = now.astimezone(tz).replace(hour=0, minute=0, second=0, microsecond=0)
     memo: dict[tuple[datetime, str | None], Decimal] = {}
 

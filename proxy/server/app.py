@@ -11,6 +11,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 
@@ -278,7 +279,9 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
     # No total timeout: it would cut long reasoning streams. limit=0: a thousand concurrent
     # agent streams must not queue behind a connection pool.
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=config.connect_timeout_s, sock_read=config.read_timeout_s)
-    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+    # Made here, not at aiohttp's import: SSL_CERT_FILE/SSL_CERT_DIR as set when serving starts count.
+    context = await asyncio.to_thread(upstream_ssl_context, config)
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, ssl=context)
     proxy, proxy_auth = _env_proxy(config.upstream)
     session = aiohttp.ClientSession(
         timeout=timeout,
@@ -297,6 +300,23 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await session.close()
+
+
+def upstream_ssl_context(config: Config) -> ssl.SSLContext:
+    """The TLS trust for the upstream: the system's CA store (OpenSSL reads $SSL_CERT_FILE and
+    $SSL_CERT_DIR instead when set), plus `upstream_ca_file`, e.g. the root of a corporate proxy
+    that inspects TLS. Blocking file reads: call it from a thread once the loop runs."""
+    context = ssl.create_default_context()
+    if config.upstream_ca_file is not None:
+        path = config.upstream_ca_file
+        try:
+            context.load_verify_locations(cafile=path)
+        except ssl.SSLError as exc:  # before OSError: it is one
+            raise ConfigError(f"upstream_ca_file: {path} holds no PEM CA certificate ({exc.reason or exc})") from None
+        except OSError as exc:
+            raise ConfigError(f"upstream_ca_file: cannot read {path}: {exc.strerror or exc}") from None
+    context.set_alpn_protocols(("http/1.1",))  # as aiohttp's own default context
+    return context
 
 
 def _env_proxy(upstream: str) -> tuple[yarl.URL | None, aiohttp.BasicAuth | None]:

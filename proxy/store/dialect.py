@@ -75,6 +75,10 @@ class Dialect:
         """The distinct values, comma-separated."""
         return f"GROUP_CONCAT(DISTINCT {expr})" if self.name == "sqlite" else f"string_agg(DISTINCT {expr}, ',')"
 
+    def joined_list(self, expr: str) -> str:
+        """Every value of the group (repeats kept), comma-separated."""
+        return f"group_concat({expr})" if self.name == "sqlite" else f"string_agg({expr}, ',')"
+
     def money_sums(self, x: str) -> tuple[str, str, str] | None:
         """Aggregates (pico, yocto, inexact) of an exact money column over a group, or None to sum
         `money_parts` row by row. PostgreSQL sums numeric exactly and cuts the sum once: the same

@@ -53,6 +53,11 @@ class Filters:
 SUMMED = tuple(rollups.counters("r"))
 _AT = {name: index for index, name in enumerate(SUMMED)}
 _PICO, _YOCTO = _AT["cost_usd_pico"], _AT["cost_usd_yocto"]
+# The counts and tokens lead SUMMED, in this order: a line's are then one slice.
+_COUNTED = (*COUNTS, *TOKEN_FIELDS)
+assert SUMMED[: len(_COUNTED)] == _COUNTED
+_MONEY_AT = tuple((name, _AT[f"{name}_pico"], _AT[f"{name}_yocto"]) for name in rollups.MONEY)
+_UNKNOWN = _AT["cost_unknown"]
 
 
 @dataclass(slots=True)
@@ -114,26 +119,36 @@ class Line:
     def merge(self, other: Line) -> None:
         self.add(other.sums, other.first_at, other.last_at)
 
+    def has_money(self, name: str) -> bool:
+        return bool(self.value(f"{name}_pico") or self.value(f"{name}_yocto"))
+
     def as_dict(self, session: bool = False) -> dict[str, Any]:
+        document = self.scalars(session)
+        if session:
+            document.update(self.lists())
+        return document
+
+    def scalars(self, session: bool = False) -> dict[str, Any]:
+        """as_dict() without the lists (a session's models, projects, clients), in the same order."""
+        sums = self.sums
         document: dict[str, Any] = {"group": self.group}
         if self.breakdown is not None:
             document["breakdown"] = self.breakdown
         if self.imported:
             document["imported"] = True
-        document.update(self.counts)
-        document.update(self.tokens)
-        document.update({name: format(self.money(name), "f") for name in rollups.MONEY})
-        document["cost_unknown_requests"] = self.cost_unknown
+        document.update(zip(_COUNTED, sums))
+        for name, pico, yocto in _MONEY_AT:
+            document[name] = rollups.money_text(sums[pico], sums[yocto])
+        document["cost_unknown_requests"] = sums[_UNKNOWN]
         if session:
-            document.update(
-                first_seen=self.first_at,
-                last_seen=self.last_at,
-                duration_s=_duration_s(self.first_at, self.last_at),
-                models=sorted(self.models),
-                projects=sorted(self.projects),
-                clients=sorted(self.clients),
-            )
+            document["first_seen"] = self.first_at
+            document["last_seen"] = self.last_at
+            document["duration_s"] = duration_s(self.first_at, self.last_at)
         return document
+
+    def lists(self) -> tuple[tuple[str, list[str]], ...]:
+        """A session's models, projects and clients, sorted: the last items of its as_dict()."""
+        return (("models", sorted(self.models)), ("projects", sorted(self.projects)), ("clients", sorted(self.clients)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,10 +162,14 @@ class Report:
     notes: tuple[str, ...] = ()
 
 
-def _duration_s(first: str | None, last: str | None) -> float | None:
+def duration_s(first: str | None, last: str | None) -> float | None:
     if first is None or last is None:
         return None
-    return (_parse_time(last) - _parse_time(first)).total_seconds()
+    try:
+        # Both as stored ('...T13:04:05.000000Z'): aware UTC times, the same difference, faster.
+        return (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
+    except TypeError:  # one without its Z
+        return (_parse_time(last) - _parse_time(first)).total_seconds()
 
 
 _SPANS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -369,10 +388,20 @@ class _Source:
 
 
 def _query(
-    db: Reader, source: _Source, levels: list[str], seen: bool, where: tuple[str, list[str]]
+    db: Reader,
+    source: _Source,
+    levels: list[str],
+    seen: bool,
+    where: tuple[str, list[str]],
+    extras: tuple[str, ...] = (),
 ) -> Iterable[tuple[Any, ...]]:
+    """Per group: its keys, the SUMMED sums, first and last seen, then per `extras` dimension its
+    values joined by commas (one per row read, so a value holding a comma shows as more values than
+    the count of rows read, which comes last). No DISTINCT: it cost SQLite more than Python's set()."""
     groups = [source.group(level) for level in levels]
     sums = source.sums(seen)
+    if extras:
+        sums = [*sums, *(source.dialect.joined_list(source.dim(extra)) for extra in extras), "count(*)"]
     select = [f"{key} AS k{i}" for i, (key, _) in enumerate(groups)] + [f"{s} AS s{j}" for j, s in enumerate(sums)]
     sql = f"SELECT {', '.join(select)} FROM {source.table()}{where[0]}"
     if groups:
@@ -619,14 +648,26 @@ def report(
     lines: dict[tuple[str, str | None], Line] = {}
     width = len(levels)
     summed = slice(width, width + len(SUMMED))
+    seen_at, extra_at = summed.stop, summed.stop + 2
+    # Without a limit every session's models, projects and clients are shown: read them in the
+    # same pass as the sums (one scan of the per-session rollup instead of two).
+    together = _SESSION_EXTRAS if session and limit is None else ()
+    joined: list[tuple[Line, tuple[str, str, str], int]] = []
+    plain = not labels  # group keys as they come, no time labels: the common case, inlined
     for source_rollup, start, end, sessions in pieces:
         source = _Source(source_rollup, dialect, minute, raw)
-        for row in _query(db, source, levels, session, source.where(start, end, filters, sessions)):
-            key = names(row)
+        for row in _query(db, source, levels, session, source.where(start, end, filters, sessions), together):
+            key = (row[0] or NONE, (row[1] or NONE) if breakdown else None) if plain else names(row)
             line = lines.get(key)
             if line is None:
-                line = lines[key] = Line(*key)
-            line.add(row[summed], row[summed.stop], row[summed.stop + 1])
+                sums = list(row[summed])
+                if None in sums:
+                    sums = [value or 0 for value in sums]
+                line = lines[key] = Line(key[0], key[1], sums, row[seen_at], row[seen_at + 1])
+            else:
+                line.add(row[summed], row[seen_at], row[seen_at + 1])
+            if together:
+                joined.append((line, row[extra_at : extra_at + 3], row[extra_at + 3]))
     imported, imported_notes = _imported_lines(db, levels, since, until, filters, tz, labels)
     notes += imported_notes
     every = [*lines.values(), *imported]
@@ -638,15 +679,35 @@ def report(
         total.last_at = max((line.last_at for line in seen if line.last_at), default=None)
     if total.inexact:
         notes.append(f"{total.inexact} amounts are not fixed-point decimals of at most 24 places and are not in the totals")
-    ordered = _ordered(every, by, breakdown)
+    ordered = _ordered(every, by, breakdown, unique=not imported)
     if limit is not None:
         groups = list(dict.fromkeys(line.group for line in ordered))
         if len(groups) > limit:
             kept = set(groups[-limit:] if by in TIME_GROUPINGS else groups[:limit]) if limit else set()
             ordered = [line for line in ordered if line.group in kept]
             notes.append(f"{limit} of {len(groups)} {by} groups shown; the total covers all")
-    if session:
-        # Models, projects and clients only for the sessions shown (all of them without a limit).
+    commas = False
+    for line, (models, projects, clients), count in joined:
+        split = models.split(","), projects.split(","), clients.split(",")
+        if len(split[0]) != count or len(split[1]) != count or len(split[2]) != count:
+            commas = True
+            break
+        line.models.update(split[0])
+        line.projects.update(split[1])
+        line.clients.update(split[2])
+    if together and not commas:
+        for line in lines.values():
+            # '' is how the rollups store "none".
+            line.models.discard("")
+            line.projects.discard("")
+            line.clients.discard("")
+    elif session:
+        # Models, projects and clients only for the sessions shown (all of them without a limit);
+        # also when a value holds a comma, which the joined lists cannot tell from two values.
+        for line in lines.values():
+            line.models.clear()
+            line.projects.clear()
+            line.clients.clear()
         groups_shown = {line.group for line in ordered} | ({""} if any(line.group == NONE for line in ordered) else set())
         shown = None if limit is None else ("session", "IN", json.dumps(sorted(groups_shown)))
         for source_rollup, start, end, sessions in pieces:
@@ -763,7 +824,12 @@ def _imported_lines(
     return list(out.values()), notes
 
 
-def _ordered(lines: list[Line], by: str, breakdown: str | None) -> list[Line]:
+def _ordered(lines: list[Line], by: str, breakdown: str | None, unique: bool = False) -> list[Line]:
+    if unique and breakdown is None:
+        # One line per group (no breakdown, no imported lines): the same order, keyed directly.
+        if by in TIME_GROUPINGS:
+            return sorted(lines, key=lambda line: line.group or "")
+        return sorted(lines, key=lambda line: (-(line.sums[_PICO] * rollups.PICO + line.sums[_YOCTO]), line.group or ""))
     def order(level: str | None, key: str | None, cost: int) -> tuple[Any, ...]:
         return (key or "",) if level in TIME_GROUPINGS else (-cost, key or "")
 
@@ -794,6 +860,39 @@ def as_document(result: Report, free: FreeUsage | None = None) -> dict[str, Any]
     if free is not None:
         document["free"] = free.as_dict()
     return document
+
+
+# The C encoder (json.dumps without indent) with separators that put each item of a row on its
+# own line, indented as json.dumps(..., indent=2) indents a row of the document's "rows".
+_ROW_ITEMS = json.JSONEncoder(separators=(",\n      ", ": ")).encode
+# Between two rows of that encoding of a list of rows. Encoded strings escape newlines, so this
+# text (with a real newline) appears nowhere else.
+_BETWEEN_ROWS = "},\n      {"
+_STRING = json.encoder.encode_basestring_ascii
+_ROWS_PLACEHOLDER = '"rows": []'
+
+
+def document_text(result: Report, free: FreeUsage | None = None) -> str:
+    """`json.dumps(as_document(result, free), indent=2)`, the same text, several times faster:
+    json's indenting encoder is pure Python, so each row's flat items go through the C encoder in
+    one call and only its lists (a session's models, projects, clients) are indented here."""
+    session = result.by == "session"
+    document = as_document(Report(result.by, result.breakdown, result.since, result.until, [], result.total, result.notes), free)
+    text = json.dumps(document, indent=2)
+    if not result.lines:
+        return text
+    # Every row's flat items in one call of the C encoder, cut back into rows.
+    flat = _ROW_ITEMS([line.scalars(session) for line in result.lines])[2:-2].split(_BETWEEN_ROWS)
+    rows = []
+    for line, items in zip(result.lines, flat, strict=True):
+        row = "    {\n      " + items
+        if session:
+            for name, values in line.lists():
+                listed = "[\n        " + ",\n        ".join(map(_STRING, values)) + "\n      ]" if values else "[]"
+                row += f',\n      "{name}": {listed}'
+        rows.append(row + "\n    }")
+    at = text.index(_ROWS_PLACEHOLDER)  # the first: keys before it (by, since...) hold no such text
+    return text[:at] + '"rows": [\n' + ",\n".join(rows) + "\n  ]" + text[at + len(_ROWS_PLACEHOLDER) :]
 
 
 @dataclass(frozen=True, slots=True)
