@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from proxy.cli.main import main
 from proxy.config import MetricsConfig, UiConfig
 from proxy.store.records import UsageRecord
-from proxy.store.sqlite import encode_record, REQUEST_COLUMNS
+from proxy.store.sqlite import encode_record, encode_time, REQUEST_COLUMNS
 
 KEY = "sk-or-v1-test-" + "cd" * 20
 XSS = "<img src=x onerror=window.__xss=1>"
@@ -189,6 +189,109 @@ async def test_sessions_have_first_last_seen_models_and_exact_cost(proxy: Any) -
         assert row["first_seen"] <= row["last_seen"]
     s0 = next(r for r in sessions["rows"] if r["group"] == "s0")
     assert s0["models"] == sorted({"openai/gpt-4o", "anthropic/claude-sonnet-4", "meta-llama/llama-3.1-8b-instruct"})
+
+
+def spread_rows() -> list[UsageRecord]:
+    """60 days of known rows: 12 sessions (more than the chart's 8 series), some running across the
+    30-day and 7-day marks (so they straddle a range's start), several models, projects and keys,
+    errors, refusals and costs unknown."""
+    now = datetime.now(UTC)
+    models = [("openai/gpt-4o", "0.0123"), ("anthropic/claude-sonnet-4", "0.2101"), ("meta-llama/llama-3.1-8b-instruct", "0.00007")]
+    rows = []
+    for i in range(240):
+        model, cost = models[i % 3]
+        at = now - timedelta(hours=i * 6 + (i % 5))
+        kind = i % 11
+        rows.append(record(
+            id=f"w{i}", started_at=at, finished_at=at, model=model, project=("acme", "beta", None)[i % 3],
+            session=f"s{(i // 3) % 12:02}" if i % 13 else None, key_alias=("alice", None)[i % 2], client=("aider", "codex")[i % 2],
+            outcome="blocked" if kind == 0 else "upstream_error" if kind == 1 else "ok", status=402 if kind == 0 else 200,
+            cost_usd=None if kind == 0 else Decimal(cost) + Decimal(i) / 100000 + Decimal("0.000000000000000001") * i,
+            cost_reported_usd=None if i % 4 == 0 else Decimal(cost), cost_catalog_usd=None if i % 5 == 0 else Decimal(cost) * Decimal("0.98"),
+            cached_tokens=i * 10, input_tokens=1000 + i, cache_write_tokens=i % 3,
+        ))
+    return rows
+
+
+def _in_range(rows: list[UsageRecord], since: str | None) -> list[UsageRecord]:
+    if since is None:
+        return rows
+    start = datetime.now(UTC) - timedelta(days=int(since.rstrip("d")))
+    return [r for r in rows if r.started_at >= start]
+
+
+def _group_of(r: UsageRecord, by: str) -> str:
+    value = (r.key_alias or r.key_fingerprint) if by == "key" else getattr(r, by)
+    return value or "(none)"
+
+
+def raw_groups(rows: list[UsageRecord], by: str) -> list[dict[str, Any]]:
+    """What /-/sessions said when it summed raw rows: every group, costliest first."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        row = out.setdefault(_group_of(r, by), {"requests": 0, "errors": 0, "models": set(), "cost": Decimal(0), "at": []})
+        row["requests"] += 1
+        row["errors"] += r.outcome != "ok"
+        row["models"].add(r.model)
+        row["cost"] += r.cost_usd or 0
+        row["at"].append(r.started_at)
+    ranked = sorted(out.items(), key=lambda item: (-item[1]["cost"], item[0]))
+    return [
+        {"group": name, "first_seen": encode_time(min(g["at"])), "last_seen": encode_time(max(g["at"])), "requests": g["requests"],
+         "errors": g["errors"], "models": sorted(g["models"]), "cost_usd": str(g["cost"])}
+        for name, g in ranked
+    ]
+
+
+def raw_series(rows: list[UsageRecord], by: str, step: str) -> dict[str, dict[str, Any]]:
+    """The chart the raw-row version drew: per series its exact total and non-zero cells (UTC)."""
+    cells: dict[tuple[str, str], Decimal] = {}
+    totals: dict[str, Decimal] = {}
+    for r in rows:
+        bucket = r.started_at.strftime("%Y-%m-%d %H:00") if step == "hour" else r.started_at.date().isoformat()
+        group = "total" if by == "day" else _group_of(r, by)
+        cells[(bucket, group)] = cells.get((bucket, group), Decimal(0)) + (r.cost_usd or 0)
+        totals[group] = totals.get(group, Decimal(0)) + (r.cost_usd or 0)
+    ranked = sorted(totals, key=lambda g: (-totals[g], g))
+    named = {g: g for g in ranked[:8]} | {g: "other" for g in ranked[8:]}
+    out: dict[str, dict[str, Any]] = {}
+    for (bucket, group), cost in cells.items():
+        series = out.setdefault(named[group], {"total": Decimal(0), "cells": {}})
+        series["cells"][bucket] = series["cells"].get(bucket, Decimal(0)) + cost
+    for group, total in totals.items():
+        out[named[group]]["total"] += total
+    return {name: {"total": float(s["total"]), "cells": {b: float(v) for b, v in s["cells"].items() if v}} for name, s in out.items()}
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+async def test_sessions_and_timeseries_equal_the_raw_row_answers(proxy: Any, pruned: bool) -> None:
+    """Both read the rollups (sessions by session over a long range from the per-session one):
+    the same answers as summing the rows, also once retention deleted the raw rows."""
+    rows = spread_rows()
+    insert(proxy.db_path, rows)
+    if pruned:
+        db = sqlite3.connect(proxy.db_path)
+        db.execute("DELETE FROM requests WHERE started_at < ?", (encode_time(datetime.now(UTC) - timedelta(days=40)),))
+        db.commit()
+        db.close()
+    for since in ("7d", "30d", None):
+        kept = _in_range(rows, since)
+        span = f"since={since}&" if since else ""
+        for by in ("session", "model", "project", "key", "client"):
+            got = (await _json(proxy, f"/-/sessions?{span}limit=5&by={by}"))["rows"]
+            # The same amounts; the rollups print them without trailing zeros.
+            for row in got:
+                row["cost_usd"] = Decimal(row["cost_usd"])
+            assert got == [row | {"cost_usd": Decimal(row["cost_usd"])} for row in raw_groups(kept, by)[:5]], (since, by)
+        for by in ("session", "model", "key"):
+            for step in ("day", "hour"):
+                chart = await _json(proxy, f"/-/timeseries?{span}step={step}&by={by}")
+                got_series = {
+                    s["name"]: {"total": s["total"], "cells": {b: v for b, v in zip(chart["buckets"], s["values"]) if v}}
+                    for s in chart["series"]
+                }
+                assert got_series == raw_series(kept, by, step), (since, by, step)
+                assert [s["name"] for s in chart["series"]][-1:] != ["other"] or len(chart["series"]) == 9
 
 
 @pytest.mark.parametrize("cost", ["0.0000000000001234", "12345.123456789", "999.999999999999", "8999.999999999999", "0", "7"])

@@ -19,6 +19,7 @@ from proxy.pricing.calculator import PriceHistory, logged_request, price_changes
 from proxy.pricing.catalog import Catalog
 from proxy.store.sqlite import encode_time, read_requests
 from proxy.tables import render as render_rows
+from proxy.web import summed
 from proxy.web.query import BadQuery, Query
 
 # How a report group is spelled in SQL; the same values `report.group_of` gives ("(none)" for empty).
@@ -120,11 +121,7 @@ def _exactly(value: str) -> str:
 def report(db: sqlite3.Connection, query: Query, free_daily_limit: int, now: datetime) -> dict[str, Any]:
     """The document `report --by {by} --since {since} --format json` prints, filters applied: the
     same query and the same document (proxy/store/reports.py) as the CLI."""
-    wanted: dict[str, list[str]] = {"project": [], "model": [], "session": [], "key": [], "client": []}
-    for column, value in query.filters:
-        wanted[column].append(_exactly(value))
-    filters = reports.Filters(*(tuple(wanted[name]) for name in ("project", "model", "session", "key", "client")))
-    result = reports.report(db, query.by, since=query.since, until=query.until, filters=filters, tz=query.tz)
+    result = reports.report(db, query.by, since=query.since, until=query.until, filters=_filters(query), tz=query.tz)
     return reports.as_document(result, reports.free_usage(db, now, free_daily_limit))
 
 
@@ -132,37 +129,84 @@ def free(db: sqlite3.Connection, free_daily_limit: int, now: datetime) -> dict[s
     return reports.free_usage(db, now, free_daily_limit).as_dict()
 
 
+def _filters(query: Query) -> reports.Filters:
+    wanted: dict[str, list[str]] = {"project": [], "model": [], "session": [], "key": [], "client": []}
+    for column, value in query.filters:
+        wanted[column].append(_exactly(value))
+    return reports.Filters(*(tuple(wanted[name]) for name in ("project", "model", "session", "key", "client")))
+
+
+def _name(group: str) -> str:
+    return group or reports.NONE
+
+
 def timeseries(db: sqlite3.Connection, query: Query, now: datetime) -> dict[str, Any]:
     """Spend per hour or day (in `tz`), one series per group: the biggest few, the rest as "other".
 
-    SQLite sums per UTC hour (the started_at index keeps it a range scan); Python folds the hours
-    into local buckets, which SQL cannot do across DST changes. Chart values are floats.
+    Read from the rollups per UTC hour (per UTC day where that is a local day); Python folds the
+    hours into local buckets, which SQL cannot do across DST changes. Sums are exact integers until
+    the chart's floats. By session only the top few sessions are read per period: "other" is each
+    bucket's total less theirs.
     """
-    group = GROUP_SQL[query.by] if query.by != "day" else "'total'"
-    where, params = _where(query)
-    cursor = db.execute(
-        f"SELECT substr(started_at, 1, 13) AS hour, {group} AS grp, TOTAL(cost_usd), COUNT(*)"
-        f" FROM requests{where} GROUP BY hour, grp",
-        params,
-    )
-    cells: dict[tuple[str, str], float] = {}
-    totals: dict[str, float] = {}
-    first: datetime | None = None
-    for hour, grp, cost, _count in cursor:
-        moment = datetime.fromisoformat(hour + ":00:00+00:00")
-        first = moment if first is None or moment < first else first
-        label = _bucket(moment, query)
-        cells[(label, grp)] = cells.get((label, grp), 0.0) + cost
-        totals[grp] = totals.get(grp, 0.0) + cost
-    start = query.since or first or now
+    filters = _filters(query)
+    hourly = query.step == "hour"
+    labels_of: dict[str, str] = {}
+    first: list[str] = []
+
+    def fold(rows: Iterable[tuple[str, str, int]], cells: dict[tuple[str, str], int], totals: dict[str, int]) -> None:
+        for period, group, cost in rows:
+            label = labels_of.get(period)
+            if label is None:
+                label = labels_of[period] = _bucket(_period_start(period), query)
+                if not first or period < first[0]:
+                    first[:] = [period]
+            key = (label, group)
+            cells[key] = cells.get(key, 0) + cost
+            totals[group] = totals.get(group, 0) + cost
+
+    cells: dict[tuple[str, str], int] = {}
+    totals: dict[str, int] = {}
+    rest: set[str] = set()
+    if query.by == "session":
+        found_in = summed.group_pieces(db, "session", query.since, query.until, filters)
+        top, more = summed.top_groups(db, "session", found_in, filters, SERIES)
+        names = [_name(g.name) for g in top]
+        fold(summed.series(db, "session", query.since, query.until, filters, query.tz, hourly, [g.name for g in top]), cells, totals)
+        if more:
+            bucket_cells: dict[tuple[str, str], int] = {}
+            bucket_totals: dict[str, int] = {}
+            fold(summed.series(db, "day", query.since, query.until, filters, query.tz, hourly), bucket_cells, bucket_totals)
+            for (label, _), cost in bucket_cells.items():
+                kept = sum(cells.get((label, g.name), 0) for g in top)
+                cells[(label, "\0other")] = cost - kept
+            totals["\0other"] = sum(bucket_totals.values()) - sum(totals.get(g.name, 0) for g in top)
+            rest = {"\0other"}
+        shown = [g.name for g in top]
+        totals.update((g.name, g.cost) for g in top)
+    else:
+        fold(summed.series(db, query.by, query.since, query.until, filters, query.tz, hourly), cells, totals)
+        ranked = sorted(totals, key=lambda g: (-totals[g], _name(g) if query.by != "day" else "total"))
+        shown, rest = ranked[:SERIES], set(ranked[SERIES:])
+        names = [_name(g) if query.by != "day" else "total" for g in shown]
+    start = query.since or (_period_start(first[0]) if first else now)
     labels = list(_labels(start, query.until or now, query))
-    ranked = sorted(totals, key=lambda g: (-totals[g], g))
-    shown, rest = ranked[:SERIES], set(ranked[SERIES:])
-    series = [{"name": g, "total": totals[g], "values": [cells.get((b, g), 0.0) for b in labels]} for g in shown]
+    out = [
+        {"name": name, "total": summed.usd(totals[g]), "values": [summed.usd(cells.get((b, g), 0)) for b in labels]}
+        for name, g in zip(names, shown)
+    ]
     if rest:
-        values = [sum(cells.get((b, g), 0.0) for g in rest) for b in labels]
-        series.append({"name": "other", "total": sum(totals[g] for g in rest), "values": values})
-    return {"by": query.by, "step": query.step, "tz": str(query.tz), "buckets": labels, "series": series}
+        # One pass over the cells: buckets times groups would be millions of look-ups.
+        other: dict[str, int] = {}
+        for (bucket, group), cost in cells.items():
+            if group in rest:
+                other[bucket] = other.get(bucket, 0) + cost
+        out.append({"name": "other", "total": summed.usd(sum(totals[g] for g in rest)), "values": [summed.usd(other.get(b, 0)) for b in labels]})
+    return {"by": query.by, "step": query.step, "tz": str(query.tz), "buckets": labels, "series": out}
+
+
+def _period_start(period: str) -> datetime:
+    # A rollup period: a UTC hour ('2026-11-20T13') or day ('2026-11-20').
+    return datetime.fromisoformat(period + (":00" if len(period) == 13 else "T00:00")).replace(tzinfo=UTC)
 
 
 def _bucket(moment: datetime, query: Query) -> str:
@@ -202,37 +246,13 @@ def recent(db: sqlite3.Connection, query: Query) -> list[dict[str, Any]]:
 
 
 def groups(db: sqlite3.Connection, query: Query) -> list[dict[str, Any]]:
-    """Top groups (sessions by default) with first and last seen, requests, models and exact cost."""
-    try:
-        return _groups(db, query, _exact_sum("cost_usd"))
-    except (_Inexact, sqlite3.OperationalError):  # more than 12 decimals, or past SQLite's integers
-        return _groups(db, query, "decsum(cost_usd), NULL")
-
-
-def _groups(db: sqlite3.Connection, query: Query, cost_sql: str) -> list[dict[str, Any]]:
-    group = GROUP_SQL[query.by]
-    where, params = _where(query)
-    cursor = db.execute(
-        f"SELECT {group} AS grp, MIN(started_at), MAX(started_at), COUNT(*),"
-        f" SUM(outcome != 'ok'), GROUP_CONCAT(DISTINCT model), {cost_sql}"
-        f" FROM requests{where} GROUP BY grp ORDER BY TOTAL(cost_usd) DESC, grp LIMIT ?",
-        [*params, query.limit],
-    )
-    rows = []
-    for grp, first, last, count, errors, models, cost, places in cursor:
-        exact = _sum_text(cost, places)
-        rows.append(
-            {
-                "group": grp,
-                "first_seen": first,
-                "last_seen": last,
-                "requests": count,
-                "errors": errors,
-                "models": sorted(set(models.split(","))) if models else [],
-                "cost_usd": exact if exact is not None else "0",
-            }
-        )
-    return rows
+    """Top groups (sessions by default) with first and last seen, requests, models and exact cost,
+    ranked and limited in SQL over the rollups."""
+    filters = _filters(query)
+    found_in = summed.group_pieces(db, query.by, query.since, query.until, filters)
+    top, _ = summed.top_groups(db, query.by, found_in, filters, query.limit)
+    summed.add_models(db, query.by, found_in, filters, top)
+    return [summed.as_group_row(group) for group in top]
 
 
 def cache_and_drift(db: sqlite3.Connection, query: Query, catalog: Catalog) -> dict[str, Any]:
