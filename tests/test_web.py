@@ -264,9 +264,10 @@ def raw_series(rows: list[UsageRecord], by: str, step: str) -> dict[str, dict[st
 
 
 @pytest.mark.parametrize("pruned", [False, True])
-async def test_sessions_and_timeseries_equal_the_raw_row_answers(proxy: Any, pruned: bool) -> None:
-    """Both read the rollups (sessions by session over a long range from the per-session one):
-    the same answers as summing the rows, also once retention deleted the raw rows."""
+async def test_sessions_timeseries_and_cache_equal_the_raw_row_answers(proxy: Any, pruned: bool) -> None:
+    """All read the rollups (sessions by session over a long range from the per-session one, the
+    cache view's billed and catalog cost from the hourly one): the same answers as summing the
+    rows, also once retention deleted the raw rows."""
     rows = spread_rows()
     insert(proxy.db_path, rows)
     if pruned:
@@ -292,6 +293,39 @@ async def test_sessions_and_timeseries_equal_the_raw_row_answers(proxy: Any, pru
                 }
                 assert got_series == raw_series(kept, by, step), (since, by, step)
                 assert [s["name"] for s in chart["series"]][-1:] != ["other"] or len(chart["series"]) == 9
+        for narrow, chosen in (("", kept), ("project=acme&", [r for r in kept if r.project == "acme"])):
+            cache = await _json(proxy, f"/-/cache?{span}{narrow}".rstrip("&?"))
+            assert {m["model"]: strip_saved(m) for m in cache["models"]} == raw_cache(chosen), (since, narrow)
+            both = [r for r in chosen if r.cost_reported_usd is not None and r.cost_catalog_usd is not None]
+            assert Decimal(cache["billed_usd"]) == sum(r.cost_reported_usd or 0 for r in both)
+            assert Decimal(cache["drift_usd"]) == sum((r.cost_reported_usd or 0) - (r.cost_catalog_usd or 0) for r in both)
+
+
+def strip_saved(model: dict[str, Any]) -> dict[str, Any]:
+    """A /-/cache model line without what today's catalog decides, money as Decimal."""
+    out = {k: v for k, v in model.items() if k not in ("model", "saved_usd")}
+    for name in ("billed_usd", "catalog_usd", "drift_usd"):
+        out[name] = None if out[name] is None else Decimal(out[name])
+    return out
+
+
+def raw_cache(rows: list[UsageRecord]) -> dict[str, dict[str, Any]]:
+    """What /-/cache said when it summed raw rows (bar the savings, priced from the catalog)."""
+    out: dict[str, dict[str, Any]] = {}
+    for model in {r.model for r in rows}:
+        mine = [r for r in rows if r.model == model]
+        both = [r for r in mine if r.cost_reported_usd is not None and r.cost_catalog_usd is not None]
+        inputs, cached = sum(r.input_tokens or 0 for r in mine), sum(r.cached_tokens or 0 for r in mine)
+        billed = sum((r.cost_reported_usd or Decimal(0) for r in both), Decimal(0)) if both else None
+        listed = sum((r.cost_catalog_usd or Decimal(0) for r in both), Decimal(0)) if both else None
+        out[model or "(none)"] = {
+            "requests": len(mine), "input_tokens": inputs, "cached_tokens": cached,
+            "cache_write_tokens": sum(r.cache_write_tokens or 0 for r in mine),
+            "cache_share": round(cached / inputs, 4) if inputs else None, "compared_requests": len(both),
+            "billed_usd": billed, "catalog_usd": listed,
+            "drift_usd": None if billed is None or listed is None else billed - listed,
+        }
+    return out
 
 
 @pytest.mark.parametrize("cost", ["0.0000000000001234", "12345.123456789", "999.999999999999", "8999.999999999999", "0", "7"])

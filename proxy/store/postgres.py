@@ -183,6 +183,12 @@ def _m010_runtime_keys() -> list[str]:
     return []
 
 
+def _m011_money_parts() -> list[str]:
+    # SQLite's migration 11 lets its rollup trigger read the recorder's money parts; PostgreSQL has
+    # no rollups yet, so numbers only.
+    return []
+
+
 MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m001_requests,
     _m002_model_prices,
@@ -194,6 +200,7 @@ MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m008_imported_activity,
     _m009_hourly_rollup,
     _m010_runtime_keys,
+    _m011_money_parts,
 )
 
 # Any fixed number: replicas starting together take turns migrating.

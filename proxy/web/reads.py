@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from proxy.store import reports
+from proxy.store import reports, rollups
 from proxy.pricing.calculator import PriceHistory, logged_request, price_changes, whatif_rows
 from proxy.pricing.catalog import Catalog
 from proxy.store.sqlite import encode_time, read_requests
@@ -256,67 +256,51 @@ def groups(db: sqlite3.Connection, query: Query) -> list[dict[str, Any]]:
 
 
 def cache_and_drift(db: sqlite3.Connection, query: Query, catalog: Catalog) -> dict[str, Any]:
-    """Per model: cache reads and what they saved at today's catalog prices; billed vs catalog cost."""
-    try:
-        return _cache_and_drift(db, query, catalog, _exact_sum)
-    except (_Inexact, sqlite3.OperationalError):
-        return _cache_and_drift(db, query, catalog, lambda column: f"decsum({column}), NULL")
-
-
-def _cache_and_drift(
-    db: sqlite3.Connection, query: Query, catalog: Catalog, money_sum: Callable[[str], str]
-) -> dict[str, Any]:
-    where, params = _where(query)
-    cursor = db.execute(
-        "SELECT COALESCE(model, '(none)'), COUNT(*), TOTAL(input_tokens), TOTAL(cached_tokens),"
-        " TOTAL(cache_write_tokens),"
-        f" {money_sum('CASE WHEN cost_catalog_usd IS NOT NULL THEN cost_reported_usd END')},"
-        f" {money_sum('CASE WHEN cost_reported_usd IS NOT NULL THEN cost_catalog_usd END')},"
-        " SUM(cost_reported_usd IS NOT NULL AND cost_catalog_usd IS NOT NULL)"
-        f" FROM requests{where} GROUP BY 1",
-        params,
-    )
-    models = []
+    """Per model: cache reads and what they saved at today's catalog prices; billed vs catalog cost
+    over the requests that have both. From the hourly rollup: exact, and it survives retention
+    (hours pruned before migration 11 have no billed/catalog sums: their requests are not compared)."""
+    models: list[dict[str, Any]] = []
     saved_total = Decimal(0)
     billed_total = Decimal(0)
     catalog_total = Decimal(0)
-    for model, count, input_tokens, cached, written, billed_sum, billed_places, listed_sum, listed_places, compared in cursor:
-        billed = _sum_text(billed_sum, billed_places)
-        listed = _sum_text(listed_sum, listed_places)
-        entry = catalog.get(model) if model != "(none)" else None
+    for model, sums in summed.per_model(db, query.since, query.until, _filters(query)).items():
+        name = _name(model)
+        input_tokens, cached, compared = sums["input_tokens"], sums["cached_tokens"], sums["compared_requests"]
+        entry = catalog.get(model) if model else None
         saved: Decimal | None = None
         if entry is not None and cached:
             read_price = entry.pricing.input_cache_read
             if read_price is not None:
-                saved = (entry.pricing.prompt - read_price) * int(cached)
+                saved = (entry.pricing.prompt - read_price) * cached
                 saved_total += saved
-        billed_d = Decimal(billed) if billed is not None else None
-        listed_d = Decimal(listed) if listed is not None else None
-        if billed_d is not None and listed_d is not None:
-            billed_total += billed_d
-            catalog_total += listed_d
+        billed = listed = None
+        if compared:
+            billed = rollups.money_value(sums["billed_compared_usd_pico"], sums["billed_compared_usd_yocto"])
+            listed = rollups.money_value(sums["catalog_compared_usd_pico"], sums["catalog_compared_usd_yocto"])
+            billed_total += billed
+            catalog_total += listed
         models.append(
             {
-                "model": model,
-                "requests": count,
-                "input_tokens": int(input_tokens),
-                "cached_tokens": int(cached),
-                "cache_write_tokens": int(written),
+                "model": name,
+                "requests": sums["requests"],
+                "input_tokens": input_tokens,
+                "cached_tokens": cached,
+                "cache_write_tokens": sums["cache_write_tokens"],
                 "cache_share": round(cached / input_tokens, 4) if input_tokens else None,
                 "saved_usd": None if saved is None else str(saved),
-                "compared_requests": compared or 0,
-                "billed_usd": None if billed_d is None else str(billed_d),
-                "catalog_usd": None if listed_d is None else str(listed_d),
-                "drift_usd": None if billed_d is None or listed_d is None else str(billed_d - listed_d),
+                "compared_requests": compared,
+                "billed_usd": None if billed is None else format(billed, "f"),
+                "catalog_usd": None if listed is None else format(listed, "f"),
+                "drift_usd": None if billed is None or listed is None else format(billed - listed, "f"),
             }
         )
     models.sort(key=lambda m: (-m["cached_tokens"], m["model"]))
     return {
         "models": models,
         "saved_usd": str(saved_total),
-        "billed_usd": str(billed_total),
-        "catalog_usd": str(catalog_total),
-        "drift_usd": str(billed_total - catalog_total),
+        "billed_usd": format(billed_total, "f"),
+        "catalog_usd": format(catalog_total, "f"),
+        "drift_usd": format(billed_total - catalog_total, "f"),
     }
 
 

@@ -23,7 +23,7 @@ from proxy.store.reports import Filters
 from proxy.store.rollups import PICO
 
 # Each summed column's value for one raw row (alias r), as the triggers add it.
-_RAW_COST = rollups.counters("r")
+_RAW_COST = rollups.counters("r", (*rollups.MONEY, *rollups.COMPARED))
 
 
 @dataclass(slots=True)
@@ -191,6 +191,27 @@ def series(
         )
         for period, group, pico, yocto in cursor:
             yield period, group, (pico or 0) * PICO + (yocto or 0)
+
+
+CACHE_SUMS = (
+    "requests", "input_tokens", "cached_tokens", "cache_write_tokens", "compared_requests",
+    "billed_compared_usd_pico", "billed_compared_usd_yocto", "catalog_compared_usd_pico", "catalog_compared_usd_yocto",
+)
+
+
+def per_model(db: sqlite3.Connection, since: datetime | None, until: datetime | None, filters: Filters) -> dict[str, dict[str, int]]:
+    """Per model ('' for none): CACHE_SUMS over the range, from the hourly rollup (the one that
+    keeps billed and catalog cost over the rows that have both) and raw rows at the edges."""
+    found: dict[str, dict[str, int]] = {}
+    for rollup, start, end, _ in _pieces(db, since, until, daily=False):
+        source = _Source(db, rollup)
+        where, params = source.inner.where(start, end, filters)
+        sums = ", ".join(source.total(name) for name in CACHE_SUMS)
+        for model, *values in db.execute(f"SELECT {source.inner.dim('model')} AS g, {sums} FROM {source.table()}{where} GROUP BY g", params):
+            line = found.setdefault(model, dict.fromkeys(CACHE_SUMS, 0))
+            for name, value in zip(CACHE_SUMS, values):
+                line[name] += value or 0
+    return found
 
 
 def as_group_row(group: Group) -> dict[str, Any]:
