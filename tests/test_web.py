@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -558,3 +559,89 @@ def test_sql_money_sums_are_exact(values: list[Decimal]) -> None:
     for text in texts:
         expected += Decimal(text)
     assert _sum_text(units, places) == str(expected)
+
+
+def _entry(model_id: str, pricing: Any) -> Any:
+    from proxy.pricing.catalog import ModelEntry
+
+    return ModelEntry(id=model_id, name=model_id, canonical_slug=None, context_length=None, created=None, pricing=pricing, is_free=False)
+
+
+@pytest.mark.parametrize("since", [None, 3, 30])
+def test_whatif_from_token_sums_equals_pricing_every_request(tmp_path: Path, since: int | None) -> None:
+    """/-/whatif sums tokens in SQL per hour (minute), price version and long-context tier: the
+    same rows as pricing each logged request (whatif_rows), with tiers, time-of-day and weekday
+    prices, price history changing mid-hour, per-request fees, a discount, 1 h cache writes, web
+    search, a variable price, and counts the clamps in price() must see per request."""
+    import random
+
+    from proxy.pricing.calculator import PriceHistory, logged_request, whatif_rows
+    from proxy.pricing.catalog import Catalog, ModelPricing, PriceOverride, load_embedded, pricing_fingerprint
+    from proxy.store.sqlite import connect_readonly, prepare
+    from proxy.web import reads, routes
+    from proxy.web.query import Query
+
+    d = Decimal
+    rich = ModelPricing(
+        prompt=d("0.000001"), completion=d("0.000002"), request=d("0.001"), web_search=d("0.01"), input_cache_read=d("1E-7"),
+        input_cache_write=d("0.00000125"), input_cache_write_1h=d("0.000002"), internal_reasoning=d("0.000003"), discount=d("0.1"),
+        overrides=(
+            PriceOverride(prices=(("prompt", d("0.000002")),), min_prompt_tokens=200_000),
+            PriceOverride(prices=(("prompt", d("0.0000015")), ("completion", d("0.000004"))), min_prompt_tokens=100_000),
+            PriceOverride(prices=(("completion", d("0.000001")),), utc_start=130, utc_end=745),
+            PriceOverride(prices=(("input_cache_read", d("5E-8")),), utc_days=(5, 6)),
+        ),
+    )
+    plain_price = ModelPricing(prompt=d("0.000003"), completion=d("0.000015"), input_cache_read=d("3E-7"))
+    catalog = Catalog([*load_embedded().models, _entry("t/rich", rich), _entry("t/history", plain_price),
+                       _entry("t/variable", ModelPricing(prompt=d(0), completion=d(0), variable=True))])
+    now = datetime.now(UTC).replace(microsecond=0)
+    older = ModelPricing(prompt=d("0.000005"), completion=d("0.00002"))
+    path = tmp_path / "u.db"
+    prepare(path)
+    rng = random.Random(11)
+    changes = [now - timedelta(days=9, minutes=17), now - timedelta(days=5, minutes=31, seconds=7), now - timedelta(days=2, minutes=3)]
+    # Few hours, many requests each: the hours of the price changes, of the 01:30 time-of-day
+    # boundary, and a few more, so requests that price differently share an hour.
+    slots = [c.replace(minute=0, second=0) for c in changes] + [
+        (now - timedelta(days=n)).replace(hour=hour, minute=0, second=0) for n, hour in ((1, 1), (4, 7), (12, 1), (20, 13), (33, 7))
+    ]
+    rows = []
+    for i in range(400):
+        at = rng.choice(slots) + timedelta(minutes=rng.randrange(60), seconds=rng.randrange(60))
+        prompt = rng.choice([None, 0, 500, 99_999, 100_000, 100_001, 150_000, 200_000, 200_001, 350_000])
+        output = rng.choice([None, 0, 10, 4000])
+        rows.append(record(
+            id=f"q{i}", started_at=at, finished_at=at, model=rng.choice(["openai/gpt-4o", "t/rich", None]),
+            input_tokens=prompt, output_tokens=output, cached_tokens=rng.choice([None, 0, 400, 120_000]),
+            cache_write_tokens=rng.choice([None, 0, 64, 90_000]), cache_write_1h_tokens=rng.choice([None, 0, 32, 100_000]),
+            reasoning_tokens=rng.choice([None, 0, 5, 5000]), web_search_requests=rng.choice([None, 0, 2]),
+            cost_usd=rng.choice([None, d("0.0123"), d("0.000000000000000000000001"), d("1.5")]),
+            cost_catalog_usd=rng.choice([None, d("0.01"), d("0.00000000000001")]),
+            project=rng.choice(["acme", "beta"]),
+        ))
+    insert(path, rows)
+    db = sqlite3.connect(path)
+    with db:
+        # t/history cost more until a moment inside an hour 2 days ago, and once more 9 days ago.
+        db.executemany("INSERT INTO model_prices (model_id, pricing, first_seen_at) VALUES (?, ?, ?)", [
+            ("t/history", pricing_fingerprint(older), (now - timedelta(days=60)).isoformat()),
+            ("t/history", pricing_fingerprint(plain_price), changes[0].isoformat()),
+            ("t/history", pricing_fingerprint(older), changes[1].isoformat()),
+            ("t/history", pricing_fingerprint(plain_price), changes[2].isoformat()),
+        ])
+    db.close()
+    start = None if since is None else now - timedelta(days=since)
+    # With t/rich (a time-of-day price) requests are summed per minute, without it per hour.
+    for targets, query in (
+        (("t/rich", "t/history", "t/variable", "anthropic/claude-sonnet-4"), Query(since=start)),
+        (("t/history", "anthropic/claude-sonnet-4"), Query(since=start)),
+        (("t/rich", "t/history"), Query(since=start, filters=(("project", "acme"),))),
+    ):
+        got = routes.call(path, reads.whatif, (query, catalog, targets))
+        with contextlib.closing(connect_readonly(path)) as reader:
+            history = PriceHistory(reads._history(reader))
+            where, params = reads._where(query)
+            logged = [logged_request(dict(r)) for r in reader.execute(f"SELECT * FROM requests{where} ORDER BY started_at", params)]
+        assert got == reads._json_rows(whatif_rows(logged, catalog, targets, None, history))
+        assert got[2]["unpriced"] < got[2]["requests"] and got[-1]["cost"] != "0"

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from proxy.store import reports, rollups
-from proxy.pricing.calculator import PriceHistory, logged_request, price_changes, whatif_rows
+from proxy.pricing.calculator import PriceHistory, TokenSums, logged_request, price_changes, resolve, whatif_sum_rows
 from proxy.pricing.catalog import Catalog
 from proxy.store.sqlite import encode_time, read_requests
 from proxy.tables import render as render_rows
@@ -320,10 +320,56 @@ def changes(db: sqlite3.Connection, search: str | None) -> list[Any]:
 
 
 def whatif(db: sqlite3.Connection, query: Query, catalog: Catalog, targets: Iterable[str]) -> list[Any]:
+    """`whatif`'s rows for the range, from token sums SQLite groups so that every request in a group
+    prices alike on every target: same UTC hour (minute, when a target's price depends on the time
+    of day), same price-history version and same long-context tier. Exact; still one pass over the
+    raw rows in range (so not over rows retention deleted, as before)."""
+    history = PriceHistory(_history(db))
+    entries = [resolve(catalog, target) for target in targets]
+    pricings = [e.pricing for e in entries] + [p for e in entries for _, p in history.pricings(e.id)]
+    overrides = [o for p in pricings for o in p.overrides]
+    tiers = sorted({o.min_prompt_tokens for o in overrides if o.min_prompt_tokens is not None})
+    changes = sorted({encode_time(seen) for e in entries for seen, _ in history.pricings(e.id)})
+    width = 16 if any(o.utc_start is not None or o.utc_end is not None for o in overrides) else 13
     where, params = _where(query)
-    rows = db.execute(f"SELECT * FROM requests{where} ORDER BY started_at", params)
-    requests = [logged_request(dict(r)) for r in rows]
-    return _json_rows(whatif_rows(requests, catalog, tuple(targets), None, PriceHistory(_history(db))))
+    tier = " + ".join("(COALESCE(input_tokens, 0) > ?)" for _ in tiers) or "0"
+    version = " + ".join("(started_at >= ?)" for _ in changes) or "0"
+    cursor = db.execute(
+        f"SELECT substr(started_at, 1, {width}), {tier}, {version}, (input_tokens IS NOT NULL OR output_tokens IS NOT NULL),"
+        " COUNT(*), MIN(started_at), MIN(COALESCE(input_tokens, 0)),"
+        " SUM(MAX(0, COALESCE(input_tokens, 0) - COALESCE(cached_tokens, 0) - COALESCE(cache_write_tokens, 0))),"
+        " SUM(COALESCE(cached_tokens, 0)), SUM(COALESCE(cache_write_tokens, 0)),"
+        " SUM(MIN(COALESCE(cache_write_1h_tokens, 0), COALESCE(cache_write_tokens, 0))), SUM(COALESCE(output_tokens, 0)),"
+        " SUM(MIN(COALESCE(reasoning_tokens, 0), COALESCE(output_tokens, 0))), SUM(COALESCE(web_search_requests, 0))"
+        f" FROM requests{where} GROUP BY 1, 2, 3, 4",
+        [*tiers, *changes, *params],
+    )
+    groups = [
+        TokenSums(datetime.fromisoformat(first), prompt, count, bool(priced), *sums)
+        for _, _, _, priced, count, first, prompt, *sums in cursor
+    ]
+    return _json_rows(whatif_sum_rows(_logged(db, where, params), groups, catalog, tuple(targets), history))
+
+
+def _logged(db: sqlite3.Connection, where: str, params: list[Any]) -> list[tuple[int, int, Decimal]]:
+    """(requests, unpriced, exact sum) of cost_usd and of cost_catalog_usd, as whatif_rows counts them."""
+    try:
+        return _logged_sums(db, where, params, _exact_sum)
+    except (_Inexact, sqlite3.OperationalError):  # more than 12 decimals, or past SQLite's integers
+        return _logged_sums(db, where, params, lambda column: f"decsum({column}), NULL")
+
+
+def _logged_sums(db: sqlite3.Connection, where: str, params: list[Any], money_sum: Callable[[str], str]) -> list[tuple[int, int, Decimal]]:
+    row = db.execute(
+        f"SELECT COUNT(*), SUM(cost_usd IS NULL), SUM(cost_catalog_usd IS NULL), {money_sum('cost_usd')}, {money_sum('cost_catalog_usd')}"
+        f" FROM requests{where}",
+        params,
+    ).fetchone()
+    count, unpriced, unlisted, spent, spent_places, listed, listed_places = row
+    return [
+        (count, unpriced or 0, Decimal(_sum_text(spent, spent_places) or 0)),
+        (count, unlisted or 0, Decimal(_sum_text(listed, listed_places) or 0)),
+    ]
 
 
 def _json_rows(rows: Any) -> list[Any]:
