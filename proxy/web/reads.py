@@ -15,23 +15,15 @@ from decimal import Decimal
 from typing import Any
 
 from proxy.store import reports, rollups
-from proxy.pricing.calculator import PriceHistory, TokenSums, logged_request, price_changes, resolve, whatif_sum_rows
+from proxy.pricing.calculator import PriceHistory, TokenSums, price_changes, resolve, whatif_sum_rows
 from proxy.pricing.catalog import Catalog
-from proxy.store.sqlite import encode_time, read_requests
+from proxy.store.sqlite import encode_time
 from proxy.tables import render as render_rows
 from proxy.web import summed
 from proxy.web.query import BadQuery, Query
 
-# How a report group is spelled in SQL; the same values `report.group_of` gives ("(none)" for empty).
-GROUP_SQL = {
-    "model": "COALESCE(NULLIF(model, ''), '(none)')",
-    "provider": "COALESCE(NULLIF(provider, ''), '(none)')",
-    "project": "COALESCE(NULLIF(project, ''), '(none)')",
-    "session": "COALESCE(NULLIF(session, ''), '(none)')",
-    "client": "COALESCE(NULLIF(client, ''), '(none)')",
-    "endpoint": "COALESCE(NULLIF(endpoint, ''), '(none)')",
-    "key": "COALESCE(NULLIF(key_alias, ''), NULLIF(key_fingerprint, ''), '(none)')",
-}
+# What the chart and the top lists group by (`by=`); "(none)" names a missing value.
+GROUPS = ("model", "provider", "project", "session", "client", "endpoint", "key")
 MAX_BUCKETS = 2_400
 SERIES = 8
 
@@ -102,15 +94,6 @@ def _where(query: Query, *, since: datetime | None = None) -> tuple[str, list[An
             clauses.append(f"{name} = ?")
             params.append(value)
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
-
-
-def _rows(db: sqlite3.Connection, query: Query) -> Iterator[sqlite3.Row]:
-    if not query.filters and query.until is None:
-        # The CLI's own reader, so an unfiltered report is the CLI's report.
-        yield from read_requests(db, query.since)
-        return
-    where, params = _where(query)
-    yield from db.execute(f"SELECT * FROM requests{where} ORDER BY started_at", params)
 
 
 def _exactly(value: str) -> str:
