@@ -154,18 +154,11 @@ def timeseries(db: sqlite3.Connection, query: Query, now: datetime) -> dict[str,
         found_in = summed.group_pieces(db, "session", query.since, query.until, filters)
         top, more = summed.top_groups(db, "session", found_in, filters, SERIES)
         names = [_name(g.name) for g in top]
+        # One scan: the top sessions per period, every other session as "other".
         fold(summed.series(db, "session", query.since, query.until, filters, query.tz, hourly, [g.name for g in top]), cells, totals)
-        if more:
-            bucket_cells: dict[tuple[str, str], int] = {}
-            bucket_totals: dict[str, int] = {}
-            fold(summed.series(db, "day", query.since, query.until, filters, query.tz, hourly), bucket_cells, bucket_totals)
-            for (label, _), cost in bucket_cells.items():
-                kept = sum(cells.get((label, g.name), 0) for g in top)
-                cells[(label, "\0other")] = cost - kept
-            totals["\0other"] = sum(bucket_totals.values()) - sum(totals.get(g.name, 0) for g in top)
-            rest = {"\0other"}
         shown = [g.name for g in top]
         totals.update((g.name, g.cost) for g in top)
+        rest = {summed.OTHER} if more else set()
     else:
         fold(summed.series(db, query.by, query.since, query.until, filters, query.tz, hourly), cells, totals)
         ranked = sorted(totals, key=lambda g: (-totals[g], _name(g) if query.by != "day" else "total"))

@@ -164,6 +164,9 @@ def add_models(db: sqlite3.Connection, by: str, found_in: list[Piece], filters: 
                 group.models.add(model)
 
 
+OTHER = "\0other"
+
+
 def series(
     db: sqlite3.Connection,
     by: str,
@@ -174,23 +177,28 @@ def series(
     hourly: bool,
     only: Iterable[str] | None = None,
 ) -> Iterator[tuple[str, str, int]]:
-    """(UTC hour or day text, group, cost in yocto-dollars) per period and group ('' by day).
+    """(UTC hour or day text, group, cost in yocto-dollars) per period and group.
 
-    `only` keeps the named groups (for sessions: the chart's top few, not 100,000 of them).
-    Daily periods only where a UTC day is a day of `tz` and no session is asked for.
+    `only` names the groups to keep apart (for sessions: the chart's top few, not 100,000 of
+    them); every other group is summed as OTHER in the same scan. Daily periods only where a UTC
+    day is a day of `tz` and no session is asked for.
     """
     daily = not hourly and reports._offsets(tz, since, until) == {0.0} and by != "session" and not filters.sessions
-    membership = None if only is None else (by, "IN", json.dumps(sorted(only)))
     for rollup, start, end, _ in _pieces(db, since, until, daily):
         source = _Source(db, rollup)
-        where, params = source.inner.where(start, end, filters, membership)
+        where, text_params = source.inner.where(start, end, filters)
+        params: list[Any] = list(text_params)
+        group = source.level(by)
+        if only is not None:
+            group = f"(CASE WHEN {group} IN (SELECT value FROM json_each(?)) THEN {group} ELSE ? END)"
+            params = [json.dumps(sorted(only)), OTHER, *params]
         cursor = db.execute(
-            f"SELECT {source.period()} AS p, {source.level(by)} AS g, {source.total('cost_usd_pico')},"
+            f"SELECT {source.period()} AS p, {group} AS g, {source.total('cost_usd_pico')},"
             f" {source.total('cost_usd_yocto')} FROM {source.table()}{where} GROUP BY p, g",
             params,
         )
-        for period, group, pico, yocto in cursor:
-            yield period, group, (pico or 0) * PICO + (yocto or 0)
+        for period, name, pico, yocto in cursor:
+            yield period, name, (pico or 0) * PICO + (yocto or 0)
 
 
 CACHE_SUMS = (
