@@ -38,7 +38,6 @@ class Group:
     first_at: str | None = None
     last_at: str | None = None
     models: set[str] = field(default_factory=set)
-    sums: dict[str, int] = field(default_factory=dict)
 
     def add(self, requests: int, errors: int, blocked: int, pico: int, yocto: int, first: str | None, last: str | None) -> None:
         self.requests += requests or 0
@@ -115,10 +114,6 @@ def group_pieces(db: sqlite3.Connection, by: str, since: datetime | None, until:
             return _pieces(db, since, until, daily=False)
         return reports._session_pieces(db, since, until)[0]
     return _pieces(db, since, until, daily=not filters.sessions)
-
-
-def has_rollups(db: sqlite3.Connection) -> bool:
-    return reports._has_rollup(db)
 
 
 def top_groups(db: sqlite3.Connection, by: str, found_in: list[Piece], filters: Filters, limit: int) -> tuple[list[Group], bool]:
