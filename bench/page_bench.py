@@ -11,8 +11,14 @@ idle between requests so the page's reads do run); the table gives each phase's 
 back-to-back load on the proxy's pinned core they wait: forwarding keeps the CPU.
 `--uncached` makes every poll ask a query nobody asked before (the cache never helps): the worst case.
 
+`--views DB` instead times every `/-/` view's read (proxy/web/reads.py, each on a fresh read-only
+connection as the web reader's workers open it, no answer cache) over the last day, 30 days, 90 days
+and all time, plus filtered variants, and marks each against the 0.5 s target (issue 12). Build the
+log first with `python -m bench.report_bench` (1,000,000 rows over 90 days).
+
     python -m bench.page_bench                      # about 2 minutes
     python -m bench.page_bench --rows 1000000 --uncached
+    python -m bench.page_bench --views /tmp/report-bench.db
 """
 
 from __future__ import annotations
@@ -153,6 +159,89 @@ async def _phase(base: str, pages: int, conns: int, seconds: float, uncached: bo
     return {"requests": len(latencies), "p50": q[49], "p90": q[89], "p99": q[98], "polls": polls}
 
 
+TARGET_S = 0.5
+RANGES = (("1d", "1d"), ("30d", "30d"), ("90d", "90d"), ("all", None))
+
+
+def _views() -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, endpoint, parameters) of every /-/ read the page makes, as the page asks them."""
+    views: list[tuple[str, str, dict[str, Any]]] = [
+        ("report by=model", "report", {"by": "model"}),
+        ("report by=day", "report", {"by": "day"}),
+        ("report by=session", "report", {"by": "session"}),
+        ("recent limit=30", "recent", {"limit": 30}),
+        ("free-usage", "free-usage", {}),
+        ("cache", "cache", {}),
+        ("price-changes", "price-changes", {}),
+        ("whatif 2 targets", "whatif", {"target": ["openai/gpt-4o-mini", "anthropic/claude-sonnet-4"]}),
+    ]
+    for by in ("session", "model", "project", "key", "client"):
+        views.append((f"sessions by={by} limit=20", "sessions", {"by": by, "limit": 20}))
+    for by in ("model", "project", "session"):
+        for step in ("day", "hour"):
+            views.append((f"timeseries by={by} step={step}", "timeseries", {"by": by, "step": step}))
+    for name, value in (("project", "web"), ("model", "anthropic/claude-sonnet-4.5"), ("key", "alice"), ("client", "codex")):
+        views.append((f"cache {name}={value}", "cache", {name: value}))
+        views.append((f"sessions by=session {name}={value}", "sessions", {"by": "session", "limit": 20, name: value}))
+        views.append((f"timeseries by=model step=day {name}={value}", "timeseries", {"by": "model", "step": "day", name: value}))
+        views.append((f"whatif {name}={value}", "whatif", {"target": ["openai/gpt-4o-mini"], name: value}))
+    return views
+
+
+def time_views(db: Path, runs: int, only: str | None, skip: str | None = None) -> int:
+    """Median CPU and wall seconds of each view's read, per range; exit 1 if any is over TARGET_S.
+
+    Judged on CPU time (the read runs in this process): on a shared, loaded machine wall time
+    mostly measures waiting for a core, and CPU time is what an idle machine's wall time would be.
+    """
+    from proxy.pricing.catalog import load_embedded
+    from proxy.web import routes
+    from proxy.web.query import parse_query
+
+    catalog = load_embedded()
+    now = datetime.now(UTC)
+    handlers = {
+        "report": lambda q: (routes.reads.report, q, 50, now),
+        "recent": lambda q: (routes.reads.recent, q),
+        "free-usage": lambda q: (routes.reads.free, 50, now),
+        "cache": lambda q: (routes.reads.cache_and_drift, q, catalog),
+        "price-changes": lambda q: (routes.reads.changes, None),
+        "whatif": lambda q: (routes.reads.whatif, q, catalog, q.all("target")),
+        "sessions": lambda q: (routes.reads.groups, q),
+        "timeseries": lambda q: (routes.reads.timeseries, q, now),
+    }
+    print(f"{'CPU s (wall s), median of ' + str(runs):46} " + " ".join(f"{label:>15}" for label, _ in RANGES), flush=True)
+    missed = 0
+    for label, endpoint, params in _views():
+        if (only and only not in label) or (skip and skip in label):
+            continue
+        cells = []
+        for _range_label, since in RANGES:
+            pairs = [(k, str(v)) for k, vs in params.items() for v in (vs if isinstance(vs, list) else [vs])]
+            if since is not None:
+                pairs.append(("since", since))
+            allowed = {k for k, _ in pairs} | {"since", "tz"}
+            query = parse_query(pairs, allowed, now)
+            fn, *args = handlers[endpoint](query)
+            walls, cpus = [], []
+            try:
+                for _ in range(runs):
+                    began, began_cpu = time.perf_counter(), time.process_time()
+                    routes.call(db, fn, tuple(args))
+                    walls.append(time.perf_counter() - began)
+                    cpus.append(time.process_time() - began_cpu)
+            except routes.BadQuery:
+                cells.append(f"{'refused':>15}")
+                continue
+            cpu = statistics.median(cpus)
+            ok = cpu <= TARGET_S
+            missed += not ok
+            cells.append(f"{cpu:6.3f}{'✓' if ok else '✗'}({statistics.median(walls):6.3f})")
+        print(f"{label:46} " + " ".join(cells), flush=True)
+    print(f"{'all within' if not missed else str(missed) + ' over'} {TARGET_S} s")
+    return 1 if missed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.page_bench")
     parser.add_argument("--rows", type=int, default=200_000)
@@ -163,7 +252,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--uncached", action="store_true")
     parser.add_argument("--rate", type=float, default=0, help="requests/s per connection (0: back to back)")
     parser.add_argument("--poll", metavar="URL", help=argparse.SUPPRESS)  # internal: be the open pages
+    parser.add_argument("--views", metavar="DB", type=Path, help="time every /-/ view's read on this log instead")
+    parser.add_argument("--runs", type=int, default=3, help="with --views: runs per cell (median)")
+    parser.add_argument("--only", help="with --views: only views whose label contains this")
+    parser.add_argument("--skip", help="with --views: not the views whose label contains this")
     args = parser.parse_args(argv)
+    if args.views:
+        return time_views(args.views, args.runs, args.only, args.skip)
     if args.poll:
         print(asyncio.run(_poll(args.poll, args.pages, args.seconds, args.uncached)))
         return 0

@@ -355,8 +355,8 @@ async def test_by_session_shows_first_and_last_seen_models_project_and_client(db
 def rollup_equals_raw(path: Path) -> None:
     """Every period and attribution of each rollup equals the sums of its raw rows."""
     with reader(path) as db:
-        counters = rollups.counters("r")
         for rollup in rollups.ROLLUPS:
+            counters = rollups.counters("r", rollup.money((*rollups.MONEY, *rollups.COMPARED)))
             keys = rollup.key_values("r")
             raw = db.execute(
                 f"SELECT {', '.join(keys)}, {', '.join(f'SUM({v})' for v in counters.values())} "
@@ -366,6 +366,49 @@ def rollup_equals_raw(path: Path) -> None:
                 f"SELECT {', '.join(rollup.keys)}, {', '.join(counters)} FROM {rollup.table} WHERE requests != 0"
             ).fetchall()
             assert sorted(map(tuple, raw)) == sorted(map(tuple, kept)), rollup.table
+
+
+ODD_COSTS = ["0.00575", "7", "0", "999999.999999999999999999", "0.000000000000000000000001", "1234567.5",
+             "0.0000000000000000000000001", "-0.25", "0.1234567890123", "100.000000000000000000000000", None]
+
+
+async def test_the_recorders_money_parts_add_up_as_the_text_does(tmp_path: Path) -> None:
+    """The recorder writes each amount's integer parts and the insert trigger reads them; rows
+    written by anyone else are cut from their text in SQL. Both must fill every rollup alike, odd
+    amounts (negative, past 24 decimals, a million dollars) included; the back-fill's UPDATEs
+    (which leave the parts stale) must still move the text's amounts."""
+    rng = random.Random(3)
+    recs = [
+        dataclasses.replace(
+            rec,
+            cost_usd=None if (c := rng.choice(ODD_COSTS)) is None else Decimal(c),
+            cost_reported_usd=None if (c := rng.choice(ODD_COSTS)) is None else Decimal(c),
+            cost_catalog_usd=None if (c := rng.choice(ODD_COSTS)) is None else Decimal(c),
+        )
+        for rec in known_records(200)
+    ]
+    await write(tmp_path / "recorder.db", recs)
+    prepare(tmp_path / "text.db")
+    other = sqlite3.connect(tmp_path / "text.db")
+    marks = ", ".join("?" for _ in REQUEST_COLUMNS)
+    with other:
+        other.executemany(f"INSERT INTO requests ({', '.join(REQUEST_COLUMNS)}) VALUES ({marks})", map(encode_record, recs))
+    other.close()
+    for path in (tmp_path / "recorder.db", tmp_path / "text.db"):
+        rollup_equals_raw(path)
+    tables = {}
+    for path in (tmp_path / "recorder.db", tmp_path / "text.db"):
+        with reader(path) as db:
+            assert db.execute("SELECT count(*) FROM requests WHERE cost_usd_pico IS NOT NULL").fetchone()[0] == (path.stem == "recorder") * sum(
+                1 for r in recs if r.cost_usd is not None and r.cost_usd >= 0 and r.cost_usd < 10**6 and r.cost_usd.as_tuple().exponent >= -24  # type: ignore[operator]
+            )
+            tables[path.stem] = {t.table: sorted(map(tuple, db.execute(f"SELECT * FROM {t.table}"))) for t in rollups.ROLLUPS}
+    assert tables["recorder"] == tables["text"]
+    assert any(row for row in tables["text"]["spend_hourly"])
+    # A back-fill moves amounts by their text: the parts it leaves behind are never read again.
+    with contextlib.closing(sqlite3.connect(tmp_path / "recorder.db")) as db, db:
+        db.execute("UPDATE requests SET cost_usd = '0.5', cost_reported_usd = '0.25' WHERE rowid % 3 = 0")
+    rollup_equals_raw(tmp_path / "recorder.db")
 
 
 async def test_rollup_follows_backfill_updates_and_rewritten_rows(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from proxy.cli.main import main
 from proxy.config import MetricsConfig, UiConfig
 from proxy.store.records import UsageRecord
-from proxy.store.sqlite import encode_record, REQUEST_COLUMNS
+from proxy.store.sqlite import encode_record, encode_time, REQUEST_COLUMNS
 
 KEY = "sk-or-v1-test-" + "cd" * 20
 XSS = "<img src=x onerror=window.__xss=1>"
@@ -189,6 +190,143 @@ async def test_sessions_have_first_last_seen_models_and_exact_cost(proxy: Any) -
         assert row["first_seen"] <= row["last_seen"]
     s0 = next(r for r in sessions["rows"] if r["group"] == "s0")
     assert s0["models"] == sorted({"openai/gpt-4o", "anthropic/claude-sonnet-4", "meta-llama/llama-3.1-8b-instruct"})
+
+
+def spread_rows() -> list[UsageRecord]:
+    """60 days of known rows: 12 sessions (more than the chart's 8 series), some running across the
+    30-day and 7-day marks (so they straddle a range's start), several models, projects and keys,
+    errors, refusals and costs unknown."""
+    now = datetime.now(UTC)
+    models = [("openai/gpt-4o", "0.0123"), ("anthropic/claude-sonnet-4", "0.2101"), ("meta-llama/llama-3.1-8b-instruct", "0.00007")]
+    rows = []
+    for i in range(240):
+        model, cost = models[i % 3]
+        at = now - timedelta(hours=i * 6 + (i % 5))
+        kind = i % 11
+        rows.append(record(
+            id=f"w{i}", started_at=at, finished_at=at, model=model, project=("acme", "beta", None)[i % 3],
+            session=f"s{(i // 3) % 12:02}" if i % 13 else None, key_alias=("alice", None)[i % 2], client=("aider", "codex")[i % 2],
+            outcome="blocked" if kind == 0 else "upstream_error" if kind == 1 else "ok", status=402 if kind == 0 else 200,
+            cost_usd=None if kind == 0 else Decimal(cost) + Decimal(i) / 100000 + Decimal("0.000000000000000001") * i,
+            cost_reported_usd=None if i % 4 == 0 else Decimal(cost), cost_catalog_usd=None if i % 5 == 0 else Decimal(cost) * Decimal("0.98"),
+            cached_tokens=i * 10, input_tokens=1000 + i, cache_write_tokens=i % 3,
+        ))
+    return rows
+
+
+def _in_range(rows: list[UsageRecord], since: str | None) -> list[UsageRecord]:
+    if since is None:
+        return rows
+    start = datetime.now(UTC) - timedelta(days=int(since.rstrip("d")))
+    return [r for r in rows if r.started_at >= start]
+
+
+def _group_of(r: UsageRecord, by: str) -> str:
+    value = (r.key_alias or r.key_fingerprint) if by == "key" else getattr(r, by)
+    return value or "(none)"
+
+
+def raw_groups(rows: list[UsageRecord], by: str) -> list[dict[str, Any]]:
+    """What /-/sessions said when it summed raw rows: every group, costliest first."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        row = out.setdefault(_group_of(r, by), {"requests": 0, "errors": 0, "models": set(), "cost": Decimal(0), "at": []})
+        row["requests"] += 1
+        row["errors"] += r.outcome != "ok"
+        row["models"].add(r.model)
+        row["cost"] += r.cost_usd or 0
+        row["at"].append(r.started_at)
+    ranked = sorted(out.items(), key=lambda item: (-item[1]["cost"], item[0]))
+    return [
+        {"group": name, "first_seen": encode_time(min(g["at"])), "last_seen": encode_time(max(g["at"])), "requests": g["requests"],
+         "errors": g["errors"], "models": sorted(g["models"]), "cost_usd": str(g["cost"])}
+        for name, g in ranked
+    ]
+
+
+def raw_series(rows: list[UsageRecord], by: str, step: str) -> dict[str, dict[str, Any]]:
+    """The chart the raw-row version drew: per series its exact total and non-zero cells (UTC)."""
+    cells: dict[tuple[str, str], Decimal] = {}
+    totals: dict[str, Decimal] = {}
+    for r in rows:
+        bucket = r.started_at.strftime("%Y-%m-%d %H:00") if step == "hour" else r.started_at.date().isoformat()
+        group = "total" if by == "day" else _group_of(r, by)
+        cells[(bucket, group)] = cells.get((bucket, group), Decimal(0)) + (r.cost_usd or 0)
+        totals[group] = totals.get(group, Decimal(0)) + (r.cost_usd or 0)
+    ranked = sorted(totals, key=lambda g: (-totals[g], g))
+    named = {g: g for g in ranked[:8]} | {g: "other" for g in ranked[8:]}
+    out: dict[str, dict[str, Any]] = {}
+    for (bucket, group), cost in cells.items():
+        series = out.setdefault(named[group], {"total": Decimal(0), "cells": {}})
+        series["cells"][bucket] = series["cells"].get(bucket, Decimal(0)) + cost
+    for group, total in totals.items():
+        out[named[group]]["total"] += total
+    return {name: {"total": float(s["total"]), "cells": {b: float(v) for b, v in s["cells"].items() if v}} for name, s in out.items()}
+
+
+@pytest.mark.parametrize("pruned", [False, True])
+async def test_sessions_timeseries_and_cache_equal_the_raw_row_answers(proxy: Any, pruned: bool) -> None:
+    """All read the rollups (sessions by session over a long range from the per-session one, the
+    cache view's billed and catalog cost from the hourly one): the same answers as summing the
+    rows, also once retention deleted the raw rows."""
+    rows = spread_rows()
+    insert(proxy.db_path, rows)
+    if pruned:
+        db = sqlite3.connect(proxy.db_path)
+        db.execute("DELETE FROM requests WHERE started_at < ?", (encode_time(datetime.now(UTC) - timedelta(days=40)),))
+        db.commit()
+        db.close()
+    for since in ("7d", "30d", None):
+        kept = _in_range(rows, since)
+        span = f"since={since}&" if since else ""
+        for by in ("session", "model", "project", "key", "client"):
+            got = (await _json(proxy, f"/-/sessions?{span}limit=5&by={by}"))["rows"]
+            # The same amounts; the rollups print them without trailing zeros.
+            for row in got:
+                row["cost_usd"] = Decimal(row["cost_usd"])
+            assert got == [row | {"cost_usd": Decimal(row["cost_usd"])} for row in raw_groups(kept, by)[:5]], (since, by)
+        for by in ("session", "model", "key"):
+            for step in ("day", "hour"):
+                chart = await _json(proxy, f"/-/timeseries?{span}step={step}&by={by}")
+                got_series = {
+                    s["name"]: {"total": s["total"], "cells": {b: v for b, v in zip(chart["buckets"], s["values"]) if v}}
+                    for s in chart["series"]
+                }
+                assert got_series == raw_series(kept, by, step), (since, by, step)
+                assert [s["name"] for s in chart["series"]][-1:] != ["other"] or len(chart["series"]) == 9
+        for narrow, chosen in (("", kept), ("project=acme&", [r for r in kept if r.project == "acme"])):
+            cache = await _json(proxy, f"/-/cache?{span}{narrow}".rstrip("&?"))
+            assert {m["model"]: strip_saved(m) for m in cache["models"]} == raw_cache(chosen), (since, narrow)
+            both = [r for r in chosen if r.cost_reported_usd is not None and r.cost_catalog_usd is not None]
+            assert Decimal(cache["billed_usd"]) == sum(r.cost_reported_usd or 0 for r in both)
+            assert Decimal(cache["drift_usd"]) == sum((r.cost_reported_usd or 0) - (r.cost_catalog_usd or 0) for r in both)
+
+
+def strip_saved(model: dict[str, Any]) -> dict[str, Any]:
+    """A /-/cache model line without what today's catalog decides, money as Decimal."""
+    out = {k: v for k, v in model.items() if k not in ("model", "saved_usd")}
+    for name in ("billed_usd", "catalog_usd", "drift_usd"):
+        out[name] = None if out[name] is None else Decimal(out[name])
+    return out
+
+
+def raw_cache(rows: list[UsageRecord]) -> dict[str, dict[str, Any]]:
+    """What /-/cache said when it summed raw rows (bar the savings, priced from the catalog)."""
+    out: dict[str, dict[str, Any]] = {}
+    for model in {r.model for r in rows}:
+        mine = [r for r in rows if r.model == model]
+        both = [r for r in mine if r.cost_reported_usd is not None and r.cost_catalog_usd is not None]
+        inputs, cached = sum(r.input_tokens or 0 for r in mine), sum(r.cached_tokens or 0 for r in mine)
+        billed = sum((r.cost_reported_usd or Decimal(0) for r in both), Decimal(0)) if both else None
+        listed = sum((r.cost_catalog_usd or Decimal(0) for r in both), Decimal(0)) if both else None
+        out[model or "(none)"] = {
+            "requests": len(mine), "input_tokens": inputs, "cached_tokens": cached,
+            "cache_write_tokens": sum(r.cache_write_tokens or 0 for r in mine),
+            "cache_share": round(cached / inputs, 4) if inputs else None, "compared_requests": len(both),
+            "billed_usd": billed, "catalog_usd": listed,
+            "drift_usd": None if billed is None or listed is None else billed - listed,
+        }
+    return out
 
 
 @pytest.mark.parametrize("cost", ["0.0000000000001234", "12345.123456789", "999.999999999999", "8999.999999999999", "0", "7"])
@@ -421,3 +559,89 @@ def test_sql_money_sums_are_exact(values: list[Decimal]) -> None:
     for text in texts:
         expected += Decimal(text)
     assert _sum_text(units, places) == str(expected)
+
+
+def _entry(model_id: str, pricing: Any) -> Any:
+    from proxy.pricing.catalog import ModelEntry
+
+    return ModelEntry(id=model_id, name=model_id, canonical_slug=None, context_length=None, created=None, pricing=pricing, is_free=False)
+
+
+@pytest.mark.parametrize("since", [None, 3, 30])
+def test_whatif_from_token_sums_equals_pricing_every_request(tmp_path: Path, since: int | None) -> None:
+    """/-/whatif sums tokens in SQL per hour (minute), price version and long-context tier: the
+    same rows as pricing each logged request (whatif_rows), with tiers, time-of-day and weekday
+    prices, price history changing mid-hour, per-request fees, a discount, 1 h cache writes, web
+    search, a variable price, and counts the clamps in price() must see per request."""
+    import random
+
+    from proxy.pricing.calculator import PriceHistory, logged_request, whatif_rows
+    from proxy.pricing.catalog import Catalog, ModelPricing, PriceOverride, load_embedded, pricing_fingerprint
+    from proxy.store.sqlite import connect_readonly, prepare
+    from proxy.web import reads, routes
+    from proxy.web.query import Query
+
+    d = Decimal
+    rich = ModelPricing(
+        prompt=d("0.000001"), completion=d("0.000002"), request=d("0.001"), web_search=d("0.01"), input_cache_read=d("1E-7"),
+        input_cache_write=d("0.00000125"), input_cache_write_1h=d("0.000002"), internal_reasoning=d("0.000003"), discount=d("0.1"),
+        overrides=(
+            PriceOverride(prices=(("prompt", d("0.000002")),), min_prompt_tokens=200_000),
+            PriceOverride(prices=(("prompt", d("0.0000015")), ("completion", d("0.000004"))), min_prompt_tokens=100_000),
+            PriceOverride(prices=(("completion", d("0.000001")),), utc_start=130, utc_end=745),
+            PriceOverride(prices=(("input_cache_read", d("5E-8")),), utc_days=(5, 6)),
+        ),
+    )
+    plain_price = ModelPricing(prompt=d("0.000003"), completion=d("0.000015"), input_cache_read=d("3E-7"))
+    catalog = Catalog([*load_embedded().models, _entry("t/rich", rich), _entry("t/history", plain_price),
+                       _entry("t/variable", ModelPricing(prompt=d(0), completion=d(0), variable=True))])
+    now = datetime.now(UTC).replace(microsecond=0)
+    older = ModelPricing(prompt=d("0.000005"), completion=d("0.00002"))
+    path = tmp_path / "u.db"
+    prepare(path)
+    rng = random.Random(11)
+    changes = [now - timedelta(days=9, minutes=17), now - timedelta(days=5, minutes=31, seconds=7), now - timedelta(days=2, minutes=3)]
+    # Few hours, many requests each: the hours of the price changes, of the 01:30 time-of-day
+    # boundary, and a few more, so requests that price differently share an hour.
+    slots = [c.replace(minute=0, second=0) for c in changes] + [
+        (now - timedelta(days=n)).replace(hour=hour, minute=0, second=0) for n, hour in ((1, 1), (4, 7), (12, 1), (20, 13), (33, 7))
+    ]
+    rows = []
+    for i in range(400):
+        at = rng.choice(slots) + timedelta(minutes=rng.randrange(60), seconds=rng.randrange(60))
+        prompt = rng.choice([None, 0, 500, 99_999, 100_000, 100_001, 150_000, 200_000, 200_001, 350_000])
+        output = rng.choice([None, 0, 10, 4000])
+        rows.append(record(
+            id=f"q{i}", started_at=at, finished_at=at, model=rng.choice(["openai/gpt-4o", "t/rich", None]),
+            input_tokens=prompt, output_tokens=output, cached_tokens=rng.choice([None, 0, 400, 120_000]),
+            cache_write_tokens=rng.choice([None, 0, 64, 90_000]), cache_write_1h_tokens=rng.choice([None, 0, 32, 100_000]),
+            reasoning_tokens=rng.choice([None, 0, 5, 5000]), web_search_requests=rng.choice([None, 0, 2]),
+            cost_usd=rng.choice([None, d("0.0123"), d("0.000000000000000000000001"), d("1.5")]),
+            cost_catalog_usd=rng.choice([None, d("0.01"), d("0.00000000000001")]),
+            project=rng.choice(["acme", "beta"]),
+        ))
+    insert(path, rows)
+    db = sqlite3.connect(path)
+    with db:
+        # t/history cost more until a moment inside an hour 2 days ago, and once more 9 days ago.
+        db.executemany("INSERT INTO model_prices (model_id, pricing, first_seen_at) VALUES (?, ?, ?)", [
+            ("t/history", pricing_fingerprint(older), (now - timedelta(days=60)).isoformat()),
+            ("t/history", pricing_fingerprint(plain_price), changes[0].isoformat()),
+            ("t/history", pricing_fingerprint(older), changes[1].isoformat()),
+            ("t/history", pricing_fingerprint(plain_price), changes[2].isoformat()),
+        ])
+    db.close()
+    start = None if since is None else now - timedelta(days=since)
+    # With t/rich (a time-of-day price) requests are summed per minute, without it per hour.
+    for targets, query in (
+        (("t/rich", "t/history", "t/variable", "anthropic/claude-sonnet-4"), Query(since=start)),
+        (("t/history", "anthropic/claude-sonnet-4"), Query(since=start)),
+        (("t/rich", "t/history"), Query(since=start, filters=(("project", "acme"),))),
+    ):
+        got = routes.call(path, reads.whatif, (query, catalog, targets))
+        with contextlib.closing(connect_readonly(path)) as reader:
+            history = PriceHistory(reads._history(reader))
+            where, params = reads._where(query)
+            logged = [logged_request(dict(r)) for r in reader.execute(f"SELECT * FROM requests{where} ORDER BY started_at", params)]
+        assert got == reads._json_rows(whatif_rows(logged, catalog, targets, None, history))
+        assert got[2]["unpriced"] < got[2]["requests"] and got[-1]["cost"] != "0"

@@ -220,6 +220,12 @@ def _m013_shared_budgets() -> list[str]:
     ]
 
 
+def _m014_money_parts() -> list[str]:
+    # SQLite's migration 14 lets its rollup trigger read the recorder's money parts; PostgreSQL has
+    # no rollups yet, so numbers only.
+    return []
+
+
 MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m001_requests,
     _m002_model_prices,
@@ -234,6 +240,7 @@ MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m011_runtime_keys_on_postgres,
     _m012_hour_statistics,
     _m013_shared_budgets,
+    _m014_money_parts,
 )
 
 # Any fixed number: replicas starting together take turns migrating.

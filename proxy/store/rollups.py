@@ -8,6 +8,11 @@ any range stays exact.
 Money is summed as integers: each decimal TEXT amount is cut, in SQL, into whole pico-dollars
 (10^-12) and the next 12 digits (yocto-dollars, 10^-24), so sums are exact to 24 decimal places.
 An amount with more digits than that (or not in fixed-point form) is counted in `<money>_inexact`.
+
+Cutting text in SQL is most of what the insert trigger costs, so the recorder writes the parts
+itself (`<money>_pico`/`<money>_yocto` columns of `requests`, see `parts()`): the insert trigger
+reads them when present and cuts the text only for rows written by others. Only the insert trigger
+reads them: an UPDATE (the back-fill) may leave them stale, so everything else reads the text.
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ DIMENSIONS = ("model", "provider", "project", "session", "key_fingerprint", "key
 # is one entry here, plus a migration that adds the column and calls `create(db)` again (it rebuilds
 # the tables and triggers and re-sums every hour; hours retention already pruned get 0 for it).
 MONEY = ("cost_usd", "upstream_cost_usd")
+# Billed (reported) and catalog cost summed over only the rows that have both, for the page's price
+# drift (migration 14), in the hourly rollup only: name -> (the column summed, the column it needs too).
+COMPARED = {"billed_compared_usd": ("cost_reported_usd", "cost_catalog_usd"), "catalog_compared_usd": ("cost_catalog_usd", "cost_reported_usd")}
 TOKENS = ("input_tokens", "output_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")
 
 PICO = 10**12
@@ -33,9 +41,14 @@ def _blocked(r: str) -> str:
     return f"({r}.outcome = 'blocked' OR {r}.status = 402)"
 
 
-def counters(r: str, money_columns: tuple[str, ...] = MONEY, dialect: Dialect = SQLITE) -> dict[str, str]:
+def counters(
+    r: str, money_columns: tuple[str, ...] = MONEY, dialect: Dialect = SQLITE, hinted: bool = False
+) -> dict[str, str]:
     """Per counted column of the rollup, its value for one `requests` row named `r` in SQL (in
-    `dialect`: a PostgreSQL reader sums raw rows the same way, for the same numbers)."""
+    `dialect`: a PostgreSQL reader sums raw rows the same way, for the same numbers).
+
+    `hinted`: use the row's precomputed money parts where the writer gave them (insert trigger only).
+    """
     values = {
         "requests": "1",
         # A refusal (a budget's 402) is not an error: it has its own column.
@@ -45,8 +58,19 @@ def counters(r: str, money_columns: tuple[str, ...] = MONEY, dialect: Dialect = 
         **{name: f"COALESCE({r}.{name}, 0)" for name in TOKENS},
         "cost_unknown": dialect.flag(f"{r}.cost_usd IS NULL"),
     }
+    if any(money in COMPARED for money in money_columns):
+        values["compared_requests"] = dialect.flag(f"{r}.cost_reported_usd IS NOT NULL AND {r}.cost_catalog_usd IS NOT NULL")
     for money in money_columns:
-        pico, yocto, inexact = dialect.money_parts(f"{r}.{money}") or _money_parts(f"{r}.{money}")
+        column, needed = COMPARED.get(money, (money, None))
+        pico, yocto, inexact = dialect.money_parts(f"{r}.{column}") or _money_parts(f"{r}.{column}")
+        if hinted and column in HINTED:
+            # CASE (and COALESCE) evaluate lazily: the text is cut only when the hint is NULL.
+            given = f"{r}.{column}_pico IS NOT NULL"
+            pico = f"COALESCE({r}.{column}_pico, {pico})"
+            yocto = f"(CASE WHEN {given} THEN {r}.{column}_yocto ELSE {yocto} END)"
+            inexact = f"(CASE WHEN {given} THEN 0 ELSE {inexact} END)"
+        if needed is not None:
+            pico, yocto, inexact = (f"(CASE WHEN {r}.{needed} IS NULL THEN 0 ELSE {part} END)" for part in (pico, yocto, inexact))
         values[f"{money}_pico"] = pico
         values[f"{money}_yocto"] = yocto
         values[f"{money}_inexact"] = inexact
@@ -65,6 +89,33 @@ def _money_parts(x: str) -> tuple[str, str, str]:
     yocto = f"(CASE WHEN {x} IS NULL OR {odd} THEN 0 ELSE CAST(substr({frac} || '000000000000', 13, 12) AS INTEGER) END)"
     inexact = f"(CASE WHEN {x} IS NULL THEN 0 WHEN {odd} OR length({frac}) > 24 THEN 1 ELSE 0 END)"
     return pico, yocto, inexact
+
+
+# The money columns whose parts the recorder writes beside the text (migration 14), and the
+# `requests` columns that hold them. Not upstream_cost_usd: it is NULL but for BYOK, and SQL
+# reads a NULL for less than the hint would cost (measured in instructions per row).
+HINTED = ("cost_usd", "cost_reported_usd", "cost_catalog_usd")
+HINT_COLUMNS = tuple(f"{money}_{part}" for money in HINTED for part in ("pico", "yocto"))
+# 10^(12 - n): what n decimals of a fraction are worth in pico-dollars (or in yocto past the 12th).
+_SCALE = tuple(10 ** (12 - n) for n in range(13))
+
+
+def parts(text: str | None) -> tuple[int | None, int | None]:
+    """(pico, yocto) of an amount's fixed-point text (as the recorder stores it) exactly as
+    `_money_parts` cuts it in SQL, or (None, None) to leave it to SQL: NULL, negative, not a
+    number, more than 24 decimals or a million dollars and more. Cheap: the recorder calls it for
+    every row, and it must cost less than the SQL it saves."""
+    if text is None or text[0] in "-NIs":  # negative, NaN, Infinity, sNaN
+        return None, None
+    whole, _, frac = text.partition(".")
+    if len(whole) > 6:
+        return None, None
+    places = len(frac)
+    if places <= 12:
+        return int(whole) * PICO + (int(frac) * _SCALE[places] if places else 0), 0
+    if places > 24:
+        return None, None
+    return int(whole) * PICO + int(frac[:12]), int(frac[12:]) * _SCALE[places - 12]
 
 
 # Wide enough that no sum of 64-bit pico and yocto parts is ever rounded.
@@ -101,6 +152,11 @@ class Rollup:
     table: str
     width: int
     dims: tuple[str, ...]
+    # Sums the COMPARED money too (when the migration that made the table asked for it).
+    compared: bool = False
+
+    def money(self, money: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(m for m in money if m not in COMPARED or self.compared)
 
     def period_of(self, r: str) -> str:
         # started_at is ISO-8601 UTC text ('2026-11-20T13:04:05.000000Z'): its first 13 characters
@@ -117,7 +173,7 @@ class Rollup:
 
 
 # Hourly, with every attribution: the edges of a range, sessions, time zones other than UTC.
-HOURLY = Rollup("spend_hourly", 13, DIMENSIONS)
+HOURLY = Rollup("spend_hourly", 13, DIMENSIONS, compared=True)
 # Daily (UTC days), without sessions: about half the rows (far fewer with real traffic), so the
 # common reports over months read little.
 DAILY = Rollup("spend_daily", 10, tuple(d for d in DIMENSIONS if d != "session"))
@@ -137,7 +193,7 @@ def _columns(money: tuple[str, ...]) -> list[str]:
 
 
 def _schema(rollup: Rollup, money: tuple[str, ...]) -> str:
-    counted = ",\n    ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in _columns(money))
+    counted = ",\n    ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in _columns(rollup.money(money)))
     dims = ",\n    ".join(f"{name} TEXT NOT NULL DEFAULT ''" for name in rollup.dims)
     period = "period TEXT NOT NULL,\n    " if rollup.width else ""
     return f"""
@@ -151,10 +207,23 @@ CREATE TABLE {rollup.table} (
 """
 
 
-def _upsert(rollup: Rollup, r: str, sign: str, money: tuple[str, ...]) -> str:
+def create_insert_trigger(db: sqlite3.Connection, money: tuple[str, ...] = MONEY) -> None:
+    """(Re)create the insert trigger; it reads the recorder's money parts when `requests` has them."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
+    hinted = all(column in have for column in HINT_COLUMNS)
+    db.execute("DROP TRIGGER IF EXISTS spend_rollups_insert")
+    db.execute(
+        "CREATE TRIGGER spend_rollups_insert AFTER INSERT ON requests BEGIN "
+        + " ".join(_upsert(rollup, "NEW", "+", money, hinted) for rollup in ROLLUPS)
+        + " END"
+    )
+
+
+def _upsert(rollup: Rollup, r: str, sign: str, money: tuple[str, ...], hinted: bool = False) -> str:
     """Add (sign '+') or take away (sign '-') row `r` in its period's rollup row."""
+    money = rollup.money(money)
     names = [*rollup.keys, *_columns(money), "first_at", "last_at"]
-    values = [*rollup.key_values(r), *(f"{sign}{v}" for v in counters(r, money).values())]
+    values = [*rollup.key_values(r), *(f"{sign}{v}" for v in counters(r, money, hinted=hinted).values())]
     values += [f"{r}.started_at", f"{r}.started_at"]
     sets = [f"{c} = {c} + excluded.{c}" for c in _columns(money)]
     sets += ["first_at = min(first_at, excluded.first_at)", "last_at = max(last_at, excluded.last_at)"]
@@ -165,7 +234,8 @@ def _upsert(rollup: Rollup, r: str, sign: str, money: tuple[str, ...]) -> str:
 
 
 def _watched(money: tuple[str, ...]) -> list[str]:
-    columns = {"started_at", "outcome", "status", "is_free", "cost_usd", *DIMENSIONS, *TOKENS, *money}
+    sources = [name for m in money for name in COMPARED.get(m, (m,))]
+    columns = {"started_at", "outcome", "status", "is_free", "cost_usd", *DIMENSIONS, *TOKENS, *sources}
     return sorted(columns)
 
 
@@ -184,11 +254,7 @@ def create(db: sqlite3.Connection, money: tuple[str, ...] = MONEY) -> None:
     _rebuild_hourly(db, kept_before, money)
     _rebuild_from_hourly(db, DAILY, money)
     _rebuild_from_hourly(db, SESSIONS, money)
-    db.execute(
-        "CREATE TRIGGER spend_rollups_insert AFTER INSERT ON requests BEGIN "
-        + " ".join(_upsert(rollup, "NEW", "+", money) for rollup in ROLLUPS)
-        + " END"
-    )
+    create_insert_trigger(db, money)
     # An update (a back-filled cost, an upsert of a row written twice) moves the row's old values
     # out of its old group and its new values into the new one.
     body = []
@@ -200,6 +266,7 @@ def create(db: sqlite3.Connection, money: tuple[str, ...] = MONEY) -> None:
 
 def _rebuild_hourly(db: sqlite3.Connection, kept_before: str | None, money: tuple[str, ...]) -> None:
     rollup = HOURLY
+    money = rollup.money(money)
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (rollup.table,)).fetchone()
     if exists:
         db.execute(f"ALTER TABLE {rollup.table} RENAME TO {rollup.table}_old")
@@ -225,7 +292,7 @@ def _rebuild_from_hourly(db: sqlite3.Connection, rollup: Rollup, money: tuple[st
     # From the hourly rollup, not the raw rows: it still holds the hours retention pruned.
     db.execute(f"DROP TABLE IF EXISTS {rollup.table}")
     db.execute(_schema(rollup, money))
-    columns = _columns(money)
+    columns = _columns(rollup.money(money))
     period = [f"substr(period, 1, {rollup.width})"] if rollup.width else []
     db.execute(
         f"INSERT INTO {rollup.table} ({', '.join(rollup.keys)}, {', '.join(columns)}, first_at, last_at) "

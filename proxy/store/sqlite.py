@@ -54,6 +54,20 @@ def _insert_rows(count: int) -> str:
     )
 
 
+# What the recorder writes: every record field, then the rollup trigger's money parts (migration 14).
+_WRITTEN_COLUMNS = (*REQUEST_COLUMNS, *rollups.HINT_COLUMNS)
+_WRITTEN_PLACEHOLDERS = "(" + ", ".join("?" for _ in _WRITTEN_COLUMNS) + ")"
+
+
+@functools.lru_cache(maxsize=16)
+def _insert_written(count: int) -> str:
+    return (
+        f"INSERT INTO requests ({', '.join(_WRITTEN_COLUMNS)}) VALUES "
+        + ", ".join([_WRITTEN_PLACEHOLDERS] * count)
+        + " ON CONFLICT (id) DO NOTHING"
+    )
+
+
 def _m001_requests(db: sqlite3.Connection) -> None:
     db.execute(
         """
@@ -243,6 +257,21 @@ def _m013_shared_budgets(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE budget_replicas (replica TEXT PRIMARY KEY, seen_at TEXT NOT NULL)")
 
 
+def _m014_money_parts(db: sqlite3.Connection) -> None:
+    # The recorder writes each amount's integer parts beside its text, so the rollup trigger reads
+    # two integers instead of cutting the text in SQL for three rollups. Rows written before, or by
+    # others, leave them NULL and are cut as before. What that saves pays for the hourly rollup's
+    # billed and catalog cost over rows that have both (the page's price drift, 1-4 s over raw rows).
+    for money in ("cost_reported_usd", "cost_catalog_usd"):
+        odd = db.execute(f"SELECT id, {money} FROM requests WHERE {money} GLOB '*[eE]*'").fetchall()
+        for row_id, value in odd:
+            db.execute(f"UPDATE requests SET {money} = ? WHERE id = ?", (_money(Decimal(value)), row_id))
+    for column in ("cost_usd_pico", "cost_usd_yocto", "cost_reported_usd_pico", "cost_reported_usd_yocto",
+                   "cost_catalog_usd_pico", "cost_catalog_usd_yocto"):
+        db.execute(f"ALTER TABLE requests ADD COLUMN {column} INTEGER")
+    rollups.create(db, ("cost_usd", "upstream_cost_usd", "billed_compared_usd", "catalog_compared_usd"))
+
+
 # Append only: a migration that has run on someone's database is never edited.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m001_requests,
@@ -258,6 +287,7 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m011_runtime_keys_on_postgres,
     _m012_hour_statistics,
     _m013_shared_budgets,
+    _m014_money_parts,
 )
 
 
@@ -353,6 +383,20 @@ def encode_record(rec: UsageRecord) -> tuple[Any, ...]:
     return tuple(values)
 
 
+_HINTED_AT = tuple(REQUEST_COLUMNS.index(name) for name in rollups.HINTED)
+
+
+def encode_written(rec: UsageRecord) -> list[Any]:
+    """The row as the recorder writes it: `encode_record`, then each hinted amount's (pico, yocto)."""
+    values = list(_COLUMN_VALUES(rec))
+    for index, encode in _ENCODED_AT:
+        values[index] = encode(values[index])
+    parts = rollups.parts
+    for index in _HINTED_AT:
+        values.extend(parts(values[index]))
+    return values
+
+
 async def insert_requests(db: aiosqlite.Connection, records: list[UsageRecord]) -> None:
     """One transaction for the whole batch."""
     # BEGIN inside the try: a cancel landing while it runs must still roll it back, or the
@@ -366,8 +410,8 @@ async def insert_requests(db: aiosqlite.Connection, records: list[UsageRecord]) 
         for size in _chunk_sizes(len(records)):
             chunk = records[start : start + size]
             start += size
-            params = [value for rec in chunk for value in encode_record(rec)]
-            await db.execute(_insert_rows(size), params)
+            params = [value for rec in chunk for value in encode_written(rec)]
+            await db.execute(_insert_written(size), params)
         await db.execute("COMMIT")
     except BaseException:
         await rollback(db)

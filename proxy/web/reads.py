@@ -15,25 +15,24 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from proxy.store import reports
+from proxy.pricing.calculator import (
+    PriceHistory,
+    TokenSums,
+    price_changes,
+    resolve,
+    whatif_sum_rows,
+)
+from proxy.pricing.catalog import Catalog
+from proxy.store import reports, rollups
 from proxy.store.dialect import dialect_of
 from proxy.store.reader import Reader
-from proxy.pricing.calculator import PriceHistory, logged_request, price_changes, whatif_rows
-from proxy.pricing.catalog import Catalog
-from proxy.store.sqlite import encode_time, read_requests
+from proxy.store.sqlite import encode_time
 from proxy.tables import render as render_rows
+from proxy.web import summed
 from proxy.web.query import BadQuery, Query
 
-# How a report group is spelled in SQL; the same values `report.group_of` gives ("(none)" for empty).
-GROUP_SQL = {
-    "model": "COALESCE(NULLIF(model, ''), '(none)')",
-    "provider": "COALESCE(NULLIF(provider, ''), '(none)')",
-    "project": "COALESCE(NULLIF(project, ''), '(none)')",
-    "session": "COALESCE(NULLIF(session, ''), '(none)')",
-    "client": "COALESCE(NULLIF(client, ''), '(none)')",
-    "endpoint": "COALESCE(NULLIF(endpoint, ''), '(none)')",
-    "key": "COALESCE(NULLIF(key_alias, ''), NULLIF(key_fingerprint, ''), '(none)')",
-}
+# What the chart and the top lists group by (`by=`); "(none)" names a missing value.
+GROUPS = ("model", "provider", "project", "session", "client", "endpoint", "key")
 MAX_BUCKETS = 2_400
 SERIES = 8
 
@@ -120,15 +119,6 @@ def _where(query: Query, *, since: datetime | None = None) -> tuple[str, list[An
     return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
 
-def _rows(db: Reader, query: Query) -> Iterator[Any]:
-    if not query.filters and query.until is None:
-        # The CLI's own reader, so an unfiltered report is the CLI's report.
-        yield from read_requests(db, query.since)
-        return
-    where, params = _where(query)
-    yield from db.execute(f"SELECT * FROM requests{where} ORDER BY started_at", params)
-
-
 def _exactly(value: str) -> str:
     # The page's filters are exact values; the report's are globs.
     return "".join(f"[{c}]" if c in "*?[" else c for c in value)
@@ -137,11 +127,7 @@ def _exactly(value: str) -> str:
 def report(db: Reader, query: Query, free_daily_limit: int, now: datetime) -> dict[str, Any]:
     """The document `report --by {by} --since {since} --format json` prints, filters applied: the
     same query and the same document (proxy/store/reports.py) as the CLI."""
-    wanted: dict[str, list[str]] = {"project": [], "model": [], "session": [], "key": [], "client": []}
-    for column, value in query.filters:
-        wanted[column].append(_exactly(value))
-    filters = reports.Filters(*(tuple(wanted[name]) for name in ("project", "model", "session", "key", "client")))
-    result = reports.report(db, query.by, since=query.since, until=query.until, filters=filters, tz=query.tz)
+    result = reports.report(db, query.by, since=query.since, until=query.until, filters=_filters(query), tz=query.tz)
     return reports.as_document(result, reports.free_usage(db, now, free_daily_limit))
 
 
@@ -149,38 +135,81 @@ def free(db: Reader, free_daily_limit: int, now: datetime) -> dict[str, int]:
     return reports.free_usage(db, now, free_daily_limit).as_dict()
 
 
+def _filters(query: Query) -> reports.Filters:
+    wanted: dict[str, list[str]] = {"project": [], "model": [], "session": [], "key": [], "client": []}
+    for column, value in query.filters:
+        wanted[column].append(_exactly(value))
+    return reports.Filters(*(tuple(wanted[name]) for name in ("project", "model", "session", "key", "client")))
+
+
+def _name(group: str) -> str:
+    return group or reports.NONE
+
+
 def timeseries(db: Reader, query: Query, now: datetime) -> dict[str, Any]:
     """Spend per hour or day (in `tz`), one series per group: the biggest few, the rest as "other".
 
-    SQLite sums per UTC hour (the started_at index keeps it a range scan); Python folds the hours
-    into local buckets, which SQL cannot do across DST changes. Chart values are floats.
+    Read from the rollups per UTC hour (per UTC day where that is a local day); Python folds the
+    hours into local buckets, which SQL cannot do across DST changes. Sums are exact integers until
+    the chart's floats. By session only the top few sessions are read per period: "other" is each
+    bucket's total less theirs.
     """
-    group = GROUP_SQL[query.by] if query.by != "day" else "'total'"
-    where, params = _where(query)
-    dialect = dialect_of(db)
-    cursor = db.execute(
-        f"SELECT {dialect.time_text('started_at', 13)} AS hour, {group} AS grp, {dialect.float_sum('cost_usd')}, COUNT(*)"
-        f" FROM requests{where} GROUP BY hour, grp",
-        params,
-    )
-    cells: dict[tuple[str, str], float] = {}
-    totals: dict[str, float] = {}
-    first: datetime | None = None
-    for hour, grp, cost, _count in cursor:
-        moment = datetime.fromisoformat(hour + ":00:00+00:00")
-        first = moment if first is None or moment < first else first
-        label = _bucket(moment, query)
-        cells[(label, grp)] = cells.get((label, grp), 0.0) + cost
-        totals[grp] = totals.get(grp, 0.0) + cost
-    start = query.since or first or now
+    if not dialect_of(db).rollups:
+        from proxy.web import raw_reads
+
+        return raw_reads.timeseries(db, query, now)
+    filters = _filters(query)
+    hourly = query.step == "hour"
+    labels_of: dict[str, str] = {}
+    first: list[str] = []
+
+    def fold(rows: Iterable[tuple[str, str, int]], cells: dict[tuple[str, str], int], totals: dict[str, int]) -> None:
+        for period, group, cost in rows:
+            label = labels_of.get(period)
+            if label is None:
+                label = labels_of[period] = _bucket(_period_start(period), query)
+                if not first or period < first[0]:
+                    first[:] = [period]
+            key = (label, group)
+            cells[key] = cells.get(key, 0) + cost
+            totals[group] = totals.get(group, 0) + cost
+
+    cells: dict[tuple[str, str], int] = {}
+    totals: dict[str, int] = {}
+    rest: set[str] = set()
+    if query.by == "session":
+        found_in = summed.group_pieces(db, "session", query.since, query.until, filters)
+        top, more = summed.top_groups(db, "session", found_in, filters, SERIES)
+        names = [_name(g.name) for g in top]
+        # One scan: the top sessions per period, every other session as "other".
+        fold(summed.series(db, "session", query.since, query.until, filters, query.tz, hourly, [g.name for g in top]), cells, totals)
+        shown = [g.name for g in top]
+        totals.update((g.name, g.cost) for g in top)
+        rest = {summed.OTHER} if more else set()
+    else:
+        fold(summed.series(db, query.by, query.since, query.until, filters, query.tz, hourly), cells, totals)
+        ranked = sorted(totals, key=lambda g: (-totals[g], _name(g) if query.by != "day" else "total"))
+        shown, rest = ranked[:SERIES], set(ranked[SERIES:])
+        names = [_name(g) if query.by != "day" else "total" for g in shown]
+    start = query.since or (_period_start(first[0]) if first else now)
     labels = list(_labels(start, query.until or now, query))
-    ranked = sorted(totals, key=lambda g: (-totals[g], g))
-    shown, rest = ranked[:SERIES], set(ranked[SERIES:])
-    series = [{"name": g, "total": totals[g], "values": [cells.get((b, g), 0.0) for b in labels]} for g in shown]
+    out = [
+        {"name": name, "total": summed.usd(totals[g]), "values": [summed.usd(cells.get((b, g), 0)) for b in labels]}
+        for name, g in zip(names, shown)
+    ]
     if rest:
-        values = [sum(cells.get((b, g), 0.0) for g in rest) for b in labels]
-        series.append({"name": "other", "total": sum(totals[g] for g in rest), "values": values})
-    return {"by": query.by, "step": query.step, "tz": str(query.tz), "buckets": labels, "series": series}
+        # One pass over the cells: buckets times groups would be millions of look-ups.
+        other: dict[str, int] = {}
+        for (bucket, group), cost in cells.items():
+            if group in rest:
+                other[bucket] = other.get(bucket, 0) + cost
+        out.append({"name": "other", "total": summed.usd(sum(totals[g] for g in rest)), "values": [summed.usd(other.get(b, 0)) for b in labels]})
+    return {"by": query.by, "step": query.step, "tz": str(query.tz), "buckets": labels, "series": out}
+
+
+def _period_start(period: str) -> datetime:
+    # A rollup period: a UTC hour ('2026-11-20T13') or day ('2026-11-20').
+    return datetime.fromisoformat(period + (":00" if len(period) == 13 else "T00:00")).replace(tzinfo=UTC)
 
 
 def _bucket(moment: datetime, query: Query) -> str:
@@ -220,104 +249,69 @@ def recent(db: Reader, query: Query) -> list[dict[str, Any]]:
 
 
 def groups(db: Reader, query: Query) -> list[dict[str, Any]]:
-    """Top groups (sessions by default) with first and last seen, requests, models and exact cost."""
-    try:
-        return _groups(db, query, _money_sum(db)("cost_usd"))
-    except (_Inexact, sqlite3.OperationalError):  # more than 12 decimals, or past SQLite's integers
-        return _groups(db, query, "decsum(cost_usd), NULL")
+    """Top groups (sessions by default) with first and last seen, requests, models and exact cost,
+    ranked and limited in SQL over the rollups."""
+    if not dialect_of(db).rollups:
+        from proxy.web import raw_reads
 
-
-def _groups(db: Reader, query: Query, cost_sql: str) -> list[dict[str, Any]]:
-    group = GROUP_SQL[query.by]
-    where, params = _where(query)
-    dialect = dialect_of(db)
-    errors = dialect.int_sum(dialect.flag("outcome != 'ok'"))
-    cursor = db.execute(
-        f"SELECT {group} AS grp, MIN(started_at), MAX(started_at), COUNT(*),"
-        f" {errors}, {dialect.distinct_list('model')}, {cost_sql}"
-        f" FROM requests{where} GROUP BY grp ORDER BY {dialect.float_sum('cost_usd')} DESC, grp LIMIT ?",
-        [*params, query.limit],
-    )
-    rows = []
-    for grp, first, last, count, errors, models, cost, places in cursor:
-        exact = _sum_text(cost, places)
-        rows.append(
-            {
-                "group": grp,
-                "first_seen": first,
-                "last_seen": last,
-                "requests": count,
-                "errors": errors,
-                "models": sorted(set(models.split(","))) if models else [],
-                "cost_usd": exact if exact is not None else "0",
-            }
-        )
-    return rows
+        return raw_reads.groups(db, query)
+    filters = _filters(query)
+    found_in = summed.group_pieces(db, query.by, query.since, query.until, filters)
+    top, _ = summed.top_groups(db, query.by, found_in, filters, query.limit)
+    summed.add_models(db, query.by, found_in, filters, top)
+    return [summed.as_group_row(group) for group in top]
 
 
 def cache_and_drift(db: Reader, query: Query, catalog: Catalog) -> dict[str, Any]:
-    """Per model: cache reads and what they saved at today's catalog prices; billed vs catalog cost."""
-    try:
-        return _cache_and_drift(db, query, catalog, _money_sum(db))
-    except (_Inexact, sqlite3.OperationalError):
-        return _cache_and_drift(db, query, catalog, lambda column: f"decsum({column}), NULL")
+    """Per model: cache reads and what they saved at today's catalog prices; billed vs catalog cost
+    over the requests that have both. From the hourly rollup: exact, and it survives retention
+    (hours pruned before migration 14 have no billed/catalog sums: their requests are not compared)."""
+    if not dialect_of(db).rollups:
+        from proxy.web import raw_reads
 
-
-def _cache_and_drift(
-    db: Reader, query: Query, catalog: Catalog, money_sum: Callable[[str], str]
-) -> dict[str, Any]:
-    where, params = _where(query)
-    dialect = dialect_of(db)
-    cursor = db.execute(
-        f"SELECT COALESCE(model, '(none)'), COUNT(*), {dialect.float_sum('input_tokens')}, {dialect.float_sum('cached_tokens')},"
-        f" {dialect.float_sum('cache_write_tokens')},"
-        f" {money_sum('CASE WHEN cost_catalog_usd IS NOT NULL THEN cost_reported_usd END')},"
-        f" {money_sum('CASE WHEN cost_reported_usd IS NOT NULL THEN cost_catalog_usd END')},"
-        f" {dialect.int_sum(dialect.flag('cost_reported_usd IS NOT NULL AND cost_catalog_usd IS NOT NULL'))}"
-        f" FROM requests{where} GROUP BY 1",
-        params,
-    )
-    models = []
+        return raw_reads.cache_and_drift(db, query, catalog)
+    models: list[dict[str, Any]] = []
     saved_total = Decimal(0)
     billed_total = Decimal(0)
     catalog_total = Decimal(0)
-    for model, count, input_tokens, cached, written, billed_sum, billed_places, listed_sum, listed_places, compared in cursor:
-        billed = _sum_text(billed_sum, billed_places)
-        listed = _sum_text(listed_sum, listed_places)
-        entry = catalog.get(model) if model != "(none)" else None
+    for model, sums in summed.per_model(db, query.since, query.until, _filters(query)).items():
+        name = _name(model)
+        input_tokens, cached, compared = sums["input_tokens"], sums["cached_tokens"], sums["compared_requests"]
+        entry = catalog.get(model) if model else None
         saved: Decimal | None = None
         if entry is not None and cached:
             read_price = entry.pricing.input_cache_read
             if read_price is not None:
-                saved = (entry.pricing.prompt - read_price) * int(cached)
+                saved = (entry.pricing.prompt - read_price) * cached
                 saved_total += saved
-        billed_d = Decimal(billed) if billed is not None else None
-        listed_d = Decimal(listed) if listed is not None else None
-        if billed_d is not None and listed_d is not None:
-            billed_total += billed_d
-            catalog_total += listed_d
+        billed = listed = None
+        if compared:
+            billed = rollups.money_value(sums["billed_compared_usd_pico"], sums["billed_compared_usd_yocto"])
+            listed = rollups.money_value(sums["catalog_compared_usd_pico"], sums["catalog_compared_usd_yocto"])
+            billed_total += billed
+            catalog_total += listed
         models.append(
             {
-                "model": model,
-                "requests": count,
-                "input_tokens": int(input_tokens),
-                "cached_tokens": int(cached),
-                "cache_write_tokens": int(written),
+                "model": name,
+                "requests": sums["requests"],
+                "input_tokens": input_tokens,
+                "cached_tokens": cached,
+                "cache_write_tokens": sums["cache_write_tokens"],
                 "cache_share": round(cached / input_tokens, 4) if input_tokens else None,
                 "saved_usd": None if saved is None else str(saved),
-                "compared_requests": compared or 0,
-                "billed_usd": None if billed_d is None else str(billed_d),
-                "catalog_usd": None if listed_d is None else str(listed_d),
-                "drift_usd": None if billed_d is None or listed_d is None else str(billed_d - listed_d),
+                "compared_requests": compared,
+                "billed_usd": None if billed is None else format(billed, "f"),
+                "catalog_usd": None if listed is None else format(listed, "f"),
+                "drift_usd": None if billed is None or listed is None else format(billed - listed, "f"),
             }
         )
     models.sort(key=lambda m: (-m["cached_tokens"], m["model"]))
     return {
         "models": models,
         "saved_usd": str(saved_total),
-        "billed_usd": str(billed_total),
-        "catalog_usd": str(catalog_total),
-        "drift_usd": str(billed_total - catalog_total),
+        "billed_usd": format(billed_total, "f"),
+        "catalog_usd": format(catalog_total, "f"),
+        "drift_usd": format(billed_total - catalog_total, "f"),
     }
 
 
@@ -337,10 +331,60 @@ def changes(db: Reader, search: str | None) -> list[Any]:
 
 
 def whatif(db: Reader, query: Query, catalog: Catalog, targets: Iterable[str]) -> list[Any]:
+    """`whatif`'s rows for the range, from token sums SQLite groups so that every request in a group
+    prices alike on every target: same UTC hour (minute, when a target's price depends on the time
+    of day), same price-history version and same long-context tier. Exact; still one pass over the
+    raw rows in range (so not over rows retention deleted, as before)."""
+    if not dialect_of(db).rollups:
+        from proxy.web import raw_reads
+
+        return raw_reads.whatif(db, query, catalog, targets)
+    history = PriceHistory(_history(db))
+    entries = [resolve(catalog, target) for target in targets]
+    pricings = [e.pricing for e in entries] + [p for e in entries for _, p in history.pricings(e.id)]
+    overrides = [o for p in pricings for o in p.overrides]
+    tiers = sorted({o.min_prompt_tokens for o in overrides if o.min_prompt_tokens is not None})
+    changes = sorted({encode_time(seen) for e in entries for seen, _ in history.pricings(e.id)})
+    width = 16 if any(o.utc_start is not None or o.utc_end is not None for o in overrides) else 13
     where, params = _where(query)
-    rows = db.execute(f"SELECT * FROM requests{where} ORDER BY started_at", params)
-    requests = [logged_request(dict(r)) for r in rows]
-    return _json_rows(whatif_rows(requests, catalog, tuple(targets), None, PriceHistory(_history(db))))
+    tier = " + ".join("(COALESCE(input_tokens, 0) > ?)" for _ in tiers) or "0"
+    version = " + ".join("(started_at >= ?)" for _ in changes) or "0"
+    cursor = db.execute(
+        f"SELECT substr(started_at, 1, {width}), {tier}, {version}, (input_tokens IS NOT NULL OR output_tokens IS NOT NULL),"
+        " COUNT(*), MIN(started_at), MIN(COALESCE(input_tokens, 0)),"
+        " SUM(MAX(0, COALESCE(input_tokens, 0) - COALESCE(cached_tokens, 0) - COALESCE(cache_write_tokens, 0))),"
+        " SUM(COALESCE(cached_tokens, 0)), SUM(COALESCE(cache_write_tokens, 0)),"
+        " SUM(MIN(COALESCE(cache_write_1h_tokens, 0), COALESCE(cache_write_tokens, 0))), SUM(COALESCE(output_tokens, 0)),"
+        " SUM(MIN(COALESCE(reasoning_tokens, 0), COALESCE(output_tokens, 0))), SUM(COALESCE(web_search_requests, 0))"
+        f" FROM requests{where} GROUP BY 1, 2, 3, 4",
+        [*tiers, *changes, *params],
+    )
+    groups = [
+        TokenSums(datetime.fromisoformat(first), prompt, count, bool(priced), *sums)
+        for _, _, _, priced, count, first, prompt, *sums in cursor
+    ]
+    return _json_rows(whatif_sum_rows(_logged(db, where, params), groups, catalog, tuple(targets), history))
+
+
+def _logged(db: Reader, where: str, params: list[Any]) -> list[tuple[int, int, Decimal]]:
+    """(requests, unpriced, exact sum) of cost_usd and of cost_catalog_usd, as whatif_rows counts them."""
+    try:
+        return _logged_sums(db, where, params, _exact_sum)
+    except (_Inexact, sqlite3.OperationalError):  # more than 12 decimals, or past SQLite's integers
+        return _logged_sums(db, where, params, lambda column: f"decsum({column}), NULL")
+
+
+def _logged_sums(db: Reader, where: str, params: list[Any], money_sum: Callable[[str], str]) -> list[tuple[int, int, Decimal]]:
+    row = db.execute(
+        f"SELECT COUNT(*), SUM(cost_usd IS NULL), SUM(cost_catalog_usd IS NULL), {money_sum('cost_usd')}, {money_sum('cost_catalog_usd')}"
+        f" FROM requests{where}",
+        params,
+    ).fetchone()
+    count, unpriced, unlisted, spent, spent_places, listed, listed_places = row
+    return [
+        (count, unpriced or 0, Decimal(_sum_text(spent, spent_places) or 0)),
+        (count, unlisted or 0, Decimal(_sum_text(listed, listed_places) or 0)),
+    ]
 
 
 def _json_rows(rows: Any) -> list[Any]:

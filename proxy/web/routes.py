@@ -293,8 +293,8 @@ async def _report(request: web.Request, query: Query) -> Any:
 def _grouped(query: Query, default: str) -> Query:
     if query.first("by") is None:
         return dataclasses.replace(query, by=default)
-    if query.by not in reads.GROUP_SQL:
-        raise BadQuery(f"by: expected one of {', '.join(reads.GROUP_SQL)}, got {query.by!r}")
+    if query.by not in reads.GROUPS:
+        raise BadQuery(f"by: expected one of {', '.join(reads.GROUPS)}, got {query.by!r}")
     return query
 
 
