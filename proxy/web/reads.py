@@ -349,21 +349,50 @@ def whatif(db: Reader, query: Query, catalog: Catalog, targets: Iterable[str]) -
     where, params = _where(query)
     tier = " + ".join("(COALESCE(input_tokens, 0) > ?)" for _ in tiers) or "0"
     version = " + ".join("(started_at >= ?)" for _ in changes) or "0"
-    cursor = db.execute(
+    grouped = (
         f"SELECT substr(started_at, 1, {width}), {tier}, {version}, (input_tokens IS NOT NULL OR output_tokens IS NOT NULL),"
         " COUNT(*), MIN(started_at), MIN(COALESCE(input_tokens, 0)),"
         " SUM(MAX(0, COALESCE(input_tokens, 0) - COALESCE(cached_tokens, 0) - COALESCE(cache_write_tokens, 0))),"
         " SUM(COALESCE(cached_tokens, 0)), SUM(COALESCE(cache_write_tokens, 0)),"
         " SUM(MIN(COALESCE(cache_write_1h_tokens, 0), COALESCE(cache_write_tokens, 0))), SUM(COALESCE(output_tokens, 0)),"
-        " SUM(MIN(COALESCE(reasoning_tokens, 0), COALESCE(output_tokens, 0))), SUM(COALESCE(web_search_requests, 0))"
-        f" FROM requests{where} GROUP BY 1, 2, 3, 4",
-        [*tiers, *changes, *params],
+        " SUM(MIN(COALESCE(reasoning_tokens, 0), COALESCE(output_tokens, 0))), SUM(COALESCE(web_search_requests, 0)){}"
+        f" FROM requests{where} GROUP BY 1, 2, 3, 4"
     )
+    bound = [*tiers, *changes, *params]
+    logged: list[tuple[int, int, Decimal]] | None = None
+    try:
+        # The logged sums ride along in the same scan (the second scan was most of the rest).
+        rows = db.execute(grouped.format(
+            ", SUM(cost_usd IS NULL), SUM(cost_catalog_usd IS NULL), " + _exact_sum("cost_usd") + ", " + _exact_sum("cost_catalog_usd")
+        ), bound).fetchall()
+        logged = _logged_from_groups([(row[4], *row[14:]) for row in rows])
+    except (_Inexact, sqlite3.OperationalError):  # more than 12 decimals, or past SQLite's integers
+        rows = db.execute(grouped.format(""), bound).fetchall()
+    if logged is None:
+        logged = _logged_sums(db, where, params, lambda column: f"decsum({column}), NULL")
     groups = [
-        TokenSums(datetime.fromisoformat(first), prompt, count, bool(priced), *sums)
-        for _, _, _, priced, count, first, prompt, *sums in cursor
+        TokenSums(datetime.fromisoformat(first), prompt, count, bool(priced), *sums[:7])
+        for _, _, _, priced, count, first, prompt, *sums in rows
     ]
-    return _json_rows(whatif_sum_rows(_logged(db, where, params), groups, catalog, tuple(targets), history))
+    return _json_rows(whatif_sum_rows(logged, groups, catalog, tuple(targets), history))
+
+
+def _logged_from_groups(sums: list[tuple[Any, ...]]) -> list[tuple[int, int, Decimal]]:
+    """_logged()'s answer from per-group (requests, unpriced, unlisted, units, places, units, places):
+    integer units add up exactly across groups, and the most places seen is the sum's."""
+    count = unpriced = unlisted = 0
+    money: list[tuple[int | None, int | None]] = [(None, None), (None, None)]
+    for group_count, group_unpriced, group_unlisted, *parts in sums:
+        count += group_count
+        unpriced += group_unpriced
+        unlisted += group_unlisted
+        for i in (0, 1):
+            units, places = parts[2 * i], parts[2 * i + 1]
+            if units is not None:
+                seen_units, seen_places = money[i]
+                money[i] = ((seen_units or 0) + units, max(seen_places or 0, places))
+    spent, listed = (Decimal(_decimal(units, places) or 0) for units, places in money)
+    return [(count, unpriced, spent), (count, unlisted, listed)]
 
 
 def _logged(db: Reader, where: str, params: list[Any]) -> list[tuple[int, int, Decimal]]:
