@@ -453,6 +453,35 @@ async def test_reader_runs_in_another_process_read_only_and_coalesces(tmp_path: 
         reader.close()
 
 
+def _collecting(db: sqlite3.Connection) -> bool:
+    import gc
+
+    return gc.isenabled()
+
+
+async def test_a_read_runs_without_the_cyclic_collector_and_restores_it(tmp_path: Path) -> None:
+    """A read builds a line object per session (tens of thousands, no cycles): the collector's
+    passes over them were a third of /-/report?by=session's CPU. Off during a read, back after."""
+    import gc
+
+    from proxy.store.sqlite import prepare
+    from proxy.web import routes
+
+    path = tmp_path / "u.db"
+    prepare(path)
+    assert gc.isenabled()
+    assert routes.call(path, _collecting, ()) is False
+    assert gc.isenabled()
+    with pytest.raises(sqlite3.OperationalError):
+        routes.call(path, _write, ())
+    assert gc.isenabled()
+    reader = routes.Reader(path, ttl_s=60)
+    try:
+        assert await reader.read("gc", _collecting) is False
+    finally:
+        reader.close()
+
+
 def _die(db: sqlite3.Connection) -> None:
     os._exit(3)
 
