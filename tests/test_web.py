@@ -469,12 +469,21 @@ async def test_a_read_runs_without_the_cyclic_collector_and_restores_it(tmp_path
 
     path = tmp_path / "u.db"
     prepare(path)
-    assert gc.isenabled()
-    assert routes.call(path, _collecting, ()) is False
-    assert gc.isenabled()
-    with pytest.raises(sqlite3.OperationalError):
-        routes.call(path, _write, ())
-    assert gc.isenabled()
+    # Tests that run `report` in this process leave it off (the CLI turns it off for good).
+    was = gc.isenabled()
+    gc.enable()
+    try:
+        assert routes.call(path, _collecting, ()) is False
+        assert gc.isenabled()
+        with pytest.raises(sqlite3.OperationalError):
+            routes.call(path, _write, ())
+        assert gc.isenabled()
+        gc.disable()
+        assert routes.call(path, _collecting, ()) is False
+        assert not gc.isenabled()  # off before, off after
+    finally:
+        if was:
+            gc.enable()
     reader = routes.Reader(path, ttl_s=60)
     try:
         assert await reader.read("gc", _collecting) is False
