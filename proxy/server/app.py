@@ -38,6 +38,8 @@ from proxy.server.shared import SharedLedger, replica_id
 from proxy.server.intake import Intake
 from proxy.metrics import Metrics, metrics_handler
 from proxy.store.recorder import Recorder
+from proxy.store.holds import HoldStore
+from proxy.store.sqlite_holds import SqliteHolds
 from proxy.pricing.refresh import CatalogHolder, initial_catalog, record_prices, refresh_loop
 from proxy.store.engine import SqliteStore, Store, open_store, spend_by_window
 from proxy.store.sqlite import open_db, salt
@@ -364,14 +366,26 @@ async def _budgets(app: web.Application) -> AsyncIterator[None]:
     guard = BudgetGuard(budgets, app[RECORDER], notifier, app[METRICS])
     shared_tasks: list[asyncio.Task[None]] = []
     store = app[STORE]
+    holds: HoldStore | None = None
+    sqlite_holds: SqliteHolds | None = None
     if store.engine == "postgresql":
         from proxy.store.holds import PostgresHolds
         from proxy.store.postgres import PostgresStore
 
         assert isinstance(store, PostgresStore)
-        # Replicas on one database enforce one budget: admission goes through its ledger.
-        ledger = SharedLedger(PostgresHolds(store.pool, replica_id(), config.budget_lease_s), lambda: guard.budgets, guard.notify, store.write_errors)
-        await ledger.start(datetime.now(UTC))
+        holds = PostgresHolds(store.pool, replica_id(), config.budget_lease_s)
+    elif config.workers > 1:
+        # Workers on one SQLite file share the ledger too; one worker keeps deciding in memory.
+        sqlite_holds = holds = await SqliteHolds.open(config.db, replica_id(), config.budget_lease_s)
+    if holds is not None:
+        # Replicas (or workers) on one database enforce one budget: admission goes through its ledger.
+        ledger = SharedLedger(holds, lambda: guard.budgets, guard.notify, store.write_errors)
+        try:
+            await ledger.start(datetime.now(UTC))
+        except BaseException:
+            if sqlite_holds is not None:
+                await sqlite_holds.close()  # its thread would hold the process open
+            raise
         guard.shared = ledger
         shared_tasks = [
             asyncio.create_task(ledger.run(), name="budget-settles"),
@@ -391,6 +405,8 @@ async def _budgets(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
         await asyncio.wait(shared_tasks)
         await guard.shared.leave()
+    if sqlite_holds is not None:
+        await sqlite_holds.close()
     await notifier.close()
     if not delivery.done():
         delivery.cancel()
