@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8787)")
     serve.add_argument("--upstream", help="OpenRouter API base (default https://openrouter.ai/api/v1)")
     serve.add_argument("--quiet", action="store_true", help="no start-up banner and no line per request")
+    serve.add_argument("--workers", type=int, default=1, help="processes serving the port (SO_REUSEPORT), sharing the database and its budgets (default 1)")
     serve.add_argument("--db", help="SQLite file or postgresql://user@host:port/dbname (default: $OPENROUTER_SPEND_DB, the config's db, else ~/.local/share/openrouter-spend/spend.db)")
     serve.set_defaults(func=_serve)
 
@@ -99,6 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from proxy.server.app import create_app
+    from proxy.server.workers import WorkerSlot
     from proxy.config import load_config
 
     overrides = {"host": args.host, "port": args.port, "upstream": args.upstream, "db": args.db}
@@ -107,6 +109,9 @@ def _serve(args: argparse.Namespace) -> int:
     db = resolve_db(args.db, config)
     if isinstance(db, Path):  # a postgresql:// --db is already the config's db_url
         config = dataclasses.replace(config, db=db)
+    if args.workers < 1:
+        raise CliError(f"--workers: expected 1 or more processes, got {args.workers}")
+    config = dataclasses.replace(config, workers=args.workers)
     # Other libraries stay at INFO: aiosqlite at DEBUG logs every row it writes.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("proxy").setLevel(config.log_level.upper())
@@ -114,9 +119,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.quiet or not config.access_log:
         logging.getLogger("proxy.access").setLevel(logging.WARNING)
     _check_catalog_file(config)
-    _prepare_db(config)
-    app = create_app(config)
-    app.on_startup.append(_settle_heap)
+    _prepare_db(config)  # migrations run here, once, before any worker starts
     _warn_if_exposed(config)
     base = f"http://{config.host}:{config.port}"
 
@@ -128,20 +131,39 @@ def _serve(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(banner(config, config_path), file=sys.stderr, flush=True)
 
-    try:
-        web.run_app(
-            app,
-            host=config.host,
-            port=config.port,
-            shutdown_timeout=config.shutdown_grace_s,
-            access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
-            print=listening,
-            handle_signals=True,
-        )
-    except OSError as exc:
-        # Binding is the OSError a start can meet here (the database was opened above).
-        raise CliError(f"port: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
-    return 0
+    def run(worker: WorkerSlot | None) -> int:
+        app = create_app(config, worker=worker)
+        app.on_startup.append(_settle_heap)
+        # One banner: the first worker's first start says it.
+        first = worker is None or (worker.index == 0 and worker.seed_window_spend)
+        try:
+            web.run_app(
+                app,
+                host=config.host,
+                port=config.port,
+                shutdown_timeout=config.shutdown_grace_s,
+                access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
+                print=listening if first else None,
+                handle_signals=True,
+                reuse_port=True if worker is not None else None,
+            )
+        except OSError as exc:
+            # Binding is the OSError a start can meet here (the database was opened above).
+            raise CliError(f"port: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+        return 0
+
+    if config.workers == 1:
+        return run(None)
+    from proxy.cli.workers import supervise
+
+    def run_worker(worker: WorkerSlot) -> int:
+        try:
+            return run(worker)
+        except CliError as exc:
+            print(f"openrouter-spend: {exc}", file=sys.stderr)
+            return 2
+
+    return supervise(config.workers, config.host, config.port, config.shutdown_grace_s, run_worker)
 
 
 def banner(config: Config, config_path: Path | None) -> str:

@@ -36,6 +36,7 @@ from proxy.server.guard import BudgetGuard, load_spend, publish_loop
 from proxy.server.runtime import Runtime
 from proxy.server.shared import SharedLedger, replica_id
 from proxy.server.intake import Intake
+from proxy.server.workers import WorkerSlot, own_metrics_site, summed_handler
 from proxy.metrics import Metrics, metrics_handler
 from proxy.store.recorder import Recorder
 from proxy.store.holds import HoldStore
@@ -65,9 +66,11 @@ PROVIDER_PRICES = web.AppKey("provider_prices", ProviderPrices)
 INTAKE = web.AppKey("intake", Intake)
 ATTRIBUTOR = web.AppKey("attributor", Attributor)
 RUNTIME = web.AppKey("runtime", Runtime)
+WORKER = web.AppKey("worker", WorkerSlot)
 
 
-def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
+def create_app(config: Config, registry: CollectorRegistry | None = None, worker: WorkerSlot | None = None) -> web.Application:
+    """`worker`: this process's place among `serve --workers N` (None for a single process)."""
     registry = registry if registry is not None else CollectorRegistry()
     check_environment(config)
     metrics_token = _metrics_token(config)
@@ -77,6 +80,8 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     # with its Content-Encoding, instead of being inflated under a header that says gzip.
     app = web.Application(client_max_size=config.max_body_bytes, handler_args={"auto_decompress": False})
     app[CONFIG] = config
+    if worker is not None:
+        app[WORKER] = worker
     app[MANAGED_KEY] = managed_key or ""
     app[INTAKE] = Intake(config.max_body_bytes, config.max_buffered_bytes, config.body_idle_timeout_s, config.body_min_rate)
     app[METRICS] = Metrics(
@@ -88,10 +93,15 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     )
     if config.reconcile.interval_minutes:
         app.cleanup_ctx.append(_reconcile(config, managed_key, config.reconcile.interval_minutes * 60))
+    scrape = metrics_handler(registry, metrics_token)
+    if worker is not None and config.metrics.enabled:
+        # Each worker's own numbers on its socket; a scrape of any worker answers for all of them.
+        app.cleanup_ctx.append(own_metrics_site(registry, worker, metrics_handler(registry, None)))
+        scrape = summed_handler(registry, worker, lambda merged: metrics_handler(merged, metrics_token))
     if config.metrics.enabled and config.metrics.port is None:
-        app.router.add_get("/metrics", _only_hosts(metrics_handler(registry, metrics_token), _own_hosts(config, config.host, metrics_token)))
+        app.router.add_get("/metrics", _only_hosts(scrape, _own_hosts(config, config.host, metrics_token)))
     elif config.metrics.enabled:
-        app.cleanup_ctx.append(_metrics_site(registry, metrics_token))
+        app.cleanup_ctx.append(_metrics_site(scrape, metrics_token, reuse_port=worker is not None))
     admin_token = _admin_token(config)
     if admin_token is not None:
         admin = Admin(
@@ -227,7 +237,8 @@ async def _window_spend(app: web.Application) -> AsyncIterator[None]:
 
     A month of a busy log takes seconds to read, so it runs beside serving: only rows started before
     now are read, and requests from now on are counted as they end, so nothing counts twice."""
-    if not app[CONFIG].metrics.enabled:
+    worker = app.get(WORKER)
+    if not app[CONFIG].metrics.enabled or (worker is not None and not worker.seed_window_spend):
         yield
         return
     task = asyncio.create_task(_seed_window_spend(app[STORE], app[METRICS], datetime.now(UTC)), name="window-spend-seed")
@@ -491,15 +502,15 @@ def _reconcile(config: Config, managed_key: str | None, interval_s: float):  # t
     return reconcile
 
 
-def _metrics_site(registry: CollectorRegistry, token: str | None):  # type: ignore[no-untyped-def]
+def _metrics_site(scrape: Handler, token: str | None, reuse_port: bool = False):  # type: ignore[no-untyped-def]
     async def serve_metrics(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         metrics_app = web.Application()
         host = config.metrics.host or config.host
-        metrics_app.router.add_get("/metrics", _only_hosts(metrics_handler(registry, token), _own_hosts(config, host, token)))
+        metrics_app.router.add_get("/metrics", _only_hosts(scrape, _own_hosts(config, host, token)))
         runner = web.AppRunner(metrics_app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, config.metrics.host or config.host, config.metrics.port)
+        site = web.TCPSite(runner, config.metrics.host or config.host, config.metrics.port, reuse_port=reuse_port or None)
         await site.start()
         yield
         await runner.cleanup()
@@ -516,6 +527,7 @@ async def _health(request: web.Request) -> web.Response:
             "catalog_models": len(app[CATALOG].current),
             "catalog_source": app[CATALOG].source,
             "queue_depth": app[RECORDER].depth(),
+            **({"worker": app[WORKER].index} if WORKER in app else {}),
         }
     )
 
