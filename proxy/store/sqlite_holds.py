@@ -2,28 +2,31 @@
 (proxy/store/holds.py), over the same tables (migration 13), for processes on one machine.
 
 SQLite has no row or advisory locks: admission takes the database's write lock (BEGIN IMMEDIATE)
-instead, so admissions of every worker run one at a time, each a few statements long. It uses a
-connection of its own (never the recorder's: two transactions cannot share one connection), with
-a busy timeout, so a worker waits its turn instead of failing. Money is stored as text and added
-up as Decimal here (SQLite's arithmetic would be a float).
+instead, so admissions of every worker run one at a time. The lock is held for as short as can
+be: the ledger has a connection and a thread of its own (never the recorder's: two transactions
+cannot share one connection), and an admission is two trips to that thread, however many windows
+it reads (lock and read; insert the holds and commit), with the pure decision between them on the
+event loop. A busy timeout makes a worker wait its turn instead of failing. Money is stored as
+text and added up as Decimal here (SQLite's arithmetic would be a float).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from proxy.budgets.ledger import WindowRef, WindowState
 from proxy.budgets.messages import alert_key
 from proxy.store.holds import KEEP, LEASE_S, Decide, HoldRow, Spend
-from proxy.store.sqlite import encode_time, rollback
+from proxy.store.sqlite import encode_time
+
+T = TypeVar("T")
 
 _ZERO = Decimal(0)
 _EPOCH = datetime.fromtimestamp(0, UTC)
@@ -41,132 +44,198 @@ def _decode(text: str) -> datetime:
 
 
 class SqliteHolds:
-    """The shared ledger on one SQLite file (WAL), over a connection of its own."""
+    """The shared ledger on one SQLite file (WAL), over a connection and a thread of its own."""
 
-    def __init__(self, db: aiosqlite.Connection, replica: str, lease_s: float = LEASE_S) -> None:
-        self.db = db
+    def __init__(self, path: Path, replica: str, lease_s: float = LEASE_S) -> None:
+        self.path = path
         self.replica = replica
         self.lease_s = lease_s
-        # One connection: admissions, the settle writer and the heartbeat take turns on it.
+        # One thread, so calls run in the order they were made: a rollback queued after a
+        # cancelled admission runs before the next one begins.
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="budget-ledger")
+        self._db: sqlite3.Connection | None = None
+        # Admissions, the settle writer and the heartbeat take turns on the one connection.
         self._turn = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path, replica: str, lease_s: float = LEASE_S) -> SqliteHolds:
-        db = await aiosqlite.connect(path, isolation_level=None)
-        await db.execute("PRAGMA synchronous=NORMAL")
-        # Admissions queue on the write lock; the recorders of other workers hold it for a batch.
-        await db.execute("PRAGMA busy_timeout=10000")
-        return cls(db, replica, lease_s)
+        holds = cls(path, replica, lease_s)
+        await holds._call(holds._connect)
+        return holds
+
+    def _connect(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
+        db.execute("PRAGMA synchronous=NORMAL")
+        self._db = db
 
     async def close(self) -> None:
-        await self.db.close()
+        def close() -> None:
+            if self._db is not None:
+                self._db.close()
 
-    @contextlib.asynccontextmanager
-    async def _locked(self, begin: str = "BEGIN IMMEDIATE") -> AsyncIterator[aiosqlite.Connection]:
+        try:
+            await self._call(close)
+        finally:
+            self._thread.shutdown(wait=True)
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    # -- in the ledger's thread
+
+    def _begin(self, begin: str = "BEGIN IMMEDIATE") -> sqlite3.Connection:
+        db = self._db
+        assert db is not None
+        if db.in_transaction:
+            db.execute("ROLLBACK")  # left by a call cancelled before its rollback was queued
+        db.execute(begin)
+        return db
+
+    def _rollback(self) -> None:
+        if self._db is not None and self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+
+    def _transaction(self, work: Callable[[sqlite3.Connection], T], begin: str = "BEGIN IMMEDIATE") -> T:
+        db = self._begin(begin)
+        try:
+            out = work(db)
+            db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return out
+
+    async def _in_transaction(self, work: Callable[[sqlite3.Connection], T], begin: str = "BEGIN IMMEDIATE") -> T:
         async with self._turn:
-            await self.db.execute(begin)
             try:
-                yield self.db
+                return await self._call(self._transaction, work, begin)
             except BaseException:
-                await rollback(self.db)
-                raise
-            try:
-                await self.db.execute("COMMIT")
-            except BaseException:
-                await rollback(self.db)
+                self._thread.submit(self._rollback)  # if cancelled mid-way: after the work, in order
                 raise
 
-    async def _stamp(self, db: aiosqlite.Connection, now: datetime) -> None:
-        await db.execute(
+    def _stamp(self, db: sqlite3.Connection, now: datetime) -> None:
+        db.execute(
             "INSERT INTO budget_replicas (replica, seen_at) VALUES (?, ?) "
             "ON CONFLICT (replica) DO UPDATE SET seen_at = excluded.seen_at",
             (self.replica, encode_time(now)),
         )
 
-    async def join(self) -> None:
-        async with self._locked() as db:
-            await self._stamp(db, datetime.now(UTC))
-
-    async def heartbeat(self, keep_rolling: timedelta) -> int:
-        now = datetime.now(UTC)
-        async with self._locked() as db:
-            await self._stamp(db, now)
-            cutoff = encode_time(now - timedelta(seconds=self.lease_s))
-            async with db.execute("SELECT replica FROM budget_replicas WHERE seen_at <= ?", (cutoff,)) as cursor:
-                gone = [r[0] for r in await cursor.fetchall()]
-            dropped = 0
-            for replica in gone:
-                cursor = await db.execute("DELETE FROM budget_holds WHERE replica = ?", (replica,))
-                dropped += cursor.rowcount
-                await db.execute("DELETE FROM budget_replicas WHERE replica = ?", (replica,))
-            await db.execute("DELETE FROM budget_spend WHERE at < ?", (encode_time(now - max(KEEP, keep_rolling)),))
-        return dropped
-
-    async def leave(self) -> None:
-        async with self._locked() as db:
-            await db.execute("DELETE FROM budget_holds WHERE replica = ?", (self.replica,))
-            await db.execute("DELETE FROM budget_replicas WHERE replica = ?", (self.replica,))
-
-    async def _read(self, db: aiosqlite.Connection, refs: Sequence[WindowRef], now: datetime) -> dict[WindowRef, WindowState]:
+    def _read(self, db: sqlite3.Connection, refs: Sequence[WindowRef], now: datetime) -> dict[WindowRef, WindowState]:
         live = encode_time(datetime.now(UTC) - timedelta(seconds=self.lease_s))
         states = {}
         for ref in refs:
             at = _at(ref)
-            async with db.execute(
-                "SELECT h.amount FROM budget_holds h JOIN budget_replicas p ON p.replica = h.replica "
-                "WHERE h.budget = ? AND h.scope = ? AND h.at = ? AND p.seen_at > ?",
-                (ref.budget, ref.scope_value, at, live),
-            ) as cursor:
-                held = [Decimal(r[0]) for r in await cursor.fetchall()]
+            held = [
+                Decimal(r[0])
+                for r in db.execute(
+                    "SELECT h.amount FROM budget_holds h JOIN budget_replicas p ON p.replica = h.replica "
+                    "WHERE h.budget = ? AND h.scope = ? AND h.at = ? AND p.seen_at > ?",
+                    (ref.budget, ref.scope_value, at, live),
+                )
+            ]
             since = encode_time(now - timedelta(seconds=ref.rolling_seconds)) if ref.rolling_seconds is not None else _NEVER
-            async with db.execute(
-                "SELECT at, spent FROM budget_spend WHERE budget = ? AND scope = ? AND (at = ? OR at > ?) ORDER BY at",
-                (ref.budget, ref.scope_value, at, since),
-            ) as cursor:
-                entries = tuple((_decode(r[0]), Decimal(r[1])) for r in await cursor.fetchall())
+            entries = tuple(
+                (_decode(r[0]), Decimal(r[1]))
+                for r in db.execute(
+                    "SELECT at, spent FROM budget_spend WHERE budget = ? AND scope = ? AND (at = ? OR at > ?) ORDER BY at",
+                    (ref.budget, ref.scope_value, at, since),
+                )
+            )
             spent = sum((c for _, c in entries), _ZERO)
             states[ref] = WindowState(spent, sum(held, _ZERO), len(held), entries if ref.rolling_seconds is not None else ())
         return states
 
-    async def admit(self, refs: Sequence[WindowRef], now: datetime, decide: Decide) -> Sequence[HoldRow]:
-        async with self._locked() as db:
-            holds = decide(await self._read(db, refs, now))
-            if holds:
-                await db.executemany(
-                    "INSERT INTO budget_holds (replica, reservation, budget, scope, at, amount) VALUES (?, ?, ?, ?, ?, ?)",
-                    [(self.replica, h.reservation, h.ref.budget, h.ref.scope_value, _at(h.ref), str(h.amount)) for h in holds],
-                )
-            return holds
-
-    async def _add(self, db: aiosqlite.Connection, rows: Sequence[tuple[str, str, str, Decimal]], only_new: bool) -> None:
+    def _add(self, db: sqlite3.Connection, rows: Sequence[tuple[str, str, str, Decimal]], only_new: bool) -> None:
         for budget, scope, at, amount in rows:
-            async with db.execute(
-                "SELECT spent FROM budget_spend WHERE budget = ? AND scope = ? AND at = ?", (budget, scope, at)
-            ) as cursor:
-                row = await cursor.fetchone()
+            row = db.execute("SELECT spent FROM budget_spend WHERE budget = ? AND scope = ? AND at = ?", (budget, scope, at)).fetchone()
             if row is None:
-                await db.execute("INSERT INTO budget_spend (budget, scope, at, spent) VALUES (?, ?, ?, ?)", (budget, scope, at, str(amount)))
+                db.execute("INSERT INTO budget_spend (budget, scope, at, spent) VALUES (?, ?, ?, ?)", (budget, scope, at, str(amount)))
             elif not only_new:
-                await db.execute(
+                db.execute(
                     "UPDATE budget_spend SET spent = ? WHERE budget = ? AND scope = ? AND at = ?",
                     (str(Decimal(row[0]) + amount), budget, scope, at),
                 )
 
+    # -- HoldStore
+
+    async def join(self) -> None:
+        await self._in_transaction(lambda db: self._stamp(db, datetime.now(UTC)))
+
+    async def heartbeat(self, keep_rolling: timedelta) -> int:
+        def beat(db: sqlite3.Connection) -> int:
+            now = datetime.now(UTC)
+            self._stamp(db, now)
+            cutoff = encode_time(now - timedelta(seconds=self.lease_s))
+            gone = [r[0] for r in db.execute("SELECT replica FROM budget_replicas WHERE seen_at <= ?", (cutoff,))]
+            dropped = 0
+            for replica in gone:
+                dropped += db.execute("DELETE FROM budget_holds WHERE replica = ?", (replica,)).rowcount
+                db.execute("DELETE FROM budget_replicas WHERE replica = ?", (replica,))
+            db.execute("DELETE FROM budget_spend WHERE at < ?", (encode_time(now - max(KEEP, keep_rolling)),))
+            return dropped
+
+        return await self._in_transaction(beat)
+
+    async def leave(self) -> None:
+        def leave(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM budget_holds WHERE replica = ?", (self.replica,))
+            db.execute("DELETE FROM budget_replicas WHERE replica = ?", (self.replica,))
+
+        await self._in_transaction(leave)
+
+    async def admit(self, refs: Sequence[WindowRef], now: datetime, decide: Decide) -> Sequence[HoldRow]:
+        def lock_and_read() -> dict[WindowRef, WindowState]:
+            db = self._begin()
+            try:
+                return self._read(db, refs, now)
+            except BaseException:
+                self._rollback()
+                raise
+
+        def insert_and_commit(holds: Sequence[HoldRow]) -> None:
+            db = self._db
+            assert db is not None
+            try:
+                if holds:
+                    db.executemany(
+                        "INSERT INTO budget_holds (replica, reservation, budget, scope, at, amount) VALUES (?, ?, ?, ?, ?, ?)",
+                        [(self.replica, h.reservation, h.ref.budget, h.ref.scope_value, _at(h.ref), str(h.amount)) for h in holds],
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                self._rollback()
+                raise
+
+        async with self._turn:
+            try:
+                # The write lock is held from the first trip to the end of the second; the decision
+                # in between is pure (no await).
+                holds = decide(await self._call(lock_and_read))
+                await self._call(insert_and_commit, holds)
+            except BaseException:
+                self._thread.submit(self._rollback)
+                raise
+            return holds
+
     async def settle(
         self, reservations: Sequence[int], spends: Sequence[Spend], read: Sequence[WindowRef], now: datetime
     ) -> dict[WindowRef, WindowState]:
-        async with self._locked() as db:
+        def settle(db: sqlite3.Connection) -> dict[WindowRef, WindowState]:
             if reservations:
-                await db.executemany(
+                db.executemany(
                     "DELETE FROM budget_holds WHERE replica = ? AND reservation = ?", [(self.replica, r) for r in reservations]
                 )
-            await self._add(db, [(s.ref.budget, s.ref.scope_value, encode_time(s.at), s.cost) for s in spends], only_new=False)
-            return await self._read(db, read, now)
+            self._add(db, [(s.ref.budget, s.ref.scope_value, encode_time(s.at), s.cost) for s in spends], only_new=False)
+            return self._read(db, read, now)
+
+        return await self._in_transaction(settle)
 
     async def read(self, refs: Sequence[WindowRef], now: datetime) -> dict[WindowRef, WindowState]:
-        # One read transaction (deferred: no write lock): every window from the same snapshot.
-        async with self._locked("BEGIN") as db:
-            return await self._read(db, refs, now)
+        # One read transaction (deferred: no write lock), so every window comes from one snapshot.
+        return await self._in_transaction(lambda db: self._read(db, refs, now), "BEGIN")
 
     async def seed(self, windows: Sequence[tuple[WindowRef, WindowState]], slice_at: Callable[[WindowRef, datetime], datetime]) -> None:
         rows: list[tuple[str, str, str, Decimal]] = []
@@ -178,22 +247,26 @@ class SqliteHolds:
                 rows += [(ref.budget, ref.scope_value, encode_time(at), cost) for at, cost in state.entries]
         if not rows:
             return
-        async with self._locked() as db:
-            for budget, scope in {(r[0], r[1]) for r in rows}:
-                async with db.execute("SELECT 1 FROM budget_spend WHERE budget = ? AND scope = ? LIMIT 1", (budget, scope)) as cursor:
-                    if await cursor.fetchone() is not None:
-                        rows = [r for r in rows if (r[0], r[1]) != (budget, scope)]
-            await self._add(db, rows, only_new=True)
+
+        def seed(db: sqlite3.Connection) -> None:
+            # Only budgets and scopes the ledger has never seen: another worker may have seeded them.
+            fresh = [
+                r for r in rows
+                if db.execute("SELECT 1 FROM budget_spend WHERE budget = ? AND scope = ? LIMIT 1", (r[0], r[1])).fetchone() is None
+            ]
+            self._add(db, fresh, only_new=True)
+
+        await self._in_transaction(seed)
 
     async def claim_alert(self, budget: str, scope: str, window_start: datetime, kind: str, sent_at: datetime, message: str) -> bool:
         # The same window_start text as the single-process guard writes (alert_key).
         start = alert_key(budget, scope, window_start, "", Decimal(0))[2]
-        async with self._locked() as db:
-            cursor = await db.execute(
+        return await self._in_transaction(
+            lambda db: db.execute(
                 "INSERT OR IGNORE INTO alerts (budget, scope, window_start, kind, sent_at, message) VALUES (?, ?, ?, ?, ?, ?)",
                 (budget, scope, start, kind, encode_time(sent_at), message),
-            )
-            return cursor.rowcount == 1
+            ).rowcount == 1
+        )
 
 
 WRITE_ERRORS: tuple[type[BaseException], ...] = (sqlite3.Error, OSError)
