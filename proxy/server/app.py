@@ -387,7 +387,9 @@ async def _budgets(app: web.Application) -> AsyncIterator[None]:
         holds = PostgresHolds(store.pool, replica_id(), config.budget_lease_s)
     elif config.workers > 1:
         # Workers on one SQLite file share the ledger too; one worker keeps deciding in memory.
-        sqlite_holds = holds = await SqliteHolds.open(config.db, replica_id(), config.budget_lease_s)
+        worker = app.get(WORKER)
+        queue = worker.sockets / "ledger.lock" if worker is not None else None
+        sqlite_holds = holds = await SqliteHolds.open(config.db, replica_id(), config.budget_lease_s, queue)
     if holds is not None:
         # Replicas (or workers) on one database enforce one budget: admission goes through its ledger.
         ledger = SharedLedger(holds, lambda: guard.budgets, guard.notify, store.write_errors)
@@ -399,6 +401,7 @@ async def _budgets(app: web.Application) -> AsyncIterator[None]:
             raise
         guard.shared = ledger
         shared_tasks = [
+            asyncio.create_task(ledger.admissions(), name="budget-admissions"),
             asyncio.create_task(ledger.run(), name="budget-settles"),
             asyncio.create_task(ledger.heartbeat(), name="budget-lease"),
         ]

@@ -6,13 +6,18 @@ instead, so admissions of every worker run one at a time. The lock is held for a
 be: the ledger has a connection and a thread of its own (never the recorder's: two transactions
 cannot share one connection), and an admission is two trips to that thread, however many windows
 it reads (lock and read; insert the holds and commit), with the pure decision between them on the
-event loop. A busy timeout makes a worker wait its turn instead of failing. Money is stored as
+event loop. Workers of one `serve` also queue on a file lock (flock) before taking the write lock:
+SQLite's own wait is a sleep in steps up to 100 ms, which under load let one worker's
+admissions starve the other's; a flock waiter wakes as soon as it is released. The busy timeout
+still covers the recorders and anything else writing the file. Money is stored as
 text and added up as Decimal here (SQLite's arithmetic would be a float).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -46,8 +51,11 @@ def _decode(text: str) -> datetime:
 class SqliteHolds:
     """The shared ledger on one SQLite file (WAL), over a connection and a thread of its own."""
 
-    def __init__(self, path: Path, replica: str, lease_s: float = LEASE_S) -> None:
+    def __init__(self, path: Path, replica: str, lease_s: float = LEASE_S, queue: Path | None = None) -> None:
         self.path = path
+        self._queue_path = queue
+        self._queue_fd: int | None = None
+        self._queued = False
         self.replica = replica
         self.lease_s = lease_s
         # One thread, so calls run in the order they were made: a rollback queued after a
@@ -58,8 +66,9 @@ class SqliteHolds:
         self._turn = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: Path, replica: str, lease_s: float = LEASE_S) -> SqliteHolds:
-        holds = cls(path, replica, lease_s)
+    async def open(cls, path: Path, replica: str, lease_s: float = LEASE_S, queue: Path | None = None) -> SqliteHolds:
+        """`queue`: a file the workers of one server share, to take turns in order (see the module doc)."""
+        holds = cls(path, replica, lease_s, queue)
         await holds._call(holds._connect)
         return holds
 
@@ -67,11 +76,15 @@ class SqliteHolds:
         db = sqlite3.connect(self.path, isolation_level=None, timeout=10.0)
         db.execute("PRAGMA synchronous=NORMAL")
         self._db = db
+        if self._queue_path is not None:
+            self._queue_fd = os.open(self._queue_path, os.O_CREAT | os.O_RDWR, 0o600)
 
     async def close(self) -> None:
         def close() -> None:
             if self._db is not None:
                 self._db.close()
+            if self._queue_fd is not None:
+                os.close(self._queue_fd)
 
         try:
             await self._call(close)
@@ -87,9 +100,25 @@ class SqliteHolds:
         db = self._db
         assert db is not None
         if db.in_transaction:
-            db.execute("ROLLBACK")  # left by a call cancelled before its rollback was queued
-        db.execute(begin)
+            self._rollback()  # left by a call cancelled before its rollback was queued
+        if self._queue_fd is not None and begin == "BEGIN IMMEDIATE":
+            fcntl.flock(self._queue_fd, fcntl.LOCK_EX)
+            self._queued = True
+        try:
+            db.execute(begin)
+        except BaseException:
+            self._unqueue()
+            raise
         return db
+
+    def _unqueue(self) -> None:
+        if self._queued and self._queue_fd is not None:
+            fcntl.flock(self._queue_fd, fcntl.LOCK_UN)
+            self._queued = False
+
+    def _commit(self, db: sqlite3.Connection) -> None:
+        db.execute("COMMIT")
+        self._unqueue()
 
     def _rollback(self) -> None:
         if self._db is not None and self._db.in_transaction:
@@ -97,12 +126,13 @@ class SqliteHolds:
                 self._db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+        self._unqueue()
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T], begin: str = "BEGIN IMMEDIATE") -> T:
         db = self._begin(begin)
         try:
             out = work(db)
-            db.execute("COMMIT")
+            self._commit(db)
         except BaseException:
             self._rollback()
             raise
@@ -204,7 +234,7 @@ class SqliteHolds:
                         "INSERT INTO budget_holds (replica, reservation, budget, scope, at, amount) VALUES (?, ?, ?, ?, ?, ?)",
                         [(self.replica, h.reservation, h.ref.budget, h.ref.scope_value, _at(h.ref), str(h.amount)) for h in holds],
                     )
-                db.execute("COMMIT")
+                self._commit(db)
             except BaseException:
                 self._rollback()
                 raise
