@@ -97,9 +97,11 @@ def summed_handler(own: CollectorRegistry, slot: WorkerSlot, render_with: Callab
         headers = {_SCRAPE_HEADER: "10"} if scrape else {}
         try:
             connector = aiohttp.UnixConnector(path=str(slot.socket(index)))
-            async with aiohttp.ClientSession(connector=connector) as client:
-                async with client.get("http://worker/metrics", headers=headers, timeout=aiohttp.ClientTimeout(total=_FETCH_S)) as r:
-                    return await r.text() if r.status == 200 else None
+            timeout = aiohttp.ClientTimeout(total=_FETCH_S)
+            async with aiohttp.ClientSession(connector=connector) as client, client.get(
+                "http://worker/metrics", headers=headers, timeout=timeout
+            ) as r:
+                return await r.text() if r.status == 200 else None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             # A worker being restarted: its counts are gone with its process anyway.
             log.warning("event=worker_metrics_unavailable worker=%d error=%r", index, exc)

@@ -17,7 +17,14 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.faults.conftest import KEY, ProxyProcess, free_port, metric_value, read_rows, wait_for
+from tests.faults.conftest import (
+    KEY,
+    ProxyProcess,
+    free_port,
+    metric_value,
+    read_rows,
+    wait_for,
+)
 
 MODELS = ("openai/gpt-4o", "meta-llama/llama-3.1-8b-instruct")
 
