@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.procs import Procs, free_port, wait_ready
+from bench.procs import Procs, cpu_seconds, free_port, wait_ready
 from bench.run import BUDGET, LUA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +41,15 @@ def _wrk(procs: Procs, url: str, conns: int, duration: int) -> dict[str, Any]:
     raise RuntimeError(f"wrk printed no result:\n{procs.log_tail(name)}")
 
 
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of the proxy and its workers (their own, not of children already gone)."""
+    try:
+        children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        children = []
+    return sum(cpu_seconds(p) for p in (pid, *children))
+
+
 def one(procs: Procs, tmp: Path, upstream_port: int, workers: int, budget: bool, duration: int) -> dict[str, Any]:
     port = free_port()
     db = tmp / f"w{workers}-{budget}-{port}.db"
@@ -54,7 +63,9 @@ def one(procs: Procs, tmp: Path, upstream_port: int, workers: int, budget: bool,
     wait_ready(port, "/healthz")
     url = f"http://127.0.0.1:{port}/api/v1/chat/completions"
     warm = _wrk(procs, url, 64, 1)  # warm-up (every worker's first requests)
+    before = _tree_cpu(procs.pid(name))
     result = _wrk(procs, url, 64, duration)
+    cpu = _tree_cpu(procs.pid(name)) - before
     code = procs.stop(name)
     connection = sqlite3.connect(db)
     try:
@@ -65,7 +76,7 @@ def one(procs: Procs, tmp: Path, upstream_port: int, workers: int, budget: bool,
     return {
         "workers": workers, "budget": budget, "rps": result["requests"] / (result["duration_us"] / 1e6),
         "p50_ms": result["p50_us"] / 1000, "p99_ms": result["p99_us"] / 1000, "errors": errors,
-        "rows": rows, "answered": warm["requests"] + result["requests"], "exit": code,
+        "cpu_us_per_request": cpu / result["requests"] * 1e6, "rows": rows, "answered": warm["requests"] + result["requests"], "exit": code,
     }
 
 
@@ -91,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                         print(json.dumps(r), flush=True)
         finally:
             procs.stop_all()
-    print(f"\n{'workers':>7} {'budget':>6} {'req/s c=64 median (min-max)':>30} {'p50 ms':>7} {'p99 ms':>7} {'errors':>6}")
+    print(f"\n{'workers':>7} {'budget':>6} {'req/s c=64 median (min-max)':>30} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} {'errors':>6}")
     for budget in (False, True):
         for workers in (1, 2):
             rs = [r for r in results if r["workers"] == workers and r["budget"] == budget]
@@ -99,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{workers:>7} {'yes' if budget else 'no':>6} {statistics.median(rps):>12.0f} ({min(rps):.0f}-{max(rps):.0f})"
                 f"{'':>8} {statistics.median(r['p50_ms'] for r in rs):>7.1f} {statistics.median(r['p99_ms'] for r in rs):>7.1f}"
-                f" {sum(r['errors'] for r in rs):>6}"
+                f" {statistics.median(r['cpu_us_per_request'] for r in rs):>10.0f} {sum(r['errors'] for r in rs):>6}"
             )
     return 0
 
