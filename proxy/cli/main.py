@@ -120,6 +120,8 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("proxy.access").setLevel(logging.WARNING)
     _check_catalog_file(config)
     _prepare_db(config)  # migrations run here, once, before any worker starts
+    # No I/O: a bad setting is one line here, before any worker starts (each builds its own app).
+    single = create_app(config)
     _warn_if_exposed(config)
     base = f"http://{config.host}:{config.port}"
 
@@ -132,7 +134,7 @@ def _serve(args: argparse.Namespace) -> int:
             print(banner(config, config_path), file=sys.stderr, flush=True)
 
     def run(worker: WorkerSlot | None) -> int:
-        app = create_app(config, worker=worker)
+        app = single if worker is None else create_app(config, worker=worker)
         app.on_startup.append(_settle_heap)
         # One banner: the first worker's first start says it.
         first = worker is None or (worker.index == 0 and worker.seed_window_spend)

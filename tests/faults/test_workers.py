@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import sqlite3
+import subprocess
 import sys
 from decimal import Decimal
 from pathlib import Path
@@ -196,3 +197,46 @@ async def test_a_killed_worker_is_replaced_and_sigterm_stops_all_with_zero(spawn
     assert await proxy.wait_exit(30) == 0, proxy.log_text()[-3000:]
     assert all(not Path(f"/proc/{pid}").exists() for pid in workers)
     assert "event=workers_stopped exitcodes=0,0" in proxy.log_text()
+
+
+@pytest.mark.parametrize(
+    ("config", "flag", "line"),
+    [
+        ("host: 0.0.0.0\n", "2", "openrouter-spend: metrics.token_env: required when /metrics is served on a non-loopback address (0.0.0.0)"),
+        ("", "0", "openrouter-spend: --workers: expected 1 or more processes, got 0"),
+    ],
+)
+def test_a_bad_setting_is_one_line_before_any_worker_starts(tmp_path: Path, config: str, flag: str, line: str) -> None:
+    path = tmp_path / "proxy.yaml"
+    path.write_text(config + f"port: {free_port()}\ndb: {tmp_path / 'u.db'}\ncatalog: {{refresh_hours: 0}}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(path), "--workers", flag],
+        cwd=Path(__file__).resolve().parents[2], check=False, capture_output=True, text=True, timeout=30,
+    )
+    assert proc.returncode == 2
+    assert [x for x in proc.stderr.strip().splitlines() if "event=exposed" not in x] == [line]
+
+
+async def test_day_spend_counts_the_log_once_after_a_restart(spawn_workers: Any, fake_process: Any) -> None:
+    """Only the first worker seeds the spend gauges from the log; the other counts from its start."""
+    headers = {"Authorization": f"Bearer {KEY}", "X-Fake-Cost": "0.01"}
+    body = {"model": MODELS[0], "messages": [{"role": "user", "content": "hi"}]}
+
+    async def send(proxy: ProxyProcess, n: int) -> None:
+        for _ in range(n):
+            async with aiohttp.ClientSession() as session, session.post(f"{proxy.base}/chat/completions", json=body, headers=headers) as r:
+                assert r.status == 200
+
+    first = await spawn_workers(fake_process.url("/api/v1"))
+    await send(first, 10)
+    first.proc.send_signal(signal.SIGTERM)
+    assert await first.wait_exit(30) == 0
+    second = await spawn_workers(fake_process.url("/api/v1"))
+    await send(second, 6)
+    await _rows_settled(second.db, 16)
+    text = await second.metrics_text()
+    day = sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        if line.startswith("openrouter_proxy_spend_usd{") and 'window="day"' in line
+    )
+    assert day == pytest.approx(0.16), text
