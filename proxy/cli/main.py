@@ -165,7 +165,20 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"openrouter-spend: {exc}", file=sys.stderr)
             return 2
 
-    return supervise(config.workers, config.host, config.port, config.shutdown_grace_s, run_worker)
+    on_death = None
+    if not config.db_url:
+        from proxy.server.shared import replica_prefix
+        from proxy.store.sqlite_holds import release
+
+        def on_death(pid: int) -> None:
+            try:
+                dropped = release(config.db, replica_prefix(pid))
+            except (sqlite3.Error, OSError) as exc:  # its lease still ends them
+                log.warning("event=dead_worker_holds_release_failed pid=%d error=%r", pid, exc)
+                return
+            log.warning("event=dead_worker_holds_released pid=%d holds=%d", pid, dropped)
+
+    return supervise(config.workers, config.host, config.port, config.shutdown_grace_s, run_worker, on_death)
 
 
 def banner(config: Config, config_path: Path | None) -> str:

@@ -6,7 +6,8 @@ them. They share the database: one WAL file with a recorder each (busy timeout, 
 kept and retried) and the shared budget ledger (proxy/store/sqlite_holds.py). SIGTERM or SIGINT to
 the parent stops every worker gracefully (each drains its recorder), and its exit status is 0
 only if every worker stopped cleanly. A worker that dies is started again; one that keeps dying
-at start stops the whole server.
+at start stops the whole server. A dead worker's budget holds on SQLite are dropped at once (the
+parent knows it is dead), not after its lease.
 """
 
 from __future__ import annotations
@@ -60,7 +61,11 @@ def _child(run: Callable[[WorkerSlot], int], slot: WorkerSlot) -> None:
     sys.exit(run(slot))
 
 
-def supervise(workers: int, host: str, port: int, grace_s: float, run: Callable[[WorkerSlot], int]) -> int:
+def supervise(
+    workers: int, host: str, port: int, grace_s: float, run: Callable[[WorkerSlot], int],
+    on_death: Callable[[int], None] | None = None,
+) -> int:
+    """`on_death(pid)`: called for a worker that died while serving, before its replacement starts."""
     check_port(host, port)
     context = multiprocessing.get_context("fork")
     procs: dict[int, Any] = {}
@@ -98,6 +103,8 @@ def supervise(workers: int, host: str, port: int, grace_s: float, run: Callable[
                 if proc.exitcode is None or stopping:
                     continue
                 log.error("event=worker_died worker=%d pid=%d exitcode=%s", index, proc.pid, proc.exitcode)
+                if on_death is not None:
+                    on_death(proc.pid)
                 quick[index] = quick.get(index, 0) + 1 if time.monotonic() - started[index] < _QUICK_S else 0
                 if quick[index] >= _QUICK_DEATHS:
                     log.critical("event=workers_failing worker=%d message=died %d times at start; stopping", index, quick[index])

@@ -45,7 +45,12 @@ _DRAIN_S = 5.0
 
 
 def replica_id() -> str:
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
+    return f"{replica_prefix(os.getpid())}{secrets.token_hex(3)}"
+
+
+def replica_prefix(pid: int) -> str:
+    """How every replica id of process `pid` on this host begins."""
+    return f"{socket.gethostname()[:40]}:{pid}:"
 
 
 @dataclass(frozen=True, slots=True)

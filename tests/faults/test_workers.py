@@ -217,6 +217,28 @@ def test_a_bad_setting_is_one_line_before_any_worker_starts(tmp_path: Path, conf
     assert [x for x in proc.stderr.strip().splitlines() if "event=exposed" not in x] == [line]
 
 
+async def test_a_dead_worker_s_holds_are_released_at_once_not_after_the_lease(spawn_workers: Any, fake_process: Any) -> None:
+    budgets = [{"name": "team", "limit_usd": "0.1", "period": "day", "action": "block"}]
+    proxy = await spawn_workers(fake_process.url("/api/v1"), budgets=budgets)  # lease: 30 s
+    headers = {"Authorization": f"Bearer {KEY}", "X-Fake-Cost": "0.01", "X-Fake-Chunks": "200", "X-Fake-Delay-Ms": "100"}
+    body = {"model": MODELS[0], "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    db = sqlite3.connect(proxy.db)
+    async with aiohttp.ClientSession() as session:
+        stream = await session.post(f"{proxy.base}/chat/completions", json=body, headers=headers)
+        assert stream.status == 200
+        [(replica,)] = db.execute("SELECT replica FROM budget_holds").fetchall()
+        os.kill(int(replica.split(":")[1]), signal.SIGKILL)  # the worker holding it
+        stream.close()
+        loop = asyncio.get_running_loop()
+        killed = loop.time()
+        try:
+            await wait_for(lambda: not db.execute("SELECT 1 FROM budget_holds").fetchall(), timeout=10, what="holds released")
+        finally:
+            db.close()
+        assert loop.time() - killed < 10
+    assert "event=dead_worker_holds_released" in proxy.log_text() and "holds=1" in proxy.log_text()
+
+
 async def test_day_spend_counts_the_log_once_after_a_restart(spawn_workers: Any, fake_process: Any) -> None:
     """Only the first worker seeds the spend gauges from the log; the other counts from its start."""
     headers = {"Authorization": f"Bearer {KEY}", "X-Fake-Cost": "0.01"}
