@@ -202,6 +202,8 @@ def banner(config: Config, config_path: Path | None) -> str:
         ("metrics", metrics_url),
         ("upstream", config.upstream),
     ]
+    if config.workers > 1:
+        rows.append(("workers", f"{config.workers} processes on one port, budgets shared through the database"))
     lines = [f"openrouter-spend {__version__} listening on http://{host}:{config.port}"]
     lines += [f"  {name + ':':<25}{value}" for name, value in rows]
     lines.append("  set up an agent:         openrouter-spend setup claude-code|codex|opencode|aider|goose|cline")

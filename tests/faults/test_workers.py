@@ -192,6 +192,7 @@ async def test_a_killed_worker_is_replaced_and_sigterm_stops_all_with_zero(spawn
     await wait_for_workers(proxy, 2)
     assert "event=worker_died worker=" in proxy.log_text()
     assert proxy.log_text().count("listening on http://") == 1  # one banner, not one per (re)start
+    assert "workers:                 2 processes on one port" in proxy.log_text()
     workers = _children(proxy.pid)
     proxy.proc.send_signal(signal.SIGTERM)
     assert await proxy.wait_exit(30) == 0, proxy.log_text()[-3000:]
