@@ -94,6 +94,8 @@ class Config:
     storage_on_unavailable: str = "serve"
     # Budgets shared through the database: holds of a process not heard from for this long stop counting.
     budget_lease_s: float = 30.0
+    # Processes serving one port (`serve --workers N`); more than one shares budgets through the database.
+    workers: int = 1
     # Anthropic's API takes at most 32 MB a request and agents send 1-11 MB: a larger body would be
     # refused upstream anyway, and every MiB allowed is memory a client can make the proxy hold.
     max_body_bytes: int = 32 * 1024 * 1024

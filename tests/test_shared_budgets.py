@@ -1,14 +1,19 @@
-"""Budgets shared through PostgreSQL (proxy/server/shared.py, proxy/store/holds.py), with two
-proxies in this process on one database: rolling and per-session windows, the model that served
-paying, and a replica whose database is away deciding on its own."""
+"""Budgets shared through the database (proxy/server/shared.py, proxy/store/holds.py and
+sqlite_holds.py), with two proxies in this process on one database (PostgreSQL, or one SQLite file
+as `serve --workers 2` runs): rolling and per-session windows, the model that served paying, and a
+replica whose database is away deciding on its own."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
+import pytest
 
 from proxy.budgets.spec import parse_budgets
 from proxy.server.app import GUARD
@@ -40,9 +45,30 @@ async def _spend(url: str) -> list[tuple[str, str, str]]:
         await connection.close()
 
 
-async def test_a_rolling_budget_spent_on_one_proxy_blocks_the_other(start_proxy: Any, make_config: Any, pg_url: str) -> None:
+Engine = tuple[dict[str, Any], Callable[[], Awaitable[list[tuple[str, str, str]]]]]
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    """Config changes that share budgets, and a reader of the shared spend rows."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        return {"db_url": url}, lambda: _spend(url)
+    db = tmp_path / "usage.db"
+
+    async def spend() -> list[tuple[str, str, str]]:
+        connection = sqlite3.connect(db)
+        try:
+            return [tuple(r) for r in connection.execute("SELECT budget, scope, spent FROM budget_spend ORDER BY budget, scope")]
+        finally:
+            connection.close()
+
+    return {"db": db, "workers": 2}, spend
+
+
+async def test_a_rolling_budget_spent_on_one_proxy_blocks_the_other(start_proxy: Any, make_config: Any, engine: Engine) -> None:
     budgets = parse_budgets([{"name": "hourly", "limit_usd": "0.01", "period": "rolling:1h", "action": "block"}])
-    config = make_config(db_url=pg_url, budgets=budgets)
+    config = make_config(budgets=budgets, **engine[0])
     a, b = await start_proxy(config), await start_proxy(config)
     assert a.app[GUARD].shared is not None and b.app[GUARD].shared is not None
     async with aiohttp.ClientSession() as session:
@@ -52,13 +78,13 @@ async def test_a_rolling_budget_spent_on_one_proxy_blocks_the_other(start_proxy:
         status, text = await _post(session, b, {"X-Fake-Cost": "0.004"})
     assert status == 402 and "is spent: $0.012 of $0.01 in the last 1h" in text, text
     # One slice row for the three requests (they fall in the same 15-second slice, or two).
-    spend = await _spend(pg_url)
+    spend = await engine[1]()
     assert {s[0] for s in spend} == {"hourly"} and sum(float(s[2]) for s in spend) == 0.012
 
 
-async def test_per_session_windows_are_shared_and_kept_apart(start_proxy: Any, make_config: Any, pg_url: str) -> None:
+async def test_per_session_windows_are_shared_and_kept_apart(start_proxy: Any, make_config: Any, engine: Engine) -> None:
     budgets = parse_budgets([{"name": "per-session", "limit_usd": "0.01", "period": "day", "scope": "session", "action": "block"}])
-    config = make_config(db_url=pg_url, budgets=budgets)
+    config = make_config(budgets=budgets, **engine[0])
     a, b = await start_proxy(config), await start_proxy(config)
     async with aiohttp.ClientSession() as session:
         for _ in range(2):
@@ -67,14 +93,14 @@ async def test_per_session_windows_are_shared_and_kept_apart(start_proxy: Any, m
         assert (await _post(session, b, {"X-Fake-Cost": "0.006", "X-Spend-Session": "s1"}))[0] == 402
         assert (await _post(session, b, {"X-Fake-Cost": "0.006", "X-Spend-Session": "s2"}))[0] == 200
     await _settled(b)
-    assert await _spend(pg_url) == [("per-session", "s1", "0.012"), ("per-session", "s2", "0.006")]
+    assert await engine[1]() == [("per-session", "s1", "0.012"), ("per-session", "s2", "0.006")]
 
 
-async def test_the_model_that_served_pays_its_own_budget_across_proxies(start_proxy: Any, make_config: Any, pg_url: str) -> None:
+async def test_the_model_that_served_pays_its_own_budget_across_proxies(start_proxy: Any, make_config: Any, engine: Engine) -> None:
     budgets = parse_budgets(
         [{"name": "claude", "limit_usd": "0.01", "period": "day", "match": {"model": "anthropic/*"}, "action": "block"}]
     )
-    config = make_config(db_url=pg_url, budgets=budgets)
+    config = make_config(budgets=budgets, **engine[0])
     a, b = await start_proxy(config), await start_proxy(config)
     auto = {"model": "openrouter/auto", "messages": [{"role": "user", "content": "hi"}]}
     async with aiohttp.ClientSession() as session:

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on (default 8787)")
     serve.add_argument("--upstream", help="OpenRouter API base (default https://openrouter.ai/api/v1)")
     serve.add_argument("--quiet", action="store_true", help="no start-up banner and no line per request")
+    serve.add_argument("--workers", type=int, default=1, help="processes serving the port (SO_REUSEPORT), sharing the database and its budgets (default 1)")
     serve.add_argument("--db", help="SQLite file or postgresql://user@host:port/dbname (default: $OPENROUTER_SPEND_DB, the config's db, else ~/.local/share/openrouter-spend/spend.db)")
     serve.set_defaults(func=_serve)
 
@@ -100,6 +101,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from proxy.cli.logline import setup_logging
     from proxy.server.app import create_app, upstream_ssl_context
+    from proxy.server.workers import WorkerSlot
     from proxy.config import load_config
 
     overrides = {"host": args.host, "port": args.port, "upstream": args.upstream, "db": args.db}
@@ -108,6 +110,9 @@ def _serve(args: argparse.Namespace) -> int:
     db = resolve_db(args.db, config)
     if isinstance(db, Path):  # a postgresql:// --db is already the config's db_url
         config = dataclasses.replace(config, db=db)
+    if args.workers < 1:
+        raise CliError(f"--workers: expected 1 or more processes, got {args.workers}")
+    config = dataclasses.replace(config, workers=args.workers)
     # Other libraries stay at INFO: aiosqlite at DEBUG logs every row it writes.
     setup_logging()
     logging.getLogger("proxy").setLevel(config.log_level.upper())
@@ -116,9 +121,9 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("proxy.access").setLevel(logging.WARNING)
     _check_catalog_file(config)
     upstream_ssl_context(config)
-    _prepare_db(config)
-    app = create_app(config)
-    app.on_startup.append(_settle_heap)
+    _prepare_db(config)  # migrations run here, once, before any worker starts
+    # No I/O: a bad setting is one line here, before any worker starts (each builds its own app).
+    single = create_app(config)
     _warn_if_exposed(config)
     base = f"http://{config.host}:{config.port}"
 
@@ -130,20 +135,52 @@ def _serve(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(banner(config, config_path), file=sys.stderr, flush=True)
 
-    try:
-        web.run_app(
-            app,
-            host=config.host,
-            port=config.port,
-            shutdown_timeout=config.shutdown_grace_s,
-            access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
-            print=listening,
-            handle_signals=True,
-        )
-    except OSError as exc:
-        # Binding is the OSError a start can meet here (the database was opened above).
-        raise CliError(f"port: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
-    return 0
+    def run(worker: WorkerSlot | None) -> int:
+        app = single if worker is None else create_app(config, worker=worker)
+        app.on_startup.append(_settle_heap)
+        # One banner: the first worker's first start says it.
+        first = worker is None or (worker.index == 0 and worker.seed_window_spend)
+        try:
+            web.run_app(
+                app,
+                host=config.host,
+                port=config.port,
+                shutdown_timeout=config.shutdown_grace_s,
+                access_log=logging.getLogger("aiohttp.access") if config.log_level == "debug" else None,
+                print=listening if first else None,
+                handle_signals=True,
+                reuse_port=True if worker is not None else None,
+            )
+        except OSError as exc:
+            # Binding is the OSError a start can meet here (the database was opened above).
+            raise CliError(f"port: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
+        return 0
+
+    if config.workers == 1:
+        return run(None)
+    from proxy.cli.workers import supervise
+
+    def run_worker(worker: WorkerSlot) -> int:
+        try:
+            return run(worker)
+        except CliError as exc:
+            print(f"openrouter-spend: {exc}", file=sys.stderr)
+            return 2
+
+    on_death = None
+    if not config.db_url:
+        from proxy.server.shared import replica_prefix
+        from proxy.store.sqlite_holds import release
+
+        def on_death(pid: int) -> None:
+            try:
+                dropped = release(config.db, replica_prefix(pid))
+            except (sqlite3.Error, OSError) as exc:  # its lease still ends them
+                log.warning("event=dead_worker_holds_release_failed pid=%d error=%r", pid, exc)
+                return
+            log.warning("event=dead_worker_holds_released pid=%d holds=%d", pid, dropped)
+
+    return supervise(config.workers, config.host, config.port, config.shutdown_grace_s, run_worker, on_death)
 
 
 def banner(config: Config, config_path: Path | None) -> str:
@@ -167,6 +204,8 @@ def banner(config: Config, config_path: Path | None) -> str:
         ("metrics", metrics_url),
         ("upstream", config.upstream),
     ]
+    if config.workers > 1:
+        rows.append(("workers", f"{config.workers} processes on one port, budgets shared through the database"))
     lines = [f"openrouter-spend {__version__} listening on http://{host}:{config.port}"]
     lines += [f"  {name + ':':<25}{value}" for name, value in rows]
     lines.append("  set up an agent:         openrouter-spend setup claude-code|codex|opencode|aider|goose|cline")

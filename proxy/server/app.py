@@ -37,8 +37,11 @@ from proxy.server.guard import BudgetGuard, load_spend, publish_loop
 from proxy.server.runtime import Runtime
 from proxy.server.shared import SharedLedger, replica_id
 from proxy.server.intake import Intake
+from proxy.server.workers import WorkerSlot, own_metrics_site, summed_handler
 from proxy.metrics import Metrics, metrics_handler
 from proxy.store.recorder import Recorder
+from proxy.store.holds import HoldStore
+from proxy.store.sqlite_holds import SqliteHolds
 from proxy.pricing.refresh import CatalogHolder, initial_catalog, record_prices, refresh_loop
 from proxy.store.engine import SqliteStore, Store, open_store, spend_by_window
 from proxy.store.sqlite import open_db, salt
@@ -64,9 +67,11 @@ PROVIDER_PRICES = web.AppKey("provider_prices", ProviderPrices)
 INTAKE = web.AppKey("intake", Intake)
 ATTRIBUTOR = web.AppKey("attributor", Attributor)
 RUNTIME = web.AppKey("runtime", Runtime)
+WORKER = web.AppKey("worker", WorkerSlot)
 
 
-def create_app(config: Config, registry: CollectorRegistry | None = None) -> web.Application:
+def create_app(config: Config, registry: CollectorRegistry | None = None, worker: WorkerSlot | None = None) -> web.Application:
+    """`worker`: this process's place among `serve --workers N` (None for a single process)."""
     registry = registry if registry is not None else CollectorRegistry()
     check_environment(config)
     metrics_token = _metrics_token(config)
@@ -76,6 +81,8 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     # with its Content-Encoding, instead of being inflated under a header that says gzip.
     app = web.Application(client_max_size=config.max_body_bytes, handler_args={"auto_decompress": False})
     app[CONFIG] = config
+    if worker is not None:
+        app[WORKER] = worker
     app[MANAGED_KEY] = managed_key or ""
     app[INTAKE] = Intake(config.max_body_bytes, config.max_buffered_bytes, config.body_idle_timeout_s, config.body_min_rate)
     app[METRICS] = Metrics(
@@ -87,10 +94,15 @@ def create_app(config: Config, registry: CollectorRegistry | None = None) -> web
     )
     if config.reconcile.interval_minutes:
         app.cleanup_ctx.append(_reconcile(config, managed_key, config.reconcile.interval_minutes * 60))
+    scrape = metrics_handler(registry, metrics_token)
+    if worker is not None and config.metrics.enabled:
+        # Each worker's own numbers on its socket; a scrape of any worker answers for all of them.
+        app.cleanup_ctx.append(own_metrics_site(registry, worker, metrics_handler(registry, None)))
+        scrape = summed_handler(registry, worker, lambda merged: metrics_handler(merged, metrics_token))
     if config.metrics.enabled and config.metrics.port is None:
-        app.router.add_get("/metrics", _only_hosts(metrics_handler(registry, metrics_token), _own_hosts(config, config.host, metrics_token)))
+        app.router.add_get("/metrics", _only_hosts(scrape, _own_hosts(config, config.host, metrics_token)))
     elif config.metrics.enabled:
-        app.cleanup_ctx.append(_metrics_site(registry, metrics_token))
+        app.cleanup_ctx.append(_metrics_site(scrape, metrics_token, reuse_port=worker is not None))
     admin_token = _admin_token(config)
     if admin_token is not None:
         admin = Admin(
@@ -226,7 +238,8 @@ async def _window_spend(app: web.Application) -> AsyncIterator[None]:
 
     A month of a busy log takes seconds to read, so it runs beside serving: only rows started before
     now are read, and requests from now on are counted as they end, so nothing counts twice."""
-    if not app[CONFIG].metrics.enabled:
+    worker = app.get(WORKER)
+    if not app[CONFIG].metrics.enabled or (worker is not None and not worker.seed_window_spend):
         yield
         return
     task = asyncio.create_task(_seed_window_spend(app[STORE], app[METRICS], datetime.now(UTC)), name="window-spend-seed")
@@ -384,16 +397,31 @@ async def _budgets(app: web.Application) -> AsyncIterator[None]:
     guard = BudgetGuard(budgets, app[RECORDER], notifier, app[METRICS])
     shared_tasks: list[asyncio.Task[None]] = []
     store = app[STORE]
+    holds: HoldStore | None = None
+    sqlite_holds: SqliteHolds | None = None
     if store.engine == "postgresql":
         from proxy.store.holds import PostgresHolds
         from proxy.store.postgres import PostgresStore
 
         assert isinstance(store, PostgresStore)
-        # Replicas on one database enforce one budget: admission goes through its ledger.
-        ledger = SharedLedger(PostgresHolds(store.pool, replica_id(), config.budget_lease_s), lambda: guard.budgets, guard.notify, store.write_errors)
-        await ledger.start(datetime.now(UTC))
+        holds = PostgresHolds(store.pool, replica_id(), config.budget_lease_s)
+    elif config.workers > 1:
+        # Workers on one SQLite file share the ledger too; one worker keeps deciding in memory.
+        worker = app.get(WORKER)
+        queue = worker.sockets / "ledger.lock" if worker is not None else None
+        sqlite_holds = holds = await SqliteHolds.open(config.db, replica_id(), config.budget_lease_s, queue)
+    if holds is not None:
+        # Replicas (or workers) on one database enforce one budget: admission goes through its ledger.
+        ledger = SharedLedger(holds, lambda: guard.budgets, guard.notify, store.write_errors)
+        try:
+            await ledger.start(datetime.now(UTC))
+        except BaseException:
+            if sqlite_holds is not None:
+                await sqlite_holds.close()  # its thread would hold the process open
+            raise
         guard.shared = ledger
         shared_tasks = [
+            asyncio.create_task(ledger.admissions(), name="budget-admissions"),
             asyncio.create_task(ledger.run(), name="budget-settles"),
             asyncio.create_task(ledger.heartbeat(), name="budget-lease"),
         ]
@@ -411,6 +439,8 @@ async def _budgets(app: web.Application) -> AsyncIterator[None]:
             task.cancel()
         await asyncio.wait(shared_tasks)
         await guard.shared.leave()
+    if sqlite_holds is not None:
+        await sqlite_holds.close()
     await notifier.close()
     if not delivery.done():
         delivery.cancel()
@@ -498,15 +528,15 @@ def _reconcile(config: Config, managed_key: str | None, interval_s: float):  # t
     return reconcile
 
 
-def _metrics_site(registry: CollectorRegistry, token: str | None):  # type: ignore[no-untyped-def]
+def _metrics_site(scrape: Handler, token: str | None, reuse_port: bool = False):  # type: ignore[no-untyped-def]
     async def serve_metrics(app: web.Application) -> AsyncIterator[None]:
         config = app[CONFIG]
         metrics_app = web.Application()
         host = config.metrics.host or config.host
-        metrics_app.router.add_get("/metrics", _only_hosts(metrics_handler(registry, token), _own_hosts(config, host, token)))
+        metrics_app.router.add_get("/metrics", _only_hosts(scrape, _own_hosts(config, host, token)))
         runner = web.AppRunner(metrics_app, access_log=None)
         await runner.setup()
-        site = web.TCPSite(runner, config.metrics.host or config.host, config.metrics.port)
+        site = web.TCPSite(runner, config.metrics.host or config.host, config.metrics.port, reuse_port=reuse_port or None)
         await site.start()
         yield
         await runner.cleanup()
@@ -523,6 +553,7 @@ async def _health(request: web.Request) -> web.Response:
             "catalog_models": len(app[CATALOG].current),
             "catalog_source": app[CATALOG].source,
             "queue_depth": app[RECORDER].depth(),
+            **({"worker": app[WORKER].index} if WORKER in app else {}),
         }
     )
 

@@ -45,7 +45,19 @@ _DRAIN_S = 5.0
 
 
 def replica_id() -> str:
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(3)}"
+    return f"{replica_prefix(os.getpid())}{secrets.token_hex(3)}"
+
+
+def replica_prefix(pid: int) -> str:
+    """How every replica id of process `pid` on this host begins."""
+    return f"{socket.gethostname()[:40]}:{pid}:"
+
+
+@dataclass(frozen=True, slots=True)
+class _Admission:
+    who: Who
+    refs: list[WindowRef]
+    done: asyncio.Future[Decision]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +82,7 @@ class SharedLedger:
         self._on_alert = on_alert
         self._errors = claim_errors
         self._queue: asyncio.Queue[_Ended] = asyncio.Queue()
+        self._admissions: asyncio.Queue[_Admission] = asyncio.Queue()
         self._log = Throttle(log)
         self.lost = 0
         self._writing = 0
@@ -98,30 +111,69 @@ class SharedLedger:
         refs = budgets.refs(who, now)
         if not refs:
             return budgets.decide(who, now)  # no budget matches: nothing to lock
-        box: list[Decision] = []
+        done: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._admissions.put_nowait(_Admission(who, refs, done))
+        return await done
+
+    async def admissions(self) -> None:
+        """The admission task: the requests waiting are admitted together, in one transaction (the
+        database's lock is held once for all of them, as a group commit would)."""
+        while True:
+            batch = [await self._admissions.get()]
+            while len(batch) < _BATCH and not self._admissions.empty():
+                batch.append(self._admissions.get_nowait())
+            batch = [a for a in batch if not a.done.cancelled()]
+            if batch:
+                await self._admit(batch)
+
+    async def _admit(self, batch: list[_Admission]) -> None:
+        now = datetime.now(UTC)
+        budgets = self._budgets()
+        refs = list(dict.fromkeys(ref for a in batch for ref in a.refs))
+        decisions: list[Decision] = []
 
         def decide(states: dict[WindowRef, WindowState]) -> list[HoldRow]:
-            # No await in here: the sync and the decision see the same numbers.
+            # No await in here: the sync and the decisions see the same numbers, and each decision
+            # the reservations of those before it in the batch.
+            decisions.clear()
             for ref, state in states.items():
                 budgets.sync(ref, state, now)
-            decision = budgets.decide(who, now)
-            box.append(decision)
-            if not decision.allowed:
-                return []
-            return [HoldRow(decision.reservation.id, ref, amount) for ref, amount in budgets.held(decision.reservation)]
+            holds = []
+            for a in batch:
+                decision = budgets.decide(a.who, now)
+                decisions.append(decision)
+                if decision.allowed:
+                    holds += [HoldRow(decision.reservation.id, ref, amount) for ref, amount in budgets.held(decision.reservation)]
+            return holds
 
         try:
             await self.holds.admit(refs, now, decide)
         except BaseException as exc:
-            if box and box[0].allowed:
-                # Gives back the hold, wherever it got to (a cancelled commit may have gone in).
-                self.settle(box[0].reservation, None)
-            if not isinstance(exc, self._errors):
+            for decision in decisions:
+                if decision.allowed:
+                    # Gives back the hold, wherever it got to (a cancelled commit may have gone in).
+                    self.settle(decision.reservation, None)
+            if isinstance(exc, asyncio.CancelledError):
+                for a in batch:
+                    a.done.cancel()
                 raise
+            if not isinstance(exc, self._errors):
+                for a in batch:
+                    if not a.done.done():
+                        a.done.set_exception(exc)
+                return
             # As one process would: on its last view of the windows (synced at the last admission or refresh).
             self._log.warning("admit", "event=shared_budgets_unavailable step=admit error=%r", exc)
-            return budgets.decide(who, now)
-        return box[0]
+            for a in batch:
+                if not a.done.done():
+                    a.done.set_result(budgets.decide(a.who, now))
+            return
+        for a, decision in zip(batch, decisions, strict=True):
+            if a.done.cancelled():
+                if decision.allowed:
+                    self.settle(decision.reservation, None)  # its client left while it waited
+            else:
+                a.done.set_result(decision)
 
     def settle(self, reservation: Reservation, cost: Decimal | None) -> None:
         budgets = self._budgets()

