@@ -28,6 +28,8 @@ from proxy.web.reads import (
     _money_sum,
     _sum_text,
     _where,
+    cache_document,
+    cache_row,
 )
 
 # Sums as the rollups give them (rollups.money_value): exact, without trailing zeros.
@@ -166,28 +168,9 @@ def _cache_and_drift(
             billed_total += billed_d
             catalog_total += listed_d
         models.append(
-            {
-                "model": model,
-                "requests": count,
-                "input_tokens": int(input_tokens),
-                "cached_tokens": int(cached),
-                "cache_write_tokens": int(written),
-                "cache_share": round(cached / input_tokens, 4) if input_tokens else None,
-                "saved_usd": None if saved is None else str(saved),
-                "compared_requests": compared or 0,
-                "billed_usd": None if billed_d is None else format(billed_d, "f"),
-                "catalog_usd": None if listed_d is None else format(listed_d, "f"),
-                "drift_usd": None if billed_d is None or listed_d is None else format(billed_d - listed_d, "f"),
-            }
+            cache_row(model, count, int(input_tokens), int(cached), int(written), saved, compared or 0, billed_d, listed_d)
         )
-    models.sort(key=lambda m: (-m["cached_tokens"], m["model"]))
-    return {
-        "models": models,
-        "saved_usd": str(saved_total),
-        "billed_usd": format(billed_total, "f"),
-        "catalog_usd": format(catalog_total, "f"),
-        "drift_usd": format(billed_total - catalog_total, "f"),
-    }
+    return cache_document(models, saved_total, billed_total, catalog_total)
 
 
 def whatif(db: Reader, query: Query, catalog: Catalog, targets: Iterable[str]) -> list[Any]:

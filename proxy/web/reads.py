@@ -291,27 +291,46 @@ def cache_and_drift(db: Reader, query: Query, catalog: Catalog) -> dict[str, Any
             billed_total += billed
             catalog_total += listed
         models.append(
-            {
-                "model": name,
-                "requests": sums["requests"],
-                "input_tokens": input_tokens,
-                "cached_tokens": cached,
-                "cache_write_tokens": sums["cache_write_tokens"],
-                "cache_share": round(cached / input_tokens, 4) if input_tokens else None,
-                "saved_usd": None if saved is None else str(saved),
-                "compared_requests": compared,
-                "billed_usd": None if billed is None else format(billed, "f"),
-                "catalog_usd": None if listed is None else format(listed, "f"),
-                "drift_usd": None if billed is None or listed is None else format(billed - listed, "f"),
-            }
+            cache_row(name, sums["requests"], input_tokens, cached, sums["cache_write_tokens"], saved, compared, billed, listed)
         )
+    return cache_document(models, saved_total, billed_total, catalog_total)
+
+
+def cache_row(
+    model: str,
+    requests: int,
+    input_tokens: int,
+    cached: int,
+    written: int,
+    saved: Decimal | None,
+    compared: int,
+    billed: Decimal | None,
+    listed: Decimal | None,
+) -> dict[str, Any]:
+    """One model's line of `/-/cache`, whichever engine summed it."""
+    return {
+        "model": model,
+        "requests": requests,
+        "input_tokens": input_tokens,
+        "cached_tokens": cached,
+        "cache_write_tokens": written,
+        "cache_share": round(cached / input_tokens, 4) if input_tokens else None,
+        "saved_usd": None if saved is None else str(saved),
+        "compared_requests": compared,
+        "billed_usd": None if billed is None else format(billed, "f"),
+        "catalog_usd": None if listed is None else format(listed, "f"),
+        "drift_usd": None if billed is None or listed is None else format(billed - listed, "f"),
+    }
+
+
+def cache_document(models: list[dict[str, Any]], saved: Decimal, billed: Decimal, listed: Decimal) -> dict[str, Any]:
     models.sort(key=lambda m: (-m["cached_tokens"], m["model"]))
     return {
         "models": models,
-        "saved_usd": str(saved_total),
-        "billed_usd": format(billed_total, "f"),
-        "catalog_usd": format(catalog_total, "f"),
-        "drift_usd": format(billed_total - catalog_total, "f"),
+        "saved_usd": str(saved),
+        "billed_usd": format(billed, "f"),
+        "catalog_usd": format(listed, "f"),
+        "drift_usd": format(billed - listed, "f"),
     }
 
 
