@@ -5,6 +5,9 @@ database, and a budget is held at its boundary as one process holds it, alerts s
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from tests.faults.conftest import KEY, metric_value, wait_for
+from tests.faults.conftest import KEY, ROOT, metric_value, wait_for
 
 MODELS = ("openai/gpt-4o", "meta-llama/llama-3.1-8b-instruct")
 
@@ -35,9 +38,21 @@ async def _rows_settled(url: str, expected: int) -> list[asyncpg.Record]:
     raise AssertionError(f"{len(rows)} rows of {expected}")
 
 
-async def _replicas(spawn_proxy: Any, fake_process: Any, pg_url: str, n: int = 3, **config: Any) -> list[Any]:
+async def _cli(*args: str) -> str:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", *args, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def _replicas(
+    spawn_proxy: Any, fake_process: Any, pg_url: str, n: int = 3, env: dict[str, str] | None = None, **config: Any
+) -> list[Any]:
     # One at a time: the first migrates, the others find the schema there.
-    return [await spawn_proxy(fake_process.url("/api/v1"), db=pg_url, **config) for _ in range(n)]
+    return [await spawn_proxy(fake_process.url("/api/v1"), db=pg_url, env=env, **config) for _ in range(n)]
 
 
 async def test_three_replicas_mixed_traffic_rows_and_metrics_add_up(spawn_proxy: Any, fake_process: Any, pg_url: str) -> None:
@@ -81,6 +96,39 @@ async def test_three_replicas_mixed_traffic_rows_and_metrics_add_up(spawn_proxy:
         assert abs(Decimal(str(scraped)) - cost) < Decimal("1e-9"), (model, scraped, cost)
     # Every replica did its share.
     assert all(metric_value(t, "openrouter_proxy_requests_total") == 40 for t in texts)
+    # `report` on the same database: its totals are the rows' sums, in all and per model.
+    document = json.loads(await _cli("report", "--db", pg_url, "--by", "model", "--format", "json"))
+    assert document["total"]["requests"] == 120 and Decimal(document["total"]["cost_usd"]) == db_cost
+    assert {row["group"]: Decimal(row["cost_usd"]) for row in document["rows"]} == per_model
+
+
+async def test_a_key_made_at_runtime_works_on_every_replica_and_revoke_stops_it_everywhere(
+    spawn_proxy: Any, fake_process: Any, pg_url: str
+) -> None:
+    managed = {"managed_key_env": "TEST_MANAGED_KEY"}
+    replicas = await _replicas(spawn_proxy, fake_process, pg_url, env={"TEST_MANAGED_KEY": KEY}, **managed)
+    key = (await _cli("keys", "create", "--name", "alice", "--db", pg_url)).strip()
+
+    async def status(session: aiohttp.ClientSession, base: str) -> int:
+        body = {"model": MODELS[0], "messages": [{"role": "user", "content": "hi"}]}
+        async with session.post(f"{base}/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}) as response:
+            await response.read()
+            return response.status
+
+    async def every_replica_answers(session: aiohttp.ClientSession, wanted: int) -> None:
+        for _ in range(80):  # the replicas poll every 2 s: well within 20 s
+            if [await status(session, p.base) for p in replicas] == [wanted] * 3:
+                return
+            await asyncio.sleep(0.25)
+        raise AssertionError(f"not every replica answered {wanted}")
+
+    async with aiohttp.ClientSession() as session:
+        await every_replica_answers(session, 200)
+        await _cli("keys", "revoke", "alice", "--db", pg_url)
+        await every_replica_answers(session, 401)
+    # Nothing went upstream for the revoked key: every row is alice's 200s.
+    rows = await _fetch(pg_url, "SELECT key_alias, status FROM requests")
+    assert rows and all(r["key_alias"] == "alice" and r["status"] == 200 for r in rows)
 
 
 async def test_sixty_streams_at_the_boundary_across_three_replicas(
