@@ -202,3 +202,35 @@ async def fake_process(tmp_path: Path, started: _Started) -> AsyncIterator[Proce
     process = Process(proc=proc, port=port, log_path=tmp_path / "fake.log")
     await process.wait_ready("/api/v1/models")
     yield process
+
+
+async def streams_until_spent(bases: list[str], model: str, clients: int = 60) -> list[str]:
+    """`clients` streams, client c on bases[c % len(bases)], each sending $0.05 streams until its
+    budget says spent: the outcome of every call ("ok", "held" for a 402 while reservations are in
+    flight, "spent"). A new connection per call, so workers sharing one port (SO_REUSEPORT) share
+    the calls too."""
+    outcomes: list[str] = []
+    headers = {"Authorization": f"Bearer {KEY}", "X-Fake-Cost": "0.05", "X-Fake-Chunks": "5", "X-Fake-Delay-Ms": "40"}
+    body = {"model": model, "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+
+    async def client(session: aiohttp.ClientSession, base: str) -> None:
+        for _ in range(300):  # bounded: until the budget says spent
+            async with session.post(f"{base}/chat/completions", json=body, headers=headers) as response:
+                if response.status == 200:
+                    await response.read()
+                    outcomes.append("ok")
+                    continue
+                assert response.status == 402, await response.text()
+                message = (await response.json())["error"]["message"]
+                if "is spent" in message:
+                    outcomes.append("spent")
+                    return
+                assert "in flight" in message, message
+                outcomes.append("held")
+            await asyncio.sleep(0.05)
+        raise AssertionError("budget never reported spent")
+
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await asyncio.gather(*(client(session, bases[c % len(bases)]) for c in range(clients)))
+    return outcomes

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from tests.faults.conftest import KEY, ROOT, metric_value, wait_for
+from tests.faults.conftest import KEY, ROOT, metric_value, streams_until_spent, wait_for
 
 MODELS = ("openai/gpt-4o", "meta-llama/llama-3.1-8b-instruct")
 
@@ -139,30 +139,7 @@ async def test_sixty_streams_at_the_boundary_across_three_replicas(
     budgets = [{"name": "team", "limit_usd": "0.5", "period": "day", "warn_at": [0.5], "action": "block"}]
     alerts = [{"type": "log", "kinds": ["warn", "spent"]}]
     replicas = await _replicas(spawn_proxy, fake_process, pg_url, budgets=budgets, alerts=alerts)
-    outcomes: list[str] = []
-
-    async def client(session: aiohttp.ClientSession, c: int) -> None:
-        proxy = replicas[c % 3]
-        headers = {"Authorization": f"Bearer {KEY}", "X-Fake-Cost": "0.05", "X-Fake-Chunks": "5", "X-Fake-Delay-Ms": "40"}
-        body = {"model": MODELS[0], "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-        for _ in range(300):  # bounded: until the budget says spent
-            async with session.post(f"{proxy.base}/chat/completions", json=body, headers=headers) as response:
-                if response.status == 200:
-                    await response.read()
-                    outcomes.append("ok")
-                    continue
-                assert response.status == 402, await response.text()
-                message = (await response.json())["error"]["message"]
-                if "is spent" in message:
-                    outcomes.append("spent")
-                    return
-                assert "in flight" in message, message
-                outcomes.append("held")
-            await asyncio.sleep(0.05)
-        raise AssertionError("budget never reported spent")
-
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        await asyncio.gather(*(client(session, c) for c in range(60)))
+    outcomes = await streams_until_spent([p.base for p in replicas], MODELS[0])
     ok = outcomes.count("ok")
     rows = await _rows_settled(pg_url, len(outcomes))
     billed = [r for r in rows if r["status"] == 200]

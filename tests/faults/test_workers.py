@@ -24,6 +24,7 @@ from tests.faults.conftest import (
     free_port,
     metric_value,
     read_rows,
+    streams_until_spent,
     wait_for,
 )
 
@@ -131,28 +132,7 @@ async def test_sixty_streams_at_the_boundary_across_two_workers(spawn_workers: A
     budgets = [{"name": "team", "limit_usd": "0.5", "period": "day", "warn_at": [0.5], "action": "block"}]
     alerts = [{"type": "log", "kinds": ["warn", "spent"]}]
     proxy = await spawn_workers(fake_process.url("/api/v1"), budgets=budgets, alerts=alerts)
-    outcomes: list[str] = []
-
-    async def client(c: int) -> None:
-        headers = {"Authorization": f"Bearer {KEY}", "X-Fake-Cost": "0.05", "X-Fake-Chunks": "5", "X-Fake-Delay-Ms": "40"}
-        body = {"model": MODELS[0], "stream": True, "messages": [{"role": "user", "content": "hi"}]}
-        for _ in range(300):  # bounded: until the budget says spent
-            async with aiohttp.ClientSession() as session, session.post(f"{proxy.base}/chat/completions", json=body, headers=headers) as response:
-                if response.status == 200:
-                    await response.read()
-                    outcomes.append("ok")
-                    continue
-                assert response.status == 402, await response.text()
-                message = (await response.json())["error"]["message"]
-                if "is spent" in message:
-                    outcomes.append("spent")
-                    return
-                assert "in flight" in message, message
-                outcomes.append("held")
-            await asyncio.sleep(0.05)
-        raise AssertionError("budget never reported spent")
-
-    await asyncio.gather(*(client(c) for c in range(60)))
+    outcomes = await streams_until_spent([proxy.base], MODELS[0])
     rows = await _rows_settled(proxy.db, len(outcomes))
     billed = [r for r in rows if r["status"] == 200]
     spent = sum((Decimal(r["cost_usd"]) for r in billed), Decimal(0))
