@@ -43,7 +43,9 @@ def _wait_listening(port: int, proc: subprocess.Popen[str], timeout: float = 15.
         if proc.poll() is not None:
             raise AssertionError(f"proxy exited: {proc.stdout.read() if proc.stdout else ''}")
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
+            # A connect to a port nobody listens on yet can succeed by connecting to itself (the
+            # kernel may pick that very port as the source: TCP simultaneous open): not the proxy.
+            if sock.connect_ex(("127.0.0.1", port)) == 0 and sock.getsockname()[1] != port:
                 return
         time.sleep(0.05)
     raise AssertionError("proxy never listened")
