@@ -177,7 +177,7 @@ class Forwarder:
             # The key a budget matches on must be the key the upstream bills: one credential, and
             # no Connection trick that drops the one we saw while another one crosses.
             check_connection(request.headers)
-            presented_key(request.headers)
+            key = presented_key(request.headers)
         except (BadRequest, TwoKeys) as exc:
             log.warning("event=bad_credentials endpoint=%s", route.endpoint)
             return error_response(400, f"openrouter-spend: {exc}", anthropic=anthropic)
@@ -227,7 +227,7 @@ class Forwarder:
                 anthropic=anthropic,
                 headers={"Retry-After": "5"},
             )
-        who = self._attributor.of(request.headers, route.project)
+        who = self._attributor.of_key(key, request.headers, route.project)
         return await self._forward_billed(request, route, body, who, anthropic, received)
 
     def _managed_allows(self, request: web.Request, route: Route) -> bool:
