@@ -18,6 +18,8 @@ Each request may carry `X-Fake` with comma-separated behaviours, so one server s
   flex                             (chat) served on OpenAI's flex tier: `service_tier: "flex"` at the top level
   null-delta                       (/messages) message_delta repeats no input or cache count: nulls,
                                    as Anthropic's schema allows (Claude Code's streams)
+  set-cookie                       (chat, not streamed) the reply sets a cookie, as Cloudflare in
+                                   front of OpenRouter does (`__cf_bm`)
 GET /models/{author}/{slug}/endpoints lists two providers for a model of the /models listing:
 FakeProvider (the one every reply names) at ENDPOINT_MARKUP[model] (default 1) times its listed
 price, and OtherProvider at the listed price; `endpoints-down` in FAULTS makes it fail with a 500.
@@ -343,7 +345,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
             payload = payload[: len(payload) // 2]
         if "gzip" in flags:
             return web.Response(body=gzip.compress(payload), headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
-        return web.Response(body=payload, content_type="application/json")
+        reply = web.Response(body=payload, content_type="application/json")
+        if "set-cookie" in flags:
+            reply.set_cookie("__cf_bm", "for-the-caller-only", path="/", httponly=True)
+        return reply
     if "garbage" in flags:
         events = [b"data: {not json\n\n", b"\x00\xff\xfe junk\n", b"data: {\"usage\": {\"prompt_tokens\": -5, \"cost\": \"abc\"}}\n\n", b"data: [DONE]\n\n"]
         return await _sse(request, events, flags, gen_id)

@@ -7,9 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from proxy.pricing.accounting import Exchange, account, drifted
+from proxy.pricing.accounting import CacheShare, CacheShares, Exchange, account, drifted
 from proxy.server.attribution import Attribution
 from proxy.pricing.catalog import parse_models
+from proxy.store.records import UsageRecord
 from proxy.usage import Usage
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -39,7 +40,7 @@ def _exchange(model: str, outcome: str = "ok", status: int = 200) -> Exchange:
 )
 def test_free_models(model: str, catalog: object, free: bool) -> None:
     usage = Usage(model=model, input_tokens=10, output_tokens=5)
-    assert account(_exchange(model), usage, catalog).record.is_free is free  # type: ignore[arg-type]
+    assert account(_exchange(model), usage, catalog).record.is_free is free
 
 
 def test_reported_cost_wins_catalog_is_kept_beside_it() -> None:
@@ -192,3 +193,24 @@ def test_a_large_body_is_scanned_only_when_the_catalog_sets_the_cost() -> None:
     assert not hints_for(body, "acme/paid", cost_reported=True).fast
     assert hints_for(body, "acme/paid:online", cost_reported=True).web_results == 5  # from the name alone
     assert hints_for(b'{"speed":"fast"}', "acme/paid", cost_reported=True).fast
+
+
+def _seen(session: str | None, model: str | None, inputs: int | None, cached: int, written: int, outcome: str = "ok") -> UsageRecord:
+    who = Attribution(None, None, None, session, None)
+    exchange = Exchange("r1", NOW, NOW, "POST", "chat/completions", model, who, False, 200, outcome, None, 1.0, 2.0)
+    usage = Usage(model=model, input_tokens=inputs, output_tokens=10, cached_tokens=cached, cache_write_tokens=written)
+    return account(exchange, usage, CATALOG).record
+
+
+def test_cache_shares_session_first_then_model_and_bounded() -> None:
+    shares = CacheShares(limit=3)
+    shares.observe(_seen("s1", "acme/paid", 1000, 600, 100))
+    shares.observe(_seen("s2", "acme/paid", 1000, 300, 0))
+    shares.observe(_seen("s3", "acme/paid", None, 0, 0))  # no usage: not a share
+    shares.observe(_seen("s4", "acme/paid", 1000, 0, 0, outcome="aborted"))
+    assert shares.share(_seen("s1", "acme/other", 1, 0, 0)) == CacheShare(Decimal("0.6"), Decimal("0.1"))
+    assert shares.share(_seen("s9", "acme/paid", 1, 0, 0)) == CacheShare(Decimal("0.3"), Decimal(0))
+    assert shares.share(_seen("s9", "acme/other", 1, 0, 0)) is None
+    shares.observe(_seen("s5", "acme/zero", 3, 1, 1))  # 4 keys past a limit of 3: s1 goes
+    assert shares.share(_seen("s1", "acme/other", 1, 0, 0)) is None
+    assert shares.share(_seen("s5", None, 1, 0, 0)) == CacheShare(Decimal(1) / 3, Decimal(1) / 3)

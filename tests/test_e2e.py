@@ -150,6 +150,27 @@ async def test_ten_megabyte_body_passes_byte_identical(proxy: Any, upstream: Any
     assert row["client"] == "Aider"
 
 
+async def test_a_cookie_the_upstream_sets_goes_to_its_caller_only(start_proxy: Any, upstream: Any) -> None:
+    """The proxy's one upstream session is shared by every client: it must keep no cookie jar, or a
+    cookie set in one client's reply would be sent upstream with every other client's requests.
+    The upstream is named `localhost`, as openrouter.ai is a name: a jar refuses cookies from an IP."""
+    proxy = await start_proxy(upstream=f"http://localhost:{upstream.port}/api/v1")
+    body = {"model": "openai/gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with aiohttp.ClientSession() as first:
+        async with first.post(f"{proxy.base}/chat/completions", json=body, headers={**headers, "X-Fake": "set-cookie"}) as response:
+            assert response.status == 200
+            assert "__cf_bm=for-the-caller-only" in response.headers["Set-Cookie"]  # passed back to its caller
+    async with aiohttp.ClientSession() as second:
+        async with second.post(f"{proxy.base}/chat/completions", json=body, headers=headers) as response:
+            assert response.status == 200
+        async with second.post(f"{proxy.base}/chat/completions", json=body, headers={**headers, "Cookie": "mine=1"}) as response:
+            assert response.status == 200
+    _, other, own = upstream.app[RECEIVED]
+    assert "Cookie" not in other["headers"]
+    assert own["headers"]["Cookie"] == "mine=1"  # a client's own cookie header still crosses as sent
+
+
 async def test_other_endpoints_pass_through_unrecorded(proxy: Any, upstream: Any) -> None:
     upstream.app[KEYS].add(KEY)  # GET /key answers 401 for a key OpenRouter does not know
     headers = {"Authorization": f"Bearer {KEY}"}

@@ -204,30 +204,38 @@ class CacheShare:
 
 class CacheShares:
     """The cache share of the last complete request per session and per model, in memory (bounded):
-    what an estimate for a cut stream of the same session or model assumes."""
+    what an estimate for a cut stream of the same session or model assumes.
+
+    Every request is observed but only a cut stream asks, so the counts are kept and the share
+    (two Decimal divisions) is worked out when asked."""
 
     def __init__(self, limit: int = 1000) -> None:
         self._limit = limit
-        self._shares: OrderedDict[tuple[str, str], CacheShare] = OrderedDict()
+        # (kind, value) -> (cached, written, input) tokens of its last complete request
+        self._counts: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
 
     def observe(self, rec: UsageRecord) -> None:
         if not rec.input_tokens or rec.outcome != OK:
             return
-        share = CacheShare(
-            read=Decimal(rec.cached_tokens or 0) / rec.input_tokens,
-            written=Decimal(rec.cache_write_tokens or 0) / rec.input_tokens,
-        )
-        for key in _share_keys(("session", rec.session), ("model", rec.model)):
-            self._shares[key] = share
-            self._shares.move_to_end(key)
-        while len(self._shares) > self._limit:
-            self._shares.popitem(last=False)
+        counts = (rec.cached_tokens or 0, rec.cache_write_tokens or 0, rec.input_tokens)
+        shares = self._counts
+        if rec.session:
+            key = ("session", rec.session)
+            shares[key] = counts
+            shares.move_to_end(key)
+        if rec.model:
+            key = ("model", rec.model)
+            shares[key] = counts
+            shares.move_to_end(key)
+        while len(shares) > self._limit:
+            shares.popitem(last=False)
 
     def share(self, rec: UsageRecord) -> CacheShare | None:
         for key in _share_keys(("session", rec.session), ("model", rec.model), ("model", rec.model_requested)):
-            found = self._shares.get(key)
+            found = self._counts.get(key)
             if found is not None:
-                return found
+                cached, written, total = found
+                return CacheShare(read=Decimal(cached) / total, written=Decimal(written) / total)
         return None
 
 

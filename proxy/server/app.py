@@ -307,6 +307,10 @@ async def _http_session(app: web.Application) -> AsyncIterator[None]:
         trust_env=False,
         proxy=proxy,
         proxy_auth=proxy_auth,
+        # One session serves every client: a cookie the upstream sets (Cloudflare's __cf_bm) goes back
+        # to the caller it answered, never into a jar that would send it with everyone's requests.
+        # A jar also filtered cookies on every request and parsed Set-Cookie on every reply.
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
     app[SESSION] = session
     try:

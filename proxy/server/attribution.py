@@ -146,7 +146,10 @@ class Attributor:
         return alias
 
     def of(self, headers: Mapping[str, str], path_project: str | None = None) -> Attribution:
-        key = presented_key(headers)
+        return self.of_key(presented_key(headers), headers, path_project)
+
+    def of_key(self, key: str | None, headers: Mapping[str, str], path_project: str | None = None) -> Attribution:
+        """of(), for a caller that has already read `presented_key(headers)`."""
         key_fingerprint = self.fingerprint(key) if key else None
         alias = self._aliases.get(key_fingerprint) if key_fingerprint else None
         if alias is None and key and (self._by_sha256 or self._runtime):

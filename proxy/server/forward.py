@@ -28,6 +28,7 @@ from multidict import CIMultiDict
 
 from proxy.store import records
 from proxy.pricing.accounting import CacheShares, Exchange, account, estimate
+from proxy.server.access import AccessLog
 from proxy.server.attribution import Attribution, Attributor, TwoKeys, presented_key
 from proxy.budgets.ledger import Decision, Reservation
 from proxy.pricing.catalog import Catalog
@@ -52,22 +53,10 @@ from proxy.server.routing import (
     resolve,
     upstream_headers,
 )
-from proxy.store.records import UsageRecord
 from proxy.server.throttle import Throttle
 from proxy.usage import BILLED_ENDPOINTS, Usage, UsageParser, parser_for
 
 log = logging.getLogger(__name__)
-# One line per finished request (`serve --quiet` or `access_log: false` turns it off).
-_access = logging.getLogger("proxy.access")
-
-
-def access_line(rec: UsageRecord) -> str:
-    """method, endpoint, model, status, tokens, cost, ms: never a key, a prompt or a header."""
-    tokens = "-" if rec.input_tokens is None and rec.output_tokens is None else f"{rec.input_tokens or 0}+{rec.output_tokens or 0}tok"
-    cost = "-" if rec.cost_usd is None else f"${rec.cost_usd:.6f}"
-    outcome = "" if rec.outcome == records.OK else f" {rec.outcome}"
-    return f"{rec.method} /{rec.endpoint.lstrip('/')} {rec.model or rec.model_requested or '-'} {rec.status}{outcome} {tokens} {cost} {rec.duration_ms:.0f}ms"
-
 T = TypeVar("T")
 
 # A non-streamed reply up to this size is read whole and sent with a Content-Length.
@@ -163,6 +152,7 @@ class Forwarder:
         # Managed mode: generation id -> fingerprint of the proxy key whose request made it.
         self._generations: OrderedDict[str, str] = OrderedDict()
         self._drift_log = Throttle(log)
+        self._access = AccessLog()
         # Its run() is the app's to start (a cleanup context), like every background task.
         self.first_byte = FirstByte(config.first_byte_timeout_s)
 
@@ -187,7 +177,7 @@ class Forwarder:
             # The key a budget matches on must be the key the upstream bills: one credential, and
             # no Connection trick that drops the one we saw while another one crosses.
             check_connection(request.headers)
-            presented_key(request.headers)
+            key = presented_key(request.headers)
         except (BadRequest, TwoKeys) as exc:
             log.warning("event=bad_credentials endpoint=%s", route.endpoint)
             return error_response(400, f"openrouter-spend: {exc}", anthropic=anthropic)
@@ -237,7 +227,7 @@ class Forwarder:
                 anthropic=anthropic,
                 headers={"Retry-After": "5"},
             )
-        who = self._attributor.of(request.headers, route.project)
+        who = self._attributor.of_key(key, request.headers, route.project)
         return await self._forward_billed(request, route, body, who, anthropic, received)
 
     def _managed_allows(self, request: web.Request, route: Route) -> bool:
@@ -370,10 +360,8 @@ class Forwarder:
                 output_cost_usd=(cost.output + cost.reasoning) if cost else None,
                 drift=accounted.drift,
             )
-            if _access.isEnabledFor(logging.INFO):
-                # As _access.info() would, minus its walk up the stack for the caller's file and line
-                # (a fifth of a line's cost): the record names this module instead.
-                _access.handle(_access.makeRecord(_access.name, logging.INFO, __file__, 0, access_line(rec), (), None))
+            # One line per finished request (`serve --quiet` or `access_log: false` turns it off).
+            self._access.write(rec)
             if accounted.drift:
                 # Once a minute per model: a stale price drifts on every request until the refresh.
                 self._drift_log.warning(

@@ -152,6 +152,24 @@ async def test_a_three_second_gap_between_chunks_is_not_cut(proxy: Any) -> None:
     assert row["outcome"] == "ok" and row["cost_source"] == "reported"
 
 
+async def test_each_chunk_reaches_the_client_before_the_upstream_sends_the_next(proxy: Any) -> None:
+    """No buffering on the way back: the events sent before a 2 s pause are at the client during it
+    (a proxy that held a chunk until the next one, or until a buffer filled, fails here)."""
+    started = time.monotonic()
+    response = await proxy.client.post(
+        "/api/v1/chat/completions", json={**CHAT, "stream": True}, headers={**AUTH, "X-Fake-Gap-Ms": "2000"}
+    )
+    assert response.status == 200
+    got = b""
+    before_gap = None
+    async for chunk in response.content.iter_any():
+        got += chunk
+        if before_gap is None and got.count(b"data: ") >= 2:
+            before_gap = time.monotonic() - started
+    assert before_gap is not None and before_gap < 1.0, before_gap
+    assert time.monotonic() - started >= 2 and got.rstrip().endswith(b"data: [DONE]")
+
+
 @pytest.mark.parametrize("stream", [True, False])
 async def test_garbage_from_upstream_never_crashes_a_handler(
     proxy: Any, stream: bool, caplog: pytest.LogCaptureFixture
