@@ -274,9 +274,10 @@ def _m014_money_parts(db: sqlite3.Connection) -> None:
 
 def _m015_whatif_rollup(db: sqlite3.Connection) -> None:
     # /-/whatif re-prices per hour, tier band and attribution from a rollup of clamped token sums
-    # (rollups.WHATIF) instead of every raw row in range (1.7 s over 30 days of a million rows).
+    # (rollups.WHATIF, and WHATIF_TOTAL without attribution) instead of every raw row in range
+    # (1.7 s over 30 days of a million rows).
     # Hours retention pruned before this have no raw rows to sum: they are not in it.
-    rollups.add(db, rollups.WHATIF, ("cost_usd", "upstream_cost_usd", "billed_compared_usd", "catalog_compared_usd"))
+    rollups.add(db, (rollups.WHATIF, rollups.WHATIF_TOTAL), ("cost_usd", "upstream_cost_usd", "billed_compared_usd", "catalog_compared_usd"))
 
 
 # Append only: a migration that has run on someone's database is never edited.
