@@ -12,10 +12,25 @@ from pathlib import Path
 from typing import Any
 
 from proxy.pricing.calculator import PriceHistory, logged_request, whatif_rows
-from proxy.pricing.catalog import Catalog, ModelEntry, ModelPricing, PriceOverride, load_embedded, pricing_fingerprint
+from proxy.pricing.catalog import (
+    Catalog,
+    ModelEntry,
+    ModelPricing,
+    PriceOverride,
+    load_embedded,
+    pricing_fingerprint,
+)
 from proxy.store import rollups
 from proxy.store.records import UsageRecord
-from proxy.store.sqlite import REQUEST_COLUMNS, connect_readonly, encode_record, encode_time, open_db, prepare, prune_raw
+from proxy.store.sqlite import (
+    REQUEST_COLUMNS,
+    connect_readonly,
+    encode_record,
+    encode_time,
+    open_db,
+    prepare,
+    prune_raw,
+)
 from proxy.web import reads, routes
 from proxy.web.query import Query
 
