@@ -4,6 +4,7 @@ request one by one (calculator.whatif_rows), and the totals of rows retention de
 from __future__ import annotations
 
 import contextlib
+import json
 import random
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -11,6 +12,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from proxy.cli.main import main
 from proxy.pricing.calculator import PriceHistory, logged_request, whatif_rows
 from proxy.pricing.catalog import (
     Catalog,
@@ -84,11 +88,13 @@ def _matches(row: dict[str, Any], query: Query) -> bool:
     return True
 
 
-async def test_whatif_from_the_rollups_equals_pricing_every_request_and_keeps_pruned_rows(tmp_path: Path) -> None:
+async def test_whatif_from_the_rollups_equals_pricing_every_request_and_keeps_pruned_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Targets with the catalog's tiers (one and two thresholds), a time-of-day price, a weekday
     price and a price that changed mid-hour; requests across every tier threshold, clamped counts,
     no counts at all; ranges ending mid-hour; filters. Then retention deletes the first days' raw
-    rows: whatif over them is unchanged, as it is for the reports."""
+    rows: whatif over them is unchanged, as it is for the reports; the CLI's whatif says the same."""
     weekday = ModelPricing(prompt=D("0.000002"), completion=D("0.000008"), request=D("0.0004"), discount=D("0.2"), overrides=(
         PriceOverride(prices=(("prompt", D("0.000004")),), min_prompt_tokens=128_000),
         PriceOverride(prices=(("completion", D("0.000004")),), utc_days=(5, 6)),
@@ -150,6 +156,18 @@ async def test_whatif_from_the_rollups_equals_pricing_every_request_and_keeps_pr
         check(query, every)
     # A range starting inside a pruned hour has that whole hour, as the reports do.
     check(Query(since=T0 + timedelta(days=1, hours=9, minutes=20)), every, Query(since=T0 + timedelta(days=1, hours=9)))
+
+    # `openrouter-spend whatif` reads the same way (no --route): the same rows as the page.
+    embedded = ("anthropic/claude-sonnet-4", "deepseek/deepseek-v4-flash-vision-exp")
+    since = T0 + timedelta(days=4, minutes=5)
+    for flags, query in (
+        ((), Query()),
+        (("--project", "acme", "--since", since.isoformat()), Query(since=since, filters=(("project", "acme"),))),
+        (("--session", "s1"), Query(filters=(("session", "s1"),))),
+    ):
+        argv = ["whatif", "--db", str(path), *(a for m in embedded for a in ("--model", m)), "--format", "json", *flags]
+        assert main(argv) == 0
+        assert json.loads(capsys.readouterr().out) == routes.call(path, reads.whatif, (query, load_embedded(), embedded)), flags
 
 
 def test_the_bands_split_at_every_tier_threshold_of_the_embedded_catalog() -> None:

@@ -20,8 +20,10 @@ from typing import Any
 from proxy.pricing.calculator import PriceHistory, TokenSums, resolve, whatif_sum_rows
 from proxy.pricing.catalog import Catalog, PriceOverride
 from proxy.store import reports, rollups
+from proxy.store.dialect import dialect_of
 from proxy.store.reader import Reader
 from proxy.store.sqlite import encode_time
+from proxy.tables import Row
 from proxy.web.query import Query
 from proxy.web.reads import (
     _decimal,
@@ -38,7 +40,22 @@ Logged = list[tuple[int, int, Decimal]]
 
 
 def whatif(db: Reader, query: Query, catalog: Catalog, targets: Iterable[str]) -> list[Any]:
-    """`whatif`'s rows for the range and filters of `query`, each target priced as it was when each request ran."""
+    """/-/whatif's JSON rows."""
+    return _json_rows(repriced(db, query, catalog, targets))
+
+
+def has_rollups(db: Reader) -> bool:
+    """A SQLite log migrated to the what-if rollups (a read-only one may not be yet)."""
+    if not dialect_of(db).rollups:
+        return False
+    names = (rollups.WHATIF.table, rollups.WHATIF_TOTAL.table)
+    present = db.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' for _ in names)})", names)
+    return bool(present.fetchone()[0] == len(names))
+
+
+def repriced(db: Reader, query: Query, catalog: Catalog, targets: Iterable[str]) -> list[Row]:
+    """`whatif`'s rows for the range and filters of `query`, each target priced as it was when
+    each request ran (calculator.whatif_rows' rows, without a Python step per request). SQLite only."""
     targets = tuple(targets)
     history = PriceHistory(_history(db))
     entries = [resolve(catalog, target) for target in targets]
@@ -51,7 +68,7 @@ def whatif(db: Reader, query: Query, catalog: Catalog, targets: Iterable[str]) -
     if found is None:
         found = _raw_groups(db, *_where(query), overrides, changes)
     groups, logged = found
-    return _json_rows(whatif_sum_rows(logged, groups, catalog, targets, history))
+    return whatif_sum_rows(logged, groups, catalog, targets, history)
 
 
 def _tiers(overrides: list[PriceOverride]) -> list[int]:
@@ -65,10 +82,7 @@ def _rollups_answer(db: Reader, query: Query, overrides: list[PriceOverride]) ->
         return False  # a price that changes mid-hour (none in the catalog so far)
     if any(name == "session" or not value for name, value in query.filters):
         return False  # a session's rows are few and indexed; '' would match NULL in a rollup
-    names = (rollups.WHATIF.table, rollups.WHATIF_TOTAL.table)
-    # A database opened read-only before `serve` migrated it has no what-if rollup yet.
-    present = db.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' for _ in names)})", names)
-    return bool(present.fetchone()[0] == len(names))
+    return has_rollups(db)
 
 
 def _from_rollups(
