@@ -125,7 +125,9 @@ async def test_whatif_from_the_rollups_equals_pricing_every_request_and_keeps_pr
         every = [dict(r) for r in reader.execute("SELECT * FROM requests ORDER BY started_at")]
         history = PriceHistory(reads._history(reader))
 
-    targets = ("anthropic/claude-sonnet-4", "qwen/qwen3-max", "openai/gpt-5.5", "deepseek/deepseek-v4-flash-vision-exp", "t/weekday", "t/history")
+    everything = ("anthropic/claude-sonnet-4", "qwen/qwen3-max", "openai/gpt-5.5", "deepseek/deepseek-v4-flash-vision-exp", "t/weekday", "t/history")
+    # Grouped by hour (weekday and time-of-day prices), by day (weekday), by hour of day (time of day), by neither.
+    target_sets = (everything, ("t/weekday", "t/history"), ("deepseek/deepseek-v4-flash-vision-exp", "qwen/qwen3-max"), ("openai/gpt-5.5", "t/history"))
     odd = timedelta(minutes=13, seconds=7)
     queries = [
         Query(),
@@ -137,10 +139,11 @@ async def test_whatif_from_the_rollups_equals_pricing_every_request_and_keeps_pr
     ]
 
     def check(query: Query, rows: list[dict[str, Any]], expected: Query | None = None) -> None:
-        got = routes.call(path, reads.whatif, (query, catalog, targets))
         logged = [logged_request(r) for r in rows if _matches(r, expected or query)]
-        assert got == reads._json_rows(whatif_rows(logged, catalog, targets, None, history)), query
-        assert got[0]["requests"] > 0 and all(row["cost"] != "0" for row in got[2:]), query
+        for targets in target_sets:
+            got = routes.call(path, reads.whatif, (query, catalog, targets))
+            assert got == reads._json_rows(whatif_rows(logged, catalog, targets, None, history)), (query, targets)
+            assert got[0]["requests"] > 0 and all(row["cost"] != "0" for row in got[2:]), (query, targets)
 
     for query in queries:
         check(query, every)

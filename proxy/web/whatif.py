@@ -141,7 +141,7 @@ def _rollup_groups(
     split: list[datetime],
 ) -> tuple[list[TokenSums], Logged] | None:
     """The whole hours in [start, end) but `split`, summed per price version, band, priced flag and
-    (with a time-of-day or weekday price) hour of day or hour."""
+    (with a weekday or time-of-day price) day or hour of day."""
     rollup = rollups.WHATIF if query.filters else rollups.WHATIF_TOTAL
     where, params = _where(Query(filters=query.filters))
     clauses = [where[len(" WHERE "):]] if where else []
@@ -152,12 +152,11 @@ def _rollup_groups(
     if split:
         clauses.append(f"period NOT IN ({', '.join('?' for _ in split)})")
         params += [reports._hour_text(h) for h in split]
-    if any(o.utc_days is not None for o in overrides):
-        when = "period"
-    elif any(o.utc_start is not None for o in overrides):
-        when = "substr(period, 12, 2)"
-    else:
-        when = "''"
+    # What else a price depends on: the UTC day (a weekday price), the hour of day (a time-of-day
+    # price on the hour), both, or neither.
+    weekday = any(o.utc_days is not None for o in overrides)
+    daytime = any(o.utc_start is not None for o in overrides)
+    when = {(True, True): "period", (True, False): "substr(period, 1, 10)", (False, True): "substr(period, 12, 2)"}.get((weekday, daytime), "''")
     # Hours wholly after a change (a split hour is read from raw rows, so none straddles one).
     version = " + ".join("(period >= ?)" for _ in changes) or "0"
     version_params = [reports._hour_text(reports._ceil_hour(c)) for c in changes]
