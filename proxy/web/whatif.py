@@ -4,9 +4,10 @@ Every request of a group must price alike on every target: same price-history ve
 long-context tier, same time-of-day (and weekday) rule. Whole UTC hours come from the what-if
 rollups (proxy/store/rollups.py WHATIF, WHATIF_TOTAL: clamped token sums per hour and tier band);
 raw rows only for what an hour cannot answer: the partial hours at the ends of the range and the
-hours in which a target's price changed. Where the rollups cannot be exact (a tier threshold that
-is not one of rollups.TIERS, a time-of-day price that changes mid-hour, a session filter, more
-than 24 decimals of logged money) the raw rows of the whole range are grouped instead: exact, slower.
+hours in which a target's price changed, and each day's hours in which a time-of-day price
+changes mid-hour. Where the rollups cannot be exact (a tier threshold that is not one of
+rollups.TIERS, a session filter, more than 24 decimals of logged money) the raw rows of the whole
+range are grouped instead: exact, slower.
 """
 
 from __future__ import annotations
@@ -78,8 +79,6 @@ def _tiers(overrides: list[PriceOverride]) -> list[int]:
 def _rollups_answer(db: Reader, query: Query, overrides: list[PriceOverride]) -> bool:
     if not set(_tiers(overrides)) <= set(rollups.TIERS):
         return False  # a tier the rollups' bands do not split at
-    if any(o.utc_start is not None and (o.utc_start % 100 or (o.utc_end or 0) % 100) for o in overrides):
-        return False  # a price that changes mid-hour (none in the catalog so far)
     if any(name == "session" or not value for name, value in query.filters):
         return False  # a session's rows are few and indexed; '' would match NULL in a rollup
     return has_rollups(db)
@@ -88,35 +87,50 @@ def _rollups_answer(db: Reader, query: Query, overrides: list[PriceOverride]) ->
 def _from_rollups(
     db: Reader, query: Query, overrides: list[PriceOverride], changes: list[datetime]
 ) -> tuple[list[TokenSums], Logged] | None:
-    """Whole hours from a rollup, the rest from raw rows; None when the logged money is inexact."""
+    """Whole hours from a rollup, the rest from raw rows; None when the logged money is inexact.
+
+    Hours retention pruned have no raw rows left to split: an hour in which a target's price
+    changed, or a time-of-day price changes mid-hour, then prices whole at its first request's
+    price (the best left)."""
     pieces, _ = reports._time_windows(db, query.since, query.until, rollups.HOURLY)
     raw = [(start, end) for source, start, end in pieces if source is None]
     hours = [(start, end) for source, start, end in pieces if source is not None]
     kept = reports._raw_kept_from(db)
-    # An hour in which a target's price changed is split at that instant from its raw rows; once
-    # retention pruned them, the hour prices whole at its first request's version (the best left).
+    # The hours in which a target's price changed: split at that instant, from their raw rows.
     split = sorted({c.replace(minute=0, second=0, microsecond=0) for c in changes if c.minute or c.second or c.microsecond})
     split = [h for h in split if (kept is None or h >= kept) and any(_inside(h, start, end) for start, end in hours)]
     raw += [(h, h + timedelta(hours=1)) for h in split]
+    # The hours of the day in which a time-of-day price starts or ends mid-hour (none in the
+    # catalog so far): every day's, by the minute, from raw rows.
+    cut = sorted({f"{t // 100:02d}" for o in overrides for t in (o.utc_start, o.utc_end) if t is not None and t % 100})
+    windows = [_window(start, end) for start, end in raw]
+    if cut:
+        for start, end in hours:
+            low = start if kept is None or (start is not None and start >= kept) else kept
+            if low is None or end is None or low < end:
+                sql, params = _window(low, end)
+                windows.append((f"({sql} AND substr(started_at, 12, 2) IN ({', '.join('?' for _ in cut)}))", [*params, *cut]))
     groups: list[TokenSums] = []
     logged: Logged = [(0, 0, Decimal(0)), (0, 0, Decimal(0))]
     for start, end in hours:
-        found = _rollup_groups(db, query, overrides, changes, start, end, split)
+        found = _rollup_groups(db, query, overrides, changes, start, end, split, cut, kept)
         if found is None:
             return None
         groups += found[0]
         logged = _add(logged, found[1])
-    if raw:
+    if windows:
         where, params = _where(Query(filters=query.filters))
-        windows = " OR ".join(
-            "(" + " AND ".join([*(["started_at >= ?"] if start else []), *(["started_at < ?"] if end else [])] or ["1"]) + ")"
-            for start, end in raw
-        )
-        params += [encode_time(t) for start, end in raw for t in (start, end) if t is not None]
-        found_raw = _raw_groups(db, f"{where} AND ({windows})" if where else f" WHERE {windows}", params, overrides, changes)
+        either = " OR ".join(sql for sql, _ in windows)
+        params += [p for _, window_params in windows for p in window_params]
+        found_raw = _raw_groups(db, f"{where} AND ({either})" if where else f" WHERE {either}", params, overrides, changes)
         groups += found_raw[0]
         logged = _add(logged, found_raw[1])
     return groups, logged
+
+
+def _window(start: datetime | None, end: datetime | None) -> tuple[str, list[Any]]:
+    clauses = [*(["started_at >= ?"] if start else []), *(["started_at < ?"] if end else [])] or ["1"]
+    return "(" + " AND ".join(clauses) + ")", [encode_time(t) for t in (start, end) if t is not None]
 
 
 def _inside(hour: datetime, start: datetime | None, end: datetime | None) -> bool:
@@ -139,9 +153,12 @@ def _rollup_groups(
     start: datetime | None,
     end: datetime | None,
     split: list[datetime],
+    cut: list[str],
+    kept: datetime | None,
 ) -> tuple[list[TokenSums], Logged] | None:
-    """The whole hours in [start, end) but `split`, summed per price version, band, priced flag and
-    (with a weekday or time-of-day price) day or hour of day."""
+    """The whole hours in [start, end) but `split` and the `cut` hours of the day (those retention
+    left), summed per price version, band, priced flag and (with a weekday or time-of-day price)
+    day or hour of day."""
     rollup = rollups.WHATIF if query.filters else rollups.WHATIF_TOTAL
     where, params = _where(Query(filters=query.filters))
     clauses = [where[len(" WHERE "):]] if where else []
@@ -152,11 +169,16 @@ def _rollup_groups(
     if split:
         clauses.append(f"period NOT IN ({', '.join('?' for _ in split)})")
         params += [reports._hour_text(h) for h in split]
+    if cut:
+        marks = ", ".join("?" for _ in cut)
+        if kept is None:
+            clauses.append(f"substr(period, 12, 2) NOT IN ({marks})")
+        else:
+            clauses.append(f"NOT (substr(period, 12, 2) IN ({marks}) AND period >= ?)")
+        params += [*cut, *([] if kept is None else [reports._hour_text(kept)])]
     # What else a price depends on: the UTC day (a weekday price), the hour of day (a time-of-day
-    # price on the hour), both, or neither.
-    weekday = any(o.utc_days is not None for o in overrides)
-    daytime = any(o.utc_start is not None for o in overrides)
-    when = {(True, True): "period", (True, False): "substr(period, 1, 10)", (False, True): "substr(period, 12, 2)"}.get((weekday, daytime), "''")
+    # price; the hours it changes in mid-hour are read from raw rows), both, or neither.
+    when = _when(overrides, day="substr(period, 1, 10)", daytime="substr(period, 12, 2)", both="period")
     # Hours wholly after a change (a split hour is read from raw rows, so none straddles one).
     version = " + ".join("(period >= ?)" for _ in changes) or "0"
     version_params = [reports._hour_text(reports._ceil_hour(c)) for c in changes]
@@ -182,6 +204,13 @@ def _rollup_groups(
     return groups, [(count, unpriced, spent), (count, unlisted, listed)]
 
 
+def _when(overrides: list[PriceOverride], *, day: str, daytime: str, both: str) -> str:
+    """The SQL grouping by what a price depends on besides version and tier."""
+    weekday = any(o.utc_days is not None for o in overrides)
+    timed = any(o.utc_start is not None or o.utc_end is not None for o in overrides)
+    return {(True, True): both, (True, False): day, (False, True): daytime}.get((weekday, timed), "''")
+
+
 def _instant(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
@@ -189,14 +218,15 @@ def _instant(text: str) -> datetime:
 def _raw_groups(
     db: Reader, where: str, params: list[Any], overrides: list[PriceOverride], changes: list[datetime]
 ) -> tuple[list[TokenSums], Logged]:
-    """Token sums of the raw rows `where` picks, grouped by UTC hour (minute, when a target's price
-    depends on the time of day), price-history version, the targets' tier and priced flag."""
+    """Token sums of the raw rows `where` picks, grouped by price-history version, the targets'
+    tier, priced flag and what else a price depends on: the UTC day (a weekday price), the minute
+    of the day (a time-of-day price), both (the minute) or neither."""
     tiers = _tiers(overrides)
-    width = 16 if any(o.utc_start is not None or o.utc_end is not None for o in overrides) else 13
+    when = _when(overrides, day="substr(started_at, 1, 10)", daytime="substr(started_at, 12, 5)", both="substr(started_at, 1, 16)")
     tier = " + ".join("(COALESCE(input_tokens, 0) > ?)" for _ in tiers) or "0"
     version = " + ".join("(started_at >= ?)" for _ in changes) or "0"
     grouped = (
-        f"SELECT substr(started_at, 1, {width}), {tier}, {version}, (input_tokens IS NOT NULL OR output_tokens IS NOT NULL),"
+        f"SELECT {when}, {tier}, {version}, (input_tokens IS NOT NULL OR output_tokens IS NOT NULL),"
         " COUNT(*), MIN(started_at), MIN(COALESCE(input_tokens, 0)),"
         " SUM(MAX(0, COALESCE(input_tokens, 0) - COALESCE(cached_tokens, 0) - COALESCE(cache_write_tokens, 0))),"
         " SUM(COALESCE(cached_tokens, 0)), SUM(COALESCE(cache_write_tokens, 0)),"
