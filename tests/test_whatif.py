@@ -4,6 +4,7 @@ request one by one (calculator.whatif_rows), and the totals of rows retention de
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import random
 import sqlite3
@@ -185,3 +186,21 @@ def test_the_bands_split_at_every_tier_threshold_of_the_embedded_catalog() -> No
     found = {o.min_prompt_tokens for m in load_embedded().models for o in m.pricing.overrides if o.min_prompt_tokens is not None}
     assert found and found <= set(rollups.TIERS)
     assert [rollups.band_prompt(b) for b in range(len(rollups.TIERS) + 1)] == [0, *(t + 1 for t in rollups.TIERS)]
+
+
+def test_logged_money_the_rollups_cannot_hold_exactly_is_summed_from_raw_rows(tmp_path: Path) -> None:
+    """Past 24 decimals a logged cost is counted as inexact in the rollup: whatif then sums the raw rows."""
+    path = tmp_path / "u.db"
+    prepare(path)
+    rng = random.Random(5)
+    records = [_record(i, T0 + timedelta(hours=i % 30, minutes=i % 60), rng) for i in range(200)]
+    records[7] = dataclasses.replace(records[7], cost_usd=D("0.0000000000000000000000001"), cost_catalog_usd=D("3.0000000000000000000000007"))
+    _insert(path, records)
+    catalog = load_embedded()
+    targets = ("anthropic/claude-sonnet-4",)
+    with contextlib.closing(connect_readonly(path)) as reader:
+        logged = [logged_request(dict(r)) for r in reader.execute("SELECT * FROM requests")]
+        history = PriceHistory(reads._history(reader))
+    got = routes.call(path, reads.whatif, (Query(), catalog, targets))
+    assert got == reads._json_rows(whatif_rows(logged, catalog, targets, None, history))
+    assert got[0]["cost"].endswith("1") and len(got[0]["cost"].split(".")[1]) == 25
