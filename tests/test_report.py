@@ -356,7 +356,7 @@ def rollup_equals_raw(path: Path) -> None:
     """Every period and attribution of each rollup equals the sums of its raw rows."""
     with reader(path) as db:
         for rollup in rollups.ROLLUPS:
-            counters = rollups.counters("r", rollup.money((*rollups.MONEY, *rollups.COMPARED)))
+            counters = rollup.counters("r", (*rollups.MONEY, *rollups.COMPARED))
             keys = rollup.key_values("r")
             raw = db.execute(
                 f"SELECT {', '.join(keys)}, {', '.join(f'SUM({v})' for v in counters.values())} "

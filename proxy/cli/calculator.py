@@ -168,6 +168,11 @@ def _cmd_whatif(args: argparse.Namespace) -> int:
         raise CliError("whatif: give at least one --model ID or a --route")
     since = parse_since(args.since, datetime.now(timezone.utc))
     args.db = _db_of(args)
+    if route is None:
+        fast = _whatif_from_rollups(args, catalog, since)
+        if fast is not None:
+            _emit(fast, args.format)
+            return 0
     clauses, params = [], []
     for column in ("project", "session"):
         if getattr(args, column) is not None:
@@ -185,6 +190,26 @@ def _cmd_whatif(args: argparse.Namespace) -> int:
         pass  # an older log without price history: price at the current catalog
     _emit(whatif_rows(requests, catalog, args.model or (), route, history), args.format)
     return 0
+
+
+def _whatif_from_rollups(args: argparse.Namespace, catalog: Catalog, since: datetime | None) -> list[Row] | None:
+    """The page's read (token sums from the what-if rollups) on a SQLite log that has them; None
+    elsewhere (PostgreSQL, an older log, a --route: those price every request in Python)."""
+    from proxy.web import reads
+    from proxy.web import whatif as repricing
+    from proxy.web.query import Query
+
+    db = _connect(args.db)
+    try:
+        if not repricing.has_rollups(db):
+            return None
+        reads.prepare_connection(db)
+        filters = tuple((column, getattr(args, column)) for column in ("project", "session") if getattr(args, column) is not None)
+        return repricing.repriced(db, Query(since=since, filters=filters), catalog, args.model)
+    except errors(db) as e:
+        raise CliError(f"--db {args.db}: {e}") from None
+    finally:
+        db.close()
 
 
 def _decimal_arg(text: str) -> Decimal:

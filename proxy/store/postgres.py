@@ -226,6 +226,11 @@ def _m014_money_parts() -> list[str]:
     return []
 
 
+def _m015_whatif_rollup() -> list[str]:
+    # SQLite's migration 15 adds the what-if rollup; PostgreSQL re-prices raw rows (raw_reads.whatif).
+    return []
+
+
 MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m001_requests,
     _m002_model_prices,
@@ -241,6 +246,7 @@ MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m012_hour_statistics,
     _m013_shared_budgets,
     _m014_money_parts,
+    _m015_whatif_rollup,
 )
 
 # Any fixed number: replicas starting together take turns migrating.

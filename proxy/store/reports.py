@@ -572,7 +572,8 @@ def _time_windows(
 def _has_rollup(db: Reader) -> bool:
     if not dialect_of(db).rollups:
         return False
-    names = [rollup.table for rollup in rollups.ROLLUPS]
+    # The rollups reports read (a database migrated before the what-if rollup still has them all).
+    names = [rollup.table for rollup in rollups.FIRST_ROLLUPS]
     found = db.execute(f"SELECT count(*) FROM sqlite_master WHERE name IN ({', '.join('?' for _ in names)})", names)
     return bool(found.fetchone()[0] == len(names))
 

@@ -18,6 +18,7 @@ reads them: an UPDATE (the back-fill) may leave them stale, so everything else r
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Context, Decimal
 
@@ -154,9 +155,19 @@ class Rollup:
     dims: tuple[str, ...]
     # Sums the COMPARED money too (when the migration that made the table asked for it).
     compared: bool = False
+    # Integer keys computed from the row, after the dims: (column, SQL with {r} for the row).
+    computed: tuple[tuple[str, str], ...] = ()
+    # Its own counted columns instead of `counters()`: (row name, hinted) -> column -> SQL.
+    counted: Callable[[str, bool], dict[str, str]] | None = None
 
     def money(self, money: tuple[str, ...]) -> tuple[str, ...]:
         return tuple(m for m in money if m not in COMPARED or self.compared)
+
+    def counters(self, r: str, money: tuple[str, ...] = MONEY, hinted: bool = False) -> dict[str, str]:
+        """Per counted column, its value for one `requests` row named `r` (SQLite)."""
+        if self.counted is not None:
+            return self.counted(r, hinted)
+        return counters(r, self.money(money), hinted=hinted)
 
     def period_of(self, r: str) -> str:
         # started_at is ISO-8601 UTC text ('2026-11-20T13:04:05.000000Z'): its first 13 characters
@@ -165,10 +176,11 @@ class Rollup:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        return ("period", *self.dims) if self.width else self.dims
+        named = (*self.dims, *(name for name, _ in self.computed))
+        return ("period", *named) if self.width else named
 
     def key_values(self, r: str) -> list[str]:
-        values = [dimension(r, d) for d in self.dims]
+        values = [dimension(r, d) for d in self.dims] + [sql.format(r=r) for _, sql in self.computed]
         return [self.period_of(r), *values] if self.width else values
 
 
@@ -181,20 +193,70 @@ DAILY = Rollup("spend_daily", 10, tuple(d for d in DIMENSIONS if d != "session")
 # session reads this for every session wholly inside its range, and the hourly rollup only for
 # the few that straddle an end of the range.
 SESSIONS = Rollup("spend_sessions", 0, ("session", *(d for d in DIMENSIONS if d != "session")))
-ROLLUPS = (HOURLY, DAILY, SESSIONS)
+# The long-context tiers' prompt thresholds (`min_prompt_tokens`) of the embedded catalog
+# (proxy/data/catalog.json): the what-if rollup keeps a request's band, how many of them its prompt
+# exceeds, so every target whose thresholds are among these prices a band alike. A target with
+# another threshold is re-priced from raw rows (proxy/web/whatif.py).
+TIERS = (32_000, 128_000, 200_000, 256_000, 272_000)
+
+
+def band_of(r: str) -> str:
+    return " + ".join(f"(COALESCE({r}.input_tokens, 0) > {t})" for t in TIERS)
+
+
+def band_prompt(band: int) -> int:
+    """A prompt size inside `band`: prices alike with every prompt of the band at these thresholds."""
+    return 0 if band == 0 else TIERS[band - 1] + 1
+
+
+# Which of its cost columns the what-if rollup sums (logged cost, and at catalog prices).
+WHATIF_MONEY = ("cost_usd", "cost_catalog_usd")
+
+
+def whatif_counters(r: str, hinted: bool = False) -> dict[str, str]:
+    """The what-if rollup's counted columns: the token sums TokenSums takes, with price()'s
+    per-request clamps applied to each row first, and the logged money (SQLite)."""
+    values = {
+        "requests": "1",
+        "cost_unknown": f"({r}.cost_usd IS NULL)",
+        "catalog_unknown": f"({r}.cost_catalog_usd IS NULL)",
+        "uncached": f"MAX(0, COALESCE({r}.input_tokens, 0) - COALESCE({r}.cached_tokens, 0) - COALESCE({r}.cache_write_tokens, 0))",
+        "cached": f"COALESCE({r}.cached_tokens, 0)",
+        "written": f"COALESCE({r}.cache_write_tokens, 0)",
+        "written_1h": f"MIN(COALESCE({r}.cache_write_1h_tokens, 0), COALESCE({r}.cache_write_tokens, 0))",
+        "output": f"COALESCE({r}.output_tokens, 0)",
+        "reasoning": f"MIN(COALESCE({r}.reasoning_tokens, 0), COALESCE({r}.output_tokens, 0))",
+        "web_search": f"COALESCE({r}.web_search_requests, 0)",
+    }
+    money = counters(r, WHATIF_MONEY, hinted=hinted)
+    values.update((name, sql) for name, sql in money.items() if name.startswith(WHATIF_MONEY) and name not in values)
+    return values
+
+
+_PRICED = "({r}.input_tokens IS NOT NULL OR {r}.output_tokens IS NOT NULL)"
+# Per UTC hour, the attribution the page's filters use but sessions (a session's raw rows are few
+# and indexed), the tier band and whether the row has token counts at all: what /-/whatif re-prices.
+WHATIF = Rollup(
+    "spend_whatif", 13, ("model", "project", "key_fingerprint", "key_alias", "client"),
+    computed=(("band", band_of("{r}")), ("priced", _PRICED)), counted=whatif_counters,
+)
+# The same without attribution, for /-/whatif unfiltered: at most 12 rows an hour, where the one
+# above has one per attribution (summing 90 days of it took 0.5 s on a million rows).
+WHATIF_TOTAL = Rollup("spend_whatif_total", 13, (), computed=WHATIF.computed, counted=whatif_counters)
+ROLLUPS = (HOURLY, DAILY, SESSIONS, WHATIF, WHATIF_TOTAL)
+# The rollups migrations 9 and 14 made (they call create() with these, whatever is added later).
+FIRST_ROLLUPS = (HOURLY, DAILY, SESSIONS)
 
 
 def hour_of(r: str) -> str:
     return HOURLY.period_of(r)
 
 
-def _columns(money: tuple[str, ...]) -> list[str]:
-    return list(counters("r", money))
-
-
 def _schema(rollup: Rollup, money: tuple[str, ...]) -> str:
-    counted = ",\n    ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in _columns(rollup.money(money)))
-    dims = ",\n    ".join(f"{name} TEXT NOT NULL DEFAULT ''" for name in rollup.dims)
+    counted = ",\n    ".join(f"{name} INTEGER NOT NULL DEFAULT 0" for name in rollup.counters("r", money))
+    dims = ",\n    ".join(
+        [*(f"{name} TEXT NOT NULL DEFAULT ''" for name in rollup.dims), *(f"{name} INTEGER NOT NULL" for name, _ in rollup.computed)]
+    )
     period = "period TEXT NOT NULL,\n    " if rollup.width else ""
     return f"""
 CREATE TABLE {rollup.table} (
@@ -207,25 +269,26 @@ CREATE TABLE {rollup.table} (
 """
 
 
-def create_insert_trigger(db: sqlite3.Connection, money: tuple[str, ...] = MONEY) -> None:
+def create_insert_trigger(db: sqlite3.Connection, money: tuple[str, ...] = MONEY, tables: tuple[Rollup, ...] = ROLLUPS) -> None:
     """(Re)create the insert trigger; it reads the recorder's money parts when `requests` has them."""
     have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
     hinted = all(column in have for column in HINT_COLUMNS)
     db.execute("DROP TRIGGER IF EXISTS spend_rollups_insert")
     db.execute(
         "CREATE TRIGGER spend_rollups_insert AFTER INSERT ON requests BEGIN "
-        + " ".join(_upsert(rollup, "NEW", "+", money, hinted) for rollup in ROLLUPS)
+        + " ".join(_upsert(rollup, "NEW", "+", money, hinted) for rollup in tables)
         + " END"
     )
 
 
 def _upsert(rollup: Rollup, r: str, sign: str, money: tuple[str, ...], hinted: bool = False) -> str:
     """Add (sign '+') or take away (sign '-') row `r` in its period's rollup row."""
-    money = rollup.money(money)
-    names = [*rollup.keys, *_columns(money), "first_at", "last_at"]
-    values = [*rollup.key_values(r), *(f"{sign}{v}" for v in counters(r, money, hinted=hinted).values())]
+    counted = rollup.counters(r, money, hinted)
+    columns = list(rollup.counters("r", money))
+    names = [*rollup.keys, *columns, "first_at", "last_at"]
+    values = [*rollup.key_values(r), *(f"{sign}{v}" for v in counted.values())]
     values += [f"{r}.started_at", f"{r}.started_at"]
-    sets = [f"{c} = {c} + excluded.{c}" for c in _columns(money)]
+    sets = [f"{c} = {c} + excluded.{c}" for c in columns]
     sets += ["first_at = min(first_at, excluded.first_at)", "last_at = max(last_at, excluded.last_at)"]
     return (
         f"INSERT INTO {rollup.table} ({', '.join(names)}) VALUES ({', '.join(values)})"
@@ -233,17 +296,20 @@ def _upsert(rollup: Rollup, r: str, sign: str, money: tuple[str, ...], hinted: b
     )
 
 
-def _watched(money: tuple[str, ...]) -> list[str]:
+def _watched(money: tuple[str, ...], tables: tuple[Rollup, ...]) -> list[str]:
     sources = [name for m in money for name in COMPARED.get(m, (m,))]
     columns = {"started_at", "outcome", "status", "is_free", "cost_usd", *DIMENSIONS, *TOKENS, *sources}
+    if any(rollup.counted is whatif_counters for rollup in tables):
+        columns |= {"cache_write_1h_tokens", "web_search_requests", *WHATIF_MONEY}
     return sorted(columns)
 
 
-def create(db: sqlite3.Connection, money: tuple[str, ...] = MONEY) -> None:
-    """(Re)build the rollups and their triggers from every row in `requests`; run inside a migration.
+def create(db: sqlite3.Connection, money: tuple[str, ...] = MONEY, tables: tuple[Rollup, ...] = ROLLUPS) -> None:
+    """(Re)build the rollups `tables` and the triggers from every row in `requests`; run inside a migration.
 
-    A migration passes the money columns `requests` has at that point (migration 9: cost_usd, upstream_cost_usd), so a
-    later one that adds a column and calls create() again still finds the database as it expects.
+    A migration passes the money columns `requests` has at that point (migration 9: cost_usd, upstream_cost_usd),
+    and the rollups there were then, so a later one that adds a column and calls create() again still
+    finds the database as it expects.
 
     Rows already deleted by retention are gone from `requests`, so a rebuild keeps the totals of
     periods older than the oldest raw row and re-sums the rest.
@@ -251,38 +317,51 @@ def create(db: sqlite3.Connection, money: tuple[str, ...] = MONEY) -> None:
     kept_before = db.execute("SELECT min(started_at) FROM requests").fetchone()[0]
     for trigger in ("insert", "update"):
         db.execute(f"DROP TRIGGER IF EXISTS spend_rollups_{trigger}")
-    _rebuild_hourly(db, kept_before, money)
-    _rebuild_from_hourly(db, DAILY, money)
-    _rebuild_from_hourly(db, SESSIONS, money)
-    create_insert_trigger(db, money)
+    for rollup in tables:
+        if rollup in (DAILY, SESSIONS):
+            _rebuild_from_hourly(db, rollup, money)
+        else:
+            _rebuild_from_raw(db, rollup, kept_before, money)
+    create_triggers(db, money, tables)
+
+
+def add(db: sqlite3.Connection, new: tuple[Rollup, ...], money: tuple[str, ...], tables: tuple[Rollup, ...] = ROLLUPS) -> None:
+    """Build new rollups from the raw rows and re-create the triggers to keep `tables` (a migration)."""
+    for rollup in new:
+        _rebuild_from_raw(db, rollup, None, money)
+    create_triggers(db, money, tables)
+
+
+def create_triggers(db: sqlite3.Connection, money: tuple[str, ...], tables: tuple[Rollup, ...] = ROLLUPS) -> None:
+    create_insert_trigger(db, money, tables)
     # An update (a back-filled cost, an upsert of a row written twice) moves the row's old values
     # out of its old group and its new values into the new one.
     body = []
-    for rollup in ROLLUPS:
+    for rollup in tables:
         key = " AND ".join(f"{k} = {v}" for k, v in zip(rollup.keys, rollup.key_values("OLD")))
         body += [_upsert(rollup, "OLD", "-", money), _upsert(rollup, "NEW", "+", money), f"DELETE FROM {rollup.table} WHERE {key} AND requests = 0;"]
-    db.execute(f"CREATE TRIGGER spend_rollups_update AFTER UPDATE OF {', '.join(_watched(money))} ON requests BEGIN {' '.join(body)} END")
+    db.execute("DROP TRIGGER IF EXISTS spend_rollups_update")
+    db.execute(f"CREATE TRIGGER spend_rollups_update AFTER UPDATE OF {', '.join(_watched(money, tables))} ON requests BEGIN {' '.join(body)} END")
 
 
-def _rebuild_hourly(db: sqlite3.Connection, kept_before: str | None, money: tuple[str, ...]) -> None:
-    rollup = HOURLY
-    money = rollup.money(money)
+def _rebuild_from_raw(db: sqlite3.Connection, rollup: Rollup, kept_before: str | None, money: tuple[str, ...]) -> None:
     exists = db.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (rollup.table,)).fetchone()
     if exists:
         db.execute(f"ALTER TABLE {rollup.table} RENAME TO {rollup.table}_old")
     db.execute(_schema(rollup, money))
-    columns = _columns(money)
-    select = [rollup.period_of("r"), *(dimension("r", d) for d in rollup.dims), *(f"SUM({v})" for v in counters("r", money).values())]
-    select += ["min(r.started_at)", "max(r.started_at)"]
+    counted = rollup.counters("r", money)
+    columns = list(counted)
+    keys = rollup.key_values("r")
+    select = [*keys, *(f"SUM({v})" for v in counted.values()), "min(r.started_at)", "max(r.started_at)"]
     db.execute(
-        f"INSERT INTO {rollup.table} (period, {', '.join(rollup.dims)}, {', '.join(columns)}, first_at, last_at) "
-        f"SELECT {', '.join(select)} FROM requests AS r GROUP BY {', '.join(str(i + 1) for i in range(len(rollup.dims) + 1))}"
+        f"INSERT INTO {rollup.table} ({', '.join(rollup.keys)}, {', '.join(columns)}, first_at, last_at) "
+        f"SELECT {', '.join(select)} FROM requests AS r GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}"
     )
     if exists:
         # Hours whose raw rows retention already dropped (it drops whole hours) keep their old
         # totals; a column added since starts at 0 there.
         old = {row[1] for row in db.execute(f"PRAGMA table_info({rollup.table}_old)")}
-        shared = ["period", *rollup.dims, *(c for c in columns if c in old), "first_at", "last_at"]
+        shared = [*rollup.keys, *(c for c in columns if c in old), "first_at", "last_at"]
         where, params = ("", ()) if kept_before is None else (" WHERE period < ?", (kept_before[: rollup.width],))
         db.execute(f"INSERT INTO {rollup.table} ({', '.join(shared)}) SELECT {', '.join(shared)} FROM {rollup.table}_old{where}", params)
         db.execute(f"DROP TABLE {rollup.table}_old")
@@ -292,7 +371,7 @@ def _rebuild_from_hourly(db: sqlite3.Connection, rollup: Rollup, money: tuple[st
     # From the hourly rollup, not the raw rows: it still holds the hours retention pruned.
     db.execute(f"DROP TABLE IF EXISTS {rollup.table}")
     db.execute(_schema(rollup, money))
-    columns = _columns(rollup.money(money))
+    columns = list(rollup.counters("r", money))
     period = [f"substr(period, 1, {rollup.width})"] if rollup.width else []
     db.execute(
         f"INSERT INTO {rollup.table} ({', '.join(rollup.keys)}, {', '.join(columns)}, first_at, last_at) "

@@ -9,19 +9,12 @@ CLI cannot disagree; when the reports move to SQL, re-point that one function.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from proxy.pricing.calculator import (
-    PriceHistory,
-    TokenSums,
-    price_changes,
-    resolve,
-    whatif_sum_rows,
-)
+from proxy.pricing.calculator import price_changes
 from proxy.pricing.catalog import Catalog
 from proxy.store import reports, rollups
 from proxy.store.dialect import dialect_of
@@ -350,89 +343,15 @@ def changes(db: Reader, search: str | None) -> list[Any]:
 
 
 def whatif(db: Reader, query: Query, catalog: Catalog, targets: Iterable[str]) -> list[Any]:
-    """`whatif`'s rows for the range, from token sums SQLite groups so that every request in a group
-    prices alike on every target: same UTC hour (minute, when a target's price depends on the time
-    of day), same price-history version and same long-context tier. Exact; still one pass over the
-    raw rows in range (so not over rows retention deleted, as before)."""
+    """`whatif`'s rows for the range: re-priced from the what-if rollups on SQLite
+    (proxy/web/whatif.py), from raw rows where the engine has no rollups."""
     if not dialect_of(db).rollups:
         from proxy.web import raw_reads
 
         return raw_reads.whatif(db, query, catalog, targets)
-    history = PriceHistory(_history(db))
-    entries = [resolve(catalog, target) for target in targets]
-    pricings = [e.pricing for e in entries] + [p for e in entries for _, p in history.pricings(e.id)]
-    overrides = [o for p in pricings for o in p.overrides]
-    tiers = sorted({o.min_prompt_tokens for o in overrides if o.min_prompt_tokens is not None})
-    changes = sorted({encode_time(seen) for e in entries for seen, _ in history.pricings(e.id)})
-    width = 16 if any(o.utc_start is not None or o.utc_end is not None for o in overrides) else 13
-    where, params = _where(query)
-    tier = " + ".join("(COALESCE(input_tokens, 0) > ?)" for _ in tiers) or "0"
-    version = " + ".join("(started_at >= ?)" for _ in changes) or "0"
-    grouped = (
-        f"SELECT substr(started_at, 1, {width}), {tier}, {version}, (input_tokens IS NOT NULL OR output_tokens IS NOT NULL),"
-        " COUNT(*), MIN(started_at), MIN(COALESCE(input_tokens, 0)),"
-        " SUM(MAX(0, COALESCE(input_tokens, 0) - COALESCE(cached_tokens, 0) - COALESCE(cache_write_tokens, 0))),"
-        " SUM(COALESCE(cached_tokens, 0)), SUM(COALESCE(cache_write_tokens, 0)),"
-        " SUM(MIN(COALESCE(cache_write_1h_tokens, 0), COALESCE(cache_write_tokens, 0))), SUM(COALESCE(output_tokens, 0)),"
-        " SUM(MIN(COALESCE(reasoning_tokens, 0), COALESCE(output_tokens, 0))), SUM(COALESCE(web_search_requests, 0)){}"
-        f" FROM requests{where} GROUP BY 1, 2, 3, 4"
-    )
-    bound = [*tiers, *changes, *params]
-    logged: list[tuple[int, int, Decimal]] | None = None
-    try:
-        # The logged sums ride along in the same scan (the second scan was most of the rest).
-        rows = db.execute(grouped.format(
-            ", SUM(cost_usd IS NULL), SUM(cost_catalog_usd IS NULL), " + _exact_sum("cost_usd") + ", " + _exact_sum("cost_catalog_usd")
-        ), bound).fetchall()
-        logged = _logged_from_groups([(row[4], *row[14:]) for row in rows])
-    except (_Inexact, sqlite3.OperationalError):  # more than 12 decimals, or past SQLite's integers
-        rows = db.execute(grouped.format(""), bound).fetchall()
-    if logged is None:
-        logged = _logged_sums(db, where, params, lambda column: f"decsum({column}), NULL")
-    groups = [
-        TokenSums(datetime.fromisoformat(first), prompt, count, bool(priced), *sums[:7])
-        for _, _, _, priced, count, first, prompt, *sums in rows
-    ]
-    return _json_rows(whatif_sum_rows(logged, groups, catalog, tuple(targets), history))
+    from proxy.web import whatif as repricing
 
-
-def _logged_from_groups(sums: list[tuple[Any, ...]]) -> list[tuple[int, int, Decimal]]:
-    """_logged()'s answer from per-group (requests, unpriced, unlisted, units, places, units, places):
-    integer units add up exactly across groups, and the most places seen is the sum's."""
-    count = unpriced = unlisted = 0
-    money: list[tuple[int | None, int | None]] = [(None, None), (None, None)]
-    for group_count, group_unpriced, group_unlisted, *parts in sums:
-        count += group_count
-        unpriced += group_unpriced
-        unlisted += group_unlisted
-        for i in (0, 1):
-            units, places = parts[2 * i], parts[2 * i + 1]
-            if units is not None:
-                seen_units, seen_places = money[i]
-                money[i] = ((seen_units or 0) + units, max(seen_places or 0, places))
-    spent, listed = (Decimal(_decimal(units, places) or 0) for units, places in money)
-    return [(count, unpriced, spent), (count, unlisted, listed)]
-
-
-def _logged(db: Reader, where: str, params: list[Any]) -> list[tuple[int, int, Decimal]]:
-    """(requests, unpriced, exact sum) of cost_usd and of cost_catalog_usd, as whatif_rows counts them."""
-    try:
-        return _logged_sums(db, where, params, _exact_sum)
-    except (_Inexact, sqlite3.OperationalError):  # more than 12 decimals, or past SQLite's integers
-        return _logged_sums(db, where, params, lambda column: f"decsum({column}), NULL")
-
-
-def _logged_sums(db: Reader, where: str, params: list[Any], money_sum: Callable[[str], str]) -> list[tuple[int, int, Decimal]]:
-    row = db.execute(
-        f"SELECT COUNT(*), SUM(cost_usd IS NULL), SUM(cost_catalog_usd IS NULL), {money_sum('cost_usd')}, {money_sum('cost_catalog_usd')}"
-        f" FROM requests{where}",
-        params,
-    ).fetchone()
-    count, unpriced, unlisted, spent, spent_places, listed, listed_places = row
-    return [
-        (count, unpriced or 0, Decimal(_sum_text(spent, spent_places) or 0)),
-        (count, unlisted or 0, Decimal(_sum_text(listed, listed_places) or 0)),
-    ]
+    return repricing.whatif(db, query, catalog, targets)
 
 
 def _json_rows(rows: Any) -> list[Any]:
