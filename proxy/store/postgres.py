@@ -226,6 +226,16 @@ def _m014_money_parts() -> list[str]:
     return []
 
 
+def _m015_reserved() -> list[str]:
+    # Number 15 is the spend_whatif rollup's (branch h15): this placeholder is replaced by it at merge.
+    return []
+
+
+def _m016_batched_rollups() -> list[str]:
+    # SQLite's migration 16 lets its recorder add a batch to the rollups per batch; numbers only.
+    return []
+
+
 MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m001_requests,
     _m002_model_prices,
@@ -241,6 +251,8 @@ MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m012_hour_statistics,
     _m013_shared_budgets,
     _m014_money_parts,
+    _m015_reserved,
+    _m016_batched_rollups,
 )
 
 # Any fixed number: replicas starting together take turns migrating.

@@ -1,18 +1,21 @@
 """The rollups: per hour (and per UTC day) and attribution, the counts, tokens and exact money of `requests`.
 
-SQLite triggers keep it, so every writer (the recorder's inserts, the /generation back-fill's
-UPDATEs, a user's own sqlite3 shell) updates it in the same transaction as the row. Deleting a row
-leaves its totals in place: that is what lets retention drop old raw rows while every report over
-any range stays exact.
+SQLite triggers keep it, so every writer (the /generation back-fill's UPDATEs, an import, a user's
+own sqlite3 shell) updates it in the same transaction as the row. The recorder, which writes nearly
+every row, does it per batch instead of per row: inside its own transaction it sets the
+`rollups_batched` row of `meta` (no other connection ever sees it), which the insert trigger
+stands aside for, and adds the batch's rows with one upsert per rollup (`batch_statements()`: the
+trigger's counters, summed per key). Deleting a row leaves its totals in place: that is what lets
+retention drop old raw rows while every report over any range stays exact.
 
 Money is summed as integers: each decimal TEXT amount is cut, in SQL, into whole pico-dollars
 (10^-12) and the next 12 digits (yocto-dollars, 10^-24), so sums are exact to 24 decimal places.
 An amount with more digits than that (or not in fixed-point form) is counted in `<money>_inexact`.
 
-Cutting text in SQL is most of what the insert trigger costs, so the recorder writes the parts
-itself (`<money>_pico`/`<money>_yocto` columns of `requests`, see `parts()`): the insert trigger
-reads them when present and cuts the text only for rows written by others. Only the insert trigger
-reads them: an UPDATE (the back-fill) may leave them stale, so everything else reads the text.
+Cutting text in SQL costs more than the rest of a row's counters, so the recorder writes the parts
+itself (`<money>_pico`/`<money>_yocto` columns of `requests`, see `parts()`): its batch upserts
+(and the insert trigger) read them when present and cut the text only for rows written by others.
+Only inserts read them: an UPDATE (the back-fill) may leave them stale, so everything else reads the text.
 """
 
 from __future__ import annotations
@@ -207,30 +210,81 @@ CREATE TABLE {rollup.table} (
 """
 
 
+# The `meta` key the recorder sets (and clears) inside its own write transaction, so no other
+# connection ever sees it: while it is there the insert trigger leaves the rows to the recorder's
+# per-batch upserts. A flag row, not a TEMP table or a connection's function: the main schema's
+# triggers cannot see those, and a user's sqlite3 shell has neither.
+BATCHED_KEY = "rollups_batched"
+
+
 def create_insert_trigger(db: sqlite3.Connection, money: tuple[str, ...] = MONEY) -> None:
     """(Re)create the insert trigger; it reads the recorder's money parts when `requests` has them."""
     have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
     hinted = all(column in have for column in HINT_COLUMNS)
     db.execute("DROP TRIGGER IF EXISTS spend_rollups_insert")
     db.execute(
-        "CREATE TRIGGER spend_rollups_insert AFTER INSERT ON requests BEGIN "
+        "CREATE TRIGGER spend_rollups_insert AFTER INSERT ON requests "
+        f"WHEN NOT EXISTS (SELECT 1 FROM meta WHERE key = '{BATCHED_KEY}') BEGIN "
         + " ".join(_upsert(rollup, "NEW", "+", money, hinted) for rollup in ROLLUPS)
         + " END"
     )
 
 
+def _names(rollup: Rollup, money: tuple[str, ...]) -> str:
+    return ", ".join([*rollup.keys, *_columns(money), "first_at", "last_at"])
+
+
+def _on_conflict(rollup: Rollup, money: tuple[str, ...]) -> str:
+    sets = [f"{c} = {c} + excluded.{c}" for c in _columns(money)]
+    sets += ["first_at = min(first_at, excluded.first_at)", "last_at = max(last_at, excluded.last_at)"]
+    return f" ON CONFLICT ({', '.join(rollup.keys)}) DO UPDATE SET {', '.join(sets)}"
+
+
 def _upsert(rollup: Rollup, r: str, sign: str, money: tuple[str, ...], hinted: bool = False) -> str:
     """Add (sign '+') or take away (sign '-') row `r` in its period's rollup row."""
     money = rollup.money(money)
-    names = [*rollup.keys, *_columns(money), "first_at", "last_at"]
     values = [*rollup.key_values(r), *(f"{sign}{v}" for v in counters(r, money, hinted=hinted).values())]
     values += [f"{r}.started_at", f"{r}.started_at"]
-    sets = [f"{c} = {c} + excluded.{c}" for c in _columns(money)]
-    sets += ["first_at = min(first_at, excluded.first_at)", "last_at = max(last_at, excluded.last_at)"]
-    return (
-        f"INSERT INTO {rollup.table} ({', '.join(names)}) VALUES ({', '.join(values)})"
-        f" ON CONFLICT ({', '.join(rollup.keys)}) DO UPDATE SET {', '.join(sets)};"
-    )
+    return f"INSERT INTO {rollup.table} ({_names(rollup, money)}) VALUES ({', '.join(values)}){_on_conflict(rollup, money)};"
+
+
+# The recorder's own TEMP table (its connection only): one batch's sums per hour and attribution.
+BATCH_TABLE = "spend_batch"
+
+
+def batch_statements(money: tuple[str, ...] = (*MONEY, *COMPARED)) -> tuple[str, ...]:
+    """The recorder's statements, in order, that add every `requests` row after rowid `:after`
+    (the rows its batch inserted) to every rollup: the insert trigger's upserts, summed per key.
+
+    Sorting the raw rows by key is most of the cost, so they are summed once per hour and
+    attribution, and each rollup whose keys and money are a part of the hourly one's is summed
+    from those few sums; any other rollup from the raw rows. `money`: every money column there is
+    now (a migration passes create() the columns of its time; the recorder runs after the last).
+    """
+    hourly = HOURLY.money(money)
+    counted = counters("r", hourly, hinted=True).values()
+    statements = [
+        f"CREATE TEMP TABLE IF NOT EXISTS {BATCH_TABLE} AS SELECT * FROM {HOURLY.table} WHERE false",
+        f"INSERT INTO temp.{BATCH_TABLE} ({_names(HOURLY, hourly)}) "
+        + _summed(HOURLY.key_values("r"), [*(f"SUM({v})" for v in counted), "min(r.started_at)", "max(r.started_at)"], "requests AS r WHERE r.rowid > :after"),
+    ]
+    for rollup in ROLLUPS:
+        own = rollup.money(money)
+        if rollup.width <= HOURLY.width and {*rollup.dims} <= {*HOURLY.dims} and {*own} <= {*hourly}:
+            period = [f"substr(period, 1, {rollup.width})"] if rollup.width else []
+            sums = [*(f"SUM({c})" for c in _columns(own)), "min(first_at)", "max(last_at)"]
+            select = _summed([*period, *rollup.dims], sums, f"temp.{BATCH_TABLE} WHERE true")
+        else:
+            raw = [*(f"SUM({v})" for v in counters("r", own, hinted=True).values()), "min(r.started_at)", "max(r.started_at)"]
+            select = _summed(rollup.key_values("r"), raw, "requests AS r WHERE r.rowid > :after")
+        statements.append(f"INSERT INTO {rollup.table} ({_names(rollup, own)}) {select}{_on_conflict(rollup, own)}")
+    statements.append(f"DELETE FROM temp.{BATCH_TABLE}")
+    return tuple(statements)
+
+
+def _summed(keys: list[str], sums: list[str], source: str) -> str:
+    # `WHERE`: an upsert's SELECT needs one before ON CONFLICT, which would otherwise parse as a join's ON.
+    return f"SELECT {', '.join([*keys, *sums])} FROM {source} GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}"
 
 
 def _watched(money: tuple[str, ...]) -> list[str]:

@@ -272,6 +272,18 @@ def _m014_money_parts(db: sqlite3.Connection) -> None:
     rollups.create(db, ("cost_usd", "upstream_cost_usd", "billed_compared_usd", "catalog_compared_usd"))
 
 
+def _m015_reserved(db: sqlite3.Connection) -> None:
+    # Number 15 is the spend_whatif rollup's (branch h15): this placeholder is replaced by it at merge.
+    return None
+
+
+def _m016_batched_rollups(db: sqlite3.Connection) -> None:
+    # The recorder adds each batch to the rollups with one upsert per rollup table (its rows' sums
+    # per key) instead of the insert trigger's three upserts per row: the trigger now stands aside
+    # while the recorder's own transaction holds the `rollups_batched` row of `meta`.
+    rollups.create_insert_trigger(db, ("cost_usd", "upstream_cost_usd", "billed_compared_usd", "catalog_compared_usd"))
+
+
 # Append only: a migration that has run on someone's database is never edited.
 MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m001_requests,
@@ -288,6 +300,8 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _m012_hour_statistics,
     _m013_shared_budgets,
     _m014_money_parts,
+    _m015_reserved,
+    _m016_batched_rollups,
 )
 
 
@@ -397,12 +411,46 @@ def encode_written(rec: UsageRecord) -> list[Any]:
     return values
 
 
+# What adds a batch's rows to the rollups, in order (proxy/store/rollups.py).
+_ADD_BATCH = rollups.batch_statements()
+# SQLite numbers a new row one past the largest rowid until that reaches 2^63 - 1, then at random:
+# a batch is told apart from older rows by its rowids only below that.
+_LAST_ROWID = 2**63 - 1
+# Smaller batches go through the per-row trigger: for a row or two it costs less than the flag
+# and one statement per rollup.
+_BATCHED_FROM = 4
+
+
 async def insert_requests(db: aiosqlite.Connection, records: list[UsageRecord]) -> None:
-    """One transaction for the whole batch."""
+    """One transaction for the whole batch, which adds itself to the rollups in one upsert per
+    rollup table (the per-row insert trigger skipped) instead of three upserts per row."""
+    try:
+        await _insert_requests(db, records, batched=len(records) >= _BATCHED_FROM)
+    except sqlite3.OperationalError as exc:
+        # SUM() refuses a total past 2^63 (a million dollars in pico-dollars, nine times over, in one
+        # group) where the trigger's additions turn to REAL: write such a batch row by row, as before.
+        if "integer overflow" not in str(exc):
+            raise
+        await _insert_requests(db, records, batched=False)
+
+
+async def _insert_requests(db: aiosqlite.Connection, records: list[UsageRecord], batched: bool) -> None:
     # BEGIN inside the try: a cancel landing while it runs must still roll it back, or the
     # connection is left in a transaction and every later BEGIN fails.
     try:
         await db.execute("BEGIN")
+        after = None
+        if batched:
+            # Set inside this transaction, so no other connection ever sees it: their inserts (and a
+            # rollback of ours) keep the per-row trigger.
+            rows = await db.execute_fetchall(
+                "INSERT OR REPLACE INTO meta (key, value) SELECT ?, COALESCE(max(rowid), 0) FROM requests RETURNING value",
+                (rollups.BATCHED_KEY,),
+            )
+            after = int(next(iter(rows))[0])
+            if after > _LAST_ROWID - len(records):
+                await db.execute("DELETE FROM meta WHERE key = ?", (rollups.BATCHED_KEY,))
+                after = None
         # A few multi-row INSERTs, not one statement per row: sqlite3 releases and retakes the GIL
         # around every step, and while the event loop is busy each retake can wait a whole switch
         # interval, which made per-row inserts the recorder's bottleneck under load.
@@ -412,6 +460,11 @@ async def insert_requests(db: aiosqlite.Connection, records: list[UsageRecord]) 
             start += size
             params = [value for rec in chunk for value in encode_written(rec)]
             await db.execute(_insert_written(size), params)
+        if after is not None:
+            # Rows the batch did not insert (ON CONFLICT DO NOTHING) have older rowids.
+            for sql in _ADD_BATCH:
+                await db.execute(sql, {"after": after})
+            await db.execute("DELETE FROM meta WHERE key = ?", (rollups.BATCHED_KEY,))
         await db.execute("COMMIT")
     except BaseException:
         await rollback(db)
