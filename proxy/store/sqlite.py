@@ -311,6 +311,10 @@ def migrate(db: sqlite3.Connection) -> None:
         with db:
             migration(db)
             db.execute(f"PRAGMA user_version = {number}")
+        # Into the file before the next one, so the WAL holds one migration at a time, not all
+        # (0.83 MB on a new database, which filled a 1 MiB disk before the first row). PASSIVE
+        # never waits for a reader; in rollback-journal mode it does nothing.
+        db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
 
 def _create_private(path: Path) -> None:
