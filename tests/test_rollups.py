@@ -4,6 +4,7 @@ through the per-row triggers, and both ways give the same tables."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import random
@@ -167,3 +168,23 @@ async def test_a_database_of_version_14_counts_a_batch_once(tmp_path: Path) -> N
     plain_insert(path, known_records(30))
     assert await recorder_insert(path, clustered(known_records(90)[30:])) < 60 + 60
     rollup_equals_raw(path)
+
+
+async def test_two_writers_at_once_each_count_their_own_batches(tmp_path: Path) -> None:
+    # serve --workers N: a recorder per process on one file. SQLite lets one write at a time; each
+    # batch's rowid bound must be read under its own write lock, never before another's commit.
+    path = tmp_path / "u.db"
+    prepare(path)
+    rows = clustered(known_records(400), seed=3)
+    one, two = await open_db(path), await open_db(path)
+    try:
+        await asyncio.gather(
+            *(insert_requests(db, rows[start : start + 20]) for start in range(0, 400, 40) for db in (one,)),
+            *(insert_requests(db, rows[start + 20 : start + 40]) for start in range(0, 400, 40) for db in (two,)),
+        )
+    finally:
+        await one.close()
+        await two.close()
+    rollup_equals_raw(path)
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT sum(requests) FROM spend_daily").fetchone() == (400,)
