@@ -6,6 +6,7 @@ Prints one JSON line. Also times storage.encode_record per row, the part of a SQ
 
     python -m bench.recorder_bench --rows 200000
     python -m bench.recorder_bench --rows 200000 --postgres
+    python -m bench.recorder_bench --rows 20000 --max-batch 50   # transactions of a busy proxy's size
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def sample_records(n: int) -> list[UsageRecord]:
     ]
 
 
-async def measure(rows: int, path: Path | str, time_cap_s: float = 120.0) -> dict[str, Any]:
+async def measure(rows: int, path: Path | str, time_cap_s: float = 120.0, max_batch: int = 2_000) -> dict[str, Any]:
     recs = sample_records(rows)
     sample = recs[: min(rows, 20_000)]
     t0 = time.perf_counter()
@@ -79,7 +80,7 @@ async def measure(rows: int, path: Path | str, time_cap_s: float = 120.0) -> dic
     encode_us = (time.perf_counter() - t0) / len(sample) * 1e6
 
     db = await open_store(path)
-    recorder = Recorder(db)
+    recorder = Recorder(db, max_batch=max_batch)
     writer = asyncio.create_task(recorder.run(), name="bench-recorder")
     cpu_start = time.process_time()
     start = time.perf_counter()
@@ -112,6 +113,7 @@ async def measure(rows: int, path: Path | str, time_cap_s: float = 120.0) -> dic
     return {
         "engine": db.engine,
         "rows": rows,
+        "max_batch": max_batch,
         "written": recorder.written,
         "stored": stored,
         "dropped": recorder.dropped,
@@ -145,9 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=200_000)
     parser.add_argument("--db", help="an existing postgresql:// database (its requests table should be empty)")
     parser.add_argument("--postgres", action="store_true", help="write to a throwaway local PostgreSQL cluster")
+    parser.add_argument(
+        "--max-batch", type=int, default=2_000, help="rows per transaction at most (the recorder's default 2,000; a busy proxy's are ~50-200)"
+    )
     args = parser.parse_args(argv)
     if args.db:
-        result = asyncio.run(measure(args.rows, args.db))
+        result = asyncio.run(measure(args.rows, args.db, max_batch=args.max_batch))
     elif args.postgres:
         from tests.pg_cluster import Cluster, find_bin
 
@@ -158,12 +163,12 @@ def main(argv: list[str] | None = None) -> int:
         cluster = Cluster(bindir)
         try:
             cluster.start()
-            result = asyncio.run(measure(args.rows, cluster.create_database()))
+            result = asyncio.run(measure(args.rows, cluster.create_database(), max_batch=args.max_batch))
         finally:
             cluster.remove()
     else:
         with tempfile.TemporaryDirectory(prefix="bench-recorder-") as tmp:
-            result = asyncio.run(measure(args.rows, Path(tmp) / "rec.db"))
+            result = asyncio.run(measure(args.rows, Path(tmp) / "rec.db", max_batch=args.max_batch))
     print("RECJSON " + json.dumps(result), flush=True)
     return 0 if result["stored"] == args.rows else 1
 

@@ -231,6 +231,11 @@ def _m015_whatif_rollup() -> list[str]:
     return []
 
 
+def _m016_batched_rollups() -> list[str]:
+    # SQLite's migration 16 lets its recorder add a batch to the rollups per batch; numbers only.
+    return []
+
+
 MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m001_requests,
     _m002_model_prices,
@@ -247,6 +252,7 @@ MIGRATIONS: tuple[Callable[[], list[str]], ...] = (
     _m013_shared_budgets,
     _m014_money_parts,
     _m015_whatif_rollup,
+    _m016_batched_rollups,
 )
 
 # Any fixed number: replicas starting together take turns migrating.

@@ -1,18 +1,21 @@
 """The rollups: per hour (and per UTC day) and attribution, the counts, tokens and exact money of `requests`.
 
-SQLite triggers keep it, so every writer (the recorder's inserts, the /generation back-fill's
-UPDATEs, a user's own sqlite3 shell) updates it in the same transaction as the row. Deleting a row
-leaves its totals in place: that is what lets retention drop old raw rows while every report over
-any range stays exact.
+SQLite triggers keep it, so every writer (the /generation back-fill's UPDATEs, an import, a user's
+own sqlite3 shell) updates it in the same transaction as the row. The recorder, which writes nearly
+every row, does it per batch instead of per row: inside its own transaction it sets the
+`rollups_batched` row of `meta` (no other connection ever sees it), which the insert trigger
+stands aside for, and adds the batch's rows with one upsert per rollup (`batch_statements()`: the
+trigger's counters, summed per key). Deleting a row leaves its totals in place: that is what lets
+retention drop old raw rows while every report over any range stays exact.
 
 Money is summed as integers: each decimal TEXT amount is cut, in SQL, into whole pico-dollars
 (10^-12) and the next 12 digits (yocto-dollars, 10^-24), so sums are exact to 24 decimal places.
 An amount with more digits than that (or not in fixed-point form) is counted in `<money>_inexact`.
 
-Cutting text in SQL is most of what the insert trigger costs, so the recorder writes the parts
-itself (`<money>_pico`/`<money>_yocto` columns of `requests`, see `parts()`): the insert trigger
-reads them when present and cuts the text only for rows written by others. Only the insert trigger
-reads them: an UPDATE (the back-fill) may leave them stale, so everything else reads the text.
+Cutting text in SQL costs more than the rest of a row's counters, so the recorder writes the parts
+itself (`<money>_pico`/`<money>_yocto` columns of `requests`, see `parts()`): its batch upserts
+(and the insert trigger) read them when present and cut the text only for rows written by others.
+Only inserts read them: an UPDATE (the back-fill) may leave them stale, so everything else reads the text.
 """
 
 from __future__ import annotations
@@ -269,31 +272,98 @@ CREATE TABLE {rollup.table} (
 """
 
 
+# The `meta` key the recorder sets (and clears) inside its own write transaction, so no other
+# connection ever sees it: while it is there the insert trigger leaves the rows to the recorder's
+# per-batch upserts. A flag row, not a TEMP table or a connection's function: the main schema's
+# triggers cannot see those, and a user's sqlite3 shell has neither.
+BATCHED_KEY = "rollups_batched"
+
+
 def create_insert_trigger(db: sqlite3.Connection, money: tuple[str, ...] = MONEY, tables: tuple[Rollup, ...] = ROLLUPS) -> None:
     """(Re)create the insert trigger; it reads the recorder's money parts when `requests` has them."""
     have = {row[1] for row in db.execute("PRAGMA table_info(requests)")}
     hinted = all(column in have for column in HINT_COLUMNS)
     db.execute("DROP TRIGGER IF EXISTS spend_rollups_insert")
     db.execute(
-        "CREATE TRIGGER spend_rollups_insert AFTER INSERT ON requests BEGIN "
+        "CREATE TRIGGER spend_rollups_insert AFTER INSERT ON requests "
+        f"WHEN NOT EXISTS (SELECT 1 FROM meta WHERE key = '{BATCHED_KEY}') BEGIN "
         + " ".join(_upsert(rollup, "NEW", "+", money, hinted) for rollup in tables)
         + " END"
     )
 
 
+def _counted_columns(rollup: Rollup, money: tuple[str, ...]) -> list[str]:
+    return list(rollup.counters("r", money))
+
+
+def _names(rollup: Rollup, money: tuple[str, ...]) -> str:
+    return ", ".join([*rollup.keys, *_counted_columns(rollup, money), "first_at", "last_at"])
+
+
+def _on_conflict(rollup: Rollup, money: tuple[str, ...]) -> str:
+    sets = [f"{c} = {c} + excluded.{c}" for c in _counted_columns(rollup, money)]
+    sets += ["first_at = min(first_at, excluded.first_at)", "last_at = max(last_at, excluded.last_at)"]
+    return f" ON CONFLICT ({', '.join(rollup.keys)}) DO UPDATE SET {', '.join(sets)}"
+
+
 def _upsert(rollup: Rollup, r: str, sign: str, money: tuple[str, ...], hinted: bool = False) -> str:
     """Add (sign '+') or take away (sign '-') row `r` in its period's rollup row."""
-    counted = rollup.counters(r, money, hinted)
-    columns = list(rollup.counters("r", money))
-    names = [*rollup.keys, *columns, "first_at", "last_at"]
-    values = [*rollup.key_values(r), *(f"{sign}{v}" for v in counted.values())]
+    values = [*rollup.key_values(r), *(f"{sign}{v}" for v in rollup.counters(r, money, hinted).values())]
     values += [f"{r}.started_at", f"{r}.started_at"]
-    sets = [f"{c} = {c} + excluded.{c}" for c in columns]
-    sets += ["first_at = min(first_at, excluded.first_at)", "last_at = max(last_at, excluded.last_at)"]
+    return f"INSERT INTO {rollup.table} ({_names(rollup, money)}) VALUES ({', '.join(values)}){_on_conflict(rollup, money)};"
+
+
+# The recorder's own TEMP tables (its connection only): one batch's sums per key of a base rollup.
+BATCH_TABLE = "spend_batch"
+
+
+def _covers(base: Rollup, rollup: Rollup, money: tuple[str, ...]) -> bool:
+    """Whether `rollup`'s batch sums can be summed from `base`'s: same counters, coarser keys."""
     return (
-        f"INSERT INTO {rollup.table} ({', '.join(names)}) VALUES ({', '.join(values)})"
-        f" ON CONFLICT ({', '.join(rollup.keys)}) DO UPDATE SET {', '.join(sets)};"
+        base.counted is rollup.counted
+        and base.computed == rollup.computed
+        and rollup.width <= base.width
+        and {*rollup.dims} <= {*base.dims}
+        and {*_counted_columns(rollup, money)} <= {*_counted_columns(base, money)}
     )
+
+
+def batch_statements(money: tuple[str, ...] = (*MONEY, *COMPARED), tables: tuple[Rollup, ...] = ROLLUPS) -> tuple[str, ...]:
+    """The recorder's statements, in order, that add every `requests` row after rowid `:after`
+    (the rows its batch inserted) to every rollup: the insert trigger's upserts, summed per key.
+
+    Sorting the raw rows by key is most of the cost, so they are summed once per key of a base
+    rollup (the hourly one; the hourly what-if one) into a TEMP table, and each rollup whose keys
+    and counters are a part of a base's is summed from those few sums. `money`: every money column
+    there is now (a migration passes create() the columns of its time; the recorder runs after the last).
+    """
+    statements: list[str] = []
+    bases: list[tuple[Rollup, str]] = []
+    for rollup in tables:
+        found = next(((base, temp) for base, temp in bases if _covers(base, rollup, money)), None)
+        if found is None:
+            temp = f"{BATCH_TABLE}_{len(bases)}"
+            counted = [*(f"SUM({v})" for v in rollup.counters("r", money, hinted=True).values()), "min(r.started_at)", "max(r.started_at)"]
+            statements += [
+                f"CREATE TEMP TABLE IF NOT EXISTS {temp} AS SELECT * FROM {rollup.table} WHERE false",
+                f"INSERT INTO temp.{temp} ({_names(rollup, money)}) "
+                + _summed(rollup.key_values("r"), counted, "requests AS r WHERE r.rowid > :after"),
+            ]
+            found = (rollup, temp)
+            bases.append(found)
+        base, temp = found
+        period = [f"substr(period, 1, {rollup.width})"] if rollup.width else []
+        computed = [name for name, _ in rollup.computed]
+        sums = [*(f"SUM({c})" for c in _counted_columns(rollup, money)), "min(first_at)", "max(last_at)"]
+        select = _summed([*period, *rollup.dims, *computed], sums, f"temp.{temp} WHERE true")
+        statements.append(f"INSERT INTO {rollup.table} ({_names(rollup, money)}) {select}{_on_conflict(rollup, money)}")
+    statements += [f"DELETE FROM temp.{temp}" for _, temp in bases]
+    return tuple(statements)
+
+
+def _summed(keys: list[str], sums: list[str], source: str) -> str:
+    # `WHERE`: an upsert's SELECT needs one before ON CONFLICT, which would otherwise parse as a join's ON.
+    return f"SELECT {', '.join([*keys, *sums])} FROM {source} GROUP BY {', '.join(str(i + 1) for i in range(len(keys)))}"
 
 
 def _watched(money: tuple[str, ...], tables: tuple[Rollup, ...]) -> list[str]:
