@@ -610,6 +610,35 @@ async def test_limit_keeps_the_costliest_groups_and_the_whole_total(known: tuple
     assert top_sessions.lines[0].models
 
 
+async def test_the_costliest_sessions_with_exact_ties_are_the_full_reports_first_lines(db_target: Path | str) -> None:
+    # Costs that tie exactly, and costs apart only in their 24th decimal (below what a float or a
+    # pico-dollar sum tells apart); sessions across a range's edges (per-session rollup, hourly
+    # rollup and raw rows at once); a session with no name. The first N lines of the full report
+    # (ordered by exact cost, then name) are what a limit of N keeps, with the same total.
+    costs = ["0.1", "0.1", "0.100000000000000000000001", "0.05", "0.1", "0.000000000000000000000001", "0.05"]
+    recs = []
+    for n in range(140):
+        session = None if n % 7 == 6 else f"t{(n * 3) % 7}"
+        recs.append(make_record(n, session=session, started_at=T0 + timedelta(minutes=11 * n), model=MODELS[n % 3],
+                                project=["acme", None][n % 2], cost_usd=Decimal(costs[n % 7])))
+    await write(db_target, recs)
+    ranges = [(None, None), (T0 + timedelta(hours=3, minutes=50), T0 + timedelta(hours=20, minutes=10)), (T0 + timedelta(hours=5), None)]
+    with reader(db_target) as db:
+        for since, until in ranges:
+            for breakdown in (None, "model"):
+                full = report(db, "session", breakdown=breakdown, since=since, until=until)
+                groups = list(dict.fromkeys(line.group for line in full.lines))
+                assert len(groups) >= 5 and "(none)" in groups
+                for limit in range(1, len(groups) + 1):
+                    top = report(db, "session", breakdown=breakdown, since=since, until=until, limit=limit)
+                    kept = set(groups[:limit])
+                    want = [line.as_dict(True) for line in full.lines if line.group in kept]
+                    assert [line.as_dict(True) for line in top.lines] == want, (since, until, breakdown, limit)
+                    assert top.total.as_dict() == full.total.as_dict()
+                    shown = [f"{limit} of {len(groups)} session groups shown; the total covers all"] if limit < len(groups) else []
+                    assert list(top.notes) == [*full.notes, *shown]
+
+
 def report_days(path: Path) -> list[Line]:
     with reader(path) as db:
         return report(db, "day").lines

@@ -13,6 +13,7 @@ return the same document for the same rows.
 
 from __future__ import annotations
 
+import heapq
 import json
 import re
 import sqlite3
@@ -481,9 +482,12 @@ def _session_pieces(
         if moment is not None:
             clauses.append("(first_at < ? AND last_at >= ?)")
             params += [_time_text(moment)] * 2
-    found = db.execute(f"SELECT DISTINCT session FROM {rollups.SESSIONS.table} WHERE {' OR '.join(clauses)}", params)
-    straddling = json.dumps([row[0] for row in found])
+    found = [row[0] for row in db.execute(f"SELECT DISTINCT session FROM {rollups.SESSIONS.table} WHERE {' OR '.join(clauses)}", params)]
     pieces, notes = _time_windows(db, since, until, rollups.HOURLY)
+    if not found:
+        # No session straddles an end (nothing active then): the pieces for them would read nothing.
+        return [(rollups.SESSIONS, since, until, None)], notes
+    straddling = json.dumps(found)
     inside: Piece = (rollups.SESSIONS, since, until, ("session", "NOT IN", straddling))
     return [inside, *((source, start, end, ("session", "IN", straddling)) for source, start, end in pieces)], notes
 
@@ -649,14 +653,17 @@ def report(
     width = len(levels)
     summed = slice(width, width + len(SUMMED))
     seen_at, extra_at = summed.stop, summed.stop + 2
-    # Without a limit every session's models, projects and clients are shown: read them in the
-    # same pass as the sums (one scan of the per-session rollup instead of two).
-    together = _SESSION_EXTRAS if session and limit is None else ()
+    # The costliest sessions first, from their costs alone; then everything else only for them.
+    top = _costliest_sessions(db, pieces, dialect, minute, raw, filters, limit) if session and limit is not None else None
+    shown_only = None if top is None else ("session", "IN", json.dumps(top[0]))
+    # Every session shown gets its models, projects and clients: read them in the same pass as
+    # the sums (one scan of the per-session rollup instead of two).
+    together = _SESSION_EXTRAS if session else ()
     joined: list[tuple[Line, tuple[str, str, str], int]] = []
     plain = not labels  # group keys as they come, no time labels: the common case, inlined
     for source_rollup, start, end, sessions in pieces:
         source = _Source(source_rollup, dialect, minute, raw)
-        for row in _query(db, source, levels, session, source.where(start, end, filters, sessions), together):
+        for row in _query(db, source, levels, session, source.where(start, end, filters, sessions, shown_only), together):
             key = (row[0] or NONE, (row[1] or NONE) if breakdown else None) if plain else names(row)
             line = lines.get(key)
             if line is None:
@@ -671,16 +678,24 @@ def report(
     imported, imported_notes = _imported_lines(db, levels, since, until, filters, tz, labels)
     notes += imported_notes
     every = [*lines.values(), *imported]
-    total = Line("total")
-    if every:
-        total.sums = [sum(column) for column in zip(*(line.sums for line in every))]
-        seen = [line for line in lines.values() if line.first_at is not None]
-        total.first_at = min((line.first_at for line in seen if line.first_at), default=None)
-        total.last_at = max((line.last_at for line in seen if line.last_at), default=None)
+    if top is not None:
+        total = top[2]
+        for line in imported:
+            total.merge(line)
+    else:
+        total = Line("total")
+        if every:
+            total.sums = [sum(column) for column in zip(*(line.sums for line in every))]
+            seen = [line for line in lines.values() if line.first_at is not None]
+            total.first_at = min((line.first_at for line in seen if line.first_at), default=None)
+            total.last_at = max((line.last_at for line in seen if line.last_at), default=None)
     if total.inexact:
         notes.append(f"{total.inexact} amounts are not fixed-point decimals of at most 24 places and are not in the totals")
     ordered = _ordered(every, by, breakdown, unique=not imported)
-    if limit is not None:
+    if top is not None:
+        if limit is not None and top[1] > limit:
+            notes.append(f"{limit} of {top[1]} {by} groups shown; the total covers all")
+    elif limit is not None:
         groups = list(dict.fromkeys(line.group for line in ordered))
         if len(groups) > limit:
             kept = set(groups[-limit:] if by in TIME_GROUPINGS else groups[:limit]) if limit else set()
@@ -702,8 +717,7 @@ def report(
             line.projects.discard("")
             line.clients.discard("")
     elif session:
-        # Models, projects and clients only for the sessions shown (all of them without a limit);
-        # also when a value holds a comma, which the joined lists cannot tell from two values.
+        # A value holds a comma, which the joined lists cannot tell from two values: read them apart.
         for line in lines.values():
             line.models.clear()
             line.projects.clear()
@@ -724,6 +738,34 @@ def report(
                 if client:
                     found.clients.add(client)
     return Report(by, breakdown, since, until, ordered, total, tuple(notes))
+
+
+def _costliest_sessions(
+    db: Reader, pieces: list[Piece], dialect: Dialect, minute: bool, raw: str, filters: Filters, limit: int
+) -> tuple[list[str], int, Line]:
+    """The `limit` costliest sessions of the pieces (as stored: '' is the shown "(none)"), how many
+    sessions there are, and the total of every row: from a narrow GROUP BY (a session's cost only)
+    and an ungrouped sum, so a table of the top 50 of 30,000 sessions builds 50 lines, not 30,000.
+    Ordered as `_ordered` orders lines, by exact integer cost then shown name, so ties keep the
+    same sessions a full report would show first."""
+    cost: dict[str, int] = {}
+    total = Line("total")
+    for source_rollup, start, end, sessions in pieces:
+        source = _Source(source_rollup, dialect, minute, raw)
+        where = source.where(start, end, filters, sessions)
+        sums = source.sums(True)
+        cursor = db.execute(
+            f"SELECT {source.dim('session')}, {sums[_PICO]}, {sums[_YOCTO]} FROM {source.table()}{where[0]} GROUP BY 1", where[1]
+        )
+        cursor.row_factory = None
+        for name, pico, yocto in cursor:
+            shown = name or NONE
+            cost[shown] = cost.get(shown, 0) + int(pico or 0) * rollups.PICO + int(yocto or 0)
+        for row in _query(db, source, [], True, where):
+            total.add([int(value or 0) for value in row[: len(SUMMED)]], row[len(SUMMED)], row[len(SUMMED) + 1])
+    kept = heapq.nsmallest(limit, cost.items(), key=lambda item: (-item[1], item[0])) if limit else []
+    stored = [name for name, _ in kept] + ([""] if any(name == NONE for name, _ in kept) else [])
+    return stored, len(cost), total
 
 
 # The groupings OpenRouter's /activity figures (UTC day x model x provider) can answer.
