@@ -29,7 +29,7 @@ from proxy.store.engine import open_store
 from proxy.store.reader import open_reader
 from proxy.store.recorder import Recorder, Statement
 from proxy.store.records import UsageRecord
-from proxy.store.reports import GROUPINGS, SUMMED, TIME_GROUPINGS, FreeUsage, Filters, Line, Report, as_document, report
+from proxy.store.reports import GROUPINGS, SUMMED, TIME_GROUPINGS, FreeUsage, Filters, Line, Report, as_document, document_text, report
 from proxy.store.sqlite import MIGRATIONS, REQUEST_COLUMNS, encode_record, open_db, prepare, prune_raw
 from proxy.tables import money
 from tests.test_storage import make_record
@@ -834,10 +834,17 @@ async def test_json_output_is_json_dumps_of_the_document(tmp_path: Path) -> None
             report(db, "model", since=T0 + timedelta(days=400)),  # no rows at all
             report(db, "key", filters=Filters(sessions=("s1",))),
         ]
+    imported = tmp_path / "i.db"
+    await imported_db(imported)
+    with reader(imported) as db:
+        results += [report(db, "day"), report(db, "model", breakdown="day")]  # with "imported": true
+    assert any(line.imported for line in results[-1].lines)
+    # Byte for byte as json.dumps writes it, indented (the CLI) and in its default form (/-/report).
     free = FreeUsage(3, 50, 2)
     for result in results:
         assert render(result, "json") == json.dumps(as_document(result), indent=2)
         assert render(result, "json", free) == json.dumps(as_document(result, free), indent=2)
+        assert document_text(result, free, indent=False) == json.dumps(as_document(result, free))
 
 
 def test_money_text_is_the_decimal_text() -> None:

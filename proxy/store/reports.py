@@ -904,37 +904,80 @@ def as_document(result: Report, free: FreeUsage | None = None) -> dict[str, Any]
     return document
 
 
-# The C encoder (json.dumps without indent) with separators that put each item of a row on its
-# own line, indented as json.dumps(..., indent=2) indents a row of the document's "rows".
-_ROW_ITEMS = json.JSONEncoder(separators=(",\n      ", ": ")).encode
-# Between two rows of that encoding of a list of rows. Encoded strings escape newlines, so this
-# text (with a real newline) appears nowhere else.
-_BETWEEN_ROWS = "},\n      {"
-_STRING = json.encoder.encode_basestring_ascii
+_STRING = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str (ensure_ascii)
+_FLOAT = float.__repr__  # and for a float
 _ROWS_PLACEHOLDER = '"rows": []'
 
 
-def document_text(result: Report, free: FreeUsage | None = None) -> str:
-    """`json.dumps(as_document(result, free), indent=2)`, the same text, several times faster:
-    json's indenting encoder is pure Python, so each row's flat items go through the C encoder in
-    one call and only its lists (a session's models, projects, clients) are indented here."""
+class _Layout:
+    """How json.dumps lays out a row of the document's "rows": indent=2 or its default (compact) form.
+    The row's numbers and money are one %-template filled in a single C call per row."""
+
+    def __init__(self, indent: bool) -> None:
+        self.indent = indent
+        self.open, self.close = ("    {\n      ", "\n    }") if indent else ("{", "}")
+        self.item = ",\n      " if indent else ", "
+        self.between_rows = ",\n" if indent else ", "
+        self.list_item = ",\n        " if indent else ", "
+        self.list_open, self.list_close = ("[\n        ", "\n      ]") if indent else ("[", "]")
+        # requests ... reasoning_tokens, each money, cost_unknown_requests (see Line.scalars).
+        names = [*(f'"{name}": %d' for name in _COUNTED), *(f'"{name}": "%s"' for name, _, _ in _MONEY_AT)]
+        self.sums = self.item + self.item.join([*names, '"cost_unknown_requests": %d'])
+
+    def listed(self, values: set[str]) -> str:
+        if len(values) == 1:  # most sessions: one project, one client
+            for value in values:
+                return self.list_open + _STRING(value) + self.list_close
+        if not values:
+            return "[]"
+        return self.list_open + self.list_item.join(map(_STRING, sorted(values))) + self.list_close
+
+
+_LAYOUTS = {True: _Layout(True), False: _Layout(False)}
+_NUMBERS = len(_COUNTED)
+
+
+def document_text(result: Report, free: FreeUsage | None = None, indent: bool = True) -> str:
+    """`json.dumps(as_document(result, free), indent=2)` (or without `indent`, `json.dumps(...)`),
+    the same text, several times faster: json's indenting encoder is pure Python, and a dict per
+    row costs more than the row itself. Rows are written here from each line's sums, in one
+    %-template call each; the rest of the document is json.dumps'."""
     session = result.by == "session"
     document = as_document(Report(result.by, result.breakdown, result.since, result.until, [], result.total, result.notes), free)
-    text = json.dumps(document, indent=2)
+    text = json.dumps(document, indent=2 if indent else None)
     if not result.lines:
         return text
-    # Every row's flat items in one call of the C encoder, cut back into rows.
-    flat = _ROW_ITEMS([line.scalars(session) for line in result.lines])[2:-2].split(_BETWEEN_ROWS)
+    layout = _LAYOUTS[indent]
+    item, listed, opened, closed = layout.item, layout.listed, layout.open, layout.close
+    # The money's (pico, yocto) places in the sums, then cost_unknown: the template's last values.
+    (pico_1, yocto_1), (pico_2, yocto_2) = ((pico, yocto) for _, pico, yocto in _MONEY_AT)
+    template, text_of, numbers, unknown = layout.sums, rollups.money_text, _NUMBERS, _UNKNOWN
     rows = []
-    for line, items in zip(result.lines, flat, strict=True):
-        row = "    {\n      " + items
+    for line in result.lines:
+        sums = line.sums
+        head = _STRING(line.group)
+        if line.breakdown is not None:
+            head += item + '"breakdown": ' + _STRING(line.breakdown)
+        if line.imported:
+            head += item + '"imported": true'
+        numbered = template % (
+            *sums[:numbers], text_of(sums[pico_1], sums[yocto_1]), text_of(sums[pico_2], sums[yocto_2]), sums[unknown]
+        )
         if session:
-            for name, values in line.lists():
-                listed = "[\n        " + ",\n        ".join(map(_STRING, values)) + "\n      ]" if values else "[]"
-                row += f',\n      "{name}": {listed}'
-        rows.append(row + "\n    }")
+            first, last = line.first_at, line.last_at
+            duration = duration_s(first, last)
+            rows.append(
+                f'{opened}"group": {head}{numbered}'
+                f'{item}"first_seen": {"null" if first is None else _STRING(first)}'
+                f'{item}"last_seen": {"null" if last is None else _STRING(last)}'
+                f'{item}"duration_s": {"null" if duration is None else _FLOAT(duration)}'
+                f'{item}"models": {listed(line.models)}{item}"projects": {listed(line.projects)}{item}"clients": {listed(line.clients)}{closed}'
+            )
+        else:
+            rows.append(f'{opened}"group": {head}{numbered}{closed}')
     at = text.index(_ROWS_PLACEHOLDER)  # the first: keys before it (by, since...) hold no such text
-    return text[:at] + '"rows": [\n' + ",\n".join(rows) + "\n  ]" + text[at + len(_ROWS_PLACEHOLDER) :]
+    start, end = ('"rows": [\n', "\n  ]") if indent else ('"rows": [', "]")
+    return text[:at] + start + layout.between_rows.join(rows) + end + text[at + len(_ROWS_PLACEHOLDER) :]
 
 
 @dataclass(frozen=True, slots=True)
