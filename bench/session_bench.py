@@ -42,7 +42,7 @@ def _cpu(fn: Callable[[], Any], runs: int) -> tuple[float, float]:
 
 
 def _web(db_path: Path, since: str | None, now: datetime) -> Callable[[], dict[str, float]]:
-    from proxy.web import routes
+    from proxy.web import reads, routes
     from proxy.web.query import parse_query
 
     pairs = [("by", "session")] + ([("since", since)] if since else [])
@@ -50,7 +50,7 @@ def _web(db_path: Path, since: str | None, now: datetime) -> Callable[[], dict[s
 
     def served() -> dict[str, float]:
         began = time.process_time()
-        body = routes.call(db_path, routes.reads.report, (query, 50, now))
+        body = routes.call(db_path, reads.report, (query, 50, now))
         blob = pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
         worker = time.process_time() - began
         began = time.process_time()
