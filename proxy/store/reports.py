@@ -13,7 +13,6 @@ return the same document for the same rows.
 
 from __future__ import annotations
 
-import heapq
 import json
 import re
 import sqlite3
@@ -744,28 +743,39 @@ def _costliest_sessions(
     db: Reader, pieces: list[Piece], dialect: Dialect, minute: bool, raw: str, filters: Filters, limit: int
 ) -> tuple[list[str], int, Line]:
     """The `limit` costliest sessions of the pieces (as stored: '' is the shown "(none)"), how many
-    sessions there are, and the total of every row: from a narrow GROUP BY (a session's cost only)
-    and an ungrouped sum, so a table of the top 50 of 30,000 sessions builds 50 lines, not 30,000.
-    Ordered as `_ordered` orders lines, by exact integer cost then shown name, so ties keep the
-    same sessions a full report would show first."""
-    cost: dict[str, int] = {}
+    sessions there are, and the total of every row: the ranking in SQL over a narrow GROUP BY (a
+    session's cost only) and the total from an ungrouped sum, so a table of the top 50 of 30,000
+    sessions builds 50 lines, not 30,000. Ordered as `_ordered` orders lines, by exact integer
+    cost, then shown name in code-point order, so ties keep the sessions a full report shows first."""
+    parts, params = [], []
     total = Line("total")
     for source_rollup, start, end, sessions in pieces:
         source = _Source(source_rollup, dialect, minute, raw)
         where = source.where(start, end, filters, sessions)
         sums = source.sums(True)
-        cursor = db.execute(
-            f"SELECT {source.dim('session')}, {sums[_PICO]}, {sums[_YOCTO]} FROM {source.table()}{where[0]} GROUP BY 1", where[1]
-        )
-        cursor.row_factory = None
-        for name, pico, yocto in cursor:
-            shown = name or NONE
-            cost[shown] = cost.get(shown, 0) + int(pico or 0) * rollups.PICO + int(yocto or 0)
+        parts.append(f"SELECT {source.dim('session')} AS k, {sums[_PICO]} AS p, {sums[_YOCTO]} AS y FROM {source.table()}{where[0]} GROUP BY 1")
+        params += where[1]
         for row in _query(db, source, [], True, where):
             total.add([int(value or 0) for value in row[: len(SUMMED)]], row[len(SUMMED)], row[len(SUMMED) + 1])
-    kept = heapq.nsmallest(limit, cost.items(), key=lambda item: (-item[1], item[0])) if limit else []
+    if dialect.name == "sqlite":
+        # Parts are never negative in SQLite (a negative amount is counted inexact, not summed):
+        # carrying whole pico-dollars out of the yocto sum orders exactly without 10^24.
+        order = f"p + y / {rollups.PICO} DESC, y % {rollups.PICO} DESC, g"
+    else:
+        order = f'p::numeric * {rollups.PICO} + y DESC, g COLLATE "C"'
+    # Sessions stored as '' and as "(none)" are one shown group, as in report()'s lines.
+    shown = f"CASE WHEN u.k = '' THEN '{NONE}' ELSE u.k END"
+    sql = (
+        f"SELECT g, count(*) OVER () FROM (SELECT {shown} AS g, SUM(u.p) AS p, SUM(u.y) AS y"
+        f" FROM ({' UNION ALL '.join(parts)}) AS u GROUP BY 1) AS t ORDER BY {order} LIMIT {int(limit)}"
+    )
+    kept = [(name, count) for name, count in db.execute(sql, params)] if limit else []
+    if not limit:
+        count = db.execute(f"SELECT count(DISTINCT {shown}) FROM ({' UNION ALL '.join(parts)}) AS u", params).fetchone()[0]
+    else:
+        count = kept[0][1] if kept else 0
     stored = [name for name, _ in kept] + ([""] if any(name == NONE for name, _ in kept) else [])
-    return stored, len(cost), total
+    return stored, int(count), total
 
 
 # The groupings OpenRouter's /activity figures (UTC day x model x provider) can answer.
