@@ -823,9 +823,19 @@ async def test_session_models_projects_and_clients_equal_the_rows(tmp_path: Path
                 assert len(result.lines) == (len(want) if limit is None else limit)
 
 
-async def test_json_output_is_json_dumps_of_the_document(tmp_path: Path) -> None:
+async def test_json_output_is_json_dumps_of_the_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.cli.main import main
+    from proxy.store.reports import free_usage
+
     path = tmp_path / "u.db"
-    await write(path, odd_records())
+    await write(path, odd_records() + [make_record(2000 + n, session=f"many{n}") for n in range(1200)])
+    # The CLI writes the document in chunks (hundreds of rows each): the same bytes, and a newline.
+    assert main(["report", "--db", str(path), "--by", "session", "--format", "json"]) == 0
+    printed = capsys.readouterr().out
+    with reader(path) as db:
+        whole = as_document(report(db, "session"), free_usage(db, datetime.now(UTC), 50))
+    assert printed == json.dumps(whole, indent=2) + "\n"
+    assert len(whole["rows"]) > 1200
     with reader(path) as db:
         results = [
             report(db, "session"),

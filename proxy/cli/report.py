@@ -12,6 +12,7 @@ import csv
 import io
 import gc
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from proxy.store.reports import (
     Line,
     Report,
     calendar_period,
+    document_chunks,
     document_text,
     duration_s,
     parse_range,
@@ -110,6 +112,13 @@ def run(args: argparse.Namespace) -> int:
         result = dataclasses.replace(
             result, notes=tuple(f"{note} (--limit 0 lists them all)" if note.startswith(shown) else note for note in result.notes)
         )
+    if args.format == "json":
+        # Row by row: a report of every session is tens of MB of text, never held whole.
+        out = sys.stdout
+        for chunk in document_chunks(result, free):
+            out.write(chunk)
+        out.write("\n")
+        return 0
     print(render(result, args.format, free))
     return 0
 

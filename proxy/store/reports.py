@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Context, Decimal
@@ -952,18 +952,35 @@ def document_text(result: Report, free: FreeUsage | None = None, indent: bool = 
     the same text, several times faster: json's indenting encoder is pure Python, and a dict per
     row costs more than the row itself. Rows are written here from each line's sums, in one
     %-template call each; the rest of the document is json.dumps'."""
+    return "".join(document_chunks(result, free, indent))
+
+
+# Rows per chunk: a few hundred KB, so a writer holds one chunk of a 23 MB document, not all of it.
+_CHUNK_ROWS = 500
+
+
+def document_chunks(result: Report, free: FreeUsage | None = None, indent: bool = True) -> Iterator[str]:
+    """document_text() in pieces, in order, for a writer that need not hold the whole text."""
     session = result.by == "session"
     document = as_document(Report(result.by, result.breakdown, result.since, result.until, [], result.total, result.notes), free)
     text = json.dumps(document, indent=2 if indent else None)
     if not result.lines:
-        return text
+        yield text
+        return
     layout = _LAYOUTS[indent]
     item, listed, opened, closed = layout.item, layout.listed, layout.open, layout.close
     # The money's (pico, yocto) places in the sums, then cost_unknown: the template's last values.
     (pico_1, yocto_1), (pico_2, yocto_2) = ((pico, yocto) for _, pico, yocto in _MONEY_AT)
     template, text_of, numbers, unknown = layout.sums, rollups.money_text, _NUMBERS, _UNKNOWN
-    rows = []
+    at = text.index(_ROWS_PLACEHOLDER)  # the first: keys before it (by, since...) hold no such text
+    start, end = ('"rows": [\n', "\n  ]") if indent else ('"rows": [', "]")
+    yield text[:at] + start
+    between = layout.between_rows
+    rows: list[str] = []
     for line in result.lines:
+        if len(rows) == _CHUNK_ROWS:
+            yield between.join(rows) + between
+            rows = []
         sums = line.sums
         head = _STRING(line.group)
         if line.breakdown is not None:
@@ -985,9 +1002,7 @@ def document_text(result: Report, free: FreeUsage | None = None, indent: bool = 
             )
         else:
             rows.append(f'{opened}"group": {head}{numbered}{closed}')
-    at = text.index(_ROWS_PLACEHOLDER)  # the first: keys before it (by, since...) hold no such text
-    start, end = ('"rows": [\n', "\n  ]") if indent else ('"rows": [', "]")
-    return text[:at] + start + layout.between_rows.join(rows) + end + text[at + len(_ROWS_PLACEHOLDER) :]
+    yield between.join(rows) + end + text[at + len(_ROWS_PLACEHOLDER) :]
 
 
 @dataclass(frozen=True, slots=True)
