@@ -7,11 +7,10 @@ flags (`--since/--until` with durations, dates and calendar words) and formats t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import csv
-import io
+import dataclasses
 import gc
-import json
+import io
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,9 +20,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from proxy.cli.locate import db_arg
 from proxy.errors import CliError
 from proxy.store.reports import (
-    WHEN_FORMS,
     GROUPINGS,
     TIME_GROUPINGS,
+    WHEN_FORMS,
     FreeUsage,
     Line,
     Report,
