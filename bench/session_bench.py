@@ -8,7 +8,9 @@ prints (the costliest 50), the same with `--breakdown model`, the JSON of every 
 (`--format json`), and /-/report?by=session as the proxy serves it: the read in the reader's
 worker (`routes.call`), its trip back (pickle), and what the event loop then does with it.
 CPU time, not wall: on a shared machine wall time is mostly waiting for a core.
-Runs against whatever `proxy` is on the path, so `PYTHONPATH=<other checkout>` times another version.
+To time another version, run this file with that checkout first on the path:
+`PYTHONPATH=<checkout> python bench/session_bench.py --db DB` (as a file: `python -m` from a
+checkout's root would import that checkout's `proxy` before PYTHONPATH's).
 """
 
 from __future__ import annotations
