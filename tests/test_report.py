@@ -621,6 +621,10 @@ async def test_the_costliest_sessions_with_exact_ties_are_the_full_reports_first
         session = None if n % 7 == 6 else f"t{(n * 3) % 7}"
         recs.append(make_record(n, session=session, started_at=T0 + timedelta(minutes=11 * n), model=MODELS[n % 3],
                                 project=["acme", None][n % 2], cost_usd=Decimal(costs[n % 7])))
+    # Names tied on cost whose order differs by collation: code points (Python's order) put 'Z' <
+    # 'a' < 'é' < '\uff5a' < '\U0001f600', as UTF-8 bytes do; a locale or UTF-16 order would not.
+    for n, name in enumerate(["\U0001f600", "é", "a", "\uff5a", "Z"]):
+        recs.append(make_record(500 + n, session=name, started_at=T0 + timedelta(hours=30), cost_usd=Decimal("0.05")))
     await write(db_target, recs)
     ranges = [(None, None), (T0 + timedelta(hours=3, minutes=50), T0 + timedelta(hours=20, minutes=10)), (T0 + timedelta(hours=5), None)]
     with reader(db_target) as db:
