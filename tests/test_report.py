@@ -29,7 +29,7 @@ from proxy.store.engine import open_store
 from proxy.store.reader import open_reader
 from proxy.store.recorder import Recorder, Statement
 from proxy.store.records import UsageRecord
-from proxy.store.reports import GROUPINGS, SUMMED, TIME_GROUPINGS, FreeUsage, Filters, Line, Report, as_document, report
+from proxy.store.reports import GROUPINGS, SUMMED, TIME_GROUPINGS, FreeUsage, Filters, Line, Report, as_document, document_text, report
 from proxy.store.sqlite import MIGRATIONS, REQUEST_COLUMNS, encode_record, open_db, prepare, prune_raw
 from proxy.tables import money
 from tests.test_storage import make_record
@@ -610,6 +610,39 @@ async def test_limit_keeps_the_costliest_groups_and_the_whole_total(known: tuple
     assert top_sessions.lines[0].models
 
 
+async def test_the_costliest_sessions_with_exact_ties_are_the_full_reports_first_lines(db_target: Path | str) -> None:
+    # Costs that tie exactly, and costs apart only in their 24th decimal (below what a float or a
+    # pico-dollar sum tells apart); sessions across a range's edges (per-session rollup, hourly
+    # rollup and raw rows at once); a session with no name. The first N lines of the full report
+    # (ordered by exact cost, then name) are what a limit of N keeps, with the same total.
+    costs = ["0.1", "0.1", "0.100000000000000000000001", "0.05", "0.1", "0.000000000000000000000001", "0.05"]
+    recs = []
+    for n in range(140):
+        session = None if n % 7 == 6 else f"t{(n * 3) % 7}"
+        recs.append(make_record(n, session=session, started_at=T0 + timedelta(minutes=11 * n), model=MODELS[n % 3],
+                                project=["acme", None][n % 2], cost_usd=Decimal(costs[n % 7])))
+    # Names tied on cost whose order differs by collation: code points (Python's order) put 'Z' <
+    # 'a' < 'é' < '\uff5a' < '\U0001f600', as UTF-8 bytes do; a locale or UTF-16 order would not.
+    for n, name in enumerate(["\U0001f600", "é", "a", "\uff5a", "Z"]):
+        recs.append(make_record(500 + n, session=name, started_at=T0 + timedelta(hours=30), cost_usd=Decimal("0.05")))
+    await write(db_target, recs)
+    ranges = [(None, None), (T0 + timedelta(hours=3, minutes=50), T0 + timedelta(hours=20, minutes=10)), (T0 + timedelta(hours=5), None)]
+    with reader(db_target) as db:
+        for since, until in ranges:
+            for breakdown in (None, "model"):
+                full = report(db, "session", breakdown=breakdown, since=since, until=until)
+                groups = list(dict.fromkeys(line.group for line in full.lines))
+                assert len(groups) >= 5 and "(none)" in groups
+                for limit in range(len(groups) + 1):
+                    top = report(db, "session", breakdown=breakdown, since=since, until=until, limit=limit)
+                    kept = set(groups[:limit])
+                    want = [line.as_dict(True) for line in full.lines if line.group in kept]
+                    assert [line.as_dict(True) for line in top.lines] == want, (since, until, breakdown, limit)
+                    assert top.total.as_dict() == full.total.as_dict()
+                    shown = [f"{limit} of {len(groups)} session groups shown; the total covers all"] if limit < len(groups) else []
+                    assert list(top.notes) == [*full.notes, *shown]
+
+
 def report_days(path: Path) -> list[Line]:
     with reader(path) as db:
         return report(db, "day").lines
@@ -794,9 +827,19 @@ async def test_session_models_projects_and_clients_equal_the_rows(tmp_path: Path
                 assert len(result.lines) == (len(want) if limit is None else limit)
 
 
-async def test_json_output_is_json_dumps_of_the_document(tmp_path: Path) -> None:
+async def test_json_output_is_json_dumps_of_the_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from proxy.cli.main import main
+    from proxy.store.reports import free_usage
+
     path = tmp_path / "u.db"
-    await write(path, odd_records())
+    await write(path, odd_records() + [make_record(2000 + n, session=f"many{n}") for n in range(1200)])
+    # The CLI writes the document in chunks (hundreds of rows each): the same bytes, and a newline.
+    assert main(["report", "--db", str(path), "--by", "session", "--format", "json"]) == 0
+    printed = capsys.readouterr().out
+    with reader(path) as db:
+        whole = as_document(report(db, "session"), free_usage(db, datetime.now(UTC), 50))
+    assert printed == json.dumps(whole, indent=2) + "\n"
+    assert len(whole["rows"]) > 1200
     with reader(path) as db:
         results = [
             report(db, "session"),
@@ -805,10 +848,17 @@ async def test_json_output_is_json_dumps_of_the_document(tmp_path: Path) -> None
             report(db, "model", since=T0 + timedelta(days=400)),  # no rows at all
             report(db, "key", filters=Filters(sessions=("s1",))),
         ]
+    imported = tmp_path / "i.db"
+    await imported_db(imported)
+    with reader(imported) as db:
+        results += [report(db, "day"), report(db, "model", breakdown="day")]  # with "imported": true
+    assert any(line.imported for line in results[-1].lines)
+    # Byte for byte as json.dumps writes it, indented (the CLI) and in its default form (/-/report).
     free = FreeUsage(3, 50, 2)
     for result in results:
         assert render(result, "json") == json.dumps(as_document(result), indent=2)
         assert render(result, "json", free) == json.dumps(as_document(result, free), indent=2)
+        assert document_text(result, free, indent=False) == json.dumps(as_document(result, free))
 
 
 def test_money_text_is_the_decimal_text() -> None:

@@ -7,11 +7,11 @@ flags (`--since/--until` with durations, dates and calendar words) and formats t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import csv
-import io
+import dataclasses
 import gc
-import json
+import io
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,13 +20,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from proxy.cli.locate import db_arg
 from proxy.errors import CliError
 from proxy.store.reports import (
-    WHEN_FORMS,
     GROUPINGS,
     TIME_GROUPINGS,
+    WHEN_FORMS,
     FreeUsage,
     Line,
     Report,
     calendar_period,
+    document_chunks,
     document_text,
     duration_s,
     parse_range,
@@ -110,6 +111,13 @@ def run(args: argparse.Namespace) -> int:
         result = dataclasses.replace(
             result, notes=tuple(f"{note} (--limit 0 lists them all)" if note.startswith(shown) else note for note in result.notes)
         )
+    if args.format == "json":
+        # Row by row: a report of every session is tens of MB of text, never held whole.
+        out = sys.stdout
+        for chunk in document_chunks(result, free):
+            out.write(chunk)
+        out.write("\n")
+        return 0
     print(render(result, args.format, free))
     return 0
 

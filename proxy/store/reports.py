@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Context, Decimal
@@ -481,9 +481,12 @@ def _session_pieces(
         if moment is not None:
             clauses.append("(first_at < ? AND last_at >= ?)")
             params += [_time_text(moment)] * 2
-    found = db.execute(f"SELECT DISTINCT session FROM {rollups.SESSIONS.table} WHERE {' OR '.join(clauses)}", params)
-    straddling = json.dumps([row[0] for row in found])
+    found = [row[0] for row in db.execute(f"SELECT DISTINCT session FROM {rollups.SESSIONS.table} WHERE {' OR '.join(clauses)}", params)]
     pieces, notes = _time_windows(db, since, until, rollups.HOURLY)
+    if not found:
+        # No session straddles an end (nothing active then): the pieces for them would read nothing.
+        return [(rollups.SESSIONS, since, until, None)], notes
+    straddling = json.dumps(found)
     inside: Piece = (rollups.SESSIONS, since, until, ("session", "NOT IN", straddling))
     return [inside, *((source, start, end, ("session", "IN", straddling)) for source, start, end in pieces)], notes
 
@@ -650,14 +653,17 @@ def report(
     width = len(levels)
     summed = slice(width, width + len(SUMMED))
     seen_at, extra_at = summed.stop, summed.stop + 2
-    # Without a limit every session's models, projects and clients are shown: read them in the
-    # same pass as the sums (one scan of the per-session rollup instead of two).
-    together = _SESSION_EXTRAS if session and limit is None else ()
+    # The costliest sessions first, from their costs alone; then everything else only for them.
+    top = _costliest_sessions(db, pieces, dialect, minute, raw, filters, limit) if session and limit is not None else None
+    shown_only = None if top is None else ("session", "IN", json.dumps(top[0]))
+    # Every session shown gets its models, projects and clients: read them in the same pass as
+    # the sums (one scan of the per-session rollup instead of two).
+    together = _SESSION_EXTRAS if session else ()
     joined: list[tuple[Line, tuple[str, str, str], int]] = []
     plain = not labels  # group keys as they come, no time labels: the common case, inlined
     for source_rollup, start, end, sessions in pieces:
         source = _Source(source_rollup, dialect, minute, raw)
-        for row in _query(db, source, levels, session, source.where(start, end, filters, sessions), together):
+        for row in _query(db, source, levels, session, source.where(start, end, filters, sessions, shown_only), together):
             key = (row[0] or NONE, (row[1] or NONE) if breakdown else None) if plain else names(row)
             line = lines.get(key)
             if line is None:
@@ -672,16 +678,24 @@ def report(
     imported, imported_notes = _imported_lines(db, levels, since, until, filters, tz, labels)
     notes += imported_notes
     every = [*lines.values(), *imported]
-    total = Line("total")
-    if every:
-        total.sums = [sum(column) for column in zip(*(line.sums for line in every))]
-        seen = [line for line in lines.values() if line.first_at is not None]
-        total.first_at = min((line.first_at for line in seen if line.first_at), default=None)
-        total.last_at = max((line.last_at for line in seen if line.last_at), default=None)
+    if top is not None:
+        total = top[2]
+        for line in imported:
+            total.merge(line)
+    else:
+        total = Line("total")
+        if every:
+            total.sums = [sum(column) for column in zip(*(line.sums for line in every))]
+            seen = [line for line in lines.values() if line.first_at is not None]
+            total.first_at = min((line.first_at for line in seen if line.first_at), default=None)
+            total.last_at = max((line.last_at for line in seen if line.last_at), default=None)
     if total.inexact:
         notes.append(f"{total.inexact} amounts are not fixed-point decimals of at most 24 places and are not in the totals")
     ordered = _ordered(every, by, breakdown, unique=not imported)
-    if limit is not None:
+    if top is not None:
+        if limit is not None and top[1] > limit:
+            notes.append(f"{limit} of {top[1]} {by} groups shown; the total covers all")
+    elif limit is not None:
         groups = list(dict.fromkeys(line.group for line in ordered))
         if len(groups) > limit:
             kept = set(groups[-limit:] if by in TIME_GROUPINGS else groups[:limit]) if limit else set()
@@ -703,8 +717,7 @@ def report(
             line.projects.discard("")
             line.clients.discard("")
     elif session:
-        # Models, projects and clients only for the sessions shown (all of them without a limit);
-        # also when a value holds a comma, which the joined lists cannot tell from two values.
+        # A value holds a comma, which the joined lists cannot tell from two values: read them apart.
         for line in lines.values():
             line.models.clear()
             line.projects.clear()
@@ -725,6 +738,45 @@ def report(
                 if client:
                     found.clients.add(client)
     return Report(by, breakdown, since, until, ordered, total, tuple(notes))
+
+
+def _costliest_sessions(
+    db: Reader, pieces: list[Piece], dialect: Dialect, minute: bool, raw: str, filters: Filters, limit: int
+) -> tuple[list[str], int, Line]:
+    """The `limit` costliest sessions of the pieces (as stored: '' is the shown "(none)"), how many
+    sessions there are, and the total of every row: the ranking in SQL over a narrow GROUP BY (a
+    session's cost only) and the total from an ungrouped sum, so a table of the top 50 of 30,000
+    sessions builds 50 lines, not 30,000. Ordered as `_ordered` orders lines, by exact integer
+    cost, then shown name in code-point order, so ties keep the sessions a full report shows first."""
+    parts, params = [], []
+    total = Line("total")
+    for source_rollup, start, end, sessions in pieces:
+        source = _Source(source_rollup, dialect, minute, raw)
+        where = source.where(start, end, filters, sessions)
+        sums = source.sums(True)
+        parts.append(f"SELECT {source.dim('session')} AS k, {sums[_PICO]} AS p, {sums[_YOCTO]} AS y FROM {source.table()}{where[0]} GROUP BY 1")
+        params += where[1]
+        for row in _query(db, source, [], True, where):
+            total.add([int(value or 0) for value in row[: len(SUMMED)]], row[len(SUMMED)], row[len(SUMMED) + 1])
+    if dialect.name == "sqlite":
+        # Parts are never negative in SQLite (a negative amount is counted inexact, not summed):
+        # carrying whole pico-dollars out of the yocto sum orders exactly without 10^24.
+        order = f"p + y / {rollups.PICO} DESC, y % {rollups.PICO} DESC, g"
+    else:
+        order = f'p::numeric * {rollups.PICO} + y DESC, g COLLATE "C"'
+    # Sessions stored as '' and as "(none)" are one shown group, as in report()'s lines.
+    shown = f"CASE WHEN u.k = '' THEN '{NONE}' ELSE u.k END"
+    sql = (
+        f"SELECT g, count(*) OVER () FROM (SELECT {shown} AS g, SUM(u.p) AS p, SUM(u.y) AS y"
+        f" FROM ({' UNION ALL '.join(parts)}) AS u GROUP BY 1) AS t ORDER BY {order} LIMIT {int(limit)}"
+    )
+    kept = [(name, count) for name, count in db.execute(sql, params)] if limit else []
+    if not limit:
+        count = db.execute(f"SELECT count(DISTINCT {shown}) FROM ({' UNION ALL '.join(parts)}) AS u", params).fetchone()[0]
+    else:
+        count = kept[0][1] if kept else 0
+    stored = [name for name, _ in kept] + ([""] if any(name == NONE for name, _ in kept) else [])
+    return stored, int(count), total
 
 
 # The groupings OpenRouter's /activity figures (UTC day x model x provider) can answer.
@@ -863,37 +915,95 @@ def as_document(result: Report, free: FreeUsage | None = None) -> dict[str, Any]
     return document
 
 
-# The C encoder (json.dumps without indent) with separators that put each item of a row on its
-# own line, indented as json.dumps(..., indent=2) indents a row of the document's "rows".
-_ROW_ITEMS = json.JSONEncoder(separators=(",\n      ", ": ")).encode
-# Between two rows of that encoding of a list of rows. Encoded strings escape newlines, so this
-# text (with a real newline) appears nowhere else.
-_BETWEEN_ROWS = "},\n      {"
-_STRING = json.encoder.encode_basestring_ascii
+_STRING = json.encoder.encode_basestring_ascii  # what json.dumps writes for a str (ensure_ascii)
+_FLOAT = float.__repr__  # and for a float
 _ROWS_PLACEHOLDER = '"rows": []'
 
 
-def document_text(result: Report, free: FreeUsage | None = None) -> str:
-    """`json.dumps(as_document(result, free), indent=2)`, the same text, several times faster:
-    json's indenting encoder is pure Python, so each row's flat items go through the C encoder in
-    one call and only its lists (a session's models, projects, clients) are indented here."""
+class _Layout:
+    """How json.dumps lays out a row of the document's "rows": indent=2 or its default (compact) form.
+    The row's numbers and money are one %-template filled in a single C call per row."""
+
+    def __init__(self, indent: bool) -> None:
+        self.indent = indent
+        self.open, self.close = ("    {\n      ", "\n    }") if indent else ("{", "}")
+        self.item = ",\n      " if indent else ", "
+        self.between_rows = ",\n" if indent else ", "
+        self.list_item = ",\n        " if indent else ", "
+        self.list_open, self.list_close = ("[\n        ", "\n      ]") if indent else ("[", "]")
+        # requests ... reasoning_tokens, each money, cost_unknown_requests (see Line.scalars).
+        names = [*(f'"{name}": %d' for name in _COUNTED), *(f'"{name}": "%s"' for name, _, _ in _MONEY_AT)]
+        self.sums = self.item + self.item.join([*names, '"cost_unknown_requests": %d'])
+
+    def listed(self, values: set[str]) -> str:
+        if len(values) == 1:  # most sessions: one project, one client
+            for value in values:
+                return self.list_open + _STRING(value) + self.list_close
+        if not values:
+            return "[]"
+        return self.list_open + self.list_item.join(map(_STRING, sorted(values))) + self.list_close
+
+
+_LAYOUTS = {True: _Layout(True), False: _Layout(False)}
+_NUMBERS = len(_COUNTED)
+
+
+def document_text(result: Report, free: FreeUsage | None = None, indent: bool = True) -> str:
+    """`json.dumps(as_document(result, free), indent=2)` (or without `indent`, `json.dumps(...)`),
+    the same text, several times faster: json's indenting encoder is pure Python, and a dict per
+    row costs more than the row itself. Rows are written here from each line's sums, in one
+    %-template call each; the rest of the document is json.dumps'."""
+    return "".join(document_chunks(result, free, indent))
+
+
+# Rows per chunk: a few hundred KB, so a writer holds one chunk of a 23 MB document, not all of it.
+_CHUNK_ROWS = 500
+
+
+def document_chunks(result: Report, free: FreeUsage | None = None, indent: bool = True) -> Iterator[str]:
+    """document_text() in pieces, in order, for a writer that need not hold the whole text."""
     session = result.by == "session"
     document = as_document(Report(result.by, result.breakdown, result.since, result.until, [], result.total, result.notes), free)
-    text = json.dumps(document, indent=2)
+    text = json.dumps(document, indent=2 if indent else None)
     if not result.lines:
-        return text
-    # Every row's flat items in one call of the C encoder, cut back into rows.
-    flat = _ROW_ITEMS([line.scalars(session) for line in result.lines])[2:-2].split(_BETWEEN_ROWS)
-    rows = []
-    for line, items in zip(result.lines, flat, strict=True):
-        row = "    {\n      " + items
-        if session:
-            for name, values in line.lists():
-                listed = "[\n        " + ",\n        ".join(map(_STRING, values)) + "\n      ]" if values else "[]"
-                row += f',\n      "{name}": {listed}'
-        rows.append(row + "\n    }")
+        yield text
+        return
+    layout = _LAYOUTS[indent]
+    item, listed, opened, closed = layout.item, layout.listed, layout.open, layout.close
+    # The money's (pico, yocto) places in the sums, then cost_unknown: the template's last values.
+    (pico_1, yocto_1), (pico_2, yocto_2) = ((pico, yocto) for _, pico, yocto in _MONEY_AT)
+    template, text_of, numbers, unknown = layout.sums, rollups.money_text, _NUMBERS, _UNKNOWN
     at = text.index(_ROWS_PLACEHOLDER)  # the first: keys before it (by, since...) hold no such text
-    return text[:at] + '"rows": [\n' + ",\n".join(rows) + "\n  ]" + text[at + len(_ROWS_PLACEHOLDER) :]
+    start, end = ('"rows": [\n', "\n  ]") if indent else ('"rows": [', "]")
+    yield text[:at] + start
+    between = layout.between_rows
+    rows: list[str] = []
+    for line in result.lines:
+        if len(rows) == _CHUNK_ROWS:
+            yield between.join(rows) + between
+            rows = []
+        sums = line.sums
+        head = _STRING(line.group)
+        if line.breakdown is not None:
+            head += item + '"breakdown": ' + _STRING(line.breakdown)
+        if line.imported:
+            head += item + '"imported": true'
+        numbered = template % (
+            *sums[:numbers], text_of(sums[pico_1], sums[yocto_1]), text_of(sums[pico_2], sums[yocto_2]), sums[unknown]
+        )
+        if session:
+            first, last = line.first_at, line.last_at
+            duration = duration_s(first, last)
+            rows.append(
+                f'{opened}"group": {head}{numbered}'
+                f'{item}"first_seen": {"null" if first is None else _STRING(first)}'
+                f'{item}"last_seen": {"null" if last is None else _STRING(last)}'
+                f'{item}"duration_s": {"null" if duration is None else _FLOAT(duration)}'
+                f'{item}"models": {listed(line.models)}{item}"projects": {listed(line.projects)}{item}"clients": {listed(line.clients)}{closed}'
+            )
+        else:
+            rows.append(f'{opened}"group": {head}{numbered}{closed}')
+    yield between.join(rows) + end + text[at + len(_ROWS_PLACEHOLDER) :]
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,6 +137,10 @@ _YOCTO_PER_DOLLAR = 10**24
 def money_text(pico: int | None, yocto: int | None) -> str:
     """`format(money_value(pico, yocto), "f")`, the same text, from integers (no Decimal): a report
     of 30,000 sessions formats 60,000 of these."""
+    if not yocto and pico is not None and pico >= 0:
+        # The common case (at most 12 decimals): smaller integers, the same text.
+        whole, frac = divmod(pico, PICO)
+        return f"{whole}.{frac:012d}".rstrip("0") if frac else str(whole)
     total = (pico or 0) * PICO + (yocto or 0)
     sign = "-" if total < 0 else ""
     whole, frac = divmod(-total if sign else total, _YOCTO_PER_DOLLAR)

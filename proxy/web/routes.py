@@ -284,7 +284,8 @@ async def _dispatch(request: web.Request) -> web.StreamResponse:
     except Exception:
         log.exception("event=web_endpoint_failed path=%s", request.path)
         return _secured(error_response(500, "openrouter-spend: internal error (see the proxy's log)"))
-    return _secured(web.Response(text=json.dumps(body, default=_json_default), content_type="application/json"))
+    text = body if isinstance(body, reads.JsonText) else json.dumps(body, default=_json_default)
+    return _secured(web.Response(text=text, content_type="application/json"))
 
 
 def _json_default(value: Any) -> Any:
