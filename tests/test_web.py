@@ -90,6 +90,21 @@ async def test_report_equals_the_cli(proxy: Any, capsys: Any, by: str, since: st
     assert page["total"]["requests"] > 0
 
 
+@pytest.mark.parametrize("by", ["session", "model"])
+async def test_report_with_a_limit_equals_the_cli_with_the_same_limit(proxy: Any, capsys: Any, by: str) -> None:
+    # The costliest N groups, as `report --limit N`: fast over any range (a report of every session
+    # of a busy log is tens of MB), with the note saying how many there were and the total of all.
+    insert(proxy.db_path, known_rows())
+    page = await _json(proxy, f"/-/report?by={by}&limit=2")
+    assert main(["report", "--db", str(proxy.db_path), "--by", by, "--limit", "2", "--format", "json"]) == 0
+    cli = json.loads(capsys.readouterr().out)
+    assert_same_report(page, cli)
+    everything = await _json(proxy, f"/-/report?by={by}")
+    assert len(page["rows"]) == 2 < len(everything["rows"])
+    assert page["rows"] == everything["rows"][:2] and page["total"] == everything["total"]
+    await _json(proxy, f"/-/report?by={by}&limit=x", status=400)
+
+
 async def test_the_report_is_written_as_json_text_in_the_reader_not_on_the_event_loop(proxy: Any) -> None:
     # A report of every session is tens of MB of JSON: the reader's worker writes the text, so the
     # proxy's event loop neither unpickles a dict per row nor encodes them (0.4 s on 31k sessions).

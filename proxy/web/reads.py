@@ -124,11 +124,13 @@ class JsonText(str):
 
 
 def report(db: Reader, query: Query, free_daily_limit: int, now: datetime) -> JsonText:
-    """The document `report --by {by} --since {since} --format json` prints, filters applied: the
+    """The document `report --by {by} --since {since} [--limit N] --format json` prints, filters applied: the
     same query and the same document (proxy/store/reports.py) as the CLI. Written as JSON text
     here, in the reader's worker: a report by session is a row per session (31,049 rows are
     17 MB), and as a dict its trip back and its encoding would take the event loop 0.4 s."""
-    result = reports.report(db, query.by, since=query.since, until=query.until, filters=_filters(query), tz=query.tz)
+    # `limit` as `report --limit N`: only the costliest N groups (the total still covers all).
+    limit = query.limit if query.first("limit") is not None else None
+    result = reports.report(db, query.by, since=query.since, until=query.until, filters=_filters(query), tz=query.tz, limit=limit)
     return JsonText(reports.document_text(result, reports.free_usage(db, now, free_daily_limit), indent=False))
 
 

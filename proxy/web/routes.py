@@ -402,7 +402,7 @@ def _int(query: Query, name: str) -> int | None:
 
 
 ENDPOINTS: dict[str, tuple[tuple[str, ...], Handler]] = {
-    "report": ((*_RANGE, "by"), _report),
+    "report": ((*_RANGE, "by", "limit"), _report),
     "timeseries": ((*_RANGE, "by", "step"), _timeseries),
     "recent": ((*_RANGE, "limit"), _recent),
     "sessions": ((*_RANGE, "by", "limit"), _groups),
