@@ -169,6 +169,7 @@ def _views() -> list[tuple[str, str, dict[str, Any]]]:
         ("report by=model", "report", {"by": "model"}),
         ("report by=day", "report", {"by": "day"}),
         ("report by=session", "report", {"by": "session"}),
+        ("report by=session limit=50", "report", {"by": "session", "limit": 50}),
         ("recent limit=30", "recent", {"limit": 30}),
         ("free-usage", "free-usage", {}),
         ("cache", "cache", {}),

@@ -476,17 +476,43 @@ def _session_pieces(
     rollup and raw rows, within the range."""
     if since is None and until is None:
         return [(rollups.SESSIONS, None, None, None)], []
-    clauses, params = [], []
-    for moment in (since, until):
-        if moment is not None:
-            clauses.append("(first_at < ? AND last_at >= ?)")
-            params += [_time_text(moment)] * 2
-    found = [row[0] for row in db.execute(f"SELECT DISTINCT session FROM {rollups.SESSIONS.table} WHERE {' OR '.join(clauses)}", params)]
-    pieces, notes = _time_windows(db, since, until, rollups.HOURLY)
+    found: set[str] = set()
+    # Where the straddling sessions' rows in range can be: from `since` to the last of those
+    # active at `since`, and from the first of those active at `until` to `until`. Sessions are
+    # short, so that is a few hours, not the whole range of the hourly rollup.
+    spans: list[tuple[datetime | None, datetime | None]] = []
+    for edge, moment in (("since", since), ("until", until)):
+        if moment is None:
+            continue
+        at = _time_text(moment)
+        # Over all of each such session's rows (a session has one per model, project, ...), not
+        # only those active at the moment.
+        table = rollups.SESSIONS.table
+        rows = db.execute(
+            f"SELECT session, min(first_at), max(last_at) FROM {table} WHERE session IN"
+            f" (SELECT session FROM {table} WHERE first_at < ? AND last_at >= ?) GROUP BY 1",
+            [at, at],
+        ).fetchall()
+        if not rows:
+            continue
+        found.update(row[0] for row in rows)
+        if edge == "since":
+            last = _parse_time(max(row[2] for row in rows)) + timedelta(microseconds=1)
+            spans.append((since, until if until is not None and last >= until else _ceil_hour(last)))
+        else:
+            first = _floor_hour(_parse_time(min(row[1] for row in rows)))
+            spans.append((since if since is not None and first <= since else first, until))
     if not found:
         # No session straddles an end (nothing active then): the pieces for them would read nothing.
-        return [(rollups.SESSIONS, since, until, None)], notes
-    straddling = json.dumps(found)
+        return [(rollups.SESSIONS, since, until, None)], _time_windows(db, since, until, rollups.HOURLY)[1]
+    if len(spans) == 2 and spans[0][1] is not None and spans[1][0] is not None and spans[0][1] >= spans[1][0]:
+        spans = [(since, until)]  # the two overlap: one span, so no row is read twice
+    pieces, notes = [], []
+    for start, end in spans:
+        windows, said = _time_windows(db, start, end, rollups.HOURLY)
+        pieces += windows
+        notes += [note for note in said if note not in notes]
+    straddling = json.dumps(sorted(found))
     inside: Piece = (rollups.SESSIONS, since, until, ("session", "NOT IN", straddling))
     return [inside, *((source, start, end, ("session", "IN", straddling)) for source, start, end in pieces)], notes
 
@@ -654,7 +680,12 @@ def report(
     summed = slice(width, width + len(SUMMED))
     seen_at, extra_at = summed.stop, summed.stop + 2
     # The costliest sessions first, from their costs alone; then everything else only for them.
-    top = _costliest_sessions(db, pieces, dialect, minute, raw, filters, limit) if session and limit is not None else None
+    top = None
+    if session and limit is not None:
+        # The total of every session is the total of the range: summed from the coarsest rollup
+        # that can (whole days from the daily one), not again from the per-session pieces.
+        totalled = pieces if rollup is None else _windows(db, since, until, _best_rollup(db, [], filters, {0.0}))[0]
+        top = _costliest_sessions(db, pieces, totalled, dialect, minute, raw, filters, limit)
     shown_only = None if top is None else ("session", "IN", json.dumps(top[0]))
     # Every session shown gets its models, projects and clients: read them in the same pass as
     # the sums (one scan of the per-session rollup instead of two).
@@ -741,11 +772,11 @@ def report(
 
 
 def _costliest_sessions(
-    db: Reader, pieces: list[Piece], dialect: Dialect, minute: bool, raw: str, filters: Filters, limit: int
+    db: Reader, pieces: list[Piece], totalled: list[Piece], dialect: Dialect, minute: bool, raw: str, filters: Filters, limit: int
 ) -> tuple[list[str], int, Line]:
     """The `limit` costliest sessions of the pieces (as stored: '' is the shown "(none)"), how many
     sessions there are, and the total of every row: the ranking in SQL over a narrow GROUP BY (a
-    session's cost only) and the total from an ungrouped sum, so a table of the top 50 of 30,000
+    session's cost only) and the total from an ungrouped sum of the `totalled` pieces, so a table of the top 50 of 30,000
     sessions builds 50 lines, not 30,000. Ordered as `_ordered` orders lines, by exact integer
     cost, then shown name in code-point order, so ties keep the sessions a full report shows first."""
     parts, params = [], []
@@ -756,7 +787,9 @@ def _costliest_sessions(
         sums = source.sums(True)
         parts.append(f"SELECT {source.dim('session')} AS k, {sums[_PICO]} AS p, {sums[_YOCTO]} AS y FROM {source.table()}{where[0]} GROUP BY 1")
         params += where[1]
-        for row in _query(db, source, [], True, where):
+    for source_rollup, start, end, sessions in totalled:
+        source = _Source(source_rollup, dialect, minute, raw)
+        for row in _query(db, source, [], True, source.where(start, end, filters, sessions)):
             total.add([int(value or 0) for value in row[: len(SUMMED)]], row[len(SUMMED)], row[len(SUMMED) + 1])
     if dialect.name == "sqlite":
         # Parts are never negative in SQLite (a negative amount is counted inexact, not summed):
