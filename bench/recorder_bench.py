@@ -18,11 +18,13 @@ import os
 import sys
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from proxy.server.forward import _request_id
 from proxy.store import records
 from proxy.store.engine import open_store
 from proxy.store.recorder import Recorder
@@ -30,11 +32,12 @@ from proxy.store.records import UsageRecord
 from proxy.store.sqlite import encode_record
 
 
-def sample_records(n: int) -> list[UsageRecord]:
+def sample_records(n: int, uuid4_ids: bool = False) -> list[UsageRecord]:
+    """Ids as the proxy makes them (time-ordered UUIDv7), or random UUID4s as it did before."""
     start = datetime(2026, 1, 1, tzinfo=UTC)
     return [
         UsageRecord(
-            id=f"bench{i:012d}",
+            id=uuid.uuid4().hex if uuid4_ids else _request_id(),
             started_at=start + timedelta(milliseconds=i),
             finished_at=start + timedelta(milliseconds=i + 900),
             method="POST",
@@ -71,8 +74,10 @@ def sample_records(n: int) -> list[UsageRecord]:
     ]
 
 
-async def measure(rows: int, path: Path | str, time_cap_s: float = 120.0, max_batch: int = 2_000) -> dict[str, Any]:
-    recs = sample_records(rows)
+async def measure(
+    rows: int, path: Path | str, time_cap_s: float = 120.0, max_batch: int = 2_000, uuid4_ids: bool = False
+) -> dict[str, Any]:
+    recs = sample_records(rows, uuid4_ids)
     sample = recs[: min(rows, 20_000)]
     t0 = time.perf_counter()
     for rec in sample:
@@ -145,6 +150,7 @@ async def _server_cpu_s(db: Any) -> float | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="recorder sustained rows/s")
     parser.add_argument("--rows", type=int, default=200_000)
+    parser.add_argument("--uuid4-ids", action="store_true", help="random ids, as the proxy made them before issue 15's round three")
     parser.add_argument("--db", help="an existing postgresql:// database (its requests table should be empty)")
     parser.add_argument("--postgres", action="store_true", help="write to a throwaway local PostgreSQL cluster")
     parser.add_argument(
@@ -152,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.db:
-        result = asyncio.run(measure(args.rows, args.db, max_batch=args.max_batch))
+        result = asyncio.run(measure(args.rows, args.db, max_batch=args.max_batch, uuid4_ids=args.uuid4_ids))
     elif args.postgres:
         from tests.pg_cluster import Cluster, find_bin
 
@@ -163,12 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         cluster = Cluster(bindir)
         try:
             cluster.start()
-            result = asyncio.run(measure(args.rows, cluster.create_database(), max_batch=args.max_batch))
+            result = asyncio.run(measure(args.rows, cluster.create_database(), max_batch=args.max_batch, uuid4_ids=args.uuid4_ids))
         finally:
             cluster.remove()
     else:
         with tempfile.TemporaryDirectory(prefix="bench-recorder-") as tmp:
-            result = asyncio.run(measure(args.rows, Path(tmp) / "rec.db", max_batch=args.max_batch))
+            result = asyncio.run(measure(args.rows, Path(tmp) / "rec.db", max_batch=args.max_batch, uuid4_ids=args.uuid4_ids))
     print("RECJSON " + json.dumps(result), flush=True)
     return 0 if result["stored"] == args.rows else 1
 

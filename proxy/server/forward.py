@@ -572,10 +572,16 @@ class Forwarder:
 
 
 def _request_id() -> str:
-    """A random UUID4 in hex, as uuid.uuid4().hex, without building a UUID object (1% of the proxy's CPU)."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
+    """A UUIDv7 in hex (RFC 9562): the Unix millisecond, then 74 random bits.
+
+    Time-ordered, so each row's primary key lands at the end of the id index: a random UUID4 put
+    every row on a random page of it, which the commit then wrote out, about a quarter of the
+    writer's CPU per row at 60,000 rows and more as the table grows. Made by hand, without a UUID
+    object (1% of the proxy's CPU).
+    """
+    raw = bytearray((time.time_ns() // 1_000_000).to_bytes(6, "big") + os.urandom(10))
+    raw[6] = raw[6] & 0x0F | 0x70  # version 7
+    raw[8] = raw[8] & 0x3F | 0x80  # RFC 9562 variant
     return raw.hex()
 
 
