@@ -158,6 +158,7 @@ def instructions(args: argparse.Namespace) -> dict[str, Any]:
                       f"idle background {idle / args.requests:,.0f}/{what}, net {net:,.0f}; {failed} failed, "
                       f"{wall:.0f} s under valgrind)", flush=True)
                 if args.keep:
+                    args.keep.mkdir(parents=True, exist_ok=True)
                     for dump in tmp.glob(f"callgrind.{target}.{pid}*"):
                         shutil.copy(dump, args.keep / dump.name)
                 procs.stop(target, grace_s=60)
@@ -238,6 +239,7 @@ def pyspy(args: argparse.Namespace) -> dict[str, Any]:
                 spy.wait(args.seconds + 60)
                 results[target] = _shares(raw, args.top)
                 if args.keep:
+                    args.keep.mkdir(parents=True, exist_ok=True)
                     shutil.copy(raw, args.keep / f"pyspy.{target}.raw")
                 procs.stop(target)
         finally:
