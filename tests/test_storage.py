@@ -6,7 +6,7 @@ import os
 import sqlite3
 import stat
 from collections.abc import AsyncIterator, Callable, Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from proxy.store.sqlite import (
     MIGRATIONS,
     REQUEST_COLUMNS,
     connect_readonly,
+    encode_time,
     insert_requests,
     migrate,
     open_db,
@@ -216,6 +217,18 @@ async def test_times_are_stored_in_utc(store: Store) -> None:
     local = datetime(2026, 11, 20, 14, 0, tzinfo=ZoneInfo("Europe/Berlin"))
     await store.insert_requests([make_record(started_at=local)])
     assert await store.fetch("SELECT started_at FROM requests") == [("2026-11-20T13:00:00.000000Z",)]
+
+
+def test_every_stored_time_has_one_width_whatever_its_zone() -> None:
+    """Stored times sort as text only if all have the same width: whole seconds keep their six
+    zeros, and a UTC time (the proxy's own) reads the same as that moment in any other zone."""
+    from zoneinfo import ZoneInfo
+
+    whole = datetime(2026, 11, 20, 13, 0, tzinfo=UTC)
+    assert encode_time(whole) == "2026-11-20T13:00:00.000000Z"
+    assert encode_time(whole.replace(microsecond=7)) == "2026-11-20T13:00:00.000007Z"
+    for other in (timezone(timedelta(0)), timezone(timedelta(hours=-5)), ZoneInfo("Asia/Kolkata")):
+        assert encode_time(whole.astimezone(other)) == "2026-11-20T13:00:00.000000Z"
 
 
 async def test_insert_is_one_transaction_and_idempotent(store: Store) -> None:

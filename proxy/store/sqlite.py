@@ -373,6 +373,10 @@ async def salt(db: aiosqlite.Connection) -> bytes:
 def encode_time(moment: datetime) -> str:
     # isoformat is twice as fast as strftime; timespec keeps every value the same width so
     # the text sorts as time does.
+    if moment.tzinfo is UTC:
+        # Every time the proxy makes is in UTC already: its text then ends in "+00:00" for "Z",
+        # a quarter of this function's cost (two rows' times, for every row written).
+        return moment.isoformat(timespec="microseconds")[:-6] + "Z"
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
