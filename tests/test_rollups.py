@@ -190,3 +190,23 @@ async def test_two_writers_at_once_each_count_their_own_batches(tmp_path: Path) 
     rollup_equals_raw(path)
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT sum(requests) FROM spend_daily").fetchone() == (400,)
+
+
+def test_a_batch_reads_its_raw_rows_once_for_every_rollup() -> None:
+    # Reading and grouping the batch's rows is most of the writer's per-row cost: one pass feeds
+    # all the rollups (it was one per kind of rollup, hourly and what-if: 6.4 -> 4.4 us a row).
+    statements = rollups.batch_statements()
+    assert len({rollup.table for rollup in rollups.ROLLUPS}) == 5
+    assert sum("FROM requests" in sql for sql in statements) == 1, statements
+    from_sums = [sql for sql in statements if sql.startswith("INSERT INTO") and f"FROM temp.{rollups.BATCH_TABLE} " in sql]
+    assert len(from_sums) == len(rollups.ROLLUPS), statements
+
+
+def test_rollups_that_count_one_column_in_two_ways_cannot_share_the_batch_sums() -> None:
+    odd = dataclasses.replace(rollups.WHATIF_TOTAL, table="odd", counted=lambda r, hinted: {"requests": f"{r}.status"})
+    try:
+        rollups.batch_statements(tables=(rollups.HOURLY, odd))
+    except ValueError as exc:
+        assert "'requests'" in str(exc)
+    else:
+        raise AssertionError("a column counted two ways was summed once")

@@ -334,7 +334,7 @@ def batch_statements(money: tuple[str, ...] = (*MONEY, *COMPARED), tables: tuple
     Reading and sorting the raw rows is most of the cost, so they are read once: summed into a TEMP
     table per key of all the rollups at once (the finest period, every dimension and computed key,
     every counted column), and each rollup is summed from those few sums. One pass instead of one
-    per kind of rollup was 2.4 of 6.4 us per row (issue 15). `money`: every money column there is
+    per kind of rollup took the writer's sums from 6.4 to 4.4 us a row (issue 15). `money`: every money column there is
     now (a migration passes create() the columns of its time; the recorder runs after the last).
     """
     width = max(rollup.width for rollup in tables)
@@ -346,7 +346,7 @@ def batch_statements(money: tuple[str, ...] = (*MONEY, *COMPARED), tables: tuple
             _agreed(computed, name, sql.format(r="r"))
         for name, sql in rollup.counters("r", money, hinted=True).items():
             _agreed(counted, name, sql)
-    temp = f"{BATCH_TABLE}_0"
+    temp = BATCH_TABLE
     period = ["period"] if width else []
     columns = [*period, *dims, *computed, *counted, "first_at", "last_at"]
     types = {**dict.fromkeys([*period, *dims, "first_at", "last_at"], "TEXT"), **dict.fromkeys([*computed, *counted], "INTEGER")}
